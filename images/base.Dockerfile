@@ -1,0 +1,47 @@
+# Base layer: the OS, its Python, compilers for JIT builds (triton, flashinfer, torch
+# extensions) and one pinned uv. Rendered by mlsyskit/plan.py; build args come from
+# images/bases.toml and kit.toml. No secret is ever written to a layer: the CA bundle and
+# the package index arrive as BuildKit secrets, read only for the duration of a RUN.
+ARG ROOT_IMAGE
+FROM ${ROOT_IMAGE}
+
+ARG UV_VERSION
+ARG PYTHON=/usr/bin/python3
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1
+
+COPY scripts/ /usr/local/lib/mlsyskit/
+
+# apt's downloads and lists live in cache mounts, so they are neither in the layer nor
+# downloaded again on the next build.
+RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locked \
+    --mount=type=cache,id=mlsyskit-apt-lists,target=/var/lib/apt/lists,sharing=locked \
+    rm -f /etc/apt/apt.conf.d/docker-clean \
+ && echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' > /etc/apt/apt.conf.d/keep-cache \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends \
+      python3 python3-dev python3-venv ca-certificates build-essential git curl procps iproute2 \
+ && chmod 0755 /usr/local/lib/mlsyskit/*
+
+# uv itself comes from the package index (no registry image to copy it from), pinned.
+RUN --mount=type=secret,id=ca --mount=type=secret,id=pypi_index \
+    --mount=type=cache,id=mlsyskit-pip,target=/root/.cache/pip \
+    . /usr/local/lib/mlsyskit/net.sh \
+ && python3 -m venv /opt/uv \
+ && /opt/uv/bin/pip install --disable-pip-version-check "uv==${UV_VERSION}" \
+ && ln -s /opt/uv/bin/uv /usr/local/bin/uv
+
+# One virtual environment for every later layer; the distribution's Python unless a
+# uv-managed one was asked for (that needs python downloads to be reachable).
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/usr/local/cuda/bin:$PATH \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_CACHE_DIR=/root/.cache/uv
+RUN --mount=type=secret,id=ca \
+    . /usr/local/lib/mlsyskit/net.sh \
+ && case "$PYTHON" in /*) uv venv --python "$PYTHON" /opt/venv ;; \
+      *) UV_PYTHON_DOWNLOADS=automatic uv venv --python "$PYTHON" /opt/venv ;; esac \
+ && chmod -R a+rwX /opt/venv

@@ -1,0 +1,26 @@
+# Stack and topic layers: install one uv lock into the parent image's /opt/venv.
+# The build context is the folder holding pyproject.toml + uv.lock (images/stacks/<stack>
+# or envs/<topic>), so a change elsewhere never invalidates this layer.
+ARG PARENT_IMAGE
+FROM ${PARENT_IMAGE}
+
+ARG APT_PACKAGES=""
+RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locked \
+    --mount=type=cache,id=mlsyskit-apt-lists,target=/var/lib/apt/lists,sharing=locked \
+    if [ -n "$APT_PACKAGES" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES; \
+    fi
+
+# The lock is exported with its hashes and installed through whatever index is configured:
+# `uv sync --frozen` would fetch from the URLs recorded in the lock and ignore a mirror.
+# Installing adds to the parent's packages (a topic keeps its stack's JIT tools).
+RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
+    --mount=type=secret,id=ca --mount=type=secret,id=pypi_index \
+    --mount=type=bind,source=pyproject.toml,target=/tmp/lock/pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/tmp/lock/uv.lock \
+    . /usr/local/lib/mlsyskit/net.sh \
+ && uv export --frozen --no-dev --no-emit-project --format requirements.txt \
+      --project /tmp/lock -o /tmp/requirements.txt --quiet \
+ && uv pip install --require-hashes -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
+ && python3 /usr/local/lib/mlsyskit/link_cuda.py

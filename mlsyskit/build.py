@@ -1,0 +1,110 @@
+"""Executing a plan: build what is missing or changed, reuse the rest, report."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import Catalog, Topic
+from .config import Config
+from .engine import Engine
+from .plan import Layer, RootImage, plan, topic_alias
+from .rootfs import ensure_root_image
+
+STEP_LINE = re.compile(r"^#\d+ (\[|DONE|CACHED|ERROR)")
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    layer: Layer
+    status: str  # "built" or "reused"
+    seconds: float
+    size_bytes: int  # this layer alone (image size minus parent's)
+    total_bytes: int
+
+
+def write_secrets(config: Config, directory: Path) -> dict[str, Path]:
+    """Secret files for BuildKit `--secret`: mounted for one RUN, never in a layer."""
+    secrets = {}
+    if config.ca_bundle:
+        secrets["ca"] = Path(config.ca_bundle)
+    if config.pypi_index:
+        index = directory / "pypi_index"
+        index.write_text(config.pypi_index)
+        index.chmod(0o600)
+        secrets["pypi_index"] = index
+    return secrets
+
+
+def image_size(engine: Engine, ref: str) -> int:
+    data = engine.inspect_image(ref)
+    return int(data.get("Size", 0)) if data else 0
+
+
+def build_layers(
+    engine: Engine,
+    config: Config,
+    layers: list[Layer],
+    *,
+    no_cache: bool = False,
+    log: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> list[LayerResult]:
+    results = []
+    rebuilt: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="mlsyskit-secrets-") as tmp:
+        secrets = write_secrets(config, Path(tmp))
+        for index, layer in enumerate(layers, 1):
+            start = time.monotonic()
+            parent_rebuilt = layer.parent is not None and layer.parent.tag in rebuilt
+            if engine.image_exists(layer.tag) and not no_cache and not parent_rebuilt:
+                status = "reused"
+                log(f"[{index}/{len(layers)}] {layer.kind} {layer.name}: reusing {layer.tag}")
+            else:
+                status = "built"
+                log(f"[{index}/{len(layers)}] {layer.kind} {layer.name}: building {layer.tag}")
+
+                def show(line: str) -> None:
+                    if verbose or STEP_LINE.match(line):
+                        log(f"    {line}")
+
+                engine.build(
+                    dockerfile=layer.dockerfile,
+                    context=layer.context,
+                    tag=layer.tag,
+                    build_args={**layer.build_args, **config.proxy_env()},
+                    labels=layer.labels(),
+                    secrets=secrets,
+                    no_cache=no_cache,
+                    on_line=show,
+                )
+                rebuilt.add(layer.tag)
+            total = image_size(engine, layer.tag)
+            parent_size = image_size(engine, layer.parent_ref) if layer.parent_ref else 0
+            results.append(LayerResult(layer, status, time.monotonic() - start, max(total - parent_size, 0), total))
+    return results
+
+
+def build_topics(
+    engine: Engine,
+    catalog: Catalog,
+    config: Config,
+    topics: list[Topic],
+    *,
+    base_name: str,
+    no_cache: bool = False,
+    log: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> list[LayerResult]:
+    base = catalog.base(base_name)
+    root: RootImage = ensure_root_image(engine, base, config, log)
+    layers = plan(catalog, config, topics, base, root)
+    results = build_layers(engine, config, layers, no_cache=no_cache, log=log, verbose=verbose)
+    for result in results:
+        if result.layer.kind == "topic":
+            engine.tag(result.layer.tag, topic_alias(result.layer.name, base.name))
+    return results

@@ -1,0 +1,231 @@
+"""The kit's data: base flavours (images/bases.toml), stacks (images/stacks/<name>/) and
+topics (envs/<name>/). Everything here is read from files and validated with errors that
+name the file and the field; nothing about a particular topic is written in code."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import REPO_ROOT
+from .errors import UsageError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Base:
+    name: str
+    description: str
+    registry_image: str
+    python: str
+    cuda: str
+    bootstrap_suite: str = ""
+    bootstrap_mirror: str = ""
+
+    @property
+    def can_bootstrap(self) -> bool:
+        return bool(self.bootstrap_suite)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    name: str
+    path: Path
+    description: str
+    cuda: str
+    key_packages: tuple[str, ...]
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "uv.lock"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topic:
+    name: str
+    path: Path
+    description: str
+    stack: str  # a Stack name, or "" for a topic on the bare base (no torch)
+    notes: tuple[str, ...] = ()
+    apt_packages: tuple[str, ...] = ()
+    key_packages: tuple[str, ...] = ()
+    imports: tuple[str, ...] = ()
+    gpus_min: int = 0
+    gpus_recommended: int = 0
+    ports: tuple[int, ...] = ()
+    smoke_tests: tuple[str, ...] = ()
+    stacks: tuple[str, ...] = ()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "uv.lock"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Catalog:
+    root: Path
+    bases: dict[str, Base]
+    stacks: dict[str, Stack]
+    topics: dict[str, Topic] = field(default_factory=dict)
+
+    def base(self, name: str) -> Base:
+        if name not in self.bases:
+            raise UsageError(f"unknown base '{name}'", fix=f"use one of: {', '.join(sorted(self.bases))}")
+        return self.bases[name]
+
+    def topic(self, name: str) -> Topic:
+        if name not in self.topics:
+            known = ", ".join(sorted(self.topics)) or "(none)"
+            raise UsageError(f"unknown topic '{name}'", fix=f"known topics: {known}")
+        return self.topics[name]
+
+    def select(self, names: list[str] | tuple[str, ...]) -> list[Topic]:
+        """Topics by name, in the order given; all topics when none are named."""
+        if not names:
+            return [self.topics[n] for n in sorted(self.topics)]
+        return [self.topic(n) for n in names]
+
+
+# --- reading and validating ------------------------------------------------------------
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{_rel(path)}: file is missing") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{_rel(path)}: not valid TOML ({exc})") from None
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+class _Fields:
+    """Typed access to one table of a data file, with errors naming file and field."""
+
+    def __init__(self, path: Path, table: dict[str, Any], prefix: str = "") -> None:
+        self.path, self.table, self.prefix = path, table, prefix
+
+    def _fail(self, key: str, expected: str) -> UsageError:
+        return UsageError(f"{_rel(self.path)}: field '{self.prefix}{key}' must be {expected}")
+
+    def str(self, key: str, default: str | None = None) -> str:
+        value = self.table.get(key, default)
+        if not isinstance(value, str) or (default is None and not value):
+            raise self._fail(key, "a non-empty string" if default is None else "a string")
+        return value
+
+    def int(self, key: str, default: int) -> int:
+        value = self.table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self._fail(key, "a whole number >= 0")
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self.table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self._fail(key, "a list of strings")
+        return tuple(value)
+
+    def int_list(self, key: str) -> tuple[int, ...]:
+        value = self.table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, int) and 0 < v < 65536 for v in value):
+            raise self._fail(key, "a list of port numbers")
+        return tuple(value)
+
+    def sub(self, key: str) -> _Fields:
+        value = self.table.get(key, {})
+        if not isinstance(value, dict):
+            raise self._fail(key, "a table")
+        return _Fields(self.path, value, f"{self.prefix}{key}.")
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        unknown = sorted(set(self.table) - allowed)
+        if unknown:
+            raise UsageError(
+                f"{_rel(self.path)}: unknown field '{self.prefix}{unknown[0]}'",
+                fix=f"allowed fields: {', '.join(sorted(allowed))}",
+            )
+
+
+def load_bases(root: Path) -> dict[str, Base]:
+    path = root / "images" / "bases.toml"
+    bases = {}
+    for name, table in _read_toml(path).items():
+        f = _Fields(path, table, f"{name}.")
+        f.reject_unknown({"description", "registry_image", "python", "cuda", "bootstrap_suite", "bootstrap_mirror"})
+        bases[name] = Base(
+            name=name,
+            description=f.str("description"),
+            registry_image=f.str("registry_image"),
+            python=f.str("python"),
+            cuda=f.str("cuda", ""),
+            bootstrap_suite=f.str("bootstrap_suite", ""),
+            bootstrap_mirror=f.str("bootstrap_mirror", ""),
+        )
+    return bases
+
+
+def load_stack(path: Path) -> Stack:
+    data_file = path / "stack.toml"
+    f = _Fields(data_file, _read_toml(data_file))
+    f.reject_unknown({"description", "cuda", "key_packages"})
+    _require_lock_inputs(path)
+    return Stack(
+        name=path.name,
+        path=path,
+        description=f.str("description"),
+        cuda=f.str("cuda"),
+        key_packages=f.str_list("key_packages"),
+    )
+
+
+def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
+    data_file = path / "topic.toml"
+    f = _Fields(data_file, _read_toml(data_file))
+    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run"})
+    stack = f.str("stack", "")
+    if stack and stack not in stacks:
+        raise UsageError(
+            f"{_rel(data_file)}: field 'stack' names unknown stack '{stack}'",
+            fix=f"use one of: {', '.join(sorted(stacks))}, or \"\" for none",
+        )
+    gpus, run = f.sub("gpus"), f.sub("run")
+    gpus.reject_unknown({"min", "recommended"})
+    run.reject_unknown({"ports", "smoke_tests", "stacks"})
+    _require_lock_inputs(path)
+    return Topic(
+        name=path.name,
+        path=path,
+        description=f.str("description"),
+        stack=stack,
+        notes=f.str_list("notes"),
+        apt_packages=f.str_list("apt_packages"),
+        key_packages=f.str_list("key_packages"),
+        imports=f.str_list("imports"),
+        gpus_min=gpus.int("min", 0),
+        gpus_recommended=gpus.int("recommended", 0),
+        ports=run.int_list("ports"),
+        smoke_tests=run.str_list("smoke_tests"),
+        stacks=run.str_list("stacks"),
+    )
+
+
+def _require_lock_inputs(path: Path) -> None:
+    for name in ("pyproject.toml", "uv.lock"):
+        if not (path / name).is_file():
+            raise UsageError(f"{_rel(path / name)}: file is missing", fix="write pyproject.toml, then run `invoke lock`")
+
+
+def load_catalog(root: Path = REPO_ROOT) -> Catalog:
+    stacks = {
+        p.name: load_stack(p) for p in sorted((root / "images" / "stacks").iterdir()) if (p / "stack.toml").exists()
+    }
+    topics = {p.name: load_topic(p, stacks) for p in sorted((root / "envs").iterdir()) if (p / "topic.toml").exists()}
+    return Catalog(root=root, bases=load_bases(root), stacks=stacks, topics=topics)

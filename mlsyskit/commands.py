@@ -1,0 +1,118 @@
+"""What each invoke task does, as plain functions: tasks.py only parses and prints.
+Each function takes already-parsed arguments, does the work through Engine, and returns
+the text to print (or raises a KitError)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+
+from . import LABEL_PREFIX
+from . import doctor as doctor_mod
+from .build import build_topics
+from .catalog import Catalog, Topic, load_catalog
+from .config import Config, load_config
+from .engine import Engine
+from .errors import KitError, UsageError
+from .locks import lock as lock_all
+from .plan import topic_alias
+from .report import seconds, size, table
+
+Log = Callable[[str], None]
+
+
+def split_names(value: str) -> list[str]:
+    """`a,b` or `a b` -> ['a', 'b']; '' or 'all' -> [] (meaning every topic)."""
+    names = [n for n in value.replace(",", " ").split() if n]
+    return [] if names in ([], ["all"]) else names
+
+
+def context(base: str | None = None) -> tuple[Catalog, Config, str]:
+    catalog, config = load_catalog(), load_config()
+    base_name = base or config.base
+    catalog.base(base_name)  # validates the name
+    return catalog, config, base_name
+
+
+def doctor(fix: bool, log: Log) -> tuple[str, bool]:
+    catalog = load_catalog()
+    checks = doctor_mod.run_checks(catalog)
+    if fix:
+        for action in doctor_mod.fix(checks, log):
+            log(f"fixed: {action}")
+        checks = doctor_mod.run_checks(catalog)
+    rows = [(c.status.upper(), c.name, c.detail + (f"  -> {c.fix}" if c.fix else "")) for c in checks]
+    healthy = not any(c.status == "fail" for c in checks)
+    return table(("status", "check", "detail"), rows), healthy
+
+
+def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log) -> str:
+    catalog, config, base_name = context(base)
+    selected = catalog.select(split_names(topics))
+    engine = Engine.connect()
+    results = build_topics(engine, catalog, config, selected, base_name=base_name, no_cache=no_cache, log=log, verbose=verbose)
+    rows = [
+        (r.layer.kind, r.layer.name, r.layer.tag, r.status, size(r.size_bytes), size(r.total_bytes), seconds(r.seconds))
+        for r in results
+    ]
+    aliases = ", ".join(topic_alias(t.name, base_name) for t in selected)
+    return table(("layer", "name", "tag", "status", "layer size", "image size", "time"), rows) + f"\ntagged: {aliases}"
+
+
+def images() -> str:
+    engine = Engine.connect()
+    rows = []
+    for image in engine.images(f"{LABEL_PREFIX}.kind"):
+        ref = f"{image['Repository']}:{image['Tag']}"
+        labels = engine.image_labels(image["ID"])
+        rows.append(
+            (
+                ref,
+                labels.get(f"{LABEL_PREFIX}.kind", ""),
+                labels.get(f"{LABEL_PREFIX}.base", ""),
+                image.get("Size", ""),
+                labels.get(f"{LABEL_PREFIX}.lock-sha256", "")[:12] or "-",
+                image.get("CreatedSince", ""),
+            )
+        )
+    if not rows:
+        return "no kit images yet: run `invoke build`"
+    return table(("image", "layer", "base", "size", "lock sha256", "created"), rows)
+
+
+def lock(topics: str, check: bool, log: Log) -> None:
+    catalog = load_catalog()
+    lock_all(catalog, catalog.select(split_names(topics)), check=check, log=log)
+
+
+def check(topic_name: str, base: str | None, log: Log) -> str:
+    """A CPU check inside a built topic image: its key modules import, and the versions
+    inside match the lock."""
+    catalog, _, base_name = context(base)
+    topic: Topic = catalog.topic(topic_name)
+    engine = Engine.connect()
+    image = topic_alias(topic.name, base_name)
+    if not engine.image_exists(image):
+        raise UsageError(f"image {image} is not built", fix=f"invoke build {topic.name}")
+    script = (
+        "import importlib, json, importlib.metadata as md\n"
+        f"mods = {list(topic.imports)!r}\n"
+        "for m in mods: importlib.import_module(m)\n"
+        f"print(json.dumps({{n: md.version(n) for n in {list(topic.key_packages)!r}}}))\n"
+    )
+    proc = engine.run(image, ["python", "-c", script], timeout=600)
+    if proc.returncode != 0:
+        raise KitError(f"check failed in {image}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    log(f"imports ok in {image}: {', '.join(topic.imports)}")
+    return table(("package", "version in image"), sorted(found.items()))
+
+
+def clean(log: Log) -> str:
+    engine = Engine.connect()
+    refs = [f"{i['Repository']}:{i['Tag']}" for i in engine.images(f"{LABEL_PREFIX}.kind")]
+    engine.remove_images(refs)
+    subprocess.run([engine.client.path, "builder", "prune", "--force", "--filter", "type=exec.cachemount"], capture_output=True)
+    subprocess.run([engine.client.path, "builder", "prune", "--force"], capture_output=True)
+    return f"removed {len(refs)} image tag(s) and the build cache"

@@ -1,0 +1,90 @@
+"""The kit's configuration: kit.toml, overlaid by kit.local.toml (or $MLSYSKIT_CONFIG),
+overlaid by the environment for proxies. One frozen object, read once, passed down."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import REPO_ROOT
+from .errors import UsageError
+
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+ROOTFS_MODES = ("auto", "registry", "bootstrap")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    pypi_index: str = ""
+    apt_mirror: str = ""
+    hf_endpoint: str = ""
+    ca_bundle: str = ""  # resolved path, or "" for none
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
+    base: str = "pypi"
+    rootfs: str = "auto"
+    python: str = "system"
+    uv_version: str = "0.13.9"
+
+    def proxy_env(self) -> dict[str, str]:
+        """Proxy variables for builds (as Docker's predefined proxy args, which stay out of
+        `docker history`) and containers (at run time)."""
+        env = {}
+        for key in ("http_proxy", "https_proxy", "no_proxy"):
+            value = getattr(self, key)
+            if value:
+                env[key.upper()] = env[key] = value
+        return env
+
+
+_NETWORK = {"pypi_index", "apt_mirror", "hf_endpoint", "ca_bundle", "http_proxy", "https_proxy", "no_proxy"}
+_BUILD = {"base", "rootfs", "python", "uv_version"}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    merged: dict[str, Any] = {}
+    for table, allowed in (("network", _NETWORK), ("build", _BUILD)):
+        section = data.get(table, {})
+        for key, value in section.items():
+            if key not in allowed:
+                raise UsageError(f"{path}: unknown field '{table}.{key}'", fix=f"allowed: {', '.join(sorted(allowed))}")
+            if not isinstance(value, str):
+                raise UsageError(f"{path}: field '{table}.{key}' must be a string")
+            merged[key] = value
+    unknown = sorted(set(data) - {"network", "build"})
+    if unknown:
+        raise UsageError(f"{path}: unknown table '[{unknown[0]}]'", fix="use [network] and [build]")
+    return merged
+
+
+def _resolve_ca(value: str) -> str:
+    if value == "auto":
+        return next((p for p in SYSTEM_CA_BUNDLES if Path(p).is_file()), "")
+    if value and not Path(value).is_file():
+        raise UsageError(f"network.ca_bundle: '{value}' is not a file", fix="give a PEM bundle's path, 'auto' or ''")
+    return value
+
+
+def load_config(root: Path = REPO_ROOT, environ: dict[str, str] | None = None) -> Config:
+    environ = dict(os.environ) if environ is None else environ
+    values = _read(root / "kit.toml") if (root / "kit.toml").exists() else {}
+    override = environ.get("MLSYSKIT_CONFIG") or str(root / "kit.local.toml")
+    if Path(override).exists():
+        values.update({k: v for k, v in _read(Path(override)).items() if v})
+    elif environ.get("MLSYSKIT_CONFIG"):
+        raise UsageError(f"MLSYSKIT_CONFIG={override}: file not found")
+    for key in ("http_proxy", "https_proxy", "no_proxy"):
+        if not values.get(key):
+            values[key] = environ.get(key.upper()) or environ.get(key) or ""
+    values["ca_bundle"] = _resolve_ca(values.get("ca_bundle", "auto"))
+    if values.get("rootfs", "auto") not in ROOTFS_MODES:
+        raise UsageError(f"build.rootfs: '{values['rootfs']}' is not one of {', '.join(ROOTFS_MODES)}")
+    return Config(**values)

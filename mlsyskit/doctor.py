@@ -1,0 +1,209 @@
+"""`invoke doctor`: is this machine ready to build and run the kit's images? One line per
+check, each with its fix; `--fix` installs what is missing on Debian/Ubuntu."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .catalog import Catalog
+from .engine import Engine, _version_tuple, find_clients
+from .errors import KitError
+
+MIN_FREE_GB = 40  # one topic image with its stack and build cache
+MIN_COMPOSE_V1 = (1, 29)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "warn", "fail" or "skip"
+    detail: str
+    fix: str = ""
+
+
+def _run(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str] | None:
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def check_engine() -> tuple[list[Check], Engine | None]:
+    clients = find_clients()
+    if not clients:
+        return [Check("docker client", "fail", "no docker client on PATH", "invoke doctor --fix (installs docker.io)")], None
+    usable = [c for c in clients if c.buildkit]
+    checks = [
+        Check(
+            "docker client",
+            "ok" if usable else "fail",
+            ", ".join(f"{c.path} {c.version}{' +buildx' if c.buildx else ''}" for c in clients)
+            + (f"; builds with {usable[0].path}" if usable else ""),
+            "" if usable else "install the docker-buildx plugin or Debian's docker.io client",
+        )
+    ]
+    if not usable:
+        return checks, None
+    engine = Engine(usable[0])
+    try:
+        version = engine.server_version()
+    except KitError as exc:
+        checks.append(Check("docker daemon", "fail", exc.message, exc.fix))
+        return checks, None
+    checks.append(Check("docker daemon", "ok", f"engine {version}, BuildKit available"))
+    return checks, engine
+
+
+def check_compose() -> Check:
+    v2 = _run("docker", "compose", "version", "--short")
+    if v2 and v2.returncode == 0 and v2.stdout.strip():
+        return Check("compose", "ok", f"docker compose plugin {v2.stdout.strip()}")
+    v1 = _run("docker-compose", "version", "--short")
+    if v1 and v1.returncode == 0:
+        version = v1.stdout.strip()
+        if _version_tuple(version)[:2] >= MIN_COMPOSE_V1:
+            return Check("compose", "ok", f"docker-compose {version}")
+        return Check("compose", "fail", f"docker-compose {version} is older than 1.29", "install the docker compose v2 plugin")
+    return Check("compose", "fail", "neither `docker compose` nor docker-compose found", "invoke doctor --fix (installs docker-compose)")
+
+
+def check_disk(engine: Engine | None) -> Check:
+    root = "/var/lib/docker"
+    if engine is not None:
+        try:
+            root = engine.info().get("DockerRootDir", root)
+        except KitError:
+            pass
+    path = root if os.path.exists(root) else "/"
+    free_gb = shutil.disk_usage(path).free / 1e9
+    if free_gb < MIN_FREE_GB:
+        return Check("disk", "warn", f"{free_gb:.0f} GB free under {path}", f"free {MIN_FREE_GB} GB: `invoke clean`, `docker system prune`")
+    return Check("disk", "ok", f"{free_gb:.0f} GB free under {path}")
+
+
+def check_bootstrap() -> Check:
+    tool = shutil.which("debootstrap") or shutil.which("mmdebstrap")
+    if tool:
+        return Check("rootfs bootstrap", "ok", f"{tool} (builds the pypi base with no registry)")
+    return Check("rootfs bootstrap", "warn", "no debootstrap: the pypi base needs a registry", "invoke doctor --fix (installs debootstrap)")
+
+
+def check_memlock() -> Check:
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY:
+        return Check("memlock limit", "ok", "unlimited (RDMA-capable containers can use memlock=-1)")
+    return Check(
+        "memlock limit",
+        "warn",
+        f"hard limit {hard // 1024} KiB: containers fall back to it (no RDMA registration of large buffers)",
+        "raise `memlock` in /etc/security/limits.conf and dockerd's default-ulimits on GPU hosts",
+    )
+
+
+def parse_nvidia_smi(text: str) -> tuple[str, str]:
+    """(driver version, highest CUDA version) from `nvidia-smi`'s header."""
+    driver = re.search(r"Driver Version:\s*([\d.]+)", text)
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", text)
+    return (driver.group(1) if driver else "", cuda.group(1) if cuda else "")
+
+
+def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
+    smi = _run("nvidia-smi")
+    if smi is None or smi.returncode != 0:
+        return [Check("nvidia driver", "skip", "no NVIDIA GPU on this machine: images run on CPU (gloo)")]
+    driver, cuda = parse_nvidia_smi(smi.stdout)
+    checks = [Check("nvidia driver", "ok", f"driver {driver}, supports CUDA up to {cuda}")]
+    for stack in catalog.stacks.values():
+        fine = _version_tuple(cuda)[:2] >= _version_tuple(stack.cuda)[:2]
+        checks.append(
+            Check(
+                f"cuda for {stack.name}",
+                "ok" if fine else "fail",
+                f"needs CUDA {stack.cuda}, driver offers {cuda}",
+                "" if fine else f"upgrade the NVIDIA driver to one supporting CUDA {stack.cuda}",
+            )
+        )
+    runtimes = engine.info().get("Runtimes", {}) if engine else {}
+    toolkit = "nvidia" in runtimes or bool(shutil.which("nvidia-ctk")) or bool(shutil.which("nvidia-container-cli"))
+    checks.append(
+        Check(
+            "container toolkit",
+            "ok" if toolkit else "fail",
+            "NVIDIA container toolkit found" if toolkit else "docker cannot hand GPUs to containers",
+            "" if toolkit else "install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`",
+        )
+    )
+    return checks
+
+
+def run_checks(catalog: Catalog) -> list[Check]:
+    checks, engine = check_engine()
+    checks.append(check_compose())
+    checks.append(check_disk(engine))
+    checks.append(check_bootstrap())
+    checks.append(check_memlock())
+    checks.extend(check_gpus(catalog, engine))
+    return checks
+
+
+# --- --fix ---------------------------------------------------------------------------
+
+
+def _privileged(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return cmd
+    if shutil.which("sudo"):
+        return ["sudo", *cmd]
+    raise KitError("`--fix` needs root or sudo", fix="run it as root")
+
+
+def fix(checks: list[Check], log: Callable[[str], None]) -> list[str]:
+    """Install the engine, compose and debootstrap from the distribution's packages and
+    start dockerd. Returns what was done."""
+    if not shutil.which("apt-get"):
+        raise KitError("`--fix` knows only Debian/Ubuntu (apt-get)", fix="install Docker by your distribution's guide")
+    failing = {c.name for c in checks if c.status in ("fail", "warn")}
+    done = []
+    packages = []
+    if "docker client" in failing or not shutil.which("dockerd"):
+        packages.append("docker.io")
+    if "compose" in failing:
+        packages.append("docker-compose")
+    if "rootfs bootstrap" in failing:
+        packages.append("debootstrap")
+    if packages:
+        log(f"installing {' '.join(packages)} from the distribution's packages")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(_privileged(["apt-get", "update", "-qq"]), check=True, env=env)
+        subprocess.run(_privileged(["apt-get", "install", "-y", "-qq", *packages]), check=True, env=env)
+        done.append(f"installed {' '.join(packages)}")
+    _, engine = check_engine()
+    if engine is None:
+        done.append(start_dockerd(log))
+    return done
+
+
+def start_dockerd(log: Callable[[str], None], wait_s: float = 60) -> str:
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+        subprocess.run(_privileged(["systemctl", "start", "docker"]), check=True)
+        how = "started docker with systemctl"
+    else:
+        log("no init system: starting dockerd in the background (log: /var/log/dockerd.log)")
+        with open("/var/log/dockerd.log", "ab") as out:
+            subprocess.Popen(_privileged(["dockerd"]), stdout=out, stderr=out, start_new_session=True)
+        how = "started dockerd in the background (log: /var/log/dockerd.log)"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if check_engine()[1] is not None:
+            return how
+        time.sleep(1)
+    raise KitError(f"dockerd did not answer within {wait_s:.0f}s", fix="read /var/log/dockerd.log")

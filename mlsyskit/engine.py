@@ -1,0 +1,221 @@
+"""The one narrow layer over the Docker engine. Every engine call in the kit goes through
+`Engine`, which drives the docker CLI (the Python SDK cannot run BuildKit builds).
+
+Clients differ: a docker CLI >= 23 builds with BuildKit only through the buildx plugin,
+while a 20.10 CLI does it natively with DOCKER_BUILDKIT=1. The first client that can do a
+BuildKit build is chosen, so `RUN --mount` and `--secret` always work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError, EngineError
+
+CLIENT_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
+DAEMON_FIX = "start it with `sudo systemctl start docker` (or `sudo dockerd &` where no init runs), or run `invoke doctor --fix`"
+
+
+@dataclass(frozen=True)
+class Client:
+    path: str
+    version: str
+    buildx: bool
+
+    @property
+    def buildkit(self) -> bool:
+        major = int(self.version.split(".")[0] or 0)
+        return self.buildx or major < 23
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split("-")[0].split("."):
+        parts.append(int(piece) if piece.isdigit() else 0)
+    return tuple(parts)
+
+
+def find_clients() -> list[Client]:
+    seen, clients = set(), []
+    for name in CLIENT_CANDIDATES:
+        path = shutil.which(name)
+        if not path or os.path.realpath(path) in seen:
+            continue
+        seen.add(os.path.realpath(path))
+        out = subprocess.run([path, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
+        version = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+        if not version:
+            continue
+        buildx = subprocess.run([path, "buildx", "version"], capture_output=True).returncode == 0
+        clients.append(Client(path, version, buildx))
+    return clients
+
+
+class Engine:
+    """A Docker engine reached through a BuildKit-capable client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls) -> Engine:
+        clients = find_clients()
+        if not clients:
+            raise EngineError("no docker client found", fix="install Docker (`invoke doctor --fix` on Debian/Ubuntu)")
+        usable = [c for c in clients if c.buildkit]
+        if not usable:
+            raise EngineError(
+                f"docker {clients[0].version} at {clients[0].path} cannot run BuildKit builds (no buildx plugin)",
+                fix="install the docker-buildx plugin, or Debian's docker.io client",
+            )
+        engine = cls(usable[0])
+        engine.server_version()  # fails early, with the fix, when the daemon is down
+        return engine
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [self.client.path, *args]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.client.buildx:
+            env["DOCKER_BUILDKIT"] = "1"
+        return env
+
+    def run_cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self._cmd(*args), capture_output=True, text=input is None, input=input, env=self._env())
+        if check and proc.returncode != 0:
+            stderr = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+            if "Cannot connect to the Docker daemon" in stderr or "Is the docker daemon running" in stderr:
+                raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+            last = stderr.strip().splitlines()[-1:] or ["(no output)"]
+            raise EngineError(f"`docker {' '.join(args[:2])}` failed: {last[0]}")
+        return proc
+
+    # --- engine facts -----------------------------------------------------------------
+
+    def server_version(self) -> str:
+        proc = self.run_cli("version", "--format", "{{.Server.Version}}", check=False)
+        version = proc.stdout.strip()
+        if proc.returncode != 0 or not version:
+            raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+        return version
+
+    def info(self) -> dict:
+        return json.loads(self.run_cli("info", "--format", "{{json .}}").stdout)
+
+    # --- images -----------------------------------------------------------------------
+
+    def image_exists(self, ref: str) -> bool:
+        return self.run_cli("image", "inspect", ref, check=False).returncode == 0
+
+    def inspect_image(self, ref: str) -> dict | None:
+        proc = self.run_cli("image", "inspect", ref, check=False)
+        return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
+
+    def image_labels(self, ref: str) -> dict[str, str]:
+        data = self.inspect_image(ref) or {}
+        return (data.get("Config") or {}).get("Labels") or {}
+
+    def images(self, label: str) -> list[dict]:
+        proc = self.run_cli("images", "--filter", f"label={label}", "--format", "{{json .}}")
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    def history(self, ref: str) -> list[dict]:
+        proc = self.run_cli("history", "--no-trunc", "--format", "{{json .}}", ref)
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    def tag(self, source: str, target: str) -> None:
+        self.run_cli("tag", source, target)
+
+    def remove_images(self, refs: Iterable[str]) -> None:
+        refs = list(refs)
+        if refs:
+            self.run_cli("rmi", "--force", *refs, check=False)
+
+    def pull(self, ref: str, timeout: float) -> bool:
+        try:
+            proc = subprocess.run(self._cmd("pull", "--quiet", ref), capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return proc.returncode == 0
+
+    def import_tar(self, tar_stream, ref: str, changes: Sequence[str] = ()) -> None:
+        args = ["import"]
+        for change in changes:
+            args += ["--change", change]
+        proc = subprocess.run(self._cmd(*args, "-", ref), stdin=tar_stream, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise EngineError(f"`docker import` failed: {proc.stderr.strip()}")
+
+    def build(
+        self,
+        *,
+        dockerfile: Path,
+        context: Path,
+        tag: str,
+        build_args: dict[str, str],
+        labels: dict[str, str],
+        secrets: dict[str, Path],
+        no_cache: bool = False,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        """Build with BuildKit, streaming plain progress to `on_line`. On failure raise
+        BuildError carrying the last lines of the log (the failing step)."""
+        args = ["build", "--progress=plain", "-f", str(dockerfile), "-t", tag]
+        if self.client.buildx:
+            args = ["buildx", *args, "--load"]
+        for key, value in sorted(build_args.items()):
+            args += ["--build-arg", f"{key}={value}"]
+        for key, value in sorted(labels.items()):
+            args += ["--label", f"{key}={value}"]
+        for key, path in sorted(secrets.items()):
+            args += ["--secret", f"id={key},src={path}"]
+        if no_cache:
+            args.append("--no-cache")
+        tail: deque[str] = deque(maxlen=25)
+        proc = subprocess.Popen(
+            self._cmd(*args, str(context)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self._env(),
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if on_line:
+                on_line(line)
+        if proc.wait() != 0:
+            text = "\n".join(tail)
+            if "Cannot connect to the Docker daemon" in text:
+                raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+            raise BuildError(f"building {tag} failed", fix="see the failing step's output above", log_tail=text)
+
+    # --- containers -------------------------------------------------------------------
+
+    def run(self, image: str, command: Sequence[str], *, options: Sequence[str] = (), timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a throw-away container and capture its output (the container is removed)."""
+        return subprocess.run(
+            self._cmd("run", "--rm", *options, image, *command), capture_output=True, text=True, timeout=timeout
+        )
+
+    def containers(self, label: str, all: bool = True) -> list[dict]:
+        args = ["ps", "--filter", f"label={label}", "--format", "{{json .}}"]
+        if all:
+            args.insert(1, "--all")
+        return [json.loads(line) for line in self.run_cli(*args).stdout.splitlines() if line.strip()]
+
+    def remove_containers(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if ids:
+            self.run_cli("rm", "--force", "--volumes", *ids, check=False)

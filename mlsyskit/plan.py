@@ -1,0 +1,150 @@
+"""Pure planning: from the catalog and the config, the ordered layers to build and their
+content-hash tags. No engine calls here, so it is unit-tested without Docker.
+
+A layer's tag is a hash of everything that decides its content: its Dockerfile, the files
+it reads (pyproject.toml, uv.lock, scripts), its build args and its parent's identity.
+Same inputs, same tag; a changed topic lock changes only the topic's tag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from . import IMAGE_PREFIX, LABEL_PREFIX
+from .catalog import Base, Catalog, Topic
+from .config import Config
+from .lockfile import key_versions, lock_sha256
+
+
+@dataclass(frozen=True, kw_only=True)
+class RootImage:
+    """The OS root filesystem a base layer starts FROM: its reference and image ID."""
+
+    ref: str
+    image_id: str
+    origin: str  # "registry" or "bootstrap"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    kind: str  # "base", "stack" or "topic"
+    name: str
+    flavour: str
+    dockerfile: Path
+    context: Path
+    build_args: dict[str, str]
+    inputs: tuple[Path, ...]
+    parent: Layer | None = None
+    root: RootImage | None = None
+    lock: Path | None = None
+    key_packages: tuple[str, ...] = ()
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def inputs_hash(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.kind, self.name, self.flavour, sorted(self.build_args.items())]).encode())
+        digest.update(self.parent.inputs_hash.encode() if self.parent else b"")
+        digest.update(self.root.image_id.encode() if self.root else b"")
+        for path in (self.dockerfile, *sorted(self.inputs)):
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+    @property
+    def repository(self) -> str:
+        return f"{IMAGE_PREFIX}/{self.kind}-{self.name}"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.repository}:{self.inputs_hash[:12]}"
+
+    @property
+    def parent_ref(self) -> str:
+        return self.parent.tag if self.parent else self.root.ref if self.root else ""
+
+    def labels(self) -> dict[str, str]:
+        labels = {
+            f"{LABEL_PREFIX}.kind": self.kind,
+            f"{LABEL_PREFIX}.name": self.name,
+            f"{LABEL_PREFIX}.base": self.flavour,
+            f"{LABEL_PREFIX}.inputs-hash": self.inputs_hash,
+            f"{LABEL_PREFIX}.parent": self.parent_ref,
+            **self.extra_labels,
+        }
+        if self.lock is not None:
+            labels[f"{LABEL_PREFIX}.lock-sha256"] = lock_sha256(self.lock)
+            labels[f"{LABEL_PREFIX}.key-versions"] = json.dumps(key_versions(self.lock, self.key_packages), sort_keys=True)
+        return labels
+
+
+def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) -> Layer:
+    images = catalog.root / "images"
+    python = "/usr/bin/python3" if config.python == "system" else config.python
+    return Layer(
+        kind="base",
+        name=base.name,
+        flavour=base.name,
+        dockerfile=images / "base.Dockerfile",
+        context=images,
+        build_args={"ROOT_IMAGE": root.ref, "UV_VERSION": config.uv_version, "PYTHON": python},
+        inputs=tuple(sorted((images / "scripts").iterdir())),
+        root=root,
+    )
+
+
+def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) -> list[Layer]:
+    """[base, stack, topic] (or [base, topic] for a topic with no stack)."""
+    env_dockerfile = catalog.root / "images" / "env.Dockerfile"
+    layers = [base]
+    parent = base
+    if topic.stack:
+        stack = catalog.stacks[topic.stack]
+        parent = Layer(
+            kind="stack",
+            name=stack.name,
+            flavour=base.flavour,
+            dockerfile=env_dockerfile,
+            context=stack.path,
+            build_args={"PARENT_IMAGE": base.tag, "APT_PACKAGES": ""},
+            inputs=(stack.path / "pyproject.toml", stack.lock_path),
+            parent=base,
+            lock=stack.lock_path,
+            key_packages=stack.key_packages,
+            extra_labels={f"{LABEL_PREFIX}.cuda": stack.cuda},
+        )
+        layers.append(parent)
+    layers.append(
+        Layer(
+            kind="topic",
+            name=topic.name,
+            flavour=base.flavour,
+            dockerfile=env_dockerfile,
+            context=topic.path,
+            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(topic.apt_packages)},
+            inputs=(topic.path / "pyproject.toml", topic.lock_path),
+            parent=parent,
+            lock=topic.lock_path,
+            key_packages=topic.key_packages,
+            extra_labels={f"{LABEL_PREFIX}.topic": topic.name, f"{LABEL_PREFIX}.stack": topic.stack},
+        )
+    )
+    return layers
+
+
+def plan(catalog: Catalog, config: Config, topics: list[Topic], base: Base, root: RootImage) -> list[Layer]:
+    """Every layer the topics need, parents first, each once."""
+    base_l = base_layer(catalog, config, base, root)
+    ordered: dict[str, Layer] = {}
+    for topic in topics:
+        for layer in topic_layers(catalog, config, topic, base_l):
+            ordered.setdefault(layer.tag, layer)
+    return list(ordered.values())
+
+
+def topic_alias(topic: str, flavour: str) -> str:
+    """The friendly tag users type: mlsyskit/<topic>:<base flavour>."""
+    return f"{IMAGE_PREFIX}/{topic}:{flavour}"

@@ -1,0 +1,93 @@
+"""The OS root filesystem under the base layer. Where a registry answers it is pulled;
+where none does (air-gapped clusters, mirrors only) the same OS is bootstrapped from an
+apt mirror with debootstrap and imported, so no container registry is ever required."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+
+from . import IMAGE_PREFIX, LABEL_PREFIX
+from .catalog import Base
+from .config import Config
+from .engine import Engine
+from .errors import EngineError, UsageError
+from .plan import RootImage
+
+PULL_TIMEOUT_S = 90
+
+
+def bootstrap_ref(base: Base) -> str:
+    return f"{IMAGE_PREFIX}/rootfs-{base.name}:{base.bootstrap_suite}"
+
+
+def _found(engine: Engine, ref: str, origin: str) -> RootImage | None:
+    data = engine.inspect_image(ref)
+    return RootImage(ref=ref, image_id=data["Id"], origin=origin) if data else None
+
+
+def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | None:
+    """The root image already in the engine, if any (never pulls or builds)."""
+    candidates = []
+    if config.rootfs in ("auto", "registry") or not base.can_bootstrap:
+        candidates.append((base.registry_image, "registry"))
+    if config.rootfs in ("auto", "bootstrap") and base.can_bootstrap:
+        candidates.append((bootstrap_ref(base), "bootstrap"))
+    for ref, origin in candidates:
+        if found := _found(engine, ref, origin):
+            return found
+    return None
+
+
+def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
+    if found := find_root_image(engine, base, config):
+        return found
+    if config.rootfs in ("auto", "registry") or not base.can_bootstrap:
+        log(f"pulling {base.registry_image} (up to {PULL_TIMEOUT_S}s)")
+        if engine.pull(base.registry_image, PULL_TIMEOUT_S):
+            return _found(engine, base.registry_image, "registry")  # type: ignore[return-value]
+        if config.rootfs == "registry" or not base.can_bootstrap:
+            raise EngineError(
+                f"cannot pull {base.registry_image}: no registry answered",
+                fix="configure a registry mirror for dockerd, or use `--base pypi` (bootstraps without a registry)",
+            )
+        log("no registry answered: bootstrapping the root filesystem from the apt mirror instead")
+    return bootstrap(engine, base, config, log)
+
+
+def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
+    debootstrap = shutil.which("debootstrap") or shutil.which("mmdebstrap")
+    if not debootstrap:
+        raise UsageError("debootstrap is not installed", fix="`sudo apt-get install debootstrap`, or `invoke doctor --fix`")
+    if os.geteuid() != 0:
+        raise UsageError("bootstrapping a root filesystem needs root", fix="run once as root, or make a registry reachable")
+    mirror = config.apt_mirror or base.bootstrap_mirror
+    ref = bootstrap_ref(base)
+    with tempfile.TemporaryDirectory(prefix="mlsyskit-rootfs-") as tmp:
+        target = os.path.join(tmp, "root")
+        log(f"bootstrapping Debian {base.bootstrap_suite} from {mirror} (about a minute)")
+        cmd = [debootstrap, "--variant=minbase", base.bootstrap_suite, target, mirror]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise UsageError(f"debootstrap failed: {' | '.join(tail)}", fix="check network.apt_mirror in kit.toml")
+        # Downloaded .debs and package lists are not part of the OS.
+        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            subprocess.run(["find", os.path.join(target, leftover), "-type", "f", "-delete"], check=False)
+        tar = subprocess.Popen(["tar", "-C", target, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        try:
+            engine.import_tar(
+                tar.stdout,
+                ref,
+                changes=[
+                    'CMD ["/bin/bash"]',
+                    f"LABEL {LABEL_PREFIX}.kind=rootfs {LABEL_PREFIX}.mirror={mirror}",
+                ],
+            )
+        finally:
+            tar.wait()
+    log(f"imported {ref}")
+    return _found(engine, ref, "bootstrap")  # type: ignore[return-value]

@@ -1,0 +1,457 @@
+"""What every smoke test shares: the result schema, the table, the time limit, child cleanup.
+
+A result is one JSON object::
+
+    {"test": str, "status": "passed" | "failed" | "skipped", "reason": str,
+     "seconds": float, "figures": {...}, "environment": {...}}
+
+Exit codes: 0 for passed and for skipped (a GPU test on a machine without one), 1 for
+failed. A skip is never reported as a pass: ``status`` says which it was.
+
+Nothing here imports torch at module level, so the unit tests run without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+STATUSES = (PASSED, FAILED, SKIPPED)
+RESULT_KEYS = {"test": str, "status": str, "reason": str, "seconds": float, "figures": dict, "environment": dict}
+
+#: Environment variables worth recording with a result: they change what NCCL and CUDA do.
+RECORDED_ENV_PREFIXES = ("NCCL_", "CUDA_VISIBLE_DEVICES", "TORCH_SYMM_MEM", "NVSHMEM_DISABLE_NVLS")
+
+
+class Skip(Exception):
+    """The test cannot run here (no GPU, too few GPUs); the message says why."""
+
+
+class Fail(Exception):
+    """The test ran and missed what it checks (a wrong sum, a gate); the message says what."""
+
+
+@dataclass
+class SmokeResult:
+    test: str
+    status: str = FAILED
+    reason: str = ""
+    seconds: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status == FAILED else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(float(self.seconds), 3)
+        return json_safe(data)
+
+
+def json_safe(value: Any) -> Any:
+    """Make ``value`` strict JSON: NaN and infinities become strings, tuples lists, keys strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def validate_result(data: Mapping[str, Any]) -> list[str]:
+    """Problems with a result object; an empty list means it follows the schema."""
+    problems = []
+    for key, kind in RESULT_KEYS.items():
+        if key not in data:
+            problems.append(f"missing key {key!r}")
+        elif kind is float and (not isinstance(data[key], int | float) or isinstance(data[key], bool)):
+            problems.append(f"{key!r} is {type(data[key]).__name__}, expected a number")
+        elif kind is not float and not isinstance(data[key], kind):
+            problems.append(f"{key!r} is {type(data[key]).__name__}, expected {kind.__name__}")
+    extra = set(data) - set(RESULT_KEYS)
+    if extra:
+        problems.append(f"unexpected keys {sorted(extra)}")
+    if data.get("status") not in STATUSES:
+        problems.append(f"status {data.get('status')!r} is not one of {STATUSES}")
+    if data.get("status") in (FAILED, SKIPPED) and not data.get("reason"):
+        problems.append(f"a {data.get('status')} result needs a reason")
+    return problems
+
+
+def write_json(result: SmokeResult, path: str | os.PathLike[str]) -> Path:
+    data = result.to_dict()
+    problems = validate_result(data)
+    if problems:  # a bug in the test script, not in the machine under test
+        raise ValueError(f"result for {result.test} breaks the schema: {problems}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    tmp.replace(out)  # readers never see half a file, even when the watchdog fires mid-write
+    return out
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _is_numeric(cell: str) -> bool:
+    text = cell.strip().rstrip("%x").replace(",", "")
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """An aligned plain-text table: numbers right-aligned, words left-aligned."""
+    body = [["" if c is None else str(c) for c in row] for row in rows]
+    head = [str(h) for h in headers]
+    for row in body:
+        if len(row) != len(head):
+            raise ValueError(f"row {row} has {len(row)} cells, headers have {len(head)}")
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(head)]
+    numeric = [bool(body) and all(_is_numeric(r[i]) or r[i] in ("", "-") for r in body) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in body)
+    return "\n".join(out)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+def summary_line(result: SmokeResult) -> str:
+    text = f"{result.test}: {result.status.upper()} in {result.seconds:.1f} s"
+    return f"{text} ({result.reason})" if result.reason else text
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def environment(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the result depends on: Python, torch, CUDA, NCCL, the GPUs, NCCL's variables."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["cuda_runtime"] = torch.version.cuda
+        env["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            env["gpu_count"] = torch.cuda.device_count()
+            env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            try:
+                env["nccl"] = ".".join(str(p) for p in torch.cuda.nccl.version())
+            except Exception as exc:  # torch built without NCCL
+                env["nccl"] = f"unavailable: {exc}"
+    except ImportError:
+        env["torch"] = None
+    driver = nvidia_smi(["--query-gpu=driver_version", "--format=csv,noheader"])
+    if driver:
+        env["driver"] = driver.splitlines()[0].strip()
+    env["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV_PREFIXES)}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def nvidia_smi(args: Sequence[str], timeout: float = 30) -> str | None:
+    """nvidia-smi's output, or None where it is missing or fails (CPU machines, containers without it)."""
+    try:
+        proc = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------- children and time limits
+
+_CHILDREN: set[subprocess.Popen[str]] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def kill_process_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM the child's whole process group, then SIGKILL whatever is left after ``grace`` s.
+
+    Children are started with ``start_new_session=True``, so their group holds their own
+    children too (torchrun's workers, dataloader workers) and nothing of ours.
+    """
+    if proc.poll() is not None and not _group_alive(proc.pid):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not _group_alive(proc.pid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_children() -> None:
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+    for proc in children:
+        kill_process_group(proc, grace=5.0)
+
+
+@dataclass
+class CommandResult:
+    returncode: int | None
+    output: str
+    timed_out: bool
+    seconds: float
+
+
+def run_command(
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    echo: bool = True,
+) -> CommandResult:
+    """Run ``cmd`` in its own session, echo and keep its output, and kill its group when it
+    outlives ``timeout`` or when we are interrupted (the interruption is re-raised)."""
+    start = time.monotonic()
+    log = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in finally
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(proc)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if log:
+                log.write(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        # Runs on timeout, on success (to reap stray grandchildren) and on Ctrl-C/SIGTERM.
+        kill_process_group(proc)
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+        reader.join(timeout=5)
+        if log:
+            log.close()
+    return CommandResult(proc.returncode, "".join(lines), timed_out, time.monotonic() - start)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so that cleanup runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(f"signal {signum}")
+
+
+class Watchdog:
+    """Ends the process after ``seconds`` even when it is stuck inside C code (a hung collective).
+
+    Python's own timeouts cannot interrupt a blocked CUDA or NCCL call, so a daemon thread
+    calls ``on_timeout`` (which writes the failed result) and then ``os._exit``.
+    """
+
+    def __init__(self, seconds: float, on_timeout: Callable[[], None]):
+        self.seconds = seconds
+        self.on_timeout = on_timeout
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        try:
+            kill_children()
+            self.on_timeout()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+
+    def __enter__(self) -> Watchdog:
+        if self.seconds and self.seconds > 0:
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer:
+            self._timer.cancel()
+
+
+# ---------------------------------------------------------------------------- running a test
+
+
+@dataclass
+class Report:
+    """What a test body fills in as it goes, so a failure or a timeout still reports it."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    table_headers: list[str] = field(default_factory=list)
+    table_rows: list[list[Any]] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        self.table_headers = list(headers)
+        self.table_rows = [list(r) for r in rows]
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
+    parser.add_argument("--cpu", action="store_true", help="run the CPU variant (no GPU needed)")
+    parser.add_argument("--json", metavar="PATH", help="write the JSON result here")
+    parser.add_argument(
+        "--timeout", type=float, default=timeout, help=f"fail after this many seconds (default {timeout:g})"
+    )
+
+
+def run_test(
+    name: str,
+    body: Callable[[Report], None],
+    *,
+    json_path: str | None,
+    timeout: float,
+    writer: bool = True,
+    env_extra: Callable[[], Mapping[str, Any]] | None = None,
+) -> int:
+    """Run ``body`` under a time limit and turn its outcome into a printed and saved result.
+
+    ``writer`` is False on the ranks of a distributed job other than 0: they run the same
+    body but print and write nothing.
+    """
+    start = time.monotonic()
+    report = Report()
+    result = SmokeResult(test=name)
+
+    def finish(status: str, reason: str) -> SmokeResult:
+        result.status, result.reason = status, reason
+        result.seconds = time.monotonic() - start
+        result.figures = dict(report.figures)
+        if writer:
+            try:
+                result.environment = {**environment(env_extra() if env_extra else None), **report.environment}
+            except Exception as exc:  # never lose the result over its metadata
+                result.environment = {"error": f"{type(exc).__name__}: {exc}", **report.environment}
+            emit(result, report, json_path)
+        return result
+
+    def on_timeout() -> None:
+        finish(FAILED, f"timed out after {timeout:g} s")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with Watchdog(timeout, on_timeout):
+            try:
+                body(report)
+            except Skip as exc:
+                return finish(SKIPPED, str(exc) or "skipped").exit_code
+            except Fail as exc:
+                return finish(FAILED, str(exc)).exit_code
+            except KeyboardInterrupt as exc:
+                kill_children()
+                why = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+                return finish(FAILED, why).exit_code
+            except Exception as exc:
+                traceback.print_exc()
+                kill_children()
+                return finish(FAILED, f"{type(exc).__name__}: {exc}").exit_code
+            return finish(PASSED, "").exit_code
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+#: Set by a supervising parent (see ``smoke_tests.nccl.relaunch``) that prints the table itself.
+SUPERVISED_ENV = "SMOKE_TESTS_SUPERVISED"
+
+
+def emit(result: SmokeResult, report: Report, json_path: str | None) -> None:
+    lines = [""]
+    if report.table_rows and not os.environ.get(SUPERVISED_ENV):
+        lines.append(render_table(report.table_headers, report.table_rows))
+    lines.extend(report.notes)
+    lines.append(summary_line(result))
+    print("\n".join(lines), flush=True)
+    if json_path:
+        write_json(result, json_path)
+        print(f"result written to {json_path}", flush=True)
