@@ -1,7 +1,7 @@
 """invoke front end of the kit: parse, call mlsyskit.commands, print. Nothing else.
 
-Several topics are given comma-separated (`invoke build distributed,verl`): invoke reads
-a second bare word as another task's name."""
+Several topics are given comma-separated (`invoke build distributed,verl`), or `all`:
+invoke reads a second bare word as another task's name."""
 
 from __future__ import annotations
 
@@ -44,15 +44,16 @@ def doctor(c, fix=False):
 
 
 @task(
+    positional=["topics"],
     help={
-        "topics": "topic names, comma-separated (default: all)",
+        "topics": "topic names, comma-separated, or `all`",
         "base": "base flavour: pypi (no registry needed) or nvidia",
         "no-cache": "rebuild every layer from scratch",
         "verbose": "show every line of the build log",
     }
 )
 @kit_errors
-def build(c, topics="", base=None, no_cache=False, verbose=False):
+def build(c, topics, base=None, no_cache=False, verbose=False):
     """Build base -> stack -> topic, only what is missing or changed."""
     say(commands.build(topics, base, no_cache, verbose, say))
 
@@ -71,9 +72,9 @@ def lock(c, topics="", check=False):
     commands.lock(topics, check, say)
 
 
-@task(help={"topic": "the topic to check", "base": "base flavour"})
+@task(positional=["topic"], help={"topic": "the topic to check", "base": "base flavour"})
 @kit_errors
-def check(c, topic="distributed", base=None):
+def check(c, topic, base=None):
     """CPU check inside a built topic image: imports and key versions."""
     say(commands.check(topic, base, say))
 

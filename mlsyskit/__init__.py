@@ -1,7 +1,9 @@
 """mlsyskit: reproducible, layered, uv-locked Docker environments for ML-systems tutorials."""
 
+import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# MLSYSKIT_ROOT lets tests (and forks) point the kit at another tree of images/ and envs/.
+REPO_ROOT = Path(os.environ.get("MLSYSKIT_ROOT") or Path(__file__).resolve().parent.parent)
 IMAGE_PREFIX = "mlsyskit"
 LABEL_PREFIX = "org.mlsyskit"

@@ -1,0 +1,162 @@
+"""A tiny random-weight Qwen2 model, its tokenizer and a small SFT dataset, made offline.
+
+    python -m smoke_tests.tiny_model OUTDIR [--rows 64] [--seed 0]
+
+writes ``OUTDIR/model`` (config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json with a ChatML chat template) and ``OUTDIR/train.parquet`` (one
+``messages`` column of user/assistant turns), with no access to any model hub. The
+tokenizer is a byte-level BPE trained here with the ``tokenizers`` library on the
+dataset's own text, so any string encodes. The conversations are sums of two numbers
+("What is 12 + 30?" / "12 + 30 = 42."): regular enough that a few optimizer steps
+visibly lower the loss of a randomly initialised model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
+SPECIAL_TOKENS = [PAD, IM_START, EOS]
+
+#: ChatML with no default system prompt. Each turn renders on its own exactly as inside a
+#: whole conversation, which verl's MultiTurnSFTDataset checks (it tokenizes turn by turn).
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    vocab_size: int = 512
+
+
+def make_conversations(rows: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """``rows`` single-turn chats about sums, the same for the same seed."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        a, b = rng.randrange(100), rng.randrange(100)
+        out.append([
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
+        ])  # fmt: skip
+    return out
+
+
+def render_chatml(messages: Sequence[dict[str, str]]) -> str:
+    """What CHAT_TEMPLATE renders, in Python (the tokenizer's training text and a test oracle)."""
+    return "".join(f"{IM_START}{m['role']}\n{m['content']}{EOS}\n" for m in messages)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def write_tokenizer(tok: Any, out: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    hf.chat_template = CHAT_TEMPLATE
+    hf.save_pretrained(out)
+    return hf
+
+
+def write_model(out: Path, cfg: TinyConfig, vocab_size: int, eos_id: int, pad_id: int, seed: int) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=False,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=None,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def write_dataset(path: Path, conversations: Sequence[Sequence[dict[str, str]]]) -> Path:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"messages": [list(c) for c in conversations]}).to_parquet(path, index=False)
+    return path
+
+
+def build(workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | None = None) -> dict[str, Any]:
+    """Write model, tokenizer and dataset under ``workdir``; return their paths and sizes."""
+    cfg = cfg or TinyConfig()
+    root = Path(workdir)
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    conversations = make_conversations(rows, seed)
+    tok = train_tokenizer((render_chatml(c) for c in conversations), cfg.vocab_size)
+    hf = write_tokenizer(tok, model_dir)
+    vocab = len(hf)
+    write_model(model_dir, cfg, vocab, hf.convert_tokens_to_ids(EOS), hf.convert_tokens_to_ids(PAD), seed)
+    data = write_dataset(root / "train.parquet", conversations)
+    lengths = [len(hf.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in conversations]
+    info = {
+        "model": str(model_dir),
+        "train_files": str(data),
+        "rows": rows,
+        "vocab_size": vocab,
+        "max_tokens": max(lengths),
+        "hidden_size": cfg.hidden_size,
+        "layers": cfg.num_hidden_layers,
+    }
+    (root / "tiny_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("outdir")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    print(json.dumps(build(args.outdir, rows=args.rows, seed=args.seed), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

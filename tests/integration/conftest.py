@@ -1,0 +1,77 @@
+"""Fixtures over the real engine: the engine, built topic images, running containers."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import testinfra
+
+from mlsyskit.build import LayerResult, build_topics
+from mlsyskit.catalog import load_catalog
+from mlsyskit.config import load_config
+from mlsyskit.engine import Engine
+from mlsyskit.errors import EngineError
+from mlsyskit.plan import topic_alias
+from tests.conftest import need
+
+_built: dict[str, list[LayerResult]] = {}
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    try:
+        return Engine.connect()
+    except EngineError as exc:
+        need(False, f"no Docker engine: {exc}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def build_topic(engine: Engine):
+    """build_topic(name) -> the layer results; each topic is built once per session."""
+
+    def build(name: str, base: str = "pypi") -> list[LayerResult]:
+        key = f"{name}:{base}"
+        if key not in _built:
+            catalog, config = load_catalog(), load_config()
+            _built[key] = build_topics(engine, catalog, config, [catalog.topic(name)], base_name=base, log=print)
+        return _built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def topic_container(engine: Engine, build_topic):
+    """topic_container(name) -> a testinfra host on a running container of the topic."""
+    started: list[str] = []
+
+    def start(name: str, base: str = "pypi") -> testinfra.host.Host:
+        build_topic(name, base)
+        container = f"mlsyskit-test-{name}-{uuid.uuid4().hex[:8]}"
+        engine.run_cli("run", "-d", "--rm", "--name", container, topic_alias(name, base), "sleep", "infinity")
+        started.append(container)
+        return testinfra.get_host(f"docker://{container}")
+
+    yield start
+    for container in started:
+        subprocess.run([engine.client.path, "rm", "-f", container], capture_output=True)
+
+
+def run_kit(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (`invoke ...`) as a user would, from the repo root."""
+    import os
+    import sys
+
+    from mlsyskit import REPO_ROOT
+
+    invoke = [sys.executable, "-m", "invoke"]
+    return subprocess.run(
+        [*invoke, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    yield from (line for line in text.splitlines() if line.strip())
