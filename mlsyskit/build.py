@@ -99,12 +99,13 @@ def build_topics(
     no_cache: bool = False,
     log: Callable[[str], None] = print,
     verbose: bool = False,
+    tag_aliases: bool = True,
 ) -> list[LayerResult]:
     base = catalog.base(base_name)
     root: RootImage = ensure_root_image(engine, base, config, log)
     layers = plan(catalog, config, topics, base, root)
     results = build_layers(engine, config, layers, no_cache=no_cache, log=log, verbose=verbose)
     for result in results:
-        if result.layer.kind == "topic":
+        if tag_aliases and result.layer.kind == "topic":
             engine.tag(result.layer.tag, topic_alias(result.layer.name, base.name))
     return results

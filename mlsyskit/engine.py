@@ -181,21 +181,22 @@ class Engine:
         if no_cache:
             args.append("--no-cache")
         tail: deque[str] = deque(maxlen=25)
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             self._cmd(*args, str(context)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=self._env(),
             errors="replace",
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if on_line:
-                on_line(line)
-        if proc.wait() != 0:
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+            returncode = proc.wait()
+        if returncode != 0:
             text = "\n".join(tail)
             if "Cannot connect to the Docker daemon" in text:
                 raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)

@@ -9,20 +9,69 @@ from pathlib import Path
 from .errors import UsageError
 
 
-def read_packages(lock: Path) -> dict[str, str]:
-    """{normalized name: version} of every package in a uv lock (the virtual project,
-    which has no version and is never installed, is left out)."""
+def read_packages(lock: Path) -> dict[str, tuple[str, ...]]:
+    """{normalized name: versions} of every package in a uv lock. A universal lock may hold
+    several versions of one package, one per Python range (numpy for 3.11 and for 3.12+):
+    which one an image gets depends on its Python, see `expected_packages`. The virtual
+    project, which is never installed, is left out."""
     try:
         data = tomllib.loads(lock.read_text())
     except (FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{lock}: cannot read lock ({exc})", fix="run `invoke lock`") from None
-    packages = {}
+    packages: dict[str, tuple[str, ...]] = {}
     for package in data.get("package", []):
         source = package.get("source", {})
         if "virtual" in source or "editable" in source or "version" not in package:
             continue
-        packages[normalize(package["name"])] = package["version"]
+        name = normalize(package["name"])
+        packages[name] = (*packages.get(name, ()), package["version"])
     return packages
+
+
+# Run inside an image to get the values PEP 508 markers are evaluated against.
+ENVIRONMENT_SCRIPT = """
+import json, os, platform, sys
+v = sys.version_info
+print(json.dumps({
+    "implementation_name": sys.implementation.name,
+    "implementation_version": platform.python_version(),
+    "os_name": os.name,
+    "platform_machine": platform.machine(),
+    "platform_release": platform.release(),
+    "platform_system": platform.system(),
+    "platform_version": platform.version(),
+    "python_full_version": platform.python_version(),
+    "platform_python_implementation": platform.python_implementation(),
+    "python_version": f"{v.major}.{v.minor}",
+    "sys_platform": sys.platform,
+}))
+"""
+
+
+def expected_packages(lock: Path, environment: dict[str, str]) -> dict[str, str]:
+    """{name: version} that installing the lock must give in `environment` (the output
+    of ENVIRONMENT_SCRIPT in the image): the lock exported by uv, markers evaluated."""
+    import subprocess
+
+    from packaging.requirements import Requirement
+
+    from .locks import uv_binary
+
+    proc = subprocess.run(
+        [uv_binary(), "export", "--frozen", "--no-hashes", "--no-header", "--no-annotate", "--no-emit-project",
+         "--no-dev", "--format", "requirements.txt", "--project", str(lock.parent), "--quiet"],
+        capture_output=True, text=True, check=True,
+    )
+    expected = {}
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate(environment):
+            (spec,) = requirement.specifier
+            expected[normalize(requirement.name)] = spec.version
+    return expected
 
 
 def normalize(name: str) -> str:
@@ -34,12 +83,17 @@ def lock_sha256(lock: Path) -> str:
 
 
 def key_versions(lock: Path, names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Key packages' locked versions, forks shown as `2.4.6|2.5.5`."""
     packages = read_packages(lock)
-    return {name: packages[normalize(name)] for name in names if normalize(name) in packages}
+    return {name: "|".join(packages[normalize(name)]) for name in names if normalize(name) in packages}
 
 
 def disagreements(stack_lock: Path, topic_lock: Path) -> list[tuple[str, str, str]]:
     """Packages both locks hold at different versions. A topic must agree with its stack,
     or the topic layer would reinstall (and duplicate) what the stack layer holds."""
     stack, topic = read_packages(stack_lock), read_packages(topic_lock)
-    return [(name, stack[name], topic[name]) for name in sorted(stack.keys() & topic.keys()) if stack[name] != topic[name]]
+    return [
+        (name, "|".join(stack[name]), "|".join(topic[name]))
+        for name in sorted(stack.keys() & topic.keys())
+        if stack[name] != topic[name]
+    ]

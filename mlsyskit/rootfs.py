@@ -77,8 +77,7 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
         # Downloaded .debs and package lists are not part of the OS.
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             subprocess.run(["find", os.path.join(target, leftover), "-type", "f", "-delete"], check=False)
-        tar = subprocess.Popen(["tar", "-C", target, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        try:
+        with subprocess.Popen(["tar", "-C", target, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE) as tar:
             engine.import_tar(
                 tar.stdout,
                 ref,
@@ -87,7 +86,5 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
                     f"LABEL {LABEL_PREFIX}.kind=rootfs {LABEL_PREFIX}.mirror={mirror}",
                 ],
             )
-        finally:
-            tar.wait()
     log(f"imported {ref}")
     return _found(engine, ref, "bootstrap")  # type: ignore[return-value]

@@ -1,0 +1,36 @@
+"""The layer graph on the real engine: a warm rebuild reuses every layer, and a changed
+topic dependency rebuilds only the topic layer."""
+
+import subprocess
+
+from mlsyskit.build import build_topics
+from mlsyskit.catalog import load_catalog
+from mlsyskit.config import load_config
+from mlsyskit.locks import uv_binary
+
+
+def test_warm_rebuild_reuses_every_layer(engine, build_topic):
+    build_topic("distributed")
+    catalog = load_catalog()
+    again = build_topics(engine, catalog, load_config(), [catalog.topic("distributed")], base_name="pypi", log=print)
+    assert [(r.layer.kind, r.status) for r in again] == [("base", "reused"), ("stack", "reused"), ("topic", "reused")]
+
+
+def test_bumping_a_topic_dependency_rebuilds_only_the_topic(engine, build_topic, kit_tree):
+    first = build_topic("distributed")
+    pyproject = kit_tree / "envs/distributed/pyproject.toml"
+    # A small, pure-Python addition: the kind of change users make most.
+    pyproject.write_text(pyproject.read_text().replace('"psutil",', '"psutil",\n    "tabulate==0.9.0",'))
+    subprocess.run([uv_binary(), "lock", "--directory", str(kit_tree / "envs/distributed")], check=True, capture_output=True)
+    catalog = load_catalog(kit_tree)
+    results = build_topics(
+        engine, catalog, load_config(kit_tree), [catalog.topic("distributed")], base_name="pypi", log=print, tag_aliases=False
+    )
+    try:
+        assert [r.status for r in results] == ["reused", "reused", "built"]
+        assert [r.layer.tag for r in results[:2]] == [r.layer.tag for r in first[:2]]
+        assert results[2].layer.tag != first[2].layer.tag
+        proc = engine.run(results[2].layer.tag, ["python", "-c", "import tabulate; print(tabulate.__version__)"])
+        assert proc.stdout.strip() == "0.9.0", proc.stderr
+    finally:
+        engine.remove_images([results[2].layer.tag])

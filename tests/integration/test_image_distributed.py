@@ -1,0 +1,79 @@
+"""The `distributed` image on the pypi base, checked from inside with testinfra."""
+
+import json
+
+import pytest
+
+from mlsyskit import LABEL_PREFIX
+from mlsyskit.catalog import load_catalog
+from mlsyskit.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256
+from mlsyskit.plan import topic_alias
+
+TOPIC = "distributed"
+
+
+@pytest.fixture(scope="module")
+def host(topic_container):
+    return topic_container(TOPIC)
+
+
+def test_python_is_the_distributions(host):
+    out = host.check_output("python -c 'import sys; print(sys.executable, sys.version_info[:2])'")
+    assert out == "/opt/venv/bin/python (3, 11)"
+    assert host.file("/opt/venv/bin/python").linked_to.startswith("/usr/bin/python3")
+
+
+def test_every_locked_package_is_installed_at_its_locked_version(host):
+    environment = json.loads(host.check_output(f"python -c '{ENVIRONMENT_SCRIPT}'"))
+    locked = expected_packages(load_catalog().topic(TOPIC).lock_path, environment)
+    assert "torch" in locked and "numpy" in locked
+    script = (
+        "import importlib.metadata as md, json\n"
+        "print(json.dumps({d.metadata['Name'].lower().replace('_','-').replace('.','-'): d.version for d in md.distributions()}))"
+    )
+    installed = json.loads(host.check_output(f'python -c "{script}"'))
+    wrong = {name: (version, installed.get(name)) for name, version in locked.items() if installed.get(name) != version}
+    assert wrong == {}
+
+
+def test_torch_imports_with_cuda_13_wheels(host):
+    out = host.check_output("python -c 'import torch; print(torch.__version__, torch.version.cuda)'")
+    assert out.startswith("2.11.0") and out.endswith("13.0")
+
+
+def test_nvcc_from_the_wheels_is_on_path_for_jit(host):
+    assert host.file("/usr/local/cuda").is_symlink
+    assert "release 13.0" in host.check_output("nvcc --version")
+    assert host.file("/usr/local/cuda/include/cuda_runtime.h").exists
+
+
+def test_topology_tools_are_installed(host):
+    for tool in ("lstopo-no-graphics", "numactl", "lspci", "ibv_devinfo"):
+        assert host.exists(tool), tool
+
+
+GLOO_ALL_REDUCE = """
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+t = torch.full((1024,), float(rank + 1))
+dist.all_reduce(t)
+assert torch.all(t == world * (world + 1) / 2), t[:4]
+if rank == 0: print("sum", int(t[0].item()))
+dist.destroy_process_group()
+"""
+
+
+def test_two_process_gloo_all_reduce_gives_the_right_sum(host):
+    host.check_output(f"cat > /tmp/allreduce.py <<'EOF'\n{GLOO_ALL_REDUCE}\nEOF")
+    out = host.run("torchrun --nproc_per_node 2 --master_port 29511 /tmp/allreduce.py")
+    assert out.rc == 0, out.stderr
+    assert "sum 3" in out.stdout
+
+
+def test_labels_carry_the_lock_hash_and_versions(engine):
+    topic = load_catalog().topic(TOPIC)
+    labels = engine.image_labels(topic_alias(TOPIC, "pypi"))
+    assert labels[f"{LABEL_PREFIX}.lock-sha256"] == lock_sha256(topic.lock_path)
+    assert json.loads(labels[f"{LABEL_PREFIX}.key-versions"])["torch"] == "2.11.0"
+    assert labels[f"{LABEL_PREFIX}.stack"] == topic.stack

@@ -1,0 +1,67 @@
+"""Content-hash tags: same inputs give the same tag; a change reaches only the layers
+that depend on it."""
+
+import json
+
+from mlsyskit.catalog import load_catalog
+from mlsyskit.config import Config
+from mlsyskit.lockfile import lock_sha256, read_packages
+from mlsyskit.plan import RootImage, plan
+
+ROOT = RootImage(ref="mlsyskit/rootfs-pypi:bookworm", image_id="sha256:" + "a" * 64, origin="bootstrap")
+
+
+def tags(root_dir=None, root=ROOT, config=Config()):
+    catalog = load_catalog(root_dir) if root_dir else load_catalog()
+    layers = plan(catalog, config, [catalog.topic("distributed")], catalog.base("pypi"), root)
+    return {layer.kind: layer.tag for layer in layers}, layers
+
+
+def test_layer_order_and_parents():
+    _, layers = tags()
+    assert [layer.kind for layer in layers] == ["base", "stack", "topic"]
+    assert layers[1].build_args["PARENT_IMAGE"] == layers[0].tag
+    assert layers[2].build_args["PARENT_IMAGE"] == layers[1].tag
+    assert layers[0].build_args["ROOT_IMAGE"] == ROOT.ref
+
+
+def test_same_inputs_same_tags(kit_tree):
+    assert tags()[0] == tags(kit_tree)[0]
+
+
+def test_topic_lock_change_rebuilds_only_the_topic(kit_tree):
+    lock = kit_tree / "envs/distributed/uv.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    before, after = tags()[0], tags(kit_tree)[0]
+    assert before["base"] == after["base"] and before["stack"] == after["stack"]
+    assert before["topic"] != after["topic"]
+
+
+def test_stack_lock_change_rebuilds_stack_and_topic(kit_tree):
+    lock = kit_tree / "images/stacks/torch-2.11-cu130/uv.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    before, after = tags()[0], tags(kit_tree)[0]
+    assert before["base"] == after["base"]
+    assert before["stack"] != after["stack"] and before["topic"] != after["topic"]
+
+
+def test_root_image_and_build_args_are_inputs():
+    other_root = RootImage(ref=ROOT.ref, image_id="sha256:" + "b" * 64, origin="bootstrap")
+    assert tags(root=other_root)[0]["base"] != tags()[0]["base"]
+    assert tags(config=Config(uv_version="0.13.8"))[0]["base"] != tags()[0]["base"]
+
+
+def test_secrets_and_mirrors_are_not_inputs():
+    # A CA bundle or mirror changes how bytes arrive, not which bytes: same tags.
+    config = Config(ca_bundle="/etc/ssl/certs/ca-certificates.crt", pypi_index="https://mirror.example/simple")
+    assert tags(config=config)[0] == tags()[0]
+
+
+def test_labels_carry_lock_hash_and_key_versions():
+    _, layers = tags()
+    topic = layers[-1]
+    labels = topic.labels()
+    assert labels["org.mlsyskit.lock-sha256"] == lock_sha256(topic.lock)
+    versions = json.loads(labels["org.mlsyskit.key-versions"])
+    assert versions["torch"] == "2.11.0" == read_packages(topic.lock)["torch"][0]
+    assert labels["org.mlsyskit.topic"] == "distributed"

@@ -1,0 +1,40 @@
+"""tasks.py's argument handling with invoke's MockContext: no engine is touched."""
+
+import pytest
+from invoke import Exit, MockContext
+
+import tasks
+from mlsyskit.commands import split_names
+from mlsyskit.doctor import parse_nvidia_smi
+from mlsyskit.engine import Client
+
+
+def test_unknown_topic_is_one_line_with_known_topics_and_exit_2():
+    with pytest.raises(Exit) as err:
+        tasks.build(MockContext(), "no-such-topic")
+    assert err.value.code == 2
+    message = str(err.value.message)
+    assert message.startswith("error: unknown topic 'no-such-topic'") and "distributed" in message
+    assert "\n" not in message
+
+
+def test_unknown_base_fails_before_any_engine_call():
+    with pytest.raises(Exit) as err:
+        tasks.build(MockContext(), "distributed", base="conda")
+    assert err.value.code == 2 and "unknown base 'conda'" in err.value.message
+
+
+@pytest.mark.parametrize(("text", "names"), [("", []), ("all", []), ("a,b", ["a", "b"]), ("a, b", ["a", "b"])])
+def test_topic_lists(text, names):
+    assert split_names(text) == names
+
+
+def test_buildkit_capability_by_client():
+    assert Client("/usr/bin/docker", "20.10.24+dfsg1", buildx=False).buildkit
+    assert not Client("/usr/local/bin/docker", "28.2.2", buildx=False).buildkit
+    assert Client("/usr/local/bin/docker", "28.2.2", buildx=True).buildkit
+
+
+def test_nvidia_smi_header():
+    header = "| NVIDIA-SMI 580.95.05   Driver Version: 580.95.05   CUDA Version: 13.0  |"
+    assert parse_nvidia_smi(header) == ("580.95.05", "13.0")
