@@ -65,3 +65,15 @@ def test_labels_carry_lock_hash_and_key_versions():
     versions = json.loads(labels["org.mlsyskit.key-versions"])
     assert versions["torch"] == "2.11.0" == read_packages(topic.lock)["torch"][0]
     assert labels["org.mlsyskit.topic"] == "distributed"
+
+
+def test_nvidia_base_starts_from_the_cuda_image_with_the_same_stack_and_topic():
+    catalog = load_catalog()
+    base = catalog.base("nvidia")
+    root = RootImage(ref=base.registry_image, image_id="sha256:" + "c" * 64, origin="registry")
+    layers = plan(catalog, Config(), [catalog.topic("distributed")], base, root)
+    assert layers[0].build_args["ROOT_IMAGE"].startswith("nvidia/cuda:13.0")
+    assert [l.flavour for l in layers] == ["nvidia"] * 3
+    pypi_layers = tags()[1]
+    # Same recipe and lock for stack and topic, different parent: different tags.
+    assert layers[1].context == pypi_layers[1].context and layers[1].tag != pypi_layers[1].tag
