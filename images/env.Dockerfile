@@ -14,6 +14,9 @@ RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locke
 # The lock is exported with its hashes and installed through whatever index is configured:
 # `uv sync --frozen` would fetch from the URLs recorded in the lock and ignore a mirror.
 # Installing adds to the parent's packages (a topic keeps its stack's JIT tools).
+# `--project` makes the install honour the same [tool.uv] settings the lock was resolved
+# with: override-dependencies (verl's transformers) and the build settings of sdists
+# (extra-build-dependencies / extra-build-variables, e.g. flash-attn for OpenRLHF).
 RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
     --mount=type=secret,id=ca --mount=type=secret,id=pypi_index \
     --mount=type=bind,source=pyproject.toml,target=/tmp/lock/pyproject.toml \
@@ -21,6 +24,6 @@ RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
     . /usr/local/lib/mlsyskit/net.sh \
  && uv export --frozen --no-dev --no-emit-project --format requirements.txt \
       --project /tmp/lock -o /tmp/requirements.txt --quiet \
- && uv pip install --require-hashes -r /tmp/requirements.txt \
+ && uv pip install --project /tmp/lock --require-hashes -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
  && python3 /usr/local/lib/mlsyskit/link_cuda.py
