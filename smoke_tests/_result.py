@@ -310,6 +310,8 @@ def run_command(
         with _CHILDREN_LOCK:
             _CHILDREN.discard(proc)
         reader.join(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()
         if log:
             log.close()
     return CommandResult(proc.returncode, "".join(lines), timed_out, time.monotonic() - start)

@@ -302,13 +302,18 @@ class _NcclLog:
     """Points NCCL's INFO log at a private file (unless the user set NCCL_DEBUG), to read the
     transport it chose; removed afterwards."""
 
+    VARS = ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE")
+
     def __init__(self, enabled: bool):
         self.enabled = enabled and "NCCL_DEBUG" not in os.environ
         self.dir: tempfile.TemporaryDirectory[str] | None = None
+        self.saved: dict[str, str | None] = {}
 
     def __enter__(self) -> _NcclLog:
         if self.enabled:
             self.dir = tempfile.TemporaryDirectory(prefix="smoke-nccl-log-")
+            self.saved = {k: os.environ.get(k) for k in self.VARS}
+            # NCCL reads these once, when the communicator is created just below.
             os.environ["NCCL_DEBUG"] = "INFO"
             os.environ["NCCL_DEBUG_SUBSYS"] = "INIT,P2P,SHM,NET"
             os.environ["NCCL_DEBUG_FILE"] = os.path.join(self.dir.name, "nccl.%p.log")
@@ -320,6 +325,12 @@ class _NcclLog:
         return "".join(p.read_text(errors="replace") for p in Path(self.dir.name).glob("nccl.*.log"))
 
     def __exit__(self, *exc: object) -> None:
+        # Put the user's settings back, so the recorded environment is theirs, not ours.
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         if self.dir:
             self.dir.cleanup()
 
@@ -355,9 +366,7 @@ def worker(args: argparse.Namespace) -> int:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
         elem = DTYPE_BYTES[dtype_name]
         lo, hi, factor = CPU_SIZES if args.cpu else GPU_SIZES
-        sizes = sweep_sizes(
-            parse_size(args.min_bytes or lo), parse_size(args.max_bytes or hi), args.factor or factor
-        )
+        sizes = sweep_sizes(parse_size(args.min_bytes or lo), parse_size(args.max_bytes or hi), args.factor or factor)
         bound = value_bound(dtype_name, world)
 
         from datetime import timedelta

@@ -123,7 +123,9 @@ def worker(args: Any) -> int:
             dist.destroy_process_group()
 
         headers = ["size", "time us", "algbw GB/s", "busbw GB/s"]
-        table = [[fmt_bytes(r["bytes"]), fmt(r["time_us"], 1), fmt(r["algbw_gbps"]), fmt(r["busbw_gbps"])] for r in rows]
+        table = [
+            [fmt_bytes(r["bytes"]), fmt(r["time_us"], 1), fmt(r["algbw_gbps"]), fmt(r["busbw_gbps"])] for r in rows
+        ]
         if args.compare:
             smoke = read_json(args.compare)
             cmp = compare(smoke["figures"].get("sizes", []), rows, parse_size(args.compare_min_bytes))
@@ -132,7 +134,11 @@ def worker(args: Any) -> int:
             headers += ["smoke busbw", "smoke/ref"]
             for line, r in zip(table, rows):
                 c = by_size.get(r["bytes"])
-                line += [fmt(c["smoke_busbw_gbps"]), fmt(c["ratio"], 3) + ("" if c["gated"] else " (not gated)")] if c else ["-", "-"]
+                line += (
+                    [fmt(c["smoke_busbw_gbps"]), fmt(c["ratio"], 3) + ("" if c["gated"] else " (not gated)")]
+                    if c
+                    else ["-", "-"]
+                )
             report.table(headers, table)
             report.figures["table"] = {"headers": headers, "rows": table}
             gated = [c["ratio"] for c in cmp if c["gated"]]
