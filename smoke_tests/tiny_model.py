@@ -34,6 +34,12 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
+#: The pre-tokenizer pattern of Qwen2's tokenizer.json.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 
 @dataclass(frozen=True)
 class TinyConfig:
@@ -66,10 +72,15 @@ def render_chatml(messages: Sequence[dict[str, str]]) -> str:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen2's own split (digits one by one), then bytes: transformers' Qwen2Tokenizer applies
+    # this split when it loads the files, so training with it keeps both views identical.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -134,7 +145,10 @@ def build(workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | 
     vocab = len(hf)
     write_model(model_dir, cfg, vocab, hf.convert_tokens_to_ids(EOS), hf.convert_tokens_to_ids(PAD), seed)
     data = write_dataset(root / "train.parquet", conversations)
-    lengths = [len(hf.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in conversations]
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(model_dir)  # what the trainer will see
+    lengths = [len(loaded.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in conversations]
     info = {
         "model": str(model_dir),
         "train_files": str(data),

@@ -1,0 +1,221 @@
+"""verl SFT smoke test: a few FSDP steps of verl's own trainer on a tiny model; the loss must fall.
+
+    python -m smoke_tests.verl_sft [--json verl_sft.json] [--steps 4] [--nproc 1]
+
+Writes a tiny random Qwen2 model, tokenizer and chat dataset (``smoke_tests.tiny_model``)
+into a work folder, then runs::
+
+    torchrun --standalone --nproc_per_node N -m verl.trainer.sft_trainer <hydra overrides>
+
+(verl 0.9.x; keys from ``verl/trainer/config/sft_trainer_engine.yaml``). There is no
+flash-attn in the kit's images, so attention is ``sdpa``
+(``+model.override_config.attn_implementation=sdpa``). The trainer's console logger prints
+``step:K - ... - train/loss:X``; the test passes when every step logged a finite loss
+and the last is below the first. torchrun runs in its own process group, which is killed
+at ``--timeout`` or on Ctrl-C. Without a GPU, or with ``--cpu``, the test is skipped:
+verl 0.9.1 registers its FSDP engine for CUDA and NPU devices only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, run_command, run_test
+
+TEST = "verl_sft"
+_STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([-+0-9.eEinfa]+)")
+
+
+def parse_losses(log: str) -> dict[int, float]:
+    """{step: loss} from verl's console logger lines (the last line of a step wins)."""
+    losses: dict[int, float] = {}
+    for match in _STEP_LOSS.finditer(log):
+        try:
+            losses[int(match.group(1))] = float(match.group(2))
+        except ValueError:
+            losses[int(match.group(1))] = math.nan
+    return dict(sorted(losses.items()))
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception)\b.*$", re.MULTILINE)
+
+
+def failure_hint(log: str) -> str:
+    """The worker's own exception line, not torchrun's ChildFailedError wrapper around it."""
+    lines = [m.group(0).strip() for m in _ERROR_LINE.finditer(log) if "ChildFailedError" not in m.group(0)]
+    if lines:
+        return lines[-1][:400]
+    tail = [line for line in log.strip().splitlines() if line.strip()][-1:]
+    return tail[0][:400] if tail else "no output"
+
+
+def judge_losses(losses: dict[int, float], steps: int) -> str | None:
+    """Why these losses fail the test, or None when they pass."""
+    if not losses:
+        return "the trainer logged no loss (no 'step:K - ... train/loss:X' line)"
+    if len(losses) < steps:
+        return f"the trainer logged {len(losses)} of {steps} steps"
+    bad = [s for s, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        return f"non-finite loss at step(s) {bad}"
+    first, last = losses[min(losses)], losses[max(losses)]
+    if not last < first:
+        return f"loss did not fall: first {first:.4f}, last {last:.4f}"
+    return None
+
+
+def overrides(
+    *,
+    model: str,
+    train_files: str,
+    workdir: str,
+    steps: int,
+    nproc: int,
+    rows: int,
+    batch_size: int,
+    micro_batch: int,
+    max_length: int,
+    device: str,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """Hydra overrides for ``verl.trainer.sft_trainer`` (keys of verl 0.9.1's sft_trainer_engine.yaml)."""
+    if batch_size % nproc:
+        raise ValueError(f"--batch-size {batch_size} must divide by --nproc {nproc}")
+    steps_per_epoch = rows // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"--rows {rows} is smaller than one batch of {batch_size}")
+    epochs = -(-steps // steps_per_epoch)
+    return [
+        f"data.train_files={train_files}",
+        "data.val_files=null",
+        f"data.train_batch_size={batch_size}",
+        f"data.micro_batch_size_per_gpu={micro_batch}",
+        f"data.max_length={max_length}",
+        "data.num_workers=0",
+        f"model.path={model}",
+        # No flash-attn in the images: the default would be flash_attention_2.
+        "+model.override_config.attn_implementation=sdpa",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.total_epochs={epochs}",
+        "trainer.logger=[console]",
+        f"trainer.default_local_dir={workdir}/checkpoints",
+        "trainer.resume_mode=disable",
+        "trainer.project_name=smoke",
+        "trainer.experiment_name=verl_sft",
+        f"trainer.n_gpus_per_node={nproc}",
+        f"trainer.device={device}",
+        *extra,
+    ]
+
+
+def body_for(args: argparse.Namespace) -> Any:
+    def body(report: Report) -> None:
+        import importlib.util
+
+        import torch
+
+        if args.cpu:
+            # verl 0.9.1 registers its FSDP engine for cuda and npu only, and its platform
+            # detection falls back to NCCL: there is nothing to run on a CPU.
+            raise Skip("--cpu given: verl 0.9.1's SFT trainer has no CPU device (FSDP engine is cuda/npu only)")
+        if torch.cuda.is_available():
+            if torch.cuda.device_count() < args.nproc:
+                raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {torch.cuda.device_count()} visible")
+            device = "cuda"
+        else:
+            raise Skip("no CUDA GPU visible (verl's FSDP SFT trainer needs one)")
+        if importlib.util.find_spec("verl") is None:
+            raise Fail("verl is not installed in this environment")
+        from importlib.metadata import version
+
+        report.environment["verl"] = version("verl")
+        report.environment["transformers"] = version("transformers")
+
+        from smoke_tests import tiny_model
+
+        keep = args.workdir is not None
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-verl-sft-")).resolve()
+        try:
+            info = tiny_model.build(workdir, rows=args.rows, seed=args.seed)
+            report.figures["tiny_model"] = {k: info[k] for k in ("vocab_size", "hidden_size", "layers", "rows")}
+            if info["max_tokens"] > args.max_length:
+                raise Fail(f"a sample has {info['max_tokens']} tokens, over --max-length {args.max_length}")
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+                "-m", "verl.trainer.sft_trainer",
+                *overrides(
+                    model=info["model"], train_files=info["train_files"], workdir=str(workdir), steps=args.steps,
+                    nproc=args.nproc, rows=args.rows, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                    max_length=args.max_length, device=device, extra=args.override,
+                ),
+            ]  # fmt: skip
+            report.figures["command"] = " ".join(cmd)
+            print("+", " ".join(cmd), flush=True)
+            env = {
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "WANDB_MODE": "disabled",
+            }
+            # The trainer gets what is left of our time, less a margin to kill it and report.
+            budget = max(10.0, args.timeout - 30)
+            run = run_command(cmd, timeout=budget, env=env, cwd=str(workdir), log_path=workdir / "trainer.log")
+            losses = parse_losses(run.output)
+            report.figures.update(
+                steps=len(losses),
+                losses=list(losses.values()),
+                loss_first=losses[min(losses)] if losses else None,
+                loss_last=losses[max(losses)] if losses else None,
+                trainer_seconds=run.seconds,
+                returncode=run.returncode,
+            )
+            report.table(
+                ["step", "loss"],
+                [[str(s), fmt(v, 4)] for s, v in losses.items()],
+            )
+            if run.timed_out:
+                raise Fail(f"the trainer ran past {budget:g} s and was killed")
+            if run.returncode != 0:
+                raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
+            verdict = judge_losses(losses, args.steps)
+            if verdict:
+                raise Fail(verdict)
+        finally:
+            if not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    return body
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_common_args(parser, timeout=600)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks) to train on")
+    parser.add_argument("--rows", type=int, default=64, help="conversations in the tiny dataset")
+    parser.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    parser.add_argument("--micro-batch", type=int, default=4, help="micro batch per GPU")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep model, data, log and checkpoint here (default: a temp dir, removed)")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)"
+    )
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 to see the loss fall")
+    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
