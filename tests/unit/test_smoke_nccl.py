@@ -1,0 +1,222 @@
+"""NCCL smoke test logic: bandwidth arithmetic, sizes, topology parsing, gates, comparison."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoke_tests import nccl
+from smoke_tests.reference_allreduce import compare, ratio_failures
+
+REPO = Path(__file__).resolve().parents[2]
+
+# As read on the 2 x H100 machine (2026-11-27): tabs, and an ANSI underline around the header.
+TOPO_2_H100 = (
+    "\t\x1b[4mGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\x1b[0m\n"
+    "GPU0\t X \tNV18\t0-31\t0\t\tN/A\n"
+    "GPU1\tNV18\t X \t0-31\t0\t\tN/A\n"
+    "\nLegend:\n\n  X    = Self\n  SYS  = Connection traversing PCIe as well as the SMP interconnect\n"
+    "  NV#  = Connection traversing a bonded set of # NVLinks\n"
+)
+
+TOPO_PCIE_WITH_NICS = """\
+        GPU0    GPU1    GPU2    GPU3    NIC0    NIC1    CPU Affinity    NUMA Affinity   GPU NUMA ID
+GPU0     X      PIX     SYS     SYS     PIX     SYS     0-23    0               N/A
+GPU1    PIX      X      SYS     SYS     PIX     SYS     0-23    0               N/A
+GPU2    SYS     SYS      X      NODE    SYS     PIX     24-47   1               N/A
+GPU3    SYS     SYS     NODE     X      SYS     PIX     24-47   1               N/A
+NIC0    PIX     PIX     SYS     SYS      X      SYS
+NIC1    SYS     SYS     PIX     PIX     SYS      X
+
+Legend:
+
+  X    = Self
+
+NIC Legend:
+
+  NIC0: mlx5_0
+  NIC1: mlx5_1
+"""
+
+NCCL_LOG = """\
+host:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM
+host:1:1 [0] NCCL INFO Channel 01/0 : 0[0] -> 1[1] via P2P/CUMEM
+host:1:1 [0] NCCL INFO Channel 00/0 : 1[1] -> 0[0] [receive] via NET/IB/0/GDRDMA
+host:1:1 [0] NCCL INFO Connected all rings, use ring PXN 0 GDR 1
+"""
+
+
+def test_busbw_follows_nccl_tests():
+    # nccl-tests doc/PERFORMANCE.md: all-reduce busbw = algbw * 2(n-1)/n.
+    assert nccl.busbw_factor(2) == 1.0
+    assert nccl.busbw_factor(8) == 1.75
+    assert nccl.busbw_factor(1) == 0.0
+    assert nccl.busbw_gbps(100.0, 4) == 150.0
+    assert nccl.algbw_gbps(1 << 30, 3.2295e-3) == pytest.approx(332.48, abs=0.01)
+
+
+def test_bandwidth_rejects_nonsense():
+    with pytest.raises(ValueError):
+        nccl.algbw_gbps(1, 0)
+    with pytest.raises(ValueError):
+        nccl.busbw_factor(0)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("1M", 1 << 20), ("1MiB", 1 << 20), ("64k", 65536), ("1G", 1 << 30), ("4096", 4096), ("0.5M", 1 << 19), (8, 8)],
+)
+def test_parse_size(text, value):
+    assert nccl.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "1X", "-1M", "0", "1.5"])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError):
+        nccl.parse_size(text)
+
+
+def test_default_gpu_sweep_is_1mib_to_1gib_by_4():
+    lo, hi, factor = nccl.GPU_SIZES
+    sizes = nccl.sweep_sizes(nccl.parse_size(lo), nccl.parse_size(hi), factor)
+    assert sizes == [1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30]
+    with pytest.raises(ValueError):
+        nccl.sweep_sizes(10, 1, 2)
+    with pytest.raises(ValueError):
+        nccl.sweep_sizes(1, 10, 1)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("world", [2, 3, 8, 64])
+def test_value_bound_keeps_every_partial_sum_exact(dtype, world):
+    bound = nccl.value_bound(dtype, world)
+    assert bound >= 1
+    assert world * bound <= nccl.DTYPE_EXACT_INT[dtype]
+
+
+def test_parse_topo_of_the_h100_machine():
+    matrix = nccl.parse_topo(TOPO_2_H100)
+    assert matrix == {"GPU0": {"GPU0": "X", "GPU1": "NV18"}, "GPU1": {"GPU0": "NV18", "GPU1": "X"}}
+    links = nccl.link_between(matrix, [0, 1])
+    assert links == {"0-1": "NV18"}
+    assert nccl.summarize_links(links) == "NV18"
+
+
+def test_parse_topo_with_nics_and_pcie():
+    matrix = nccl.parse_topo(TOPO_PCIE_WITH_NICS)
+    assert set(matrix) == {"GPU0", "GPU1", "GPU2", "GPU3", "NIC0", "NIC1"}
+    assert matrix["GPU2"]["GPU3"] == "NODE"
+    assert matrix["GPU0"]["NIC0"] == "PIX"
+    assert nccl.summarize_links(nccl.link_between(matrix, [0, 1])) == "PIX"
+    # The slowest pair decides what an all-reduce over all four sees.
+    assert nccl.summarize_links(nccl.link_between(matrix, [0, 1, 2, 3])) == "SYS"
+    assert nccl.link_between(matrix, [0, 7]) == {"0-7": "unknown"}
+    assert nccl.summarize_links({}) == "none (single GPU)"
+
+
+def test_parse_nccl_transports():
+    assert nccl.parse_nccl_transports(NCCL_LOG) == ["P2P/CUMEM", "NET/IB/0/GDRDMA"]
+    assert nccl.parse_nccl_transports("") == []
+
+
+def test_physical_gpu_indices():
+    smi = "0, 00000000:00:06.0\n1, 00000000:00:07.0\n"
+    # torch reports (pci_domain_id, pci_bus_id, pci_device_id); nvidia-smi DOMAIN:BUS:DEVICE.FUNCTION.
+    assert nccl.physical_gpu_indices([(0, 0, 7), (0, 0, 6)], smi, None) == [1, 0]
+    assert nccl.physical_gpu_indices([None, None], smi, "3,5") == [3, 5]
+    assert nccl.physical_gpu_indices([None, None], None, "GPU-abc,GPU-def") is None
+    assert nccl.physical_gpu_indices([None, None], None, None) == [0, 1]
+    assert nccl.parse_pci_bus_id("00000000:18:00.0") == (0, 0x18, 0)
+    assert nccl.parse_pci_bus_id("00000000:00:07.0") == (0, 0, 7)
+    assert nccl.parse_pci_bus_id("junk") is None
+
+
+def test_min_busbw_gate_reads_the_largest_message():
+    rows = [{"bytes": 1 << 20, "busbw_gbps": 20.0}, {"bytes": 1 << 30, "busbw_gbps": 332.5}]
+    assert nccl.evaluate_gate(rows, None) is None
+    assert nccl.evaluate_gate(rows, 300) is None
+    assert nccl.evaluate_gate(rows, 340) == "busbw 332.5 GB/s at 1 GiB is under --min-busbw 340 GB/s"
+
+
+def test_reference_comparison_gates_only_large_sizes():
+    smoke = [{"bytes": 1 << 20, "busbw_gbps": 10.0}, {"bytes": 1 << 30, "busbw_gbps": 320.0}]
+    ref = [{"bytes": 1 << 20, "busbw_gbps": 20.0}, {"bytes": 1 << 30, "busbw_gbps": 330.0}]
+    rows = compare(smoke, ref, 64 << 20)
+    assert [r["gated"] for r in rows] == [False, True]
+    assert rows[1]["ratio"] == pytest.approx(320 / 330)
+    assert ratio_failures(rows, 0.95) == []
+    assert ratio_failures(rows, 0.99) == ["1 GiB at 0.970"]
+
+
+def test_json_flag_is_not_forwarded_twice():
+    assert nccl._strip_json(["--cpu", "--json", "a.json", "--json=b", "--iters", "3"]) == ["--cpu", "--iters", "3"]
+
+
+def _run(*args, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("NCCL_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("nccl")
+    proc = _run("smoke_tests.nccl", "--cpu", "--max-bytes", "1M", "--iters", "3", "--json", str(out / "nccl.json"))
+    return proc, out
+
+
+def test_cpu_variant_runs_over_gloo_and_checks_sums(cpu_run):
+    proc, out = cpu_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "nccl.json").read_text())
+    assert data["status"] == "passed"
+    fig = data["figures"]
+    assert (fig["backend"], fig["world_size"], fig["dtype"]) == ("gloo", 2, "fp32")
+    assert [r["bytes"] for r in fig["sizes"]] == [64 << 10, 256 << 10, 1 << 20]
+    assert all(r["correct"] and r["mismatched_elements"] == 0 for r in fig["sizes"])
+    for r in fig["sizes"]:
+        assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * nccl.busbw_factor(2))
+        assert math.isfinite(r["time_us"]) and r["time_us"] > 0
+    assert "nccl: PASSED" in proc.stdout
+
+
+def test_reference_compares_with_the_smoke_result(cpu_run):
+    _, out = cpu_run
+    proc = _run(
+        "smoke_tests.reference_allreduce", "--cpu", "--max-bytes", "1M", "--iters", "3",
+        "--compare", str(out / "nccl.json"), "--compare-min-bytes", "1M", "--min-ratio", "0.01",
+        "--json", str(out / "ref.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "ref.json").read_text())
+    assert data["status"] == "passed"
+    assert [c["gated"] for c in data["figures"]["comparison"]] == [False, False, True]
+
+
+def test_an_unmet_gate_fails_with_exit_1(tmp_path):
+    pytest.importorskip("torch")
+    proc = _run(
+        "smoke_tests.nccl", "--cpu", "--max-bytes", "64K", "--iters", "2", "--min-busbw", "1e9",
+        "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["status"] == "failed"
+    assert "under --min-busbw" in data["reason"]
+    assert data["figures"]["sizes"], "the measured sizes are still reported"
+
+
+def test_gpu_run_without_gpu_is_skipped_not_passed(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = _run("smoke_tests.nccl", "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["status"] == "skipped"
+    assert "no CUDA GPU" in data["reason"]
