@@ -11,10 +11,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import BuildError, EngineError
 
@@ -77,6 +79,15 @@ class Engine:
         engine = cls(usable[0])
         engine.server_version()  # fails early, with the fix, when the daemon is down
         return engine
+    @classmethod
+    def for_running(cls) -> Engine:
+        """An engine that only runs containers (`invoke shell`): the first docker client on
+        PATH, without the version probes `connect` makes (each one starts the CLI, which
+        `invoke shell`'s start-up cannot afford). The first call finds a daemon that is down."""
+        path = next((found for name in CLIENT_CANDIDATES if (found := shutil.which(name))), None)
+        if not path:
+            raise EngineError("no docker client found", fix="install Docker (`invoke doctor --fix` on Debian/Ubuntu)")
+        return cls(Client(path, version="", buildx=False))
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -93,11 +104,16 @@ class Engine:
         proc = subprocess.run(self._cmd(*args), capture_output=True, text=input is None, input=input, env=self._env())
         if check and proc.returncode != 0:
             stderr = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
-            if "Cannot connect to the Docker daemon" in stderr or "Is the docker daemon running" in stderr:
-                raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
-            last = stderr.strip().splitlines()[-1:] or ["(no output)"]
-            raise EngineError(f"`docker {' '.join(args[:2])}` failed: {last[0]}")
+            raise self.failure(args, stderr)
         return proc
+
+    @staticmethod
+    def failure(args: Sequence[str], stderr: str) -> EngineError:
+        """The one-line error for a failed CLI call: the daemon being down gets its fix."""
+        if "Cannot connect to the Docker daemon" in stderr or "Is the docker daemon running" in stderr:
+            return EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+        lines = [line for line in stderr.strip().splitlines() if line.strip() and not line.startswith("Run 'docker")]
+        return EngineError(f"`docker {' '.join(args[:2])}` failed: {(lines or ['(no output)'])[-1]}")
 
     # --- engine facts -----------------------------------------------------------------
 
@@ -220,3 +236,59 @@ class Engine:
         ids = list(ids)
         if ids:
             self.run_cli("rm", "--force", "--volumes", *ids, check=False)
+
+    # --- interactive containers (`invoke shell`) -------------------------------------------
+
+    def find_image(self, ref: str) -> dict | None:
+        """The image's inspect data, or None when it is not there; unlike `inspect_image`,
+        a daemon that is down raises (with the fix) instead of reading as "not built"."""
+        args = ("image", "inspect", ref)
+        proc = self.run_cli(*args, check=False)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)[0]
+        if "No such image" in proc.stderr or "No such object" in proc.stderr:
+            return None
+        raise self.failure(args, proc.stderr)
+
+    def ulimit_allowed(self, image: str, ulimit: str) -> bool:
+        """Whether this engine starts a container with `--ulimit <ulimit>`: some hosts forbid
+        raising memlock even for root, and the container then fails to start."""
+        args = ("run", "--rm", "--network", "none", "--ulimit", ulimit, "--entrypoint", "true", image)
+        proc = self.run_cli(*args, check=False)
+        if proc.returncode == 0:
+            return True
+        if "rlimit" in proc.stderr:
+            return False
+        raise self.failure(args, proc.stderr)
+
+    def container(self, name: str) -> dict | None:
+        """A container's inspect data, or None when there is none of that name."""
+        args = ("container", "inspect", name)
+        proc = self.run_cli(*args, check=False)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)[0]
+        if "No such container" in proc.stderr or "No such object" in proc.stderr:
+            return None
+        raise self.failure(args, proc.stderr)
+
+    def inspect_containers(self, ids: Sequence[str]) -> list[dict]:
+        return json.loads(self.run_cli("container", "inspect", *ids).stdout) if ids else []
+
+    def start_container(self, name: str) -> None:
+        self.run_cli("start", name)
+
+    def run_detached(self, args: Sequence[str], env: dict[str, str]) -> str:
+        """`docker run -d ARGS` with `env` added to the client's environment (values passed
+        by name with `-e NAME` stay out of argv); returns the container ID."""
+        proc = subprocess.run(self._cmd("run", "-d", *args), capture_output=True, text=True, env={**self._env(), **env})
+        if proc.returncode != 0:
+            raise self.failure(("run", "-d"), proc.stderr)
+        return proc.stdout.strip()
+
+    def exec_replace(self, args: Sequence[str], env: dict[str, str]) -> NoReturn:
+        """Become `docker ARGS`: the terminal, signals and the exit code are docker's own,
+        and no Python process waits in between."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(self.client.path, [self.client.path, *args], {**os.environ, **env})
+
