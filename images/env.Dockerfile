@@ -14,9 +14,11 @@ RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locke
 # The lock is exported with its hashes and installed through whatever index is configured:
 # `uv sync --frozen` would fetch from the URLs recorded in the lock and ignore a mirror.
 # Installing adds to the parent's packages (a topic keeps its stack's JIT tools).
-# `--project` makes the install honour the same [tool.uv] settings the lock was resolved
-# with: override-dependencies (verl's transformers) and the build settings of sdists
-# (extra-build-dependencies / extra-build-variables, e.g. flash-attn for OpenRLHF).
+# The export is the whole resolved set, so it is installed as is (`--no-deps`: no second
+# resolution, which would trip over a lock's override-dependencies, e.g. verl's
+# transformers); uv verifies every hash in it. `--project` applies the lock's build
+# settings for sdists (extra-build-dependencies/-variables, e.g. flash-attn for OpenRLHF).
+# Not `--require-hashes`: with `--project` it rejects any [tool.uv] constraint not pinned `==`.
 RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
     --mount=type=secret,id=ca --mount=type=secret,id=pypi_index \
     --mount=type=bind,source=pyproject.toml,target=/tmp/lock/pyproject.toml \
@@ -24,6 +26,6 @@ RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
     . /usr/local/lib/mlsyskit/net.sh \
  && uv export --frozen --no-dev --no-emit-project --format requirements.txt \
       --project /tmp/lock -o /tmp/requirements.txt --quiet \
- && uv pip install --project /tmp/lock --require-hashes -r /tmp/requirements.txt \
+ && uv pip install --project /tmp/lock --no-deps -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
  && python3 /usr/local/lib/mlsyskit/link_cuda.py
