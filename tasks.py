@@ -11,6 +11,8 @@ import sys
 from invoke import Exit, task
 
 from mlsyskit import commands
+from mlsyskit import shell as kit_shell
+from mlsyskit.cli import PositionalOrFlagTask
 from mlsyskit.errors import BuildError, KitError
 
 
@@ -84,3 +86,53 @@ def check(c, topic, base=None):
 def clean(c):
     """Remove the kit's images and its build cache."""
     say(commands.clean(say))
+
+
+def say_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@task(
+    klass=PositionalOrFlagTask,
+    stand_in=("topic", "name"),
+    positional=["topic"],
+    iterable=["mount", "env", "port"],
+    help={
+        "topic": "the topic whose image to run (built first if missing); optional with --name",
+        "base": "base flavour: pypi or nvidia (default: kit.toml's)",
+        "workspace": "host directory mounted at /workspace, the working directory (default: the current one)",
+        "gpus": "all (default where there are GPUs), none, N (the N least-used), or devices: 0,1 / 3, / GPU-uuid",
+        "shm-size": "a private /dev/shm of this size (e.g. 16g) instead of --ipc=host",
+        "mount": "extra mount HOST[:CONTAINER[:ro]] or docker's type=... form (repeatable)",
+        "env": "KEY=VALUE, or KEY to pass the host's value (repeatable)",
+        "port": "publish a port: 8000, 8080:80, 127.0.0.1:8000:8000 (repeatable)",
+        "network": "docker network, e.g. host",
+        "name": "keep a named long-lived container; the same --name later re-enters it",
+        "root": "run as root instead of your own UID/GID",
+    },
+)
+@kit_errors
+def shell(c, topic=None, base="", workspace="", gpus="", shm_size="", mount=None, env=None, port=None, name="", network="", root=False):
+    """Shell (or `-- CMD ARGS...`, exit code kept) in a topic's container: GPUs, shm, HF cache, your UID."""
+    options = kit_shell.ShellOptions(
+        topic=topic or "",
+        base=base,
+        command=kit_shell.command_from_argv(c.remainder, sys.argv),
+        workspace=workspace,
+        gpus=gpus,
+        shm_size=shm_size,
+        mounts=tuple(mount or ()),
+        env=tuple(env or ()),
+        ports=tuple(port or ()),
+        network=network,
+        name=name,
+        root=root,
+    )
+    kit_shell.shell(options, say_err)
+
+
+@task
+@kit_errors
+def ps(c):
+    """List the kit's containers (named and running one-off shells)."""
+    say(kit_shell.ps())

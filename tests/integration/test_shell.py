@@ -1,0 +1,443 @@
+"""`invoke shell` and `invoke ps` on the real engine, run the way users run them: the CLI
+in a subprocess, as a non-root user in the docker group (created here when the suite runs
+as root). No Docker call is mocked. Every container a test starts carries the test's own
+workspace (or name), so "nothing left behind" is checked without racing other tests."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pty
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.engine import Engine
+from mlsyskit.shell import LABEL_WORKSPACE, MEMLOCK
+from tests.conftest import need
+
+TEST_USER = "mlsyskit-test"
+IMAGE = "mlsyskit/distributed:pypi"
+
+
+@dataclass(frozen=True)
+class KitUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    groups: tuple[int, ...]
+    python: str
+    pythonpath: str
+    switch: bool  # whether the CLI must be started as this user (the suite runs as root)
+
+
+def _runs_as(user: KitUser, python: str) -> bool:
+    try:
+        proc = _try_python(user, python)
+    except OSError:  # the user may not even reach the file
+        return False
+    return proc.returncode == 0
+
+
+def _try_python(user: KitUser, python: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [python, "-c", "import invoke, mlsyskit.shell"],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": user.pythonpath, "HOME": str(user.home)},
+        cwd="/",
+        capture_output=True,
+        **_identity(user),
+    )
+
+
+def _identity(user: KitUser) -> dict:
+    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)} if user.switch else {}
+
+
+@pytest.fixture(scope="session")
+def kit_user() -> KitUser:
+    """A non-root user in the docker group, and a Python it can run the kit with."""
+    pythonpath = os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()["purelib"]])
+    if os.geteuid() != 0:
+        me = pwd.getpwuid(os.geteuid())
+        return KitUser(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir), tuple(os.getgroups()), sys.executable, pythonpath, False)
+    try:
+        docker_gid = grp.getgrnam("docker").gr_gid
+    except KeyError:
+        need(False, "no `docker` group on this machine: cannot run the CLI as a non-root docker user")
+        raise
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        need(shutil.which("useradd") is not None, "useradd is missing: cannot create the non-root test user")
+        subprocess.run(["useradd", "--create-home", "--groups", "docker", TEST_USER], check=True)
+    entry = pwd.getpwnam(TEST_USER)
+    home = Path(entry.pw_dir)
+    home.mkdir(exist_ok=True)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    user = KitUser(TEST_USER, entry.pw_uid, entry.pw_gid, home, (docker_gid,), "", pythonpath, True)
+    # The suite's own interpreter may sit where the user cannot reach it (/root/.pyenv):
+    # then the distribution's Python of the same minor version runs the kit's sources.
+    candidates = [sys.executable, f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", "/usr/bin/python3"]
+    python = next((p for p in candidates if os.path.exists(p) and _runs_as(user, p)), "")
+    need(bool(python), f"no Python that user {TEST_USER} can run the kit with (tried {', '.join(candidates)})")
+    return KitUser(**{**user.__dict__, "python": python})
+
+
+def shared_dir(user: KitUser, prefix: str) -> Path:
+    """A directory under /tmp that belongs to the test user (pytest's tmp_path is root's, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    if user.switch:
+        os.chown(path, user.uid, user.gid)
+    return path
+
+
+@pytest.fixture
+def workspace(kit_user: KitUser) -> Iterator[Path]:
+    path = shared_dir(kit_user, "mlsyskit-ws-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image(build_topic) -> str:
+    build_topic("distributed")
+    return IMAGE
+
+
+def user_env(user: KitUser, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's plain environment (not the suite's), plus `extra`."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(user.home),
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": user.pythonpath,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for key in ("DOCKER_HOST", "CI"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return {**env, **(extra or {})}
+
+
+def kit(user: KitUser, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, **io) -> subprocess.CompletedProcess[str]:
+    """`invoke ARGS` as `user`, from `cwd`; stdin is /dev/null unless `input` or `stdin` says."""
+    if "input" not in io:
+        io.setdefault("stdin", subprocess.DEVNULL)
+    if "stdout" not in io:
+        io["capture_output"] = True
+    return subprocess.run(
+        [user.python, "-m", "invoke", "-r", str(REPO_ROOT), *args],
+        cwd=cwd,
+        env=user_env(user, env),
+        text=True,
+        timeout=timeout,
+        **io,
+        **_identity(user),
+    )
+
+
+def containers_of(engine: Engine, workspace: Path) -> list[dict]:
+    """Kit containers, running or not, that were started on `workspace`."""
+    return engine.containers(f"{LABEL_WORKSPACE}={workspace}")
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one error line: the last line on stderr, and the only one starting `error:`."""
+    lines = proc.stderr.strip().splitlines()
+    assert lines, f"no error output (rc {proc.returncode})"
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]], proc.stderr
+    return lines[-1]
+
+
+# --- what users rely on ---------------------------------------------------------------
+
+
+def test_files_written_in_the_workspace_belong_to_the_user(kit_user, workspace, image):
+    proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", "touch made-inside && mkdir sub && id -u && id -g && echo $HOME", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(kit_user.uid), str(kit_user.gid), "/root" if kit_user.uid == 0 else "/home/kit"]
+    for path in (workspace / "made-inside", workspace / "sub"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (kit_user.uid, kit_user.gid)
+
+
+def test_home_and_its_cache_are_writable(kit_user, workspace, image):
+    script = "mkdir -p ~/.cache/torch ~/.triton && echo ok > ~/.cache/torch/x && cat ~/.cache/torch/x && echo \"$USER\""
+    proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", script, cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok", kit_user.name]
+
+
+@pytest.mark.parametrize(("command", "code"), [(["true"], 0), (["false"], 1), (["sh", "-c", "exit 7"], 7)])
+def test_exit_codes_propagate(kit_user, workspace, image, command, code):
+    proc = kit(kit_user, "shell", "distributed", "--", *command, cwd=workspace)
+    assert proc.returncode == code, proc.stderr
+
+
+def test_hf_cache_and_env_are_visible_inside(kit_user, workspace, image):
+    hf = kit_user.home / ".cache" / "huggingface"
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    hf.mkdir(parents=True, exist_ok=True)
+    (hf / marker).write_text("from the host\n")
+    for path in (hf.parent, hf, hf / marker):
+        if kit_user.switch:
+            os.chown(path, kit_user.uid, kit_user.gid)
+    try:
+        script = f'cat ~/.cache/huggingface/{marker}; cat "$HF_HOME/{marker}"; echo "$HF_TOKEN|$FOO|$WANDB_API_KEY"'
+        proc = kit(
+            kit_user,
+            "shell", "distributed", "-e", "FOO=bar", "--", "sh", "-c", script,
+            cwd=workspace,
+            env={"HF_TOKEN": "hf_test_token", "WANDB_API_KEY": "wandb_test_key"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["from the host", "from the host", "hf_test_token|bar|wandb_test_key"]
+    finally:
+        (hf / marker).unlink()
+
+
+def test_hf_cache_is_created_for_the_user_when_missing(kit_user, workspace, image):
+    cache = shared_dir(kit_user, "mlsyskit-hfhome-")
+    hf_home = cache / "hf"
+    try:
+        proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", "touch $HF_HOME/written", cwd=workspace, env={"HF_HOME": str(hf_home)})
+        assert proc.returncode == 0, proc.stderr
+        assert hf_home.stat().st_uid == kit_user.uid and (hf_home / "written").stat().st_uid == kit_user.uid
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_no_tty_errors_when_stdin_is_not_a_terminal(kit_user, workspace, image):
+    proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", "test -t 0 && echo TTY || echo NOTTY", cwd=workspace)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "NOTTY"), proc.stderr
+    assert "TTY" not in proc.stderr
+    # With no command, the shell reads its script from a pipe (CI, `... | invoke shell`).
+    piped = kit(kit_user, "shell", "distributed", cwd=workspace, input="echo from-a-pipe; exit 4\n")
+    assert (piped.returncode, piped.stdout.strip()) == (4, "from-a-pipe"), piped.stderr
+    assert "TTY" not in piped.stderr
+
+
+def test_a_terminal_gets_a_tty(kit_user, workspace, image):
+    check = ["shell", "distributed", "--", "sh", "-c", "test -t 0 && test -t 1 && echo TTY || echo NOTTY"]
+    leader, follower = pty.openpty()
+    try:
+        # stdin a terminal but stdout captured: no TTY, so redirected output has no CRLF
+        half = kit(kit_user, *check, cwd=workspace, stdin=follower)
+        done = kit(kit_user, *check, cwd=workspace, stdin=follower, stdout=follower, stderr=subprocess.DEVNULL)
+        os.close(follower)
+        follower = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: every writer is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert (half.returncode, half.stdout.strip()) == (0, "NOTTY"), half.stderr
+    assert done.returncode == 0 and b"TTY" in out and b"NOTTY" not in out, out
+
+
+def test_shared_memory_and_limits(kit_user, workspace, image, engine):
+    script = "df -k /dev/shm | tail -1 | awk '{print $2}'; ulimit -s; ulimit -l"
+    proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", script, cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    shm_kb, stack_kb, memlock = proc.stdout.split()
+    assert int(shm_kb) > 64 * 1024  # --ipc=host: the host's /dev/shm, not docker's 64 MB
+    assert stack_kb == str(67108864 // 1024)
+    assert (memlock == "unlimited") == engine.ulimit_allowed(image, MEMLOCK)
+    sized = kit(kit_user, "shell", "distributed", "--shm-size", "256m", "--", "sh", "-c", script, cwd=workspace)
+    assert sized.returncode == 0, sized.stderr
+    assert sized.stdout.split()[0] == str(256 * 1024)
+
+
+def test_memlock_fallback_is_detected_and_warned_once(kit_user, workspace, image, engine):
+    cache = shared_dir(kit_user, "mlsyskit-xdg-")
+    try:
+        runs = [kit(kit_user, "shell", "distributed", "--", "true", cwd=workspace, env={"XDG_CACHE_HOME": str(cache)}) for _ in range(2)]
+        assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+        warned = ["memlock" in r.stderr for r in runs]
+        assert warned == ([False, False] if engine.ulimit_allowed(image, MEMLOCK) else [True, False])
+        assert (cache / "mlsyskit" / "engine-facts.json").is_file()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_workspace_option_and_extra_mounts(kit_user, workspace, image):
+    other = shared_dir(kit_user, "mlsyskit-data-")
+    try:
+        (other / "input.txt").write_text("data\n")
+        (workspace / "code.py").write_text("print('hi')\n")
+        proc = kit(
+            kit_user,
+            "shell", "distributed", "--workspace", str(workspace), "--mount", f"{other}:/data:ro", "--",
+            "sh", "-c", "pwd; cat /data/input.txt; python code.py; touch /data/nope 2>/dev/null || echo read-only",
+            cwd=other,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["/workspace", "data", "hi", "read-only"]
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_named_container_is_reentered_with_its_state(kit_user, workspace, image, engine):
+    name = f"mlsyskit-test-{uuid.uuid4().hex[:8]}"
+    try:
+        first = kit(kit_user, "shell", "distributed", "--name", name, "--", "sh", "-c", "echo kept > /tmp/state; hostname", cwd=workspace)
+        assert (first.returncode, first.stdout.strip()) == (0, name), first.stderr
+        created = engine.container(name)
+        assert created and created["State"]["Running"]
+        again = kit(kit_user, "shell", "--name", name, "--", "sh", "-c", "cat /tmp/state; pwd; exit 3", cwd=workspace)
+        assert (again.returncode, again.stdout.split()) == (3, ["kept", "/workspace"]), again.stderr
+        assert engine.container(name)["Id"] == created["Id"]
+        listed = kit(kit_user, "ps", cwd=workspace)
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(name))
+        assert row.split()[1:4] == ["distributed", "named", "running"] and str(workspace) in row
+        # stopped (a reboot, `docker stop`): re-entering starts it again, /tmp and all
+        engine.run_cli("stop", "--time", "1", name)
+        revived = kit(kit_user, "shell", "--name", name, "--", "cat", "/tmp/state", cwd=workspace)
+        assert (revived.returncode, revived.stdout.strip()) == (0, "kept"), revived.stderr
+        # creation options on re-entry are named in one warning, not silently dropped
+        warned = kit(kit_user, "shell", "--name", name, "--gpus", "none", "--", "true", cwd=workspace)
+        assert warned.returncode == 0 and "--gpus" in warned.stderr
+        wrong = kit(kit_user, "shell", "no-such-topic", "--name", name, "--", "true", cwd=workspace)
+        assert wrong.returncode == 2
+    finally:
+        engine.remove_containers([name])
+
+
+def test_one_off_containers_are_labelled_and_removed(kit_user, workspace, image, engine):
+    proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", "echo running", cwd=workspace)
+    assert proc.returncode == 0
+    assert containers_of(engine, workspace) == []
+
+
+def test_ps_without_containers_says_how_to_start_one(kit_user, workspace, engine):
+    proc = kit(kit_user, "ps", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert "name" in proc.stdout or "no kit containers" in proc.stdout
+
+
+# --- a missing image is built first -----------------------------------------------------
+
+
+def tiny_tree(user: KitUser, topic: str, apt_packages: list[str]) -> Path:
+    """A kit tree (MLSYSKIT_ROOT) with the real images/ and one small topic on the bare base:
+    building it reuses the base layer and adds a topic layer in seconds."""
+    root = shared_dir(user, "mlsyskit-tree-")
+    shutil.copytree(REPO_ROOT / "images", root / "images")
+    shutil.copy(REPO_ROOT / "kit.toml", root / "kit.toml")
+    env = root / "envs" / topic
+    env.mkdir(parents=True)
+    packages = ", ".join(f'"{p}"' for p in apt_packages)
+    (env / "topic.toml").write_text(f'description = "invoke shell test topic"\nstack = ""\napt_packages = [{packages}]\n')
+    (env / "pyproject.toml").write_text(
+        f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n'
+    )
+    (env / "uv.lock").write_text(f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n')
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o055)
+    return root
+
+
+def remove_topic_images(engine: Engine, topic: str) -> None:
+    refs = [f"{i['Repository']}:{i['Tag']}" for i in engine.images(f"{LABEL_PREFIX}.topic={topic}")]
+    engine.remove_images([*refs, f"mlsyskit/{topic}:pypi"])
+
+
+def test_a_missing_image_is_built_first_with_progress(kit_user, workspace, engine, build_topic):
+    build_topic("distributed")  # the base layer this topic reuses
+    topic = f"shelltest-{uuid.uuid4().hex[:6]}"
+    root = tiny_tree(kit_user, topic, [])
+    try:
+        proc = kit(kit_user, "shell", topic, "--", "sh", "-c", "echo built-and-ran", cwd=workspace, env={"MLSYSKIT_ROOT": str(root)})
+        assert (proc.returncode, proc.stdout.strip()) == (0, "built-and-ran"), proc.stderr
+        assert f"mlsyskit/{topic}:pypi is not built yet" in proc.stderr
+        assert "base pypi: reusing" in proc.stderr and f"topic {topic}: building" in proc.stderr
+    finally:
+        remove_topic_images(engine, topic)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- errors: one line, non-zero exit, nothing left running --------------------------------
+
+
+def test_unknown_topic_lists_the_known_ones(kit_user, workspace, engine):
+    proc = kit(kit_user, "shell", "no-such-topic", "--", "true", cwd=workspace)
+    line = error_line(proc)
+    assert proc.returncode == 2
+    assert line.startswith("error: unknown topic 'no-such-topic'") and "distributed" in line
+    assert containers_of(engine, workspace) == []
+
+
+def test_daemon_not_reachable_says_how_to_start_it(kit_user, workspace):
+    proc = kit(kit_user, "shell", "distributed", "--gpus", "none", "--", "true", cwd=workspace, env={"DOCKER_HOST": "unix:///tmp/mlsyskit-no-daemon.sock"})
+    line = error_line(proc)
+    assert proc.returncode == 3
+    assert "Docker daemon is not reachable" in line and "invoke doctor --fix" in line
+
+
+def test_a_failing_build_shows_the_failing_step(kit_user, workspace, engine, build_topic):
+    build_topic("distributed")
+    topic = f"shellbroken-{uuid.uuid4().hex[:6]}"
+    root = tiny_tree(kit_user, topic, ["mlsyskit-no-such-package"])
+    try:
+        proc = kit(kit_user, "shell", topic, "--", "true", cwd=workspace, env={"MLSYSKIT_ROOT": str(root)})
+        line = error_line(proc)
+        assert proc.returncode == 4
+        assert line.startswith(f"error: building mlsyskit/topic-{topic}:") and "failed" in line
+        assert "Unable to locate package mlsyskit-no-such-package" in proc.stderr  # the failing step's lines
+        assert containers_of(engine, workspace) == []
+        assert engine.find_image(f"mlsyskit/{topic}:pypi") is None
+    finally:
+        remove_topic_images(engine, topic)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "message"),
+    [("999,", "GPU 999 does not exist"), ("0,999", "does not exist"), ("999", "`--gpus 999` asks for more GPUs than there are")],
+)
+def test_gpu_requests_the_host_cannot_meet(kit_user, workspace, engine, image, gpus, message):
+    proc = kit(kit_user, "shell", "distributed", "--gpus", gpus, "--", "true", cwd=workspace)
+    line = error_line(proc)
+    assert proc.returncode == 2 and message in line
+    assert containers_of(engine, workspace) == []
+
+
+def test_a_missing_mount_source_is_refused(kit_user, workspace, engine, image):
+    proc = kit(kit_user, "shell", "distributed", "--mount", "/nonexistent/mlsyskit:/data", "--", "true", cwd=workspace)
+    assert proc.returncode == 2 and "does not exist" in error_line(proc)
+    assert not Path("/nonexistent/mlsyskit").exists()
+
+
+def test_a_named_container_that_cannot_start_is_removed(kit_user, workspace, engine, image):
+    blocker, name = f"mlsyskit-test-port-{uuid.uuid4().hex[:6]}", f"mlsyskit-test-{uuid.uuid4().hex[:8]}"
+    engine.run_cli("run", "-d", "--rm", "--name", blocker, "-p", "0:80", image, "sleep", "60")
+    try:
+        port = engine.run_cli("port", blocker, "80/tcp").stdout.strip().splitlines()[0].rsplit(":", 1)[1]
+        proc = kit(kit_user, "shell", "distributed", "--name", name, "-p", f"{port}:80", "--", "true", cwd=workspace)
+        line = error_line(proc)
+        assert proc.returncode == 3 and "port is already allocated" in line
+        assert engine.container(name) is None
+    finally:
+        engine.remove_containers([blocker, name])

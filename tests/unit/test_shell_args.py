@@ -1,0 +1,233 @@
+"""`invoke shell`'s docker argument lists, decided without Docker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlsyskit import shell
+from mlsyskit.config import Config
+from mlsyskit.errors import UsageError
+from mlsyskit.gpus import GpuSelection
+from mlsyskit.shell import DockerCall, Host, ShellOptions
+
+IMAGE = "mlsyskit/distributed:pypi"
+NO_GPU = GpuSelection(None, "none")
+TWO_GPUS = GpuSelection('"device=1,3"', "1,3")
+
+
+def make_host(tmp_path: Path, **changes) -> Host:
+    values = dict(
+        uid=1000,
+        gid=1000,
+        user="ada",
+        cwd=tmp_path,
+        hf_cache=tmp_path / "hf",
+        environ={"PATH": "/usr/bin"},
+        tty=False,
+        memlock=True,
+    )
+    values.update(changes)
+    return Host(**values)
+
+
+def one_off(tmp_path: Path, opts: ShellOptions | None = None, gpus: GpuSelection = NO_GPU, config: Config | None = None, **host) -> DockerCall:
+    opts = opts or ShellOptions(topic="distributed", command=("python", "train.py"))
+    h = make_host(tmp_path, **host)
+    return shell.one_off_call(opts, h, config or Config(), gpus, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE)
+
+
+def flag_values(args: tuple[str, ...], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+
+
+def test_one_off_runs_the_command_removed_afterwards(tmp_path):
+    args = one_off(tmp_path).args
+    assert args[:2] == ("run", "--rm") and "--init" in args
+    assert args[-3:] == (IMAGE, "python", "train.py")
+
+
+def test_no_command_opens_a_shell(tmp_path):
+    assert one_off(tmp_path, ShellOptions(topic="distributed")).args[-2:] == (IMAGE, "bash")
+
+
+def test_tty_only_for_a_terminal(tmp_path):
+    assert "-t" not in one_off(tmp_path, tty=False).args and "-i" in one_off(tmp_path, tty=False).args
+    assert {"-i", "-t"} <= set(one_off(tmp_path, tty=True).args)
+
+
+def test_shm_ipc_host_by_default_or_the_size_asked(tmp_path):
+    default = one_off(tmp_path).args
+    assert "--ipc=host" in default and "--shm-size" not in default
+    sized = one_off(tmp_path, ShellOptions(topic="distributed", shm_size="16g")).args
+    assert flag_values(sized, "--shm-size") == ["16g"] and "--ipc=host" not in sized
+
+
+def test_limits_memlock_and_stack(tmp_path):
+    assert flag_values(one_off(tmp_path).args, "--ulimit") == ["memlock=-1:-1", "stack=67108864"]
+    # where the daemon refuses memlock=-1 the container still starts, with the stack limit
+    assert flag_values(one_off(tmp_path, memlock=False).args, "--ulimit") == ["stack=67108864"]
+
+
+def test_workspace_is_the_working_directory(tmp_path):
+    args = one_off(tmp_path).args
+    assert f"{tmp_path}:/workspace" in flag_values(args, "-v")
+    assert flag_values(args, "-w") == ["/workspace"]
+
+
+def test_runs_as_the_host_user_with_a_writable_home(tmp_path):
+    args = one_off(tmp_path).args
+    assert flag_values(args, "--user") == ["1000:1000"]
+    assert flag_values(args, "--tmpfs") == [
+        "/home/kit:exec,uid=1000,gid=1000,mode=0755",
+        "/home/kit/.cache:exec,uid=1000,gid=1000,mode=0755",
+    ]
+    env = flag_values(args, "-e")
+    assert {"HOME=/home/kit", "USER=ada", "LOGNAME=ada", "UV_CACHE_DIR=/home/kit/.cache/uv"} <= set(env)
+    assert f"{tmp_path / 'hf'}:/home/kit/.cache/huggingface" in flag_values(args, "-v")
+    assert "HF_HOME=/home/kit/.cache/huggingface" in env
+
+
+@pytest.mark.parametrize("how", ["--root", "uid 0"])
+def test_root_keeps_the_image_home(tmp_path, how):
+    opts = ShellOptions(topic="distributed", root=how == "--root")
+    args = one_off(tmp_path, opts, uid=0 if how == "uid 0" else 1000).args
+    assert "--user" not in args and "--tmpfs" not in args
+    assert f"{tmp_path / 'hf'}:/root/.cache/huggingface" in flag_values(args, "-v")
+    assert "org.mlsyskit.shell.user=root" in flag_values(args, "--label")
+
+
+def test_gpus(tmp_path):
+    assert "--gpus" not in one_off(tmp_path, gpus=NO_GPU).args
+    args = one_off(tmp_path, gpus=TWO_GPUS).args
+    assert flag_values(args, "--gpus") == ['"device=1,3"']
+    assert "org.mlsyskit.shell.gpus=1,3" in flag_values(args, "--label")
+    assert flag_values(one_off(tmp_path, gpus=GpuSelection("all", "all")).args, "--gpus") == ["all"]
+
+
+def test_secrets_travel_by_name_never_in_argv(tmp_path):
+    environ = {"PATH": "/usr/bin", "HF_TOKEN": "hf_secret", "WANDB_API_KEY": "wandb_secret", "UNRELATED": "x"}
+    call = one_off(tmp_path, environ=environ)
+    env = flag_values(call.args, "-e")
+    assert "HF_TOKEN" in env and "WANDB_API_KEY" in env and "UNRELATED" not in env
+    assert not any("hf_secret" in a or "wandb_secret" in a for a in call.args)
+    assert call.env == {}  # the docker client inherits them already
+
+
+def test_proxies_and_hf_endpoint_from_the_config_at_run_time(tmp_path):
+    config = Config(https_proxy="http://user:pw@proxy:3128", no_proxy="localhost", hf_endpoint="https://hf-mirror.example")
+    call = one_off(tmp_path, config=config)
+    env = flag_values(call.args, "-e")
+    assert {"HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HF_ENDPOINT"} <= set(env)
+    assert not any("pw@" in a or "hf-mirror" in a for a in call.args)  # credentials stay out of argv
+    assert call.env["https_proxy"] == "http://user:pw@proxy:3128"
+    assert call.env["HF_ENDPOINT"] == "https://hf-mirror.example"
+
+
+def test_the_hosts_hf_endpoint_passes_when_the_config_has_none(tmp_path):
+    call = one_off(tmp_path, environ={"HF_ENDPOINT": "https://mirror"})
+    assert "HF_ENDPOINT" in flag_values(call.args, "-e") and call.env == {}
+
+
+def test_ca_bundle_is_mounted_read_only(tmp_path):
+    args = one_off(tmp_path, config=Config(ca_bundle="/etc/ssl/certs/ca-certificates.crt")).args
+    assert "/etc/ssl/certs/ca-certificates.crt:/etc/mlsyskit/ca.pem:ro" in flag_values(args, "-v")
+    assert "SSL_CERT_FILE=/etc/mlsyskit/ca.pem" in flag_values(args, "-e")
+    assert not any("ca.pem" in a for a in one_off(tmp_path).args)
+
+
+def test_user_env(tmp_path):
+    opts = ShellOptions(topic="distributed", env=("NCCL_DEBUG=INFO", "FROM_HOST", "UNSET_ON_HOST"))
+    call = one_off(tmp_path, opts, environ={"FROM_HOST": "1"})
+    env = flag_values(call.args, "-e")
+    assert "NCCL_DEBUG=INFO" in env and "FROM_HOST" in env and "UNSET_ON_HOST" not in env
+
+
+def test_extra_mounts(tmp_path):
+    (tmp_path / "data").mkdir()
+    args = shell.mount_args(["data:/data:ro", str(tmp_path / "data"), "type=volume,src=v,dst=/v"], tmp_path)
+    assert args == ["-v", f"{tmp_path / 'data'}:/data:ro", "-v", f"{tmp_path / 'data'}:{tmp_path / 'data'}", "--mount", "type=volume,src=v,dst=/v"]
+
+
+@pytest.mark.parametrize("spec", ["missing:/data", "data:relative", "a:b:c:d"])
+def test_bad_mounts_are_refused(tmp_path, spec):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UsageError):
+        shell.mount_args([spec], tmp_path)
+
+
+def test_ports_and_network(tmp_path):
+    opts = ShellOptions(topic="distributed", ports=("30000", "8080:80", "127.0.0.1:9000:9000", "5000/udp"))
+    args = one_off(tmp_path, opts).args
+    assert flag_values(args, "-p") == ["30000:30000", "8080:80", "127.0.0.1:9000:9000", "5000:5000/udp"]
+    host_net = one_off(tmp_path, ShellOptions(topic="distributed", network="host", ports=("30000",))).args
+    assert flag_values(host_net, "--network") == ["host"] and "-p" not in host_net
+
+
+def test_labels_let_ps_find_and_describe_the_container(tmp_path):
+    labels = flag_values(one_off(tmp_path).args, "--label")
+    assert "org.mlsyskit.shell=one-off" in labels
+    assert "org.mlsyskit.shell.topic=distributed" in labels
+    assert f"org.mlsyskit.shell.workspace={tmp_path}" in labels
+    assert "org.mlsyskit.shell.user=1000:1000" in labels
+
+
+def test_named_container_sleeps_and_is_entered_with_exec(tmp_path):
+    opts = ShellOptions(topic="distributed", name="dev", env=("A=1",), command=("nvidia-smi",))
+    host = make_host(tmp_path, environ={"HF_TOKEN": "t"}, tty=True)
+    create = shell.create_call(opts, host, Config(), NO_GPU, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE)
+    assert create.args[:4] == ("--name", "dev", "--hostname", "dev")
+    assert create.args[-3:] == (IMAGE, "sleep", "infinity")
+    assert "org.mlsyskit.shell=named" in flag_values(create.args, "--label")
+    assert "HF_TOKEN" not in flag_values(create.args, "-e")  # tokens come with each exec
+    assert "A=1" in flag_values(create.args, "-e")
+    enter = shell.exec_call(opts, host, Config(), container="dev")
+    assert enter.args[:3] == ("exec", "-i", "-t")
+    assert flag_values(enter.args, "-w") == ["/workspace"]
+    assert "HF_TOKEN" in flag_values(enter.args, "-e") and "A=1" in flag_values(enter.args, "-e")
+    assert enter.args[-2:] == ("dev", "nvidia-smi")
+
+
+def test_creation_options_are_named_when_reentering():
+    assert shell.creation_options_given(ShellOptions(name="dev", env=("A=1",), command=("ls",))) == []
+    opts = ShellOptions(name="dev", gpus="2", ports=("80",), root=True)
+    assert shell.creation_options_given(opts) == ["--gpus", "-p", "--root"]
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (ShellOptions(), "no topic given"),
+        (ShellOptions(topic="t", name="bad name"), "not a valid container name"),
+        (ShellOptions(topic="t", shm_size="lots"), "not a size"),
+        (ShellOptions(topic="t", env=("1BAD=x",)), "is not KEY=VALUE"),
+        (ShellOptions(topic="t", ports=("80 81",)), "is not a port"),
+        (ShellOptions(topic="t", gpus="0"), "ambiguous"),
+    ],
+)
+def test_malformed_options_are_one_line_errors(opts, message):
+    with pytest.raises(UsageError, match=message) as err:
+        shell.check_options(opts)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("remainder", "argv", "command"),
+    [
+        ("", ["invoke", "shell", "t"], ()),
+        # invoke joins the words: the argv keeps `sh -c 'exit 7'` as three words
+        ("sh -c exit 7", ["invoke", "shell", "t", "--", "sh", "-c", "exit 7"], ("sh", "-c", "exit 7")),
+        ("python -m x -- --flag", ["inv", "shell", "t", "--", "python", "-m", "x", "--", "--flag"], ("python", "-m", "x", "--", "--flag")),
+        # argv that does not match (invoke called from Python): split like a shell
+        ("sh -c 'exit 7'", ["pytest"], ("sh", "-c", "exit 7")),
+    ],
+)
+def test_command_after_the_double_dash(remainder, argv, command):
+    assert shell.command_from_argv(remainder, argv) == command
+
+
+def test_host_hf_cache(tmp_path):
+    assert shell.host_hf_cache({}, tmp_path) == tmp_path / ".cache" / "huggingface"
+    assert shell.host_hf_cache({"XDG_CACHE_HOME": "/c"}, tmp_path) == Path("/c/huggingface")
+    assert shell.host_hf_cache({"HF_HOME": "/models/hf"}, tmp_path) == Path("/models/hf")
