@@ -19,6 +19,9 @@ RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locke
 # transformers); uv verifies every hash in it. `--project` applies the lock's build
 # settings for sdists (extra-build-dependencies/-variables, e.g. flash-attn for OpenRLHF).
 # Not `--require-hashes`: with `--project` it rejects any [tool.uv] constraint not pinned `==`.
+# `uv cache prune --ci` then empties the cache mount of downloaded wheels, which uv keeps
+# unpacked (as large as the layer itself: all topics' caches would pass CI's 60 GB), and
+# keeps the wheels built from sdists, the slow part of a rebuild. PyPI re-downloads fast.
 RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
     --mount=type=secret,id=ca --mount=type=secret,id=pypi_index \
     --mount=type=bind,source=pyproject.toml,target=/tmp/lock/pyproject.toml \
@@ -28,4 +31,5 @@ RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
       --project /tmp/lock -o /tmp/requirements.txt --quiet \
  && uv pip install --project /tmp/lock --no-deps -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
+ && uv cache prune --ci --quiet \
  && python3 /usr/local/lib/mlsyskit/link_cuda.py
