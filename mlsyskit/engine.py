@@ -22,6 +22,7 @@ from .errors import BuildError, EngineError
 
 CLIENT_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 DAEMON_FIX = "start it with `sudo systemctl start docker` (or `sudo dockerd &` where no init runs), or run `invoke doctor --fix`"
+PERMISSION_FIX = "add your user to the docker group (`sudo usermod -aG docker $USER`), then log in again"
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ class Engine:
         """The one-line error for a failed CLI call: the daemon being down gets its fix."""
         if "Cannot connect to the Docker daemon" in stderr or "Is the docker daemon running" in stderr:
             return EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+        if "permission denied while trying to connect to the Docker daemon" in stderr:
+            return EngineError("no permission to use the Docker daemon", fix=PERMISSION_FIX)
         lines = [line for line in stderr.strip().splitlines() if line.strip() and not line.startswith("Run 'docker")]
         return EngineError(f"`docker {' '.join(args[:2])}` failed: {(lines or ['(no output)'])[-1]}")
 
