@@ -5,7 +5,7 @@ The docker argument list is decided by pure functions (`one_off_call`, `create_c
 Docker. `shell()` gathers those facts, builds the image when it is missing, and then
 becomes the docker client (exec), so the terminal, signals and exit code are docker's own.
 
-Decisions the issue leaves open (see benchmarks/shell-README-section.md for the user's view):
+Decisions the issue leaves open (the README's `invoke shell` section gives the user's view):
 - A TTY is allocated only when stdin *and* stdout are terminals: with stdout redirected a
   TTY would turn newlines into CRLF and merge stderr into the file.
 - Every container gets `--init`, so signals reach the command and worker zombies are reaped.
@@ -327,6 +327,13 @@ def user_name(uid: int, environ: Mapping[str, str]) -> str:
         return environ.get("USER") or f"uid{uid}"
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
 def read_host(environ: Mapping[str, str] | None = None) -> Host:
     environ = dict(os.environ) if environ is None else environ
     home = Path(environ.get("HOME") or Path.home())
@@ -338,7 +345,7 @@ def read_host(environ: Mapping[str, str] | None = None) -> Host:
         cwd=Path.cwd(),
         hf_cache=host_hf_cache(environ, home),
         environ=environ,
-        tty=sys.stdin.isatty() and sys.stdout.isatty(),
+        tty=_is_terminal(sys.stdin) and _is_terminal(sys.stdout),
     )
 
 
