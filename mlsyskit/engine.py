@@ -242,16 +242,20 @@ class Engine:
 
     # --- interactive containers (`invoke shell`) -------------------------------------------
 
-    def find_image(self, ref: str) -> dict | None:
-        """The image's inspect data, or None when it is not there; unlike `inspect_image`,
-        a daemon that is down raises (with the fix) instead of reading as "not built"."""
-        args = ("image", "inspect", ref)
+    def _inspect(self, kind: str, ref: str) -> dict | None:
+        """`docker KIND inspect REF`, or None when there is no such object; a daemon that
+        is down raises (with the fix) instead of reading as "not there"."""
+        args = (kind, "inspect", ref)
         proc = self.run_cli(*args, check=False)
         if proc.returncode == 0:
             return json.loads(proc.stdout)[0]
-        if "No such image" in proc.stderr or "No such object" in proc.stderr:
+        if "No such" in proc.stderr:
             return None
         raise self.failure(args, proc.stderr)
+
+    def find_image(self, ref: str) -> dict | None:
+        """The image's inspect data, or None when it is not built (see `_inspect`)."""
+        return self._inspect("image", ref)
 
     def ulimit_allowed(self, image: str, ulimit: str) -> bool:
         """Whether this engine starts a container with `--ulimit <ulimit>`: some hosts forbid
@@ -266,13 +270,7 @@ class Engine:
 
     def container(self, name: str) -> dict | None:
         """A container's inspect data, or None when there is none of that name."""
-        args = ("container", "inspect", name)
-        proc = self.run_cli(*args, check=False)
-        if proc.returncode == 0:
-            return json.loads(proc.stdout)[0]
-        if "No such container" in proc.stderr or "No such object" in proc.stderr:
-            return None
-        raise self.failure(args, proc.stderr)
+        return self._inspect("container", name)
 
     def inspect_containers(self, ids: Sequence[str]) -> list[dict]:
         return json.loads(self.run_cli("container", "inspect", *ids).stdout) if ids else []
