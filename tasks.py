@@ -13,7 +13,8 @@ from invoke import Exit, task
 from mlsyskit import commands
 from mlsyskit import shell as kit_shell
 from mlsyskit.cli import PositionalOrFlagTask
-from mlsyskit.errors import BuildError, KitError
+from mlsyskit import stacks as kit_stacks
+from mlsyskit.errors import BuildError, KitError, StackError
 
 
 def say(line: str) -> None:
@@ -28,7 +29,7 @@ def kit_errors(body):
         try:
             return body(*args, **kwargs)
         except KitError as exc:
-            if isinstance(exc, BuildError) and exc.log_tail:
+            if isinstance(exc, (BuildError, StackError)) and exc.log_tail:
                 print(exc.log_tail, file=sys.stderr)
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
 
@@ -136,3 +137,51 @@ def shell(c, topic=None, base="", workspace="", gpus="", shm_size="", mount=None
 def ps(c):
     """List the kit's containers (named and running one-off shells)."""
     say(kit_shell.ps())
+
+
+@task(
+    positional=["stack"],
+    help={
+        "stack": "the stack (compose/STACK.yml); `invoke stacks` lists them",
+        "gpus": "N (the N least-used GPUs), devices 0,1 / 3, , all, or none (= --cpu); default: the stack's own count",
+        "cpu": "the CPU variant (gloo, Ray without GPUs), where the stack has one",
+        "wait": "seconds to wait for healthy services and finished jobs (default: the stack's)",
+        "model": "a Hugging Face model id from the HF cache for the SGLang stacks (default: a tiny random-weight model)",
+        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
+    },
+)
+@kit_errors
+def up(c, stack, gpus="", cpu=False, wait=0, model="", base=""):
+    """Start a compose stack and wait until every service is healthy and every job has finished."""
+    say(kit_stacks.up(stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=base, log=say).text)
+
+
+@task(positional=["stack"], help={"stack": "the stack to stop"})
+@kit_errors
+def down(c, stack):
+    """Stop a stack and remove its containers, networks and volumes."""
+    say(kit_stacks.down(stack, log=say))
+
+
+@task(
+    positional=["name"],
+    help={
+        "name": "the stack whose logs to show",
+        "service": "one service, or a group (worker); a flag because invoke reads a second bare word as a task",
+        "tail": "only the last N lines of each service",
+        "follow": "keep following the logs (Ctrl-C stops)",
+    },
+)
+@kit_errors
+def logs(c, name, service="", tail=0, follow=False):
+    """Show the logs of a stack's services."""
+    code = kit_stacks.logs(name, service=service, tail=tail, follow=follow)
+    if code:
+        raise Exit(code=code)
+
+
+@task
+@kit_errors
+def stacks(c):
+    """List the compose stacks: topic, GPUs, CPU variant and what of each runs now."""
+    say(kit_stacks.status())

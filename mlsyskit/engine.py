@@ -60,6 +60,134 @@ def find_clients() -> list[Client]:
     return clients
 
 
+# --- compose ------------------------------------------------------------------------------
+# Compose runs the stacks (mlsyskit/stacks.py). Users have either the v2 plugin
+# (`docker compose`) or the Python docker-compose >= 1.29 (Debian 12 ships only that); both
+# read the Compose Specification, name containers differently (project-service-1 against
+# project_service_1) and label them the same way, so the kit finds containers by label.
+
+COMPOSE_V1_MIN = (1, 29)
+COMPOSE_FIX = "install the docker compose v2 plugin (docker-compose-plugin) or docker-compose >= 1.29 (`invoke doctor --fix`)"
+
+
+@dataclass(frozen=True)
+class ComposeCli:
+    argv: tuple[str, ...]  # ("docker", "compose") or ("docker-compose",)
+    version: str
+
+    @property
+    def v2(self) -> bool:
+        return _version_tuple(self.version)[:1] >= (2,)
+
+    def describe(self) -> str:
+        return f"{' '.join(Path(self.argv[0]).name if i == 0 else a for i, a in enumerate(self.argv))} {self.version}"
+
+
+def find_compose(clients: Sequence[str] = CLIENT_CANDIDATES) -> ComposeCli | None:
+    """The v2 plugin of the first docker client that has one, else docker-compose >= 1.29."""
+    seen = set()
+    for name in clients:
+        path = shutil.which(name)
+        if not path or os.path.realpath(path) in seen:
+            continue
+        seen.add(os.path.realpath(path))
+        proc = subprocess.run([path, "compose", "version", "--short"], capture_output=True, text=True)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return ComposeCli((path, "compose"), proc.stdout.strip().lstrip("v"))
+    path = shutil.which("docker-compose")
+    if path:
+        proc = subprocess.run([path, "version", "--short"], capture_output=True, text=True)
+        version = proc.stdout.strip().lstrip("v")
+        if proc.returncode == 0 and version and _version_tuple(version)[:2] >= COMPOSE_V1_MIN:
+            return ComposeCli((path,), version)
+    return None
+
+
+class ComposeRun:
+    """`compose up -d` running in the background while the caller watches the containers."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path) -> None:
+        self.proc, self.log_path = proc, log_path
+
+    def __enter__(self) -> ComposeRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class Compose:
+    """Compose commands on one project (a stack) and its rendered file."""
+
+    def __init__(self, cli: ComposeCli, env: dict[str, str]) -> None:
+        self.cli, self.env = cli, env
+
+    def describe(self) -> str:
+        return self.cli.describe()
+
+    def _cmd(self, project: str, path: Path, *args: str) -> list[str]:
+        return [*self.cli.argv, "--ansi", "never", "-p", project, "-f", str(path), *args]
+
+    def check(self, project: str, path: Path) -> None:
+        """`compose config`: the file is valid Compose for this compose version."""
+        proc = subprocess.run(self._cmd(project, path, "config", "-q"), capture_output=True, text=True, env=self.env)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["(no output)"]
+            raise EngineError(f"{self.describe()} rejects {path}: {' '.join(last)[:400]}")
+
+    def config(self, project: str, path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self._cmd(project, path, "config"), capture_output=True, text=True, env=self.env)
+
+    def start(self, project: str, path: Path, log_path: Path) -> ComposeRun:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                self._cmd(project, path, "up", "--detach", "--remove-orphans"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+        return ComposeRun(proc, log_path)
+
+    def down(self, project: str, path: Path, timeout: int = 10) -> None:
+        args = ("down", "--volumes", "--remove-orphans", "--timeout", str(timeout))
+        proc = subprocess.run(self._cmd(project, path, *args), capture_output=True, text=True, env=self.env)
+        if proc.returncode != 0 and "No such" not in proc.stderr:
+            last = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            raise EngineError(f"`{self.describe()} down` failed: {last[0]}")
+
+    def logs(self, project: str, path: Path, services: Sequence[str], tail: int = 0, follow: bool = False) -> int:
+        """Stream the services' logs to this terminal; returns compose's exit code."""
+        args = ["logs", "--no-color"]
+        if tail:
+            args += ["--tail", str(tail)]
+        if follow:
+            args.append("--follow")
+        try:
+            return subprocess.run(self._cmd(project, path, *args, *services), env=self.env).returncode
+        except KeyboardInterrupt:
+            return 130
+
+
 class Engine:
     """A Docker engine reached through a BuildKit-capable client."""
 
@@ -239,6 +367,50 @@ class Engine:
         ids = list(ids)
         if ids:
             self.run_cli("rm", "--force", "--volumes", *ids, check=False)
+
+    # --- compose projects (the stacks) ---------------------------------------------------------
+
+    def compose(self) -> Compose:
+        cli = find_compose()
+        if cli is None:
+            raise EngineError("no usable compose found", fix=COMPOSE_FIX)
+        return Compose(cli, self._env())
+
+    def project_containers(self, project: str) -> list[dict]:
+        """Every container of a compose project, running or not, as `docker inspect` gives it."""
+        label = f"label=com.docker.compose.project={project}"
+        ids = self.run_cli("ps", "--all", "--quiet", "--no-trunc", "--filter", label).stdout.split()
+        if not ids:
+            return []
+        proc = self.run_cli("container", "inspect", *ids, check=False)  # one may vanish meanwhile
+        return json.loads(proc.stdout or "[]")
+
+    def project_resources(self, project: str) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={project}"
+        return {
+            "containers": self.run_cli("ps", "--all", "--quiet", "--filter", label).stdout.split(),
+            "networks": self.run_cli("network", "ls", "--quiet", "--filter", label).stdout.split(),
+            "volumes": self.run_cli("volume", "ls", "--quiet", "--filter", label).stdout.split(),
+        }
+
+    def remove_project_resources(self, project: str) -> None:
+        found = self.project_resources(project)
+        if found["containers"]:
+            self.run_cli("rm", "--force", "--volumes", *found["containers"], check=False)
+        if found["networks"]:
+            self.run_cli("network", "rm", *found["networks"], check=False)
+        if found["volumes"]:
+            self.run_cli("volume", "rm", "--force", *found["volumes"], check=False)
+
+    def container_logs(self, container: str, tail: int = 30) -> str:
+        """The container's last lines, its stdout and stderr interleaved as written."""
+        proc = subprocess.run(
+            self._cmd("logs", "--tail", str(tail), container), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+        return proc.stdout or ""
+
+    def exec_in(self, container: str, command: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self._cmd("exec", container, *command), capture_output=True, text=True, timeout=timeout)
 
     # --- interactive containers (`invoke shell`) -------------------------------------------
 

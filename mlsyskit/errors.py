@@ -40,3 +40,13 @@ class LockError(KitError):
     """A lock is stale or disagrees with its stack."""
 
     exit_code = 5
+
+
+class StackError(KitError):
+    """A compose stack failed to come up; `log_tail` holds the failing service's last lines."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, fix: str = "", log_tail: str = "") -> None:
+        super().__init__(message, fix)
+        self.log_tail = log_tail

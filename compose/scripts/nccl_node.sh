@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One node of the nccl-2node stack: torchrun with a static rendezvous on the head node,
+# running smoke_tests/nccl.py (exact sums, then bus bandwidth). NCCL on GPUs, gloo when
+# KIT_DEVICE=cpu. The same script runs under compose, Kubernetes and Slurm; only the
+# KIT_* variables differ (compose/README.md lists them).
+set -euo pipefail
+
+nproc=${KIT_GPUS:-1}
+args=()
+if [ "${KIT_DEVICE:-cuda}" = cpu ]; then
+  nproc=1
+  args+=(--cpu)
+fi
+rank=${KIT_NODE_RANK:?KIT_NODE_RANK is not set}
+result=/tmp/nccl-result.json
+
+echo "node ${rank}/${KIT_NNODES:?}: ${nproc} process(es) on ${KIT_DEVICE:-cuda}, head ${KIT_HEAD:?}:${KIT_PORT:-29500}"
+# Static rendezvous: rank 0 hosts the TCP store, the others retry until it answers.
+# shellcheck disable=SC2086 # NCCL_TEST_ARGS holds extra flags, split on purpose
+torchrun --nnodes "$KIT_NNODES" --node-rank "$rank" --nproc-per-node "$nproc" \
+  --master-addr "$KIT_HEAD" --master-port "${KIT_PORT:-29500}" \
+  -m smoke_tests.nccl "${args[@]}" --json "$result" ${NCCL_TEST_ARGS:-}
+
+# Only global rank 0 writes the result. A skipped test (no GPU visible) exits 0 from the
+# smoke test; a stack that was asked for an all-reduce must not call that a success.
+if [ "$rank" = 0 ]; then
+  python - "$result" <<'PY'
+import json, sys
+result = json.load(open(sys.argv[1]))
+figures = result.get("figures", {})
+print(f"all-reduce {result['status']}: backend {figures.get('backend')}, world size {figures.get('world_size')}, "
+      f"exact sums at every size: {all(row.get('correct') for row in figures.get('sizes', []))}")
+sys.exit(0 if result["status"] == "passed" else 1)
+PY
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# A Ray worker node joining the head at KIT_HEAD:KIT_RAY_PORT. The head must answer first:
+# compose orders it with depends_on, the Slurm script waits for it, KubeRay does its own.
+set -euo pipefail
+
+gpus=${KIT_GPUS:-0}
+if [ "${KIT_DEVICE:-cuda}" = cpu ]; then gpus=0; fi
+# Ray wants the head's IP address, not a name that only the container DNS knows.
+head=$(getent hosts "${KIT_HEAD:?}" | awk '{print $1; exit}')
+head=${head:-$KIT_HEAD}
+# shellcheck disable=SC2086 # RAY_START_ARGS holds extra flags, split on purpose
+exec ray start --address "${head}:${KIT_RAY_PORT:-6379}" --num-gpus "$gpus" \
+  --disable-usage-stats --block ${RAY_START_ARGS:-}

@@ -1,0 +1,848 @@
+"""Compose stacks (compose/<stack>.yml): several cooperating containers, started in one
+command and health-gated.
+
+Each stack file is plain Compose Specification syntax that `docker compose` v2 and
+`docker-compose` 1.29 both accept, usable on its own (`docker compose -f ... up`). What the
+kit needs beyond compose lives in the same file as data, under `x-mlsyskit` extension fields
+(compose ignores them), so `invoke up` and the exporters (`invoke export k8s|slurm`) read
+one definition:
+
+    x-mlsyskit:                 # top level: the stack
+      description, pattern (server | router | ray | nodes), topic (its image),
+      cpu (has a --cpu variant), gpus {default, min}, wait (seconds `up` waits)
+    services.<name>.x-mlsyskit: # each service
+      role (prep, server, client, worker, router, head, driver, node),
+      run (service: up waits until healthy; job: until it exits 0),
+      gpus (all: every GPU given; split: the GPUs shared out evenly among `split` services;
+            each: one GPU per replica of its group; none), group, port
+
+Rendering is pure (`render`): for the GPUs chosen (or `--cpu`) and the host's facts it
+writes a complete compose file to .kit/stacks/<stack>/compose.yml with device_ids, the
+KIT_* variables the scripts in compose/scripts read, absolute bind paths, the topic image
+for the chosen base, and `memlock` dropped where the engine refuses -1. `up` starts it with
+compose in the background and watches the containers itself (`assess`), so a service that
+exits or turns unhealthy is reported at once with its last log lines, whatever compose's
+version does while it waits on `depends_on`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import LABEL_PREFIX, REPO_ROOT
+from .errors import StackError, UsageError
+from .report import seconds, table
+
+Log = Callable[[str], None]
+
+PATTERNS = ("server", "router", "ray", "nodes")
+ROLES = ("prep", "server", "client", "worker", "router", "head", "driver", "node")
+RUNS = ("service", "job")
+GPU_MODES = ("all", "split", "each", "none")
+STACK_FIELDS = {"description", "pattern", "topic", "cpu", "gpus", "wait"}
+SERVICE_FIELDS = {"role", "run", "gpus", "group", "port", "topic"}
+HF_TARGET = "/root/.cache/huggingface"
+MEMLOCK_UNLIMITED = -1
+STACK_BYTES = 67108864
+PROJECT_PREFIX = "mlsyskit-"
+LABEL_STACK = f"{LABEL_PREFIX}.stack"
+LABEL_SERVICE = f"{LABEL_PREFIX}.stack.service"
+LABEL_ROLE = f"{LABEL_PREFIX}.stack.role"
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+LOG_LINES = 30
+
+
+# --- the stack definitions --------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSpec:
+    name: str
+    role: str
+    run: str
+    gpus: str = "none"
+    group: str = ""
+    port: int = 0
+    topic: str = ""  # "" = the stack's topic
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackSpec:
+    name: str
+    path: Path
+    description: str
+    pattern: str
+    topic: str
+    cpu: bool
+    gpus_default: int
+    gpus_min: int
+    wait: int
+    services: dict[str, ServiceSpec]  # in file order
+    compose: dict[str, Any] = field(repr=False)  # the file as loaded (anchors resolved)
+
+    @property
+    def project(self) -> str:
+        return PROJECT_PREFIX + self.name
+
+    def topics(self) -> list[str]:
+        return list(dict.fromkeys(s.topic or self.topic for s in self.services.values()))
+
+    def by_role(self, role: str) -> list[ServiceSpec]:
+        return [s for s in self.services.values() if s.role == role]
+
+    def groups(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for spec in self.services.values():
+            if spec.group:
+                found.setdefault(spec.group, []).append(spec.name)
+        return found
+
+    def split_services(self) -> list[str]:
+        return [s.name for s in self.services.values() if s.gpus == "split"]
+
+    def gpu_services(self) -> list[str]:
+        return [s.name for s in self.services.values() if s.gpus != "none"]
+
+
+def stacks_dir(root: Path = REPO_ROOT) -> Path:
+    return root / "compose"
+
+
+def stack_names(root: Path = REPO_ROOT) -> list[str]:
+    return sorted(p.stem for p in stacks_dir(root).glob("*.yml"))
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+class _Meta:
+    """Typed reads of one `x-mlsyskit` table, with errors that name the file and field."""
+
+    def __init__(self, path: Path, table: Any, prefix: str) -> None:
+        if not isinstance(table, dict):
+            raise UsageError(f"{_rel(path)}: field '{prefix.rstrip('.')}' must be a table")
+        self.path, self.table, self.prefix = path, table, prefix
+
+    def fail(self, key: str, expected: str) -> UsageError:
+        return UsageError(f"{_rel(self.path)}: field '{self.prefix}{key}' must be {expected}")
+
+    def str(self, key: str, default: str | None = None, choices: Sequence[str] = ()) -> str:
+        value = self.table.get(key, default)
+        if not isinstance(value, str) or (default is None and not value):
+            raise self.fail(key, "a non-empty string")
+        if choices and value not in choices:
+            raise self.fail(key, f"one of {', '.join(choices)}")
+        return value
+
+    def int(self, key: str, default: int | None = None, minimum: int = 0) -> int:
+        value = self.table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(key, f"a whole number >= {minimum}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false")
+        return value
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        unknown = sorted(set(self.table) - allowed)
+        if unknown:
+            raise UsageError(
+                f"{_rel(self.path)}: unknown field '{self.prefix}{unknown[0]}'",
+                fix=f"allowed fields: {', '.join(sorted(allowed))}",
+            )
+
+
+def device_requests(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The service's compose-spec GPU reservations (deploy.resources.reservations.devices)."""
+    deploy = service.get("deploy") or {}
+    devices = ((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or []
+    return [d for d in devices if isinstance(d, dict)]
+
+
+def load_stack(name: str, root: Path = REPO_ROOT) -> StackSpec:
+    path = stacks_dir(root) / f"{name}.yml"
+    if not path.is_file():
+        known = ", ".join(stack_names(root)) or "(none)"
+        raise UsageError(f"unknown stack '{name}'", fix=f"known stacks: {known}")
+    return parse_stack(name, path, path.read_text())
+
+
+def parse_stack(name: str, path: Path, text: str) -> StackSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{_rel(path)}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
+        raise UsageError(f"{_rel(path)}: field 'services' must be a table of services")
+    top = _Meta(path, data.get("x-mlsyskit"), "x-mlsyskit.")
+    top.reject_unknown(STACK_FIELDS)
+    gpus = _Meta(path, top.table.get("gpus", {}), "x-mlsyskit.gpus.")
+    gpus.reject_unknown({"default", "min"})
+    services: dict[str, ServiceSpec] = {}
+    for service_name, body in data["services"].items():
+        if not isinstance(body, dict):
+            raise UsageError(f"{_rel(path)}: field 'services.{service_name}' must be a table")
+        prefix = f"services.{service_name}.x-mlsyskit."
+        meta = _Meta(path, body.get("x-mlsyskit"), prefix)
+        meta.reject_unknown(SERVICE_FIELDS)
+        spec = ServiceSpec(
+            name=service_name,
+            role=meta.str("role", choices=ROLES),
+            run=meta.str("run", choices=RUNS),
+            gpus=meta.str("gpus", "none", choices=GPU_MODES),
+            group=meta.str("group", ""),
+            port=meta.int("port", 0),
+            topic=meta.str("topic", ""),
+        )
+        if spec.gpus != "none" and not device_requests(body):
+            raise UsageError(
+                f"{_rel(path)}: service '{service_name}' uses GPUs but has no deploy.resources.reservations.devices",
+                fix="request them as compose does: driver nvidia, count or device_ids, capabilities [gpu]",
+            )
+        if bool(spec.group) != (spec.gpus == "each"):
+            raise meta.fail("group", "set exactly when gpus is `each` (one replica per GPU)")
+        services[service_name] = spec
+    stack = StackSpec(
+        name=name,
+        path=path,
+        description=top.str("description"),
+        pattern=top.str("pattern", choices=PATTERNS),
+        topic=top.str("topic"),
+        cpu=top.bool("cpu", False),
+        gpus_default=gpus.int("default", 1, minimum=1),
+        gpus_min=gpus.int("min", 1, minimum=1),
+        wait=top.int("wait", 600, minimum=1),
+        services=services,
+        compose=data,
+    )
+    for service_name, body in data["services"].items():
+        depends = body.get("depends_on") or {}
+        for target, condition in (depends.items() if isinstance(depends, dict) else []):
+            if target not in data["services"]:
+                raise UsageError(f"{_rel(path)}: services.{service_name}.depends_on names unknown service '{target}'")
+            wants_health = isinstance(condition, dict) and condition.get("condition") == "service_healthy"
+            if wants_health and not data["services"][target].get("healthcheck"):
+                raise UsageError(
+                    f"{_rel(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck"
+                )
+    if stack.gpus_min > stack.gpus_default:
+        raise gpus.fail("min", f"at most x-mlsyskit.gpus.default ({stack.gpus_default})")
+    for group, members in stack.groups().items():
+        if members != [f"{group}-{i}" for i in range(len(members))]:
+            raise UsageError(f"{_rel(path)}: group '{group}' must be services {group}-0, {group}-1, ... in order")
+    return stack
+
+
+# --- choosing GPUs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What the stack runs on: GPU indices (in the order given), or none with `cpu`."""
+
+    gpus: tuple[str, ...] = ()
+    cpu: bool = False
+    warning: str = ""
+
+    def describe(self) -> str:
+        return "CPU" if self.cpu else f"GPU {','.join(self.gpus)}"
+
+
+def check_layout(stack: StackSpec, gpus: Sequence[str]) -> None:
+    """One clear error when the stack cannot use this many GPUs."""
+    count = len(gpus)
+    if count < stack.gpus_min:
+        raise UsageError(f"{stack.name} needs at least {stack.gpus_min} GPU(s), got {count}")
+    split = stack.split_services()
+    if split and count % len(split):
+        raise UsageError(
+            f"{stack.name} shares its GPUs evenly over {len(split)} services ({', '.join(split)}): "
+            f"{count} GPU(s) do not divide",
+            fix=f"give a multiple of {len(split)} (`--gpus {len(split) * max(1, count // len(split))}`)",
+        )
+
+
+def choose_devices(stack: StackSpec, gpus: str, cpu: bool, host_gpus: Callable[[], list[Any]], has_gpus: bool) -> Devices:
+    """`--gpus N|LIST|all|none` and `--cpu` against the host (gpus.py's meaning of --gpus).
+    No choice on a host without GPUs runs a stack that has a CPU variant on CPU, with one
+    warning; a GPU-only stack is refused."""
+    from .gpus import least_used, parse_request, select
+
+    if gpus.strip() == "none":
+        cpu, gpus = True, ""
+    if cpu:
+        if gpus:
+            raise UsageError("give either --cpu or --gpus, not both")
+        if not stack.cpu:
+            others = ", ".join(n for n in stack_names(stack.path.parent.parent) if load_stack(n, stack.path.parent.parent).cpu)
+            raise UsageError(f"{stack.name} has no CPU variant: it needs GPUs", fix=f"stacks with --cpu: {others}")
+        return Devices(cpu=True)
+    request = parse_request(gpus)
+    if request.kind in ("default", "all"):
+        found = host_gpus() if has_gpus else []
+        if not found:
+            if stack.cpu:
+                return Devices(cpu=True, warning=f"no NVIDIA GPU on this host: running {stack.name} on CPU (`--cpu` says so)")
+            raise UsageError(
+                f"{stack.name} needs at least {stack.gpus_min} NVIDIA GPU(s) and this host has none",
+                fix="run it on a GPU host, or export it: `invoke export k8s|slurm " + stack.name + "`",
+            )
+        if request.kind == "all":
+            chosen = [str(g.index) for g in found]
+        else:
+            want = min(stack.gpus_default, len(found))
+            chosen = [str(g.index) for g in least_used(found, want)]
+        check_layout(stack, chosen)
+        return Devices(gpus=tuple(chosen))
+    selection = select(request, host_gpus, has_gpus)
+    chosen = selection.label.split(",")
+    check_layout(stack, chosen)
+    return Devices(gpus=tuple(chosen))
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderOptions:
+    devices: Devices
+    base: str = "pypi"
+    model: str = "tiny"
+    memlock: bool = True  # the engine lets containers set memlock=-1
+    hf_cache: Path = Path("~/.cache/huggingface")
+    environment: Mapping[str, str] = field(default_factory=dict)  # added to every service
+
+
+def _escape(value: str) -> str:
+    """A literal value inside a compose file: compose reads `$` as interpolation."""
+    return value.replace("$", "$$")
+
+
+def _bind_source(entry: str) -> tuple[str, str] | None:
+    """('SOURCE', 'REST') of a short-syntax bind mount; None for a named volume."""
+    source, sep, rest = entry.partition(":")
+    if not sep:
+        return None
+    if source.startswith((".", "/", "~", "$")):
+        return source, rest
+    return None
+
+
+def _instances(stack: StackSpec, devices: Devices) -> list[tuple[str, ServiceSpec, tuple[str, ...], dict[str, str]]]:
+    """(rendered name, spec, its GPUs, its KIT_* variables) for every container to run."""
+    gpus = devices.gpus
+    split = stack.split_services()
+    per_split = len(gpus) // len(split) if split and gpus else 0
+    groups = stack.groups()
+    out = []
+    for spec in stack.services.values():
+        if spec.group:
+            if spec.name != groups[spec.group][0]:
+                continue  # the group's first member is the template of every replica
+            count = len(gpus) if gpus else len(groups[spec.group])
+            for i in range(count):
+                mine = (gpus[i],) if gpus else ()
+                out.append((f"{spec.group}-{i}", spec, mine, {"KIT_REPLICA": str(i), "KIT_REPLICAS": str(count)}))
+            continue
+        if spec.gpus == "all":
+            mine = gpus
+        elif spec.gpus == "split" and gpus:
+            rank = split.index(spec.name)
+            mine = gpus[rank * per_split : (rank + 1) * per_split]
+        else:
+            mine = ()
+        extra: dict[str, str] = {}
+        if spec.gpus == "split":
+            extra = {"KIT_NNODES": str(len(split)), "KIT_NODE_RANK": str(split.index(spec.name)), "KIT_HEAD": split[0]}
+        out.append((spec.name, spec, mine, extra))
+    return out
+
+
+def render(stack: StackSpec, opts: RenderOptions) -> dict[str, Any]:
+    """The compose file `up` runs: a complete file (compose v1 cannot delete keys through
+    an override, and `--cpu` must drop the GPU reservations)."""
+    from .plan import topic_alias
+
+    devices = opts.devices
+    instances = _instances(stack, devices)
+    group_members = {g: [n for n, s, _, _ in instances if s.group == g] for g in stack.groups()}
+    split = stack.split_services()
+    # Values every service may declare; a file's KIT_* variable is replaced only when the
+    # file declares it (a client job need not know the GPU layout).
+    common = {"KIT_DEVICE": "cpu" if devices.cpu else "cuda", "KIT_MODEL": opts.model}
+    common.update({f"KIT_{g.upper().replace('-', '_')}_HOSTS": " ".join(m) for g, m in group_members.items()})
+    if split:
+        common.update(KIT_NNODES=str(len(split)), KIT_HEAD=split[0], KIT_GPUS=str(len(devices.gpus) // len(split)))
+    services: dict[str, Any] = {}
+    for name, spec, mine, extra in instances:
+        body = copy.deepcopy(stack.compose["services"][spec.name])
+        body["image"] = topic_alias(spec.topic or stack.topic, opts.base)
+        if isinstance(body.get("environment"), list):
+            raise UsageError(f"{_rel(stack.path)}: services.{spec.name}.environment must be a mapping")
+        env = {k: "" if v is None else str(v) for k, v in (body.get("environment") or {}).items()}
+        env.update({k: _escape(v) for k, v in common.items() if k in env})
+        if spec.gpus != "none":
+            env.update(KIT_DEVICE=common["KIT_DEVICE"], KIT_GPUS=str(len(mine)))
+        env.update({k: _escape(v) for k, v in extra.items()})
+        env.update({k: _escape(v) for k, v in opts.environment.items()})
+        body["environment"] = dict(sorted(env.items()))
+        _render_gpus(body, mine)
+        _render_limits(body, opts.memlock)
+        _render_volumes(body, stack.path.parent, opts.hf_cache)
+        body["depends_on"] = _render_depends(body.get("depends_on"), group_members, stack)
+        if not body["depends_on"]:
+            del body["depends_on"]
+        labels = dict(body.get("labels") or {})
+        labels.update({LABEL_STACK: stack.name, LABEL_SERVICE: spec.name, LABEL_ROLE: spec.role})
+        body["labels"] = labels
+        services[name] = body
+    rendered: dict[str, Any] = {"services": services}
+    for key in ("volumes", "networks"):
+        if stack.compose.get(key):
+            rendered[key] = copy.deepcopy(stack.compose[key])
+    rendered["x-mlsyskit"] = {
+        **copy.deepcopy(stack.compose["x-mlsyskit"]),
+        "rendered": {
+            "from": _rel(stack.path),
+            "devices": "cpu" if devices.cpu else ",".join(devices.gpus),
+            "base": opts.base,
+            "model": opts.model,
+            "memlock": "unlimited" if opts.memlock else "engine default",
+        },
+    }
+    return json.loads(json.dumps(rendered))  # plain data: no YAML aliases in the output
+
+
+def _render_gpus(body: dict[str, Any], mine: tuple[str, ...]) -> None:
+    deploy = body.get("deploy")
+    if not deploy:
+        return
+    reservations = deploy.get("resources", {}).get("reservations", {})
+    devices = [d for d in reservations.get("devices", []) if "gpu" not in (d.get("capabilities") or [])]
+    if mine:
+        devices.append({"driver": "nvidia", "device_ids": list(mine), "capabilities": ["gpu"]})
+    if devices:
+        reservations["devices"] = devices
+    else:
+        reservations.pop("devices", None)
+    # Drop what became empty: compose 1.29 rejects `reservations: {}` in some versions.
+    resources = deploy.get("resources", {})
+    if not reservations:
+        resources.pop("reservations", None)
+    if not resources:
+        deploy.pop("resources", None)
+    if not deploy:
+        del body["deploy"]
+
+
+def _render_limits(body: dict[str, Any], memlock: bool) -> None:
+    ulimits = body.get("ulimits")
+    if not ulimits or memlock:
+        return
+    # This engine refuses memlock=-1 (the container would not start): keep its default.
+    ulimits.pop("memlock", None)
+    if not ulimits:
+        del body["ulimits"]
+
+
+def _render_volumes(body: dict[str, Any], compose_dir: Path, hf_cache: Path) -> None:
+    volumes = []
+    for entry in body.get("volumes") or []:
+        if not isinstance(entry, str):
+            volumes.append(entry)
+            continue
+        bind = _bind_source(entry)
+        if bind is None:
+            volumes.append(entry)
+            continue
+        source, rest = bind
+        target = rest.split(":")[0]
+        if target == HF_TARGET:
+            path = hf_cache.expanduser()
+        else:
+            path = (compose_dir / source).resolve()
+        volumes.append(f"{_escape(str(path))}:{rest}")
+    if volumes:
+        body["volumes"] = volumes
+
+
+def _render_depends(depends: Any, group_members: Mapping[str, list[str]], stack: StackSpec) -> dict[str, Any]:
+    """depends_on with every member of a group replaced by the rendered replicas."""
+    if not depends:
+        return {}
+    if isinstance(depends, list):
+        depends = {name: {"condition": "service_started"} for name in depends}
+    out: dict[str, Any] = {}
+    for name, condition in depends.items():
+        spec = stack.services.get(name)
+        if spec is not None and spec.group:
+            for member in group_members[spec.group]:
+                out[member] = condition
+        else:
+            out[name] = condition
+    return out
+
+
+def rendered_yaml(rendered: Mapping[str, Any], stack: StackSpec) -> str:
+    header = (
+        f"# Rendered by `invoke up {stack.name}` from {_rel(stack.path)}: do not edit (the next `up` rewrites it).\n"
+        f"# Runs on: {rendered['x-mlsyskit']['rendered']['devices']}. Inspect with `docker compose -p {stack.project} -f THIS ps`.\n"
+    )
+    return header + yaml.safe_dump(dict(rendered), sort_keys=False, default_flow_style=False, width=120)
+
+
+# --- watching the containers ------------------------------------------------------------
+
+NEVER = 0.0
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    service: str
+    container: str
+    status: str  # created, running, restarting, paused, exited, dead
+    exit_code: int
+    health: str  # "" without a healthcheck, else starting / healthy / unhealthy
+    started_at: float  # epoch seconds; NEVER before the first start
+    finished_at: float
+
+
+def _epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds ("0001-01-01T00:00:00Z" = never)."""
+    if not stamp or stamp.startswith("0001-"):
+        return NEVER
+    main, _, rest = stamp.partition(".")
+    zone = ""
+    if rest:
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+        zone = rest[len(digits) :]
+        main = f"{main}.{digits[:6]}"
+    else:
+        main, zone = (main[:-1], "Z") if main.endswith("Z") else (main, "")
+    zone = "+00:00" if zone in ("Z", "") else zone
+    return datetime.fromisoformat(main + zone).timestamp()
+
+
+def container_state(inspect: Mapping[str, Any]) -> ContainerState:
+    state = inspect.get("State") or {}
+    labels = (inspect.get("Config") or {}).get("Labels") or {}
+    return ContainerState(
+        service=labels.get(COMPOSE_SERVICE, inspect.get("Name", "?").lstrip("/")),
+        container=inspect.get("Id", "")[:12],
+        status=state.get("Status", "?"),
+        exit_code=int(state.get("ExitCode") or 0),
+        health=((state.get("Health") or {}).get("Status") or ""),
+        started_at=_epoch(state.get("StartedAt", "")),
+        finished_at=_epoch(state.get("FinishedAt", "")),
+    )
+
+
+@dataclass(frozen=True)
+class Assessment:
+    ready: tuple[str, ...]
+    waiting: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]  # (service, why)
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting and not self.failed
+
+
+def assess(expected: Mapping[str, str], states: Sequence[ContainerState], since: float) -> Assessment:
+    """Where each expected service (name -> "service" or "job") stands. A state older than
+    `since` (a job that ended in an earlier `up`) counts as not yet run."""
+    by_service = {s.service: s for s in states}
+    ready, waiting, failed = [], [], []
+    for name, run in expected.items():
+        state = by_service.get(name)
+        fresh_end = state is not None and state.finished_at >= since
+        if state is None:
+            waiting.append(name)
+        elif state.status in ("exited", "dead") and fresh_end:
+            if run == "job" and state.exit_code == 0:
+                ready.append(name)
+            elif run == "job":
+                failed.append((name, f"exited with code {state.exit_code}"))
+            else:
+                failed.append((name, f"stopped (exit code {state.exit_code}); a service must keep running"))
+        elif state.status == "running":
+            if state.health == "unhealthy":
+                failed.append((name, "is unhealthy (its healthcheck failed)"))
+            elif run == "service" and state.health in ("", "healthy"):
+                ready.append(name)
+            else:
+                waiting.append(name)
+        else:
+            waiting.append(name)
+    return Assessment(tuple(ready), tuple(waiting), tuple(failed))
+
+
+def describe(state: ContainerState | None, run: str) -> str:
+    if state is None:
+        return "not created"
+    if state.status in ("exited", "dead"):
+        return f"exited {state.exit_code}" + (" (done)" if run == "job" and state.exit_code == 0 else "")
+    if state.health:
+        return f"{state.status} ({state.health})"
+    return state.status
+
+
+# --- doing it ---------------------------------------------------------------------------
+
+
+def state_dir(stack: str, root: Path = REPO_ROOT) -> Path:
+    return root / ".kit" / "stacks" / stack
+
+
+def rendered_file(stack: str, root: Path = REPO_ROOT) -> Path:
+    return state_dir(stack, root) / "compose.yml"
+
+
+def _expected(rendered: Mapping[str, Any]) -> dict[str, str]:
+    return {name: body["x-mlsyskit"]["run"] for name, body in rendered["services"].items()}
+
+
+@dataclass(frozen=True)
+class UpResult:
+    stack: str
+    seconds: float
+    text: str
+
+
+def up(
+    name: str,
+    *,
+    gpus: str = "",
+    cpu: bool = False,
+    wait: int = 0,
+    model: str = "",
+    base: str = "",
+    log: Log = print,
+    root: Path = REPO_ROOT,
+) -> UpResult:
+    from .catalog import load_catalog
+    from .config import load_config
+    from .engine import Engine
+    from .gpus import host_has_gpus, query_gpus
+    from .shell import ensure_image, host_hf_cache, memlock_allowed
+
+    stack = load_stack(name, root)
+    catalog, config = load_catalog(), load_config()
+    base_name = base or config.base
+    catalog.base(base_name)
+    devices = choose_devices(stack, gpus, cpu, query_gpus, host_has_gpus())
+    if devices.warning:
+        log(f"warning: {devices.warning}")
+    engine = Engine.connect()
+    compose = engine.compose()
+    images = []
+    for topic_name in stack.topics():
+        if topic_name not in catalog.topics:
+            raise UsageError(
+                f"stack {stack.name} runs the topic image mlsyskit/{topic_name}:{base_name}, and envs/{topic_name}/ does not exist",
+                fix=f"known topics: {', '.join(sorted(catalog.topics))}",
+            )
+        images.append(ensure_image(engine, catalog.topic(topic_name), base_name, config, log))
+    memlock = memlock_allowed(engine, images[0], os.environ, log)
+    if not memlock:
+        log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")
+    hf_cache = host_hf_cache(os.environ, Path.home())
+    hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
+    environment = {"HF_ENDPOINT": config.hf_endpoint} if config.hf_endpoint else {}
+    opts = RenderOptions(
+        devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment
+    )
+    rendered = render(stack, opts)
+    path = rendered_file(stack.name, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rendered_yaml(rendered, stack))
+    compose.check(stack.project, path)
+    limit = wait or stack.wait
+    log(
+        f"{stack.name}: {len(rendered['services'])} container(s) on {devices.describe()}, "
+        f"{', '.join(images)}; waiting up to {limit}s ({compose.describe()})"
+    )
+    start = time.time()
+    since = start - 1.0
+    expected = _expected(rendered)
+    ready_at: dict[str, float] = {}
+    shown: dict[str, str] = {}
+    with compose.start(stack.project, path, log_path=path.parent / "up.log") as starting:
+        while True:
+            states = [container_state(c) for c in engine.project_containers(stack.project)]
+            by_service = {s.service: s for s in states}
+            verdict = assess(expected, states, since)
+            for service in expected:
+                now = describe(by_service.get(service), expected[service])
+                if shown.get(service) != now:
+                    shown[service] = now
+                    log(f"  {service}: {now}")
+            for service in verdict.ready:
+                ready_at.setdefault(service, time.time() - start)
+            if verdict.failed:
+                starting.stop()
+                _fail(engine, stack, verdict, by_service, compose_tail="")
+            if verdict.done:
+                break
+            returncode = starting.poll()
+            if returncode not in (None, 0):
+                time.sleep(1)  # the container states may explain it better than compose does
+                states = [container_state(c) for c in engine.project_containers(stack.project)]
+                verdict = assess(expected, states, since)
+                if not verdict.done:
+                    _fail(engine, stack, verdict, {s.service: s for s in states}, compose_tail=starting.tail())
+                break
+            if time.time() - start > limit:
+                starting.stop()
+                _timeout(engine, stack, verdict, by_service, limit)
+            time.sleep(1)
+    elapsed = time.time() - start
+    rows = []
+    for service, run in expected.items():
+        spec = rendered["services"][service]
+        devices_of = [d.get("device_ids") for d in device_requests(spec)]
+        gpus_label = ",".join(devices_of[0]) if devices_of and devices_of[0] else "-"
+        ports = ", ".join(str(p) for p in spec.get("ports") or []) or "-"
+        at = ready_at.get(service)
+        rows.append((service, spec["x-mlsyskit"]["role"], run, shown.get(service, "?"), gpus_label, ports, seconds(at) if at else "-"))
+    parts = [table(("service", "role", "run", "state", "gpus", "ports", "ready after"), rows)]
+    for service, run in expected.items():
+        if run == "job":
+            parts.append(f"--- {service} (last lines) ---\n{_service_logs(engine, stack.project, service, 8)}")
+    jobs = [s for s, r in expected.items() if r == "job"]
+    parts.append(
+        f"{stack.name} is up in {seconds(elapsed)}"
+        + (f" ({', '.join(jobs)} finished)" if jobs else "")
+        + f". Logs: invoke logs {stack.name} [-s SERVICE]; stop: invoke down {stack.name}"
+    )
+    return UpResult(stack.name, elapsed, "\n".join(parts))
+
+
+def _service_logs(engine: Any, project: str, service: str, lines: int) -> str:
+    containers = [c for c in engine.project_containers(project) if container_state(c).service == service]
+    if not containers:
+        return "(no container)"
+    return engine.container_logs(containers[0]["Id"], tail=lines).rstrip() or "(no output)"
+
+
+def _fail(engine: Any, stack: StackSpec, verdict: Assessment, by_service: Mapping[str, ContainerState], compose_tail: str) -> None:
+    tails = []
+    for service, why in verdict.failed:
+        tails.append(f"--- {service}: {why}; its last {LOG_LINES} lines ---\n{_service_logs(engine, stack.project, service, LOG_LINES)}")
+    if compose_tail:
+        tails.append(f"--- compose ---\n{compose_tail}")
+    if verdict.failed:
+        service, why = verdict.failed[0]
+        message = f"{stack.name}: {service} {why}"
+    else:
+        message = f"{stack.name}: compose could not start the stack ({(compose_tail.strip().splitlines() or ['?'])[-1]})"
+    raise StackError(
+        message,
+        fix=f"read the lines above (`invoke logs {stack.name} -s SERVICE` for more), then `invoke down {stack.name}`",
+        log_tail="\n".join(tails),
+    )
+
+
+def _timeout(engine: Any, stack: StackSpec, verdict: Assessment, by_service: Mapping[str, ContainerState], limit: int) -> None:
+    tails = []
+    for service in verdict.waiting:
+        state = by_service.get(service)
+        tails.append(
+            f"--- {service}: {describe(state, 'service')}; its last {LOG_LINES} lines ---\n"
+            f"{_service_logs(engine, stack.project, service, LOG_LINES)}"
+        )
+    raise StackError(
+        f"{stack.name}: not ready after {limit}s: still waiting for {', '.join(verdict.waiting)}",
+        fix=f"`--wait SECONDS` to wait longer, `invoke logs {stack.name}` to see why; `invoke down {stack.name}` stops it",
+        log_tail="\n".join(tails),
+    )
+
+
+def down(name: str, *, log: Log = print, root: Path = REPO_ROOT) -> str:
+    """Stop and remove every container, network and volume of the stack. Works from the
+    compose project's labels too, so it cleans up after an `up` whose file is gone."""
+    from .engine import Engine
+
+    stack = load_stack(name, root)
+    engine = Engine.connect()
+    before = engine.project_resources(stack.project)
+    path = rendered_file(stack.name, root)
+    if path.is_file():
+        engine.compose().down(stack.project, path)
+    engine.remove_project_resources(stack.project)  # whatever compose left (or never knew)
+    after = engine.project_resources(stack.project)
+    if any(after.values()):
+        left = ", ".join(f"{len(v)} {k}" for k, v in after.items() if v)
+        raise StackError(f"{stack.name}: {left} still there after `down`", fix="remove them with `docker rm -f` / `docker network rm`")
+    shutil.rmtree(state_dir(stack.name, root), ignore_errors=True)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in before.items())
+    return f"{stack.name} is down: removed {counts}" if any(before.values()) else f"{stack.name} was not running: nothing to remove"
+
+
+def logs(name: str, *, service: str = "", tail: int = 0, follow: bool = False, root: Path = REPO_ROOT) -> int:
+    from .engine import Engine
+
+    stack = load_stack(name, root)
+    path = rendered_file(stack.name, root)
+    if not path.is_file():
+        raise UsageError(f"{stack.name} is not up (no {_rel(path)})", fix=f"invoke up {stack.name}")
+    rendered = yaml.safe_load(path.read_text())
+    names = list(rendered["services"])
+    selected = []
+    if service:
+        spec = stack.services.get(service)
+        if service in names:
+            selected = [service]
+        elif spec is not None and spec.group:
+            selected = [n for n in names if n.startswith(spec.group + "-")]
+        elif service in {s.group for s in stack.services.values() if s.group}:
+            selected = [n for n in names if n.startswith(service + "-")]
+        else:
+            raise UsageError(f"{stack.name} has no service '{service}'", fix=f"services: {', '.join(names)}")
+    return Engine.connect().compose().logs(stack.project, path, selected, tail=tail, follow=follow)
+
+
+def status(root: Path = REPO_ROOT) -> str:
+    """`invoke stacks`: every stack, what it is, and what of it runs now."""
+    from .engine import Engine
+
+    engine = None
+    try:
+        engine = Engine.connect()
+    except Exception:  # the table still says what the stacks are
+        engine = None
+    rows = []
+    for name in stack_names(root):
+        stack = load_stack(name, root)
+        if engine is None:
+            state = "? (no engine)"
+        else:
+            states = [container_state(c) for c in engine.project_containers(stack.project)]
+            if not states:
+                state = "down"
+            else:
+                running = sum(s.status == "running" for s in states)
+                done = sum(s.status == "exited" and s.exit_code == 0 for s in states)
+                bad = len(states) - running - done
+                state = f"up: {running} running, {done} done" + (f", {bad} failed" if bad else "")
+        gpus = f"{stack.gpus_default} (min {stack.gpus_min})"
+        rows.append((name, stack.topic, gpus, "yes" if stack.cpu else "no", state, stack.description))
+    return table(("stack", "topic", "gpus", "--cpu", "state", "what"), rows)
