@@ -13,6 +13,7 @@ from invoke import Exit, task
 from mlsyskit import commands
 from mlsyskit import shell as kit_shell
 from mlsyskit.cli import PositionalOrFlagTask
+from mlsyskit import export as kit_export
 from mlsyskit import stacks as kit_stacks
 from mlsyskit.errors import BuildError, KitError, StackError
 
@@ -185,3 +186,38 @@ def logs(c, name, service="", tail=0, follow=False):
 def stacks(c):
     """List the compose stacks: topic, GPUs, CPU variant and what of each runs now."""
     say(kit_stacks.status())
+
+
+@task(
+    positional=["target", "stack"],
+    help={
+        "target": "k8s or slurm",
+        "stack": "the stack to export (compose/STACK.yml)",
+        "output": "folder for the files (default: .kit/export/TARGET)",
+        "nodes": "nodes (Kubernetes: pods of the group; router: workers); default: the stack's own",
+        "gpus-per-node": "GPUs per node (router workers: 1); default: the stack's own",
+        "image-registry": "registry the kit's images were pushed to, e.g. ghcr.io/me (default: the local names)",
+        "runtime": "slurm: pyxis (enroot .sqsh) or apptainer (.sif)",
+        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
+        "model": "SGLang stacks: a Hugging Face model id, or tiny (a random-weight model written in the pod)",
+        "namespace": "k8s: the namespace of every object",
+        "host-ipc": "k8s: hostIPC on GPU pods",
+        "host-network": "k8s: hostNetwork on GPU pods",
+        "rdma": "k8s: mount /dev/infiniband and add IPC_LOCK for NCCL over RDMA",
+        "ifname": "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME (default: eth0 in pods; NCCL's ^lo,docker0 on Slurm)",
+        "shm-size": "k8s: size of the memory-backed /dev/shm (default 16Gi)",
+        "hf-cache-pvc": "k8s: a PersistentVolumeClaim holding the HF cache (default: an emptyDir)",
+    },
+)
+@kit_errors
+def export(
+    c, target, stack, output="", nodes=None, gpus_per_node=None, image_registry="", runtime="pyxis", base="", model="tiny",
+    namespace="default", host_ipc=False, host_network=False, rdma=False, ifname="", shm_size="16Gi", hf_cache_pvc="",
+):
+    """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
+    for path in kit_export.run(
+        target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
+        runtime=runtime, base=base, model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
+        rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc,
+    ):  # fmt: skip
+        say(f"wrote {path}")

@@ -244,31 +244,11 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-_CLEANUPS: list[Callable[[], None]] = []
-
-
-def add_cleanup(fn: Callable[[], None]) -> Callable[[], None]:
-    """Run ``fn`` whenever the children are killed (time limit, Ctrl-C, SIGTERM, a crash):
-    for what escapes the children's process groups, such as the daemons ``ray.init`` starts."""
-    _CLEANUPS.append(fn)
-    return fn
-
-
-def remove_cleanup(fn: Callable[[], None]) -> None:
-    if fn in _CLEANUPS:
-        _CLEANUPS.remove(fn)
-
-
 def kill_children() -> None:
     with _CHILDREN_LOCK:
         children = list(_CHILDREN)
     for proc in children:
         kill_process_group(proc, grace=5.0)
-    for fn in list(_CLEANUPS):
-        try:
-            fn()
-        except Exception as exc:  # cleanup must not hide the result
-            print(f"cleanup {getattr(fn, '__name__', fn)} failed: {exc}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -335,55 +315,6 @@ def run_command(
         if log:
             log.close()
     return CommandResult(proc.returncode, "".join(lines), timed_out, time.monotonic() - start)
-
-
-def start_child(
-    cmd: Sequence[str],
-    *,
-    log_path: str | os.PathLike[str],
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-) -> subprocess.Popen[str]:
-    """Start a long-running ``cmd`` (a server) in its own session, its output going to
-    ``log_path``. It is registered like ``run_command``'s children, so the watchdog, Ctrl-C
-    and SIGTERM kill its whole process group; ``stop_child`` ends it in the normal case."""
-    with open(log_path, "w") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    with _CHILDREN_LOCK:
-        _CHILDREN.add(proc)
-    return proc
-
-
-def stop_child(proc: subprocess.Popen[str], grace: float = 10.0) -> int | None:
-    """SIGTERM, then SIGKILL, the child's whole process group; returns its exit code."""
-    try:
-        kill_process_group(proc, grace=grace)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    finally:
-        with _CHILDREN_LOCK:
-            _CHILDREN.discard(proc)
-    return proc.returncode
-
-
-def tail_text(path: str | os.PathLike[str], lines: int = 20) -> str:
-    """The last ``lines`` non-empty lines of a log file ('' when there is none)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
 class _Terminated(KeyboardInterrupt):

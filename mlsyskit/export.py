@@ -1,0 +1,848 @@
+"""`invoke export k8s|slurm STACK`: the same stack definitions (compose/<stack>.yml and its
+`x-mlsyskit` data) written as Kubernetes objects or a Slurm batch script.
+
+The objects are generated directly, not through kompose, which drops exactly the fields
+that matter here (GPU reservations, IPC, /dev/shm, ulimits). What every target shares
+comes from the stack file: images (the topic's, optionally under a registry), the commands
+(scripts in compose/scripts, which read only KIT_* variables), environment, ports and
+healthchecks. What differs per target is how KIT_NODE_RANK and KIT_HEAD are found:
+
+  compose     rendered per container by `invoke up`
+  Kubernetes  Job completion index / LWS worker index; the leader's or rank 0's DNS name
+  Slurm       $SLURM_NODEID inside each task; the first node of the allocation
+
+Everything here is pure (data in, text out) and tested offline: core objects with
+kubernetes-validate, the LeaderWorkerSet and RayJob CRDs with jsonschema, the batch
+scripts with bash -n and shellcheck."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import REPO_ROOT
+from .errors import UsageError
+from .plan import topic_alias
+from .stacks import HF_TARGET, StackSpec
+
+TARGETS = ("k8s", "slurm")
+RUNTIMES = ("pyxis", "apptainer")
+MAX_GPUS_PER_NODE = 8  # the largest common GPU node; a stack may allow fewer
+SCRIPTS_TARGET = "/opt/mlsyskit/stacks"
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+RAY_API = "ray.io/v1"
+SECRET_ENV = {"HF_TOKEN": ("hf-token", "token")}  # env var -> (Secret, key), optional in pods
+PART_OF = "mlsyskit"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    nodes: int | None = None  # None: the stack's own default
+    gpus_per_node: int | None = None
+    image_registry: str = ""
+    base: str = "pypi"
+    model: str = "tiny"
+    namespace: str = "default"
+    host_ipc: bool = False
+    host_network: bool = False
+    rdma: bool = False
+    ifname: str = ""  # NCCL/Gloo interface; "" = eth0 in pods, NCCL's exclusion list on Slurm
+    shm_size: str = "16Gi"
+    hf_cache_pvc: str = ""  # a PersistentVolumeClaim for the HF cache; "" = an emptyDir
+    runtime: str = "pyxis"
+    kit_root: str = ""  # Slurm: the kit's checkout on shared storage ("" = this checkout)
+
+
+@dataclass(frozen=True)
+class Shape:
+    nodes: int
+    gpus_per_node: int
+
+
+# --- what the stack can use --------------------------------------------------------------
+
+
+def max_gpus_per_node(stack: StackSpec) -> tuple[int, str]:
+    """The most GPUs one node of this stack can use, and why."""
+    if stack.pattern == "router":
+        return 1, "each worker serves on one GPU; ask for more workers with --nodes"
+    return MAX_GPUS_PER_NODE, f"the largest GPU node is {MAX_GPUS_PER_NODE} GPUs"
+
+
+def default_shape(stack: StackSpec) -> Shape:
+    split = len(stack.split_services())
+    if stack.pattern == "router":
+        return Shape(stack.gpus_default, 1)
+    if split:
+        return Shape(split, max(1, stack.gpus_default // split))
+    return Shape(1, stack.gpus_default)
+
+
+def shape_for(stack: StackSpec, opts: ExportOptions) -> Shape:
+    """The nodes and GPUs per node to export, or one clear error."""
+    default = default_shape(stack)
+    nodes = default.nodes if opts.nodes is None else opts.nodes
+    gpus = default.gpus_per_node if opts.gpus_per_node is None else opts.gpus_per_node
+    if nodes < 1:
+        raise UsageError(f"--nodes {nodes}: {stack.name} needs at least 1 node")
+    limit, why = max_gpus_per_node(stack)
+    if gpus < 1:
+        raise UsageError(f"--gpus-per-node {gpus}: {stack.name} needs at least 1 GPU per node")
+    if gpus > limit:
+        raise UsageError(f"--gpus-per-node {gpus}: {stack.name} can use at most {limit} GPU(s) per node ({why})")
+    if stack.pattern == "nodes" and nodes * gpus < 2:
+        raise UsageError(f"{stack.name} all-reduces over at least 2 GPUs: got {nodes} node(s) x {gpus} GPU(s)")
+    return Shape(nodes, gpus)
+
+
+# --- reading the compose file ------------------------------------------------------------
+
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable syntax ($$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default})."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(1):
+            return "$"
+        name = match.group(2) or match.group(5)
+        op, default = match.group(3), match.group(4) or ""
+        value = env.get(name)
+        if op == ":-":
+            return value if value else default
+        if op == "-":
+            return value if value is not None else default
+        if op in (":?", "?") and not value:
+            raise UsageError(f"${{{name}}} must be set: {default}")
+        return value or ""
+
+    return _VAR.sub(sub, text)
+
+
+def service_env(stack: StackSpec, service: str, overrides: Mapping[str, str], ifname: str) -> dict[str, str]:
+    """The service's environment as the file gives it (defaults applied), KIT_* set for the
+    target, empty values and secrets left out."""
+    given = {"NCCL_SOCKET_IFNAME": ifname, "GLOO_SOCKET_IFNAME": ifname} if ifname else {}
+    raw = stack.compose["services"][service].get("environment") or {}
+    env = {k: interpolate("" if v is None else str(v), given) for k, v in raw.items()}
+    env.update(overrides)
+    return {k: v for k, v in sorted(env.items()) if v != "" and k not in SECRET_ENV}
+
+
+def image_ref(stack: StackSpec, service: str, opts: ExportOptions) -> str:
+    spec = stack.services[service]
+    ref = topic_alias(spec.topic or stack.topic, opts.base)
+    return f"{opts.image_registry.rstrip('/')}/{ref}" if opts.image_registry else ref
+
+
+def repo_mounts(stack: StackSpec, service: str) -> list[tuple[Path, str]]:
+    """(host folder inside the kit, container path) of the service's bind mounts that ship
+    kit files (compose/scripts, smoke_tests)."""
+    out = []
+    for entry in stack.compose["services"][service].get("volumes") or []:
+        if not isinstance(entry, str) or not entry.startswith("."):
+            continue
+        source, target = entry.split(":")[:2]
+        out.append(((stack.path.parent / source).resolve(), target))
+    return out
+
+
+def named_volumes(stack: StackSpec, service: str) -> list[tuple[str, str]]:
+    out = []
+    for entry in stack.compose["services"][service].get("volumes") or []:
+        if isinstance(entry, str) and entry.split(":")[0] in (stack.compose.get("volumes") or {}):
+            name, target = entry.split(":")[:2]
+            out.append((name, target))
+    return out
+
+
+def mounts_hf_cache(stack: StackSpec, service: str) -> bool:
+    return any(isinstance(e, str) and f":{HF_TARGET}" in e for e in stack.compose["services"][service].get("volumes") or [])
+
+
+def duration_seconds(text: Any, default: int) -> int:
+    """Compose durations: 5s, 1m30s, 600s, 2h."""
+    if text is None:
+        return default
+    total, found = 0.0, False
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|ns)", str(text)):
+        found = True
+        total += float(number) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[unit]
+    return max(1, round(total)) if found else default
+
+
+def one(stack: StackSpec, role: str) -> str:
+    found = stack.by_role(role)
+    if len(found) != 1:
+        raise UsageError(f"{stack.path.name}: pattern '{stack.pattern}' needs exactly one service with role '{role}'")
+    return found[0].name
+
+
+# --- Kubernetes -------------------------------------------------------------------------
+
+
+def _name(text: str) -> str:
+    """A DNS-1123 name for a Kubernetes object or volume."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+class K8s:
+    """Builds the objects of one stack export."""
+
+    def __init__(self, stack: StackSpec, shape: Shape, opts: ExportOptions) -> None:
+        self.stack, self.shape, self.opts = stack, shape, opts
+        self.configmaps: dict[str, tuple[Path, str]] = {}  # volume name -> (folder, mount path)
+
+    # metadata -----------------------------------------------------------------------
+
+    def labels(self, component: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": self.stack.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": PART_OF,
+        }
+
+    def meta(self, name: str, component: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "namespace": self.opts.namespace, "labels": self.labels(component), **extra}
+
+    # pods -----------------------------------------------------------------------------
+
+    def env_list(self, env: Mapping[str, str], field_env: Mapping[str, str] = ()) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items() if k not in dict(field_env)]
+        for name, path in dict(field_env).items():
+            out.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+        for name, (secret, key) in SECRET_ENV.items():
+            out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
+        return out
+
+    def container(
+        self,
+        service: str,
+        *,
+        gpus: int,
+        env: Mapping[str, str],
+        field_env: Mapping[str, str] = (),
+        probe: bool = True,
+        command: Sequence[str] | None = None,
+        ports: Sequence[tuple[str, int]] = (),
+    ) -> dict[str, Any]:
+        body = self.stack.compose["services"][service]
+        spec = self.stack.services[service]
+        out: dict[str, Any] = {"name": service, "image": image_ref(self.stack, service, self.opts)}
+        if command is not None:
+            if command:
+                out["command"] = list(command)
+        else:
+            out["command"] = list(body["command"])
+        out["workingDir"] = body.get("working_dir", "/opt/mlsyskit")
+        out["env"] = self.env_list(env, field_env)
+        all_ports = list(ports) or ([("http", spec.port)] if spec.port else [])
+        if all_ports:
+            out["ports"] = [{"name": name, "containerPort": port} for name, port in all_ports]
+        if gpus:
+            out["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+        mounts = []
+        for folder, target in repo_mounts(self.stack, service):
+            volume = _name(f"kit-{folder.name}")
+            self.configmaps[volume] = (folder, target)
+            mounts.append({"name": volume, "mountPath": target, "readOnly": True})
+        if mounts_hf_cache(self.stack, service):
+            mounts.append({"name": "hf-cache", "mountPath": HF_TARGET})
+        for name, target in named_volumes(self.stack, service):
+            mounts.append({"name": _name(name), "mountPath": target})
+        if gpus:
+            mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+            if self.opts.rdma:
+                mounts.append({"name": "infiniband", "mountPath": "/dev/infiniband"})
+                out["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
+        out["volumeMounts"] = mounts
+        health = body.get("healthcheck")
+        if probe and health and not health.get("disable"):
+            test = list(health["test"])
+            command_probe = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]
+            out["readinessProbe"] = {
+                "exec": {"command": command_probe},
+                "periodSeconds": duration_seconds(health.get("interval"), 10),
+                "timeoutSeconds": duration_seconds(health.get("timeout"), 10),
+                "failureThreshold": int(health.get("retries", 3)),
+            }
+        return out
+
+    def pod(self, containers: list[dict], *, init: Sequence[dict] = (), restart: str = "", **extra: Any) -> dict[str, Any]:
+        volumes: list[dict[str, Any]] = []
+        names = {m["name"] for c in [*containers, *init] for m in c.get("volumeMounts", [])}
+        for volume, (folder, _target) in sorted(self.configmaps.items()):
+            if volume in names:
+                volumes.append({"name": volume, "configMap": {"name": self.configmap_name(folder)}})
+        if "hf-cache" in names:
+            if self.opts.hf_cache_pvc:
+                volumes.append({"name": "hf-cache", "persistentVolumeClaim": {"claimName": self.opts.hf_cache_pvc}})
+            else:
+                volumes.append({"name": "hf-cache", "emptyDir": {}})
+        for name in sorted(names - {"hf-cache", "dshm", "infiniband", *self.configmaps}):
+            volumes.append({"name": name, "emptyDir": {}})
+        if "dshm" in names:
+            volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": self.opts.shm_size}})
+        if "infiniband" in names:
+            volumes.append({"name": "infiniband", "hostPath": {"path": "/dev/infiniband", "type": "Directory"}})
+        spec: dict[str, Any] = {}
+        if restart:
+            spec["restartPolicy"] = restart
+        if self.opts.host_ipc:
+            spec["hostIPC"] = True
+        if self.opts.host_network:
+            spec["hostNetwork"] = True
+            spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+        spec.update(extra)
+        if init:
+            spec["initContainers"] = list(init)
+        spec["containers"] = containers
+        spec["volumes"] = volumes
+        return spec
+
+    def configmap_name(self, folder: Path) -> str:
+        return _name(f"{self.stack.name}-{folder.name}")
+
+    def configmap_objects(self) -> list[dict[str, Any]]:
+        needed = kit_files(self.stack, extra=trainer_command(self.shape) if self.stack.pattern == "ray" else ())
+        out = []
+        for folder, _target in sorted(set(self.configmaps.values())):
+            data = {name: (folder / name).read_text() for name in sorted(needed.get(folder, ()))}
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": self.meta(self.configmap_name(folder), "files", annotations={"mlsyskit/source": _rel(folder)}),
+                    "data": data,
+                }
+            )
+        return out
+
+    def prep_init(self, service: str) -> list[dict]:
+        """The stack's prep job (the tiny model) as an init container of pods that need it."""
+        if not named_volumes(self.stack, service) or not self.stack.by_role("prep"):
+            return []
+        prep = one(self.stack, "prep")
+        env = service_env(self.stack, prep, {"KIT_MODEL": self.opts.model}, self.opts.ifname or "eth0")
+        return [self.container(prep, gpus=0, env=env, probe=False)]
+
+    def service_object(self, name: str, component: str, selector: Mapping[str, str], ports: Sequence[tuple[str, int]], headless: bool = False) -> dict:
+        spec: dict[str, Any] = {"selector": dict(selector), "ports": [{"name": n, "port": p, "targetPort": p} for n, p in ports]}
+        if headless:
+            spec["clusterIP"] = "None"
+        return {"apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, component), "spec": spec}
+
+    def client_job(self, target_service: str, port: int) -> list[dict]:
+        if not self.stack.by_role("client"):
+            return []
+        client = one(self.stack, "client")
+        env = service_env(
+            self.stack, client, {"KIT_TARGET": f"http://{target_service}:{port}", "KIT_CLIENT_WAIT": "1800"}, self.opts.ifname or "eth0"
+        )
+        pod = self.pod([self.container(client, gpus=0, env=env, probe=False)], restart="Never")
+        return [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": self.meta(f"{self.stack.name}-{client}", "client"),
+                "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": self.labels("client")}, "spec": pod}},
+            }
+        ]
+
+    # patterns ---------------------------------------------------------------------------
+
+    def gpu_env(self, service: str, extra: Mapping[str, str]) -> dict[str, str]:
+        base = {"KIT_DEVICE": "cuda", "KIT_GPUS": str(self.shape.gpus_per_node), "KIT_NNODES": str(self.shape.nodes)}
+        if "KIT_MODEL" in (self.stack.compose["services"][service].get("environment") or {}):
+            base["KIT_MODEL"] = self.opts.model
+        return service_env(self.stack, service, {**base, **extra}, self.opts.ifname or "eth0")
+
+    def server(self) -> list[dict]:
+        stack, shape = self.stack, self.shape
+        server = one(stack, "server")
+        port = stack.services[server].port
+        dist_port = int(interpolate(str((stack.compose["services"][server].get("environment") or {}).get("KIT_DIST_PORT", "20000")), {}))
+        name = f"{stack.name}-{server}"
+        labels = self.labels("server")
+        objects: list[dict] = []
+        if shape.nodes == 1:
+            env = self.gpu_env(server, {"KIT_NODE_RANK": "0", "KIT_HEAD": "localhost"})
+            pod = self.pod([self.container(server, gpus=shape.gpus_per_node, env=env)], init=self.prep_init(server))
+            objects.append(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": self.meta(name, "server"),
+                    "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": pod}},
+                }
+            )
+            selector = labels
+        else:
+            # LWS injects LWS_LEADER_ADDRESS and LWS_WORKER_INDEX first in every container's
+            # env, so $(...) expands them; rank 0 (the leader) hosts --dist-init-addr.
+            env = self.gpu_env(server, {"KIT_HEAD": "$(LWS_LEADER_ADDRESS)", "KIT_NODE_RANK": "$(LWS_WORKER_INDEX)"})
+            ports = [("http", port), ("dist-init", dist_port)]
+            leader = self.container(server, gpus=shape.gpus_per_node, env=env, ports=ports)
+            worker = self.container(server, gpus=shape.gpus_per_node, env=env, ports=ports, probe=False)  # ranks >= 1 always answer 200
+            init = self.prep_init(server)
+            objects.append(
+                {
+                    "apiVersion": LWS_API,
+                    "kind": "LeaderWorkerSet",
+                    "metadata": self.meta(name, "server"),
+                    "spec": {
+                        "replicas": 1,
+                        "startupPolicy": "LeaderCreated",
+                        "leaderWorkerTemplate": {
+                            "size": shape.nodes,
+                            "restartPolicy": "RecreateGroupOnPodRestart",
+                            "leaderTemplate": {"metadata": {"labels": {**labels, "role": "leader"}}, "spec": self.pod([leader], init=init)},
+                            "workerTemplate": {"metadata": {"labels": {**labels, "role": "worker"}}, "spec": self.pod([worker], init=init)},
+                        },
+                    },
+                }
+            )
+            selector = {**labels, "role": "leader"}
+        objects.append(self.service_object(name, "server", selector, [("http", port)]))
+        objects += self.client_job(name, port)
+        return objects
+
+    def router(self) -> list[dict]:
+        stack, shape = self.stack, self.shape
+        worker = stack.by_role("worker")[0].name  # the group's template (worker-0)
+        router = one(stack, "router")
+        port = stack.services[worker].port
+        router_port = stack.services[router].port
+        worker_name = f"{stack.name}-worker"
+        worker_labels, router_labels = self.labels("worker"), self.labels("router")
+        env = self.gpu_env(worker, {"KIT_NNODES": "1", "KIT_NODE_RANK": "0", "KIT_GPUS": "1"})
+        worker_pod = self.pod([self.container(worker, gpus=1, env=env)], init=self.prep_init(worker))
+        worker_pod["containers"][0]["name"] = "worker"
+        selector = " ".join(f"{k}={v}" for k, v in worker_labels.items())
+        router_env = service_env(
+            stack,
+            router,
+            {"KIT_DISCOVERY": "1", "KIT_WORKER_SELECTOR": selector, "KIT_WORKER_PORT": str(port), "KIT_WORKER_HOSTS": ""},
+            self.opts.ifname or "eth0",
+        )
+        router_pod = self.pod(
+            [self.container(router, gpus=0, env=router_env, field_env={"KIT_NAMESPACE": "metadata.namespace"})],
+            serviceAccountName=f"{stack.name}-router",
+        )
+        account = f"{stack.name}-router"
+        return [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": self.meta(worker_name, "worker"),
+                "spec": {
+                    "replicas": shape.nodes,
+                    "selector": {"matchLabels": worker_labels},
+                    "template": {"metadata": {"labels": worker_labels}, "spec": worker_pod},
+                },
+            },
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": self.meta(account, "router")},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": self.meta(account, "router"),
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": self.meta(account, "router"),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.opts.namespace}],
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": self.meta(f"{stack.name}-router", "router"),
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": router_labels},
+                    "template": {"metadata": {"labels": router_labels}, "spec": router_pod},
+                },
+            },
+            self.service_object(f"{stack.name}-router", "router", router_labels, [("http", router_port)]),
+            *self.client_job(f"{stack.name}-router", router_port),
+        ]
+
+    def ray(self) -> list[dict]:
+        from .lockfile import key_versions
+
+        stack, shape = self.stack, self.shape
+        head, worker = one(stack, "head"), one(stack, "worker")
+        # KubeRay starts Ray itself and points the nodes at the head: only the shape stays.
+        compose_only = ("KIT_HEAD", "KIT_NODE_RANK", "KIT_RAY_PORT", "KIT_DASHBOARD_PORT")
+        env_head = {k: v for k, v in self.gpu_env(head, {}).items() if k not in compose_only}
+        env_worker = {k: v for k, v in self.gpu_env(worker, {}).items() if k not in compose_only}
+        ray_ports = [("gcs", 6379), ("dashboard", 8265), ("client", 10001)]
+        # KubeRay writes the `ray start` command itself: the containers get none.
+        head_c = self.container(head, gpus=shape.gpus_per_node, env=env_head, probe=False, command=[], ports=ray_ports)
+        worker_c = self.container(worker, gpus=shape.gpus_per_node, env=env_worker, probe=False, command=[], ports=[("metrics", 8080)])
+        lock = REPO_ROOT / "envs" / stack.topic / "uv.lock"
+        ray_version = key_versions(lock, ["ray"]).get("ray", "") if lock.is_file() else ""
+        gpus = str(shape.gpus_per_node)
+        cluster: dict[str, Any] = {
+            "headGroupSpec": {
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": gpus},
+                "template": {"metadata": {"labels": self.labels("head")}, "spec": self.pod([head_c])},
+            },
+        }
+        if ray_version:
+            cluster = {"rayVersion": ray_version, **cluster}
+        if shape.nodes > 1:
+            cluster["workerGroupSpecs"] = [
+                {
+                    "groupName": "worker",
+                    "replicas": shape.nodes - 1,
+                    "minReplicas": shape.nodes - 1,
+                    "maxReplicas": shape.nodes - 1,
+                    "rayStartParams": {"num-gpus": gpus},
+                    "template": {"metadata": {"labels": self.labels("worker")}, "spec": self.pod([worker_c])},
+                }
+            ]
+        runtime_env = {
+            "env_vars": {"KIT_NNODES": str(shape.nodes), "KIT_GPUS": gpus, "KIT_DEVICE": "cuda", "PYTHONPATH": "/opt/mlsyskit"}
+        }
+        entrypoint = trainer_command(shape)
+        return [
+            {
+                "apiVersion": RAY_API,
+                "kind": "RayJob",
+                "metadata": self.meta(stack.name, "trainer"),
+                "spec": {
+                    "entrypoint": shlex.join(entrypoint),
+                    "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
+                    "shutdownAfterJobFinishes": True,
+                    "ttlSecondsAfterFinished": 600,
+                    "rayClusterSpec": cluster,
+                },
+            }
+        ]
+
+    def nodes(self) -> list[dict]:
+        stack, shape = self.stack, self.shape
+        node = stack.split_services()[0]
+        port = int(interpolate(str((stack.compose["services"][node].get("environment") or {}).get("KIT_PORT", "29500")), {}))
+        job = stack.name
+        env = self.gpu_env(node, {"KIT_HEAD": f"{job}-0.{job}", "KIT_PORT": str(port)})
+        env.pop("KIT_NODE_RANK", None)
+        container = self.container(
+            node,
+            gpus=shape.gpus_per_node,
+            env=env,
+            field_env={"KIT_NODE_RANK": "metadata.annotations['batch.kubernetes.io/job-completion-index']"},
+            ports=[("rendezvous", port)],
+        )
+        container["name"] = "node"
+        labels = self.labels("node")
+        pod = self.pod([container], restart="Never", subdomain=job)
+        return [
+            self.service_object(job, "node", labels, [("rendezvous", port)], headless=True),
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": self.meta(job, "node"),
+                "spec": {
+                    "completionMode": "Indexed",
+                    "completions": shape.nodes,
+                    "parallelism": shape.nodes,
+                    "backoffLimit": 0,
+                    "template": {"metadata": {"labels": labels}, "spec": pod},
+                },
+            },
+        ]
+
+    def objects(self) -> list[dict]:
+        body = {"server": self.server, "router": self.router, "ray": self.ray, "nodes": self.nodes}[self.stack.pattern]()
+        return self.configmap_objects() + body
+
+
+_SCRIPT_REF = re.compile(re.escape(SCRIPTS_TARGET) + r"/([\w.-]+)")
+_MODULE_REF = re.compile(r"\bsmoke_tests[./]([A-Za-z_]\w*)")
+_FROM_IMPORT = re.compile(r"\bfrom smoke_tests import ([\w, ]+)")
+
+
+def kit_files(stack: StackSpec, extra: Sequence[str] = ()) -> dict[Path, set[str]]:
+    """The files of compose/scripts and smoke_tests/ that the stack's commands use, followed
+    through the scripts and modules that those name (so a ConfigMap ships only what runs)."""
+    scripts = stack.path.parent / "scripts"
+    smoke = REPO_ROOT / "smoke_tests"
+    needed: dict[Path, set[str]] = {scripts: set(), smoke: set()}
+    texts = [" ".join(str(w) for w in body.get("command") or []) for body in stack.compose["services"].values()]
+    texts.append(" ".join(extra))
+    while texts:
+        text = texts.pop()
+        for name in _SCRIPT_REF.findall(text):
+            if name not in needed[scripts] and (scripts / name).is_file():
+                needed[scripts].add(name)
+                texts.append((scripts / name).read_text())
+        modules = _MODULE_REF.findall(text)
+        for names in _FROM_IMPORT.findall(text):
+            modules += [n.strip() for n in names.split(",") if n.strip()]
+        for module in modules:
+            name = f"{module}.py"
+            if name not in needed[smoke] and (smoke / name).is_file():
+                needed[smoke].add(name)
+                texts.append((smoke / name).read_text())
+    if needed[smoke]:
+        needed[smoke].add("__init__.py")
+    return needed
+
+
+def trainer_command(shape: Shape) -> list[str]:
+    """verl's trainer over the whole cluster (the Ray job's entrypoint / driver)."""
+    return [
+        "python",
+        f"{SCRIPTS_TARGET}/verl_trainer.py",
+        f"trainer.nnodes={shape.nodes}",
+        f"trainer.n_gpus_per_node={shape.gpus_per_node}",
+    ]
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def k8s_objects(stack: StackSpec, opts: ExportOptions) -> list[dict[str, Any]]:
+    return K8s(stack, shape_for(stack, opts), opts).objects()
+
+
+def k8s_yaml(stack: StackSpec, opts: ExportOptions) -> str:
+    shape = shape_for(stack, opts)
+    objects = K8s(stack, shape, opts).objects()
+    header = (
+        f"# {stack.name} for Kubernetes: generated by `invoke export k8s {stack.name}` from {_rel(stack.path)}\n"
+        f"# ({shape.nodes} node(s) x {shape.gpus_per_node} GPU(s)). Apply with `kubectl apply -f THIS`.\n"
+    )
+    needs = {"LeaderWorkerSet": "the LeaderWorkerSet controller (kubernetes-sigs/lws)", "RayJob": "the KubeRay operator"}
+    for obj in objects:
+        if obj["kind"] in needs:
+            header += f"# Needs {needs[obj['kind']]} in the cluster.\n"
+    header += "# Optional: a Secret `hf-token` with key `token` gives the pods HF_TOKEN.\n"
+    return header + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=120) for o in objects)
+
+
+# --- Slurm ------------------------------------------------------------------------------
+
+
+def image_file_name(ref: str, runtime: str) -> str:
+    return re.sub(r"[/:]", "+", ref) + (".sqsh" if runtime == "pyxis" else ".sif")
+
+
+def slurm_script(stack: StackSpec, opts: ExportOptions) -> str:
+    if opts.runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {opts.runtime}: not one of {', '.join(RUNTIMES)}")
+    shape = shape_for(stack, opts)
+    service = {"server": "server", "router": "worker", "ray": "head", "nodes": "node"}[stack.pattern]
+    main = stack.by_role(service)[0].name
+    image = image_ref(stack, main, opts)
+    kit_root = opts.kit_root or str(REPO_ROOT)
+    mount_spec = ",".join(
+        [f"$KIT_ROOT/{_rel(folder)}:{target}:ro" for folder, target in repo_mounts(stack, main)] + [f"$HF_HOME:{HF_TARGET}"]
+    )
+    if opts.runtime == "pyxis":
+        source = f"docker://{opts.image_registry.rstrip('/')}#{topic_alias(stack.topic, opts.base)}" if opts.image_registry else f"dockerd://{image}"
+        import_cmd = f'enroot import --output "$IMAGE_FILE" "{source}"'
+        launch = 'srun "${args[@]}" --container-image="$IMAGE_FILE" --container-mounts="$MOUNTS" --container-workdir=/opt/mlsyskit "$@"'
+    else:
+        source = f"docker://{image}" if opts.image_registry else f"docker-daemon://{image}"
+        import_cmd = f'apptainer build "$IMAGE_FILE" "{source}"'
+        launch = 'srun "${args[@]}" apptainer exec --nv --bind "$MOUNTS" --pwd /opt/mlsyskit "$IMAGE_FILE" "$@"'
+    ifname = opts.ifname
+    lines = [
+        "#!/bin/bash",
+        f"# {stack.name} on Slurm: generated by `invoke export slurm {stack.name}` from {_rel(stack.path)}",
+        f"# ({shape.nodes} node(s) x {shape.gpus_per_node} GPU(s), {opts.runtime}). Submit from a kit checkout that every",
+        "# node sees: `sbatch THIS` (sbatch's own flags, e.g. -p PARTITION -t 1:00:00, override the lines below).",
+        f"#SBATCH --job-name=mlsyskit-{stack.name}",
+        f"#SBATCH --nodes={shape.nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={shape.gpus_per_node}",
+        "#SBATCH --output=%x-%j.out",
+        "set -euo pipefail",
+        "",
+        "# --- where things are (each may be set in the environment instead) -------------------",
+        f'KIT_ROOT=${{KIT_ROOT:-{kit_root}}}',
+        'IMAGE_DIR=${KIT_IMAGE_DIR:-$KIT_ROOT/.kit/images}',
+        f'IMAGE_FILE=$IMAGE_DIR/{image_file_name(image, opts.runtime)}',
+        'WORK_DIR=${KIT_WORK_DIR:-$KIT_ROOT/.kit/slurm/$SLURM_JOB_ID}',
+        'export HF_HOME=${HF_HOME:-$HOME/.cache/huggingface}',
+        "# NCCL picks an interface by exclusion; Gloo needs a name (--ifname at export).",
+        f'export NCCL_SOCKET_IFNAME=${{NCCL_SOCKET_IFNAME:-{ifname or "^lo,docker0"}}}',
+    ]
+    if ifname:
+        lines.append(f"export GLOO_SOCKET_IFNAME=${{GLOO_SOCKET_IFNAME:-{ifname}}}")
+    lines += [
+        "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
+        "export PYTHONPATH=/opt/mlsyskit",
+        f"export KIT_DEVICE=cuda KIT_NNODES={shape.nodes} KIT_GPUS={shape.gpus_per_node} KIT_MODEL=${{KIT_MODEL:-{opts.model}}}",
+        f'MOUNTS="{mount_spec}"',
+        'mkdir -p "$IMAGE_DIR" "$WORK_DIR" "$HF_HOME"',
+        "",
+        "# --- the image, imported once to shared storage (a lock keeps concurrent jobs apart) ---",
+        'if [ ! -s "$IMAGE_FILE" ]; then',
+        f'  ( flock 9; [ -s "$IMAGE_FILE" ] || {import_cmd} ) 9>"$IMAGE_FILE.lock"',
+        "fi",
+        "",
+        "# --- the nodes; the first is the head (rank 0, Ray head, SGLang leader) --------------",
+        'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'HEAD=${NODES[0]}',
+        'export KIT_HEAD=${KIT_HEAD_ADDRESS:-$HEAD}',
+        "",
+        "# in_container SRUN_ARGS... -- COMMAND...: a job step running COMMAND in the image",
+        "in_container() {",
+        "  local args=()",
+        '  while [ "$1" != "--" ]; do args+=("$1"); shift; done',
+        "  shift",
+        f"  {launch}",
+        "}",
+        "",
+        "# wait_for WHAT SECONDS COMMAND...: retry COMMAND until it succeeds, or give up",
+        "wait_for() {",
+        "  local what=$1 limit=$2",
+        "  shift 2",
+        "  local deadline=$((SECONDS + limit))",
+        '  until "$@" >/dev/null 2>&1; do',
+        '    if [ "$SECONDS" -ge "$deadline" ]; then echo "gave up after ${limit}s waiting for $what" >&2; return 1; fi',
+        "    sleep 5",
+        "  done",
+        '  echo "ready: $what"',
+        "}",
+        "",
+        "# Steps started in the background are stopped when the script ends, however it ends.",
+        "cleanup() { jobs -p | xargs -r kill 2>/dev/null || true; }",
+        "trap cleanup EXIT",
+        "",
+    ]
+    lines += {"nodes": _slurm_nodes, "ray": _slurm_ray, "server": _slurm_server, "router": _slurm_router}[stack.pattern](stack, shape)
+    return "\n".join(lines) + "\n"
+
+
+def _slurm_nodes(stack: StackSpec, shape: Shape) -> list[str]:
+    node = stack.split_services()[0]
+    port = interpolate(str((stack.compose["services"][node].get("environment") or {}).get("KIT_PORT", "29500")), {})
+    return [
+        f"# --- torchrun on every node, rank = the node's index, rendezvous on the head:{port} ---",
+        f"export KIT_PORT={port}",
+        "# shellcheck disable=SC2016 # $SLURM_NODEID expands inside each task, not here",
+        'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
+        f"  bash -c 'export KIT_NODE_RANK=$SLURM_NODEID; exec bash {SCRIPTS_TARGET}/nccl_node.sh'",
+    ]
+
+
+def _slurm_ray(stack: StackSpec, shape: Shape) -> list[str]:
+    return [
+        "# --- Ray: the head, then the workers once it answers; the driver on the head ----------",
+        "export KIT_RAY_PORT=6379 KIT_DASHBOARD_PORT=8265",
+        f'in_container --nodes=1 --ntasks=1 -w "$HEAD" -- bash {SCRIPTS_TARGET}/ray_head.sh &',
+        'wait_for "the Ray head on $HEAD" 600 in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- ray status --address "$KIT_HEAD:$KIT_RAY_PORT"',
+        'if [ "$KIT_NNODES" -gt 1 ]; then',
+        f'  in_container --nodes=$((KIT_NNODES - 1)) --ntasks-per-node=1 --exclude="$HEAD" -- bash {SCRIPTS_TARGET}/ray_worker.sh &',
+        "fi",
+        "# The driver waits until every node has joined (ray_job.py --wait), then trains.",
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env RAY_ADDRESS="$KIT_HEAD:$KIT_RAY_PORT" {shlex.join(trainer_command(shape))}',
+    ]
+
+
+def _slurm_server(stack: StackSpec, shape: Shape) -> list[str]:
+    server = one(stack, "server")
+    port = stack.services[server].port
+    return [
+        "# --- the model (the tiny one is written from a config, no hub), then SGLang on every node ---",
+        'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
+        'mkdir -p "$WORK_DIR/models"',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+        f"export KIT_SERVE_PORT={port} KIT_DIST_PORT=20000",
+        "# shellcheck disable=SC2016 # $SLURM_NODEID expands inside each task, not here",
+        'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
+        f"  bash -c 'export KIT_NODE_RANK=$SLURM_NODEID; exec bash {SCRIPTS_TARGET}/sglang_server.sh' &",
+        "SERVERS=$!",
+        "# Only rank 0 answers /health truthfully: ranks >= 1 say 200 whatever their state.",
+        f'wait_for "SGLang on $HEAD:{port}" 3600 curl -fsS "http://$KIT_HEAD:{port}/health"',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:{port}" python {SCRIPTS_TARGET}/sglang_client.py',
+        f'echo "serving at http://$KIT_HEAD:{port} until the time limit (scancel $SLURM_JOB_ID stops it)"',
+        'wait "$SERVERS"',
+    ]
+
+
+def _slurm_router(stack: StackSpec, shape: Shape) -> list[str]:
+    worker = stack.by_role("worker")[0].name
+    port = stack.services[worker].port
+    return [
+        "# --- the model, then one SGLang worker per node (one GPU each), then the router --------",
+        'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
+        'mkdir -p "$WORK_DIR/models"',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+        f'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- env KIT_NNODES=1 KIT_GPUS=1 KIT_SERVE_PORT={port} bash {SCRIPTS_TARGET}/sglang_server.sh &',
+        "WORKERS=$!",
+        'for node in "${NODES[@]}"; do',
+        f'  wait_for "worker on $node" 3600 curl -fsS "http://$node:{port}/health"',
+        "done",
+        "# The router shares the head node's network with a worker: it serves on ROUTER_PORT.",
+        "ROUTER_PORT=${ROUTER_PORT:-8000}",
+        f'export KIT_WORKER_HOSTS="${{NODES[*]}}" KIT_WORKER_PORT={port}',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_SERVE_PORT="$ROUTER_PORT" bash {SCRIPTS_TARGET}/sglang_router.sh &',
+        'wait_for "the router on $HEAD:$ROUTER_PORT" 600 curl -fsS "http://$KIT_HEAD:$ROUTER_PORT/health"',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:$ROUTER_PORT" python {SCRIPTS_TARGET}/sglang_client.py',
+        'echo "routing at http://$KIT_HEAD:$ROUTER_PORT until the time limit (scancel $SLURM_JOB_ID stops it)"',
+        'wait "$WORKERS"',
+    ]
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def export(target: str, stack: StackSpec, opts: ExportOptions, out_dir: Path) -> list[Path]:
+    if target not in TARGETS:
+        raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
+    if target == "k8s":
+        files = {f"{stack.name}.yaml": k8s_yaml(stack, opts)}
+    else:
+        files = {f"{stack.name}.sbatch": slurm_script(stack, opts)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in files.items():
+        path = out_dir / name
+        path.write_text(text)
+        if name.endswith(".sbatch"):
+            path.chmod(0o755)
+        written.append(path)
+    return written
+
+
+def run(target: str, stack_name: str, *, output: str = "", base: str = "", nodes: Any = None, gpus_per_node: Any = None, **options: Any) -> list[Path]:
+    """`invoke export`: parse, check, write; returns the files written."""
+    from .config import load_config
+    from .stacks import load_stack
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
+    stack = load_stack(stack_name)
+    opts = ExportOptions(
+        nodes=_count("--nodes", nodes), gpus_per_node=_count("--gpus-per-node", gpus_per_node), base=base or load_config().base, **options
+    )
+    out_dir = Path(output) if output else REPO_ROOT / ".kit" / "export" / target
+    return export(target, stack, opts, out_dir)
+
+
+def _count(flag: str, value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} {value}: not a whole number") from None

