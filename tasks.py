@@ -83,6 +83,20 @@ def check(c, topic, base=None):
     say(commands.check(topic, base, say))
 
 
+@task(help={"base": "base flavour: pypi or nvidia (default: kit.toml's)"})
+@kit_errors
+def topics(c, base=None):
+    """Every topic: its stack, key versions, GPU needs and whether its image is built."""
+    say(commands.topics(base))
+
+
+@task(positional=["topic"], help={"topic": "the topic", "base": "base flavour: pypi or nvidia (default: kit.toml's)"})
+@kit_errors
+def versions(c, topic, base=None):
+    """A topic's key packages (torch, CUDA, NCCL, sglang, ...) as locked, beside those in its image."""
+    say(commands.versions(topic, base))
+
+
 @task
 @kit_errors
 def clean(c):

@@ -10,11 +10,12 @@ from collections.abc import Callable
 
 from . import LABEL_PREFIX
 from . import doctor as doctor_mod
+from . import topics as topics_mod
 from .build import build_topics
 from .catalog import Catalog, Topic, load_catalog
 from .config import Config, load_config
 from .engine import Engine
-from .errors import KitError, UsageError
+from .errors import EngineError, KitError, UsageError
 from .locks import lock as lock_all
 from .plan import topic_alias
 from .report import seconds, size, table
@@ -107,6 +108,41 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     log(f"imports ok in {image}: {', '.join(topic.imports)}")
     return table(("package", "version in image"), sorted(found.items()))
+
+
+def topics(base: str | None) -> str:
+    """Every topic: stack, key versions (locked, for the base's Python), GPU needs and
+    whether its image is built. Without a Docker engine the image column says '?'."""
+    catalog, config, base_name = context(base)
+    base_obj = catalog.base(base_name)
+    environment = topics_mod.base_environment(base_obj)
+    locked = {t.name: topics_mod.locked_versions(catalog, t, environment) for t in catalog.select([])}
+    try:
+        engine = Engine.connect()
+    except EngineError:
+        states = None
+    else:
+        states = topics_mod.image_states(engine, catalog, config, base_obj)
+    return topics_mod.topics_table(catalog, locked, states, base_name)
+
+
+def versions(topic_name: str, base: str | None) -> str:
+    """A topic's key packages as locked, beside the versions inside its image when built
+    (the lock is then read for the image's own Python)."""
+    catalog, _, base_name = context(base)
+    topic = catalog.topic(topic_name)
+    base_obj = catalog.base(base_name)
+    image = topic_alias(topic.name, base_name)
+    probe = None
+    try:
+        engine = Engine.connect()
+    except EngineError:
+        engine = None
+    if engine is not None and engine.image_exists(image):
+        probe = topics_mod.probe_image(engine, image, topics_mod.key_packages(catalog, topic))
+    environment = probe.environment if probe else topics_mod.base_environment(base_obj)
+    locked = topics_mod.locked_versions(catalog, topic, environment)
+    return topics_mod.versions_table(catalog, topic, base_obj, image, locked, probe)
 
 
 def clean(log: Log) -> str:
