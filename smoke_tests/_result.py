@@ -244,11 +244,31 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+_CLEANUPS: list[Callable[[], None]] = []
+
+
+def add_cleanup(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run ``fn`` whenever the children are killed (time limit, Ctrl-C, SIGTERM, a crash):
+    for what escapes the children's process groups, such as the daemons ``ray.init`` starts."""
+    _CLEANUPS.append(fn)
+    return fn
+
+
+def remove_cleanup(fn: Callable[[], None]) -> None:
+    if fn in _CLEANUPS:
+        _CLEANUPS.remove(fn)
+
+
 def kill_children() -> None:
     with _CHILDREN_LOCK:
         children = list(_CHILDREN)
     for proc in children:
         kill_process_group(proc, grace=5.0)
+    for fn in list(_CLEANUPS):
+        try:
+            fn()
+        except Exception as exc:  # cleanup must not hide the result
+            print(f"cleanup {getattr(fn, '__name__', fn)} failed: {exc}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -317,6 +337,55 @@ def run_command(
     return CommandResult(proc.returncode, "".join(lines), timed_out, time.monotonic() - start)
 
 
+def start_child(
+    cmd: Sequence[str],
+    *,
+    log_path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start a long-running ``cmd`` (a server) in its own session, its output going to
+    ``log_path``. It is registered like ``run_command``'s children, so the watchdog, Ctrl-C
+    and SIGTERM kill its whole process group; ``stop_child`` ends it in the normal case."""
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(proc)
+    return proc
+
+
+def stop_child(proc: subprocess.Popen[str], grace: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL, the child's whole process group; returns its exit code."""
+    try:
+        kill_process_group(proc, grace=grace)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+    return proc.returncode
+
+
+def tail_text(path: str | os.PathLike[str], lines: int = 20) -> str:
+    """The last ``lines`` non-empty lines of a log file ('' when there is none)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM turned into an exception, so that cleanup runs as for Ctrl-C."""
 
@@ -332,19 +401,23 @@ class Watchdog:
     calls ``on_timeout`` (which writes the failed result) and then ``os._exit``.
     """
 
-    def __init__(self, seconds: float, on_timeout: Callable[[], None]):
+    def __init__(self, seconds: float, on_timeout: Callable[[], int | None]):
         self.seconds = seconds
         self.on_timeout = on_timeout
         self._timer: threading.Timer | None = None
 
     def _fire(self) -> None:
+        code = 1
         try:
+            # Decide first: killed children would otherwise let the main thread report
+            # their death ("exited with -15") instead of the time limit.
+            got = self.on_timeout()
+            code = got if isinstance(got, int) else 1
             kill_children()
-            self.on_timeout()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(1)
+            os._exit(code)
 
     def __enter__(self) -> Watchdog:
         if self.seconds and self.seconds > 0:
@@ -402,20 +475,30 @@ def run_test(
     report = Report()
     result = SmokeResult(test=name)
 
-    def finish(status: str, reason: str) -> SmokeResult:
-        result.status, result.reason = status, reason
-        result.seconds = time.monotonic() - start
-        result.figures = dict(report.figures)
-        if writer:
-            try:
-                result.environment = {**environment(env_extra() if env_extra else None), **report.environment}
-            except Exception as exc:  # never lose the result over its metadata
-                result.environment = {"error": f"{type(exc).__name__}: {exc}", **report.environment}
-            emit(result, report, json_path)
-        return result
+    # The first outcome wins: a time limit reached while the result is being written (the
+    # environment probe imports torch) waits for it and exits with its code, never
+    # overwriting a skip or a pass with a failure, nor exiting 1 beside a skipped result.
+    decided = threading.Lock()
+    done: list[bool] = []
 
-    def on_timeout() -> None:
-        finish(FAILED, f"timed out after {timeout:g} s")
+    def finish(status: str, reason: str) -> SmokeResult:
+        with decided:
+            if done:
+                return result
+            result.status, result.reason = status, reason
+            result.seconds = time.monotonic() - start
+            result.figures = dict(report.figures)
+            if writer:
+                try:
+                    result.environment = {**environment(env_extra() if env_extra else None), **report.environment}
+                except Exception as exc:  # never lose the result over its metadata
+                    result.environment = {"error": f"{type(exc).__name__}: {exc}", **report.environment}
+                emit(result, report, json_path)
+            done.append(True)
+            return result
+
+    def on_timeout() -> int:
+        return finish(FAILED, f"timed out after {timeout:g} s").exit_code
 
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()

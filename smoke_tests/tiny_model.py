@@ -9,6 +9,10 @@ tokenizer is a byte-level BPE trained here with the ``tokenizers`` library on th
 dataset's own text, so any string encodes. The conversations are sums of two numbers
 ("What is 12 + 30?" / "12 + 30 = 42."): regular enough that a few optimizer steps
 visibly lower the loss of a randomly initialised model.
+
+``--preset serve`` gives the attention heads of 64 that inference engines (SGLang) need;
+``--rl-rows N`` also writes ``OUTDIR/rl.parquet``, prompts in verl's RL layout
+(``data_source``, ``prompt`` messages, ``reward_model.ground_truth``, ``extra_info``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ class TinyConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
     vocab_size: int = 512
+
+
+#: For inference engines (SGLang, and verl's SGLang rollout): head_dim 64 (256 / 4 heads),
+#: which the attention kernels they pick on GPUs support; the default's 16 is too small.
+SERVE_CONFIG = TinyConfig(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+PRESETS = {"sft": TinyConfig(), "serve": SERVE_CONFIG}
 
 
 def make_conversations(rows: int, seed: int = 0) -> list[list[dict[str, str]]]:
@@ -133,8 +143,39 @@ def write_dataset(path: Path, conversations: Sequence[Sequence[dict[str, str]]])
     return path
 
 
-def build(workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | None = None) -> dict[str, Any]:
-    """Write model, tokenizer and dataset under ``workdir``; return their paths and sizes."""
+#: The RL prompts' data_source: no verl scorer knows it, so a run names its reward function.
+RL_DATA_SOURCE = "smoke/sums"
+
+
+def make_rl_rows(rows: int, seed: int = 1) -> list[dict[str, Any]]:
+    """``rows`` prompts in verl's RL dataset layout (RLHFDataset reads ``prompt`` as chat
+    messages; the reward manager passes ``reward_model.ground_truth`` to the scorer)."""
+    out = []
+    for i, chat in enumerate(make_conversations(rows, seed)):
+        question, answer = chat[0]["content"], chat[1]["content"]
+        out.append({
+            "data_source": RL_DATA_SOURCE,
+            "prompt": [{"role": "user", "content": question}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": answer.split("= ")[1].rstrip(".")},
+            "extra_info": {"split": "train", "index": i},
+        })  # fmt: skip
+    return out
+
+
+def write_rl_dataset(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(list(rows)).to_parquet(path, index=False)
+    return path
+
+
+def build(
+    workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | None = None, rl_rows: int = 0
+) -> dict[str, Any]:
+    """Write model, tokenizer and dataset (and with ``rl_rows`` an RL prompt set) under
+    ``workdir``; return their paths and sizes."""
     cfg = cfg or TinyConfig()
     root = Path(workdir)
     model_dir = root / "model"
@@ -157,7 +198,16 @@ def build(workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | 
         "max_tokens": max(lengths),
         "hidden_size": cfg.hidden_size,
         "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
     }
+    if rl_rows:
+        rl = make_rl_rows(rl_rows, seed + 1)
+        info["rl_files"] = str(write_rl_dataset(root / "rl.parquet", rl))
+        info["rl_rows"] = rl_rows
+        info["max_prompt_tokens"] = max(
+            len(loaded.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+            for r in rl
+        )
     (root / "tiny_model.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -167,8 +217,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("outdir")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sft", help="model shape (serve: head_dim 64)")
+    parser.add_argument("--rl-rows", type=int, default=0, help="also write rl.parquet with this many prompts")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    print(json.dumps(build(args.outdir, rows=args.rows, seed=args.seed), indent=2))
+    info = build(args.outdir, rows=args.rows, seed=args.seed, cfg=PRESETS[args.preset], rl_rows=args.rl_rows)
+    print(json.dumps(info, indent=2))
     return 0
 
 

@@ -219,3 +219,23 @@ def test_run_command_keeps_output_and_exit_code(tmp_path):
     assert (result.returncode, result.timed_out) == (3, False)
     assert result.output == "step:1\n"
     assert log.read_text() == "step:1\n"
+
+
+def test_time_limit_reached_while_the_result_is_written_keeps_that_result(tmp_path):
+    """The limit fires while a skip's environment is probed (importing torch can take
+    seconds): the skip stands and the exit code is its own, not the watchdog's 1."""
+    path = tmp_path / "r.json"
+    proc = _python(f"""
+        import sys, time
+        from smoke_tests._result import Skip, run_test
+        def body(report):
+            raise Skip("no GPU")
+        def slow_probe():
+            time.sleep(2)
+            return {{}}
+        sys.exit(run_test("late", body, json_path={str(path)!r}, timeout=0.5, env_extra=slow_probe))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(path.read_text())
+    assert (data["status"], data["reason"]) == ("skipped", "no GPU")
+    assert proc.stdout.count("late: SKIPPED") == 1 and "FAILED" not in proc.stdout

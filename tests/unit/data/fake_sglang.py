@@ -1,0 +1,150 @@
+"""A stand-in for an SGLang server and for `sglang.bench_serving`, to test the SGLang smoke
+test's harness on a CPU (tests/unit/test_smoke_sglang.py). Standard library only.
+
+    fake_sglang.py serve --port P [--mode ok|never|crash] [--ready-after S] [--pid-file F] [--ignore-term]
+    fake_sglang.py bench --base-url URL --output-file F --num-prompts N [--output-len N] [--mode ok|fail|hang|short]
+
+`serve` answers /health with 503 until --ready-after seconds have passed (then 200; never
+with --mode never; --mode crash exits 3 at that time instead), and /generate, /v1/models,
+/v1/chat/completions and /model_info in SGLang's shapes. It starts a grandchild (`sleep`)
+in its own process group and writes both PIDs to --pid-file, so a test can check that the
+whole group was stopped. `bench` sends /generate requests and appends one JSON line with
+bench_serving's result keys to --output-file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    grandchild = subprocess.Popen(["sleep", "1000"])  # same process group as this server
+    if args.pid_file:
+        with open(args.pid_file + ".tmp", "w") as out:
+            json.dump({"server": os.getpid(), "grandchild": grandchild.pid}, out)
+        os.replace(args.pid_file + ".tmp", args.pid_file)
+    started = time.monotonic()
+    print(f"fake sglang: serving {args.model} on port {args.port}, mode {args.mode}", flush=True)
+
+    def ready() -> bool:
+        return args.mode == "ok" and time.monotonic() - started >= args.ready_after
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:  # quiet
+            pass
+
+        def reply(self, code: int, body: object = None) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path in ("/health", "/health_generate"):
+                self.reply(200 if ready() else 503)
+            elif self.path == "/v1/models":
+                self.reply(200, {"object": "list", "data": [{"id": args.model, "object": "model"}]})
+            elif self.path == "/model_info":
+                self.reply(200, {"model_path": args.model, "tokenizer_path": args.model, "is_generation": True})
+            else:
+                self.reply(404, {"error": self.path})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if not ready():
+                self.reply(503)
+            elif self.path == "/generate":
+                n = body.get("sampling_params", {}).get("max_new_tokens", 16)
+                time.sleep(0.005)
+                self.reply(200, {"text": " x" * n, "meta_info": {"prompt_tokens": 7, "completion_tokens": n, "finish_reason": {"type": "length", "length": n}}})
+            elif self.path == "/v1/chat/completions":
+                n = body.get("max_tokens", 16)
+                message = {"role": "assistant", "content": " y" * n}
+                usage = {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}
+                self.reply(200, {"id": "1", "object": "chat.completion", "model": body.get("model"), "choices": [{"index": 0, "message": message, "finish_reason": "length"}], "usage": usage})
+            else:
+                self.reply(404, {"error": self.path})
+
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    while True:
+        time.sleep(0.1)
+        if args.mode == "crash" and time.monotonic() - started >= args.ready_after:
+            print("fake sglang: fake crash: CUDA out of memory", flush=True)
+            return 3
+
+
+def bench(args: argparse.Namespace) -> int:
+    if args.mode == "fail":
+        print("fake bench: cannot reach the server", flush=True)
+        return 2
+    if args.mode == "hang":
+        print("fake bench: hanging", flush=True)
+        time.sleep(1000)
+    start = time.monotonic()
+    latencies = []
+    completed = args.num_prompts - (1 if args.mode == "short" else 0)
+    for _ in range(completed):
+        t0 = time.monotonic()
+        req = urllib.request.Request(
+            args.base_url + "/generate",
+            data=json.dumps({"text": "hi", "sampling_params": {"max_new_tokens": args.output_len}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=10) as resp:
+            json.loads(resp.read())
+        latencies.append((time.monotonic() - t0) * 1000)
+    duration = time.monotonic() - start
+    result = {
+        "backend": "sglang", "dataset_name": "random-ids", "duration": duration, "completed": completed,
+        "total_input_tokens": completed * 8, "total_output_tokens": completed * args.output_len,
+        "request_throughput": completed / duration, "input_throughput": completed * 8 / duration,
+        "output_throughput": completed * args.output_len / duration,
+        "total_throughput": completed * (8 + args.output_len) / duration,
+        "mean_ttft_ms": statistics.mean(latencies), "median_ttft_ms": statistics.median(latencies),
+        "p99_ttft_ms": max(latencies), "mean_tpot_ms": 0.1, "median_tpot_ms": 0.1, "mean_itl_ms": 0.1,
+        "mean_e2e_latency_ms": statistics.mean(latencies),
+    }  # fmt: skip
+    with open(args.output_file, "a") as out:
+        out.write(json.dumps(result) + "\n")
+    print(f"fake bench: {completed} requests in {duration:.2f} s", flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--model", default="fake-model")
+    s.add_argument("--mode", choices=["ok", "never", "crash"], default="ok")
+    s.add_argument("--ready-after", type=float, default=1.0)
+    s.add_argument("--pid-file")
+    s.add_argument("--ignore-term", action="store_true")
+    b = sub.add_parser("bench")
+    b.add_argument("--base-url", required=True)
+    b.add_argument("--output-file", required=True)
+    b.add_argument("--num-prompts", type=int, default=4)
+    b.add_argument("--output-len", type=int, default=4)
+    b.add_argument("--mode", choices=["ok", "fail", "hang", "short"], default="ok")
+    args = parser.parse_args()
+    return serve(args) if args.command == "serve" else bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
