@@ -12,6 +12,7 @@ from invoke import Exit, task
 
 from mlsyskit import commands
 from mlsyskit import shell as kit_shell
+from mlsyskit import smoke as kit_smoke
 from mlsyskit.cli import PositionalOrFlagTask
 from mlsyskit import export as kit_export
 from mlsyskit import stacks as kit_stacks
@@ -235,3 +236,31 @@ def export(
         rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc,
     ):  # fmt: skip
         say(f"wrote {path}")
+
+
+@task(
+    positional=["topics"],
+    help={
+        "topics": "topic names, comma-separated, or `all` (every topic with smoke tests)",
+        "cpu": "the CPU variants: NCCL over gloo; GPU-only tests check what they can and report skipped",
+        "gpus": "as for invoke shell: all (default where there are GPUs), none, N (least used), or 0,1",
+        "json": "write every result (the smoke tests' JSON schema) to this file",
+        "timeout": "seconds each test may take (default: each test's own)",
+        "tests": "comma-separated smoke tests to run in the topic's image instead of its list",
+        "model": "a Hugging Face model id (from the HF cache) for the SGLang test (default: a tiny random model)",
+        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
+        "no-stacks": "skip the multi-container variants (nccl-2node)",
+    },
+)
+@kit_errors
+def smoke(c, topics, cpu=False, gpus="", json="", timeout=0, tests="", model="", base="", no_stacks=False):
+    """Run the topics' smoke tests in their containers; one table; exit 1 if any failed."""
+    options = kit_smoke.SmokeOptions(
+        topics=topics, cpu=cpu, gpus=gpus, json_path=json, timeout=float(timeout), tests=tests, model=model, base=base,
+        stacks=not no_stacks,
+    )  # fmt: skip
+    report = kit_smoke.smoke(options, say)
+    say(kit_smoke.render(report))
+    if report.exit_code:
+        failed = report.counts()["failed"]
+        raise Exit("error: interrupted" if report.interrupted else f"error: {failed} smoke test(s) failed", code=report.exit_code)

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -465,3 +466,49 @@ class Engine:
         sys.stderr.flush()
         os.execve(self.client.path, [self.client.path, *args], {**os.environ, **env})
 
+    # --- attached runs (`invoke smoke`) ------------------------------------------------------
+
+    def run_attached(
+        self, args: Sequence[str], env: dict[str, str], *, timeout: float, on_line: Callable[[str], None]
+    ) -> tuple[int | None, bool]:
+        """`docker ARGS` (a `run` with a --name) as a child: stdin closed, each output line
+        passed to `on_line`. Returns (exit code, timed out); at the time limit, or on
+        Ctrl-C (re-raised), the client is stopped and the caller removes the container by
+        name: stopping the client alone would leave the container running."""
+        proc = subprocess.Popen(
+            self._cmd(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env={**self._env(), **env},
+        )
+        assert proc.stdout is not None
+
+        def pump() -> None:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                on_line(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, True
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
+        return proc.returncode, False
+
+    def copy_from(self, container: str, source: str, dest: Path) -> bool:
+        """`docker cp CONTAINER:SOURCE DEST` (also from a stopped container); False when
+        there is no such file or container."""
+        return self.run_cli("cp", f"{container}:{source}", str(dest), check=False).returncode == 0

@@ -1,0 +1,537 @@
+"""`invoke smoke TOPIC|all`: run each topic's smoke tests (envs/<topic>/topic.toml,
+`[run] smoke_tests`) inside the topic's container, collect their JSON results, print one
+table and exit non-zero when any failed.
+
+Each test is `python -m smoke_tests.<name> --json ...` from the checkout's smoke_tests/,
+mounted read-only at /opt/mlsyskit/smoke_tests with PYTHONPATH pointing there (nothing is
+baked into the images, so a changed test needs no rebuild). The container is the one
+`invoke shell TOPIC -- CMD` would start (mlsyskit.shell's arguments: GPUs, --ipc=host, the
+ulimits, the HF cache, the invoking user), plus a name and a label so that a test that
+outlives its limit, or a Ctrl-C, removes it. A topic whose `[run] stacks` holds a stack the
+kit can read a result from (`nccl-2node`) also runs that stack: two containers as two
+nodes, through `mlsyskit.stacks`, always taken down afterwards.
+
+The tests themselves decide pass, fail or skip (a GPU test without a GPU is skipped, with
+the reason, never passed). This module only adds what happens around them: no result
+file, a container that ran past its limit, an image that would not build."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import LABEL_PREFIX, REPO_ROOT
+from .catalog import Topic, load_catalog
+from .errors import BuildError, KitError, StackError, UsageError
+
+Log = Callable[[str], None]
+
+SMOKE_DIR = "smoke_tests"
+IN_CONTAINER = "/opt/mlsyskit"
+LABEL = f"{LABEL_PREFIX}.smoke"
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+#: Each test's own default --timeout (its script's add_common_args); the container gets
+#: this plus MARGIN before the kit removes it.
+DEFAULT_TIMEOUTS = {"nccl": 360, "cuda_graph": 120, "verl_sft": 600, "sglang_serve": 900, "verl_grpo": 1200}
+FALLBACK_TIMEOUT = 600
+MARGIN = 180  # container start-up, torchrun's own margins, writing the result
+#: Tests that take a model (`invoke smoke --model`).
+TAKES_MODEL = ("sglang_serve",)
+
+
+@dataclass(frozen=True)
+class StackVariant:
+    """A stack that runs a smoke test across containers, and where its result lands."""
+
+    test: str
+    service: str  # the container holding the result
+    result_path: str  # inside that container
+    args_env: str  # the variable the stack passes on to the test as extra arguments
+
+
+#: The stacks `invoke smoke` knows how to read (compose/scripts/nccl_node.sh writes there).
+STACK_VARIANTS = {"nccl-2node": StackVariant("nccl", "node-0", "/tmp/nccl-result.json", "NCCL_TEST_ARGS")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmokeOptions:
+    topics: str  # comma-separated names or `all`
+    cpu: bool = False
+    gpus: str = ""
+    json_path: str = ""
+    timeout: float = 0  # per test; 0: each test's default
+    tests: str = ""  # comma-separated: these instead of the topics' lists
+    model: str = ""
+    base: str = ""
+    stacks: bool = True  # also the stack variants
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedRun:
+    topic: str
+    test: str
+    where: str  # "container" or a stack name
+    command: tuple[str, ...]  # in the container (for a stack: the extra test arguments)
+    limit: float  # seconds before the kit stops it
+
+    @property
+    def label(self) -> str:
+        return self.test if self.where == "container" else f"{self.test} ({self.where})"
+
+
+@dataclass
+class Outcome:
+    run: PlannedRun
+    result: dict[str, Any]
+    image: str = ""
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return str(self.result.get("status", FAILED))
+
+
+@dataclass
+class SmokeReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    results_dir: Path | None = None
+    interrupted: bool = False
+
+    def counts(self) -> dict[str, int]:
+        counts = {PASSED: 0, FAILED: 0, SKIPPED: 0}
+        for outcome in self.outcomes:
+            counts[outcome.status if outcome.status in counts else FAILED] += 1
+        return counts
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed (passed or skipped); 1 when a test failed; 130 on Ctrl-C."""
+        if self.interrupted:
+            return 130
+        return 1 if self.counts()[FAILED] else 0
+
+
+# --- pure: planning -------------------------------------------------------------------------
+
+
+def available_tests(root: Path = REPO_ROOT) -> list[str]:
+    return sorted(p.stem for p in (root / SMOKE_DIR).glob("*.py") if not p.stem.startswith("_"))
+
+
+def split(value: str) -> list[str]:
+    return [n for n in value.replace(",", " ").split() if n]
+
+
+def test_args(test: str, opts: SmokeOptions, json_in_container: str) -> tuple[str, ...]:
+    args = ["--json", json_in_container]
+    if opts.cpu:
+        args.append("--cpu")
+    if opts.timeout:
+        args += ["--timeout", f"{opts.timeout:g}"]
+    if opts.model and test in TAKES_MODEL:
+        args += ["--model", opts.model]
+    return tuple(args)
+
+
+def limit_for(test: str, opts: SmokeOptions) -> float:
+    return (opts.timeout or DEFAULT_TIMEOUTS.get(test, FALLBACK_TIMEOUT)) + MARGIN
+
+
+def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> list[PlannedRun]:
+    """Every run, in order: each topic's tests in its container, then its stack variants."""
+    chosen = split(opts.tests)
+    for name in chosen:
+        if name not in known:
+            raise UsageError(f"no smoke test '{name}'", fix=f"smoke_tests/ has: {', '.join(known)}")
+    runs = []
+    for topic in topics:
+        for test in chosen or topic.smoke_tests:
+            if test not in known:
+                raise UsageError(
+                    f"envs/{topic.name}/topic.toml names smoke test '{test}', and smoke_tests/{test}.py does not exist",
+                    fix=f"smoke_tests/ has: {', '.join(known)}",
+                )
+            json_path = f"/workspace/{test}.json"
+            command = ("python", "-m", f"{SMOKE_DIR}.{test}", *test_args(test, opts, json_path))
+            runs.append(PlannedRun(topic=topic.name, test=test, where="container", command=command, limit=limit_for(test, opts)))
+        if not opts.stacks:
+            continue
+        for stack in topic.stacks:
+            variant = STACK_VARIANTS.get(stack)
+            if variant is None or (chosen and variant.test not in chosen):
+                continue
+            extra = ("--timeout", f"{opts.timeout:g}") if opts.timeout else ()
+            runs.append(PlannedRun(topic=topic.name, test=variant.test, where=stack, command=extra, limit=limit_for(variant.test, opts)))
+    return runs
+
+
+def select_topics(names: str, all_topics: Mapping[str, Topic], tests: str) -> list[Topic]:
+    """`all`: every topic with a smoke test (or a stack variant); else the topics named."""
+    wanted = split(names)
+    if not wanted:
+        raise UsageError("no topic given", fix="invoke smoke TOPIC (comma-separated) or invoke smoke all")
+    if wanted == ["all"]:
+        found = [t for _, t in sorted(all_topics.items()) if t.smoke_tests or any(s in STACK_VARIANTS for s in t.stacks)]
+        if not found:
+            raise UsageError("no topic lists a smoke test", fix="add `smoke_tests = [...]` under [run] in envs/<topic>/topic.toml")
+        return found
+    out = []
+    for name in wanted:
+        if name not in all_topics:
+            raise UsageError(f"unknown topic '{name}'", fix=f"known topics: {', '.join(sorted(all_topics))}")
+        topic = all_topics[name]
+        if not topic.smoke_tests and not tests and not any(s in STACK_VARIANTS for s in topic.stacks):
+            raise UsageError(f"topic {name} lists no smoke test", fix=f"`--tests NAME` runs one in its image; envs/{name}/topic.toml [run] smoke_tests")
+        out.append(topic)
+    return out
+
+
+# --- pure: results and the table ----------------------------------------------------------
+
+
+def made_up(test: str, status: str, reason: str, seconds: float = 0.0) -> dict[str, Any]:
+    """A result in the smoke tests' schema for what happened around a test."""
+    return {"test": test, "status": status, "reason": reason, "seconds": round(seconds, 3), "figures": {}, "environment": {}}
+
+
+def judge(run: PlannedRun, data: dict[str, Any] | None, returncode: int | None, timed_out: bool, seconds: float, last_line: str) -> dict[str, Any]:
+    """The result to report: the test's own, unless what happened around it says otherwise."""
+    from smoke_tests._result import validate_result
+
+    if data is not None:
+        problems = validate_result(data)
+        if problems:
+            return made_up(run.test, FAILED, f"the result file breaks the schema: {problems[0]}", seconds)
+        if timed_out:
+            return {**data, "status": FAILED, "reason": f"the container ran past {run.limit:g} s and was removed"}
+        expected = 1 if data["status"] == FAILED else 0
+        if returncode is not None and returncode != expected:
+            return {**data, "status": FAILED, "reason": f"{data['reason'] or data['status']}; the container exited with {returncode}"}
+        return data
+    if timed_out:
+        return made_up(run.test, FAILED, f"no result: the container ran past {run.limit:g} s and was removed", seconds)
+    return made_up(run.test, FAILED, f"no result (exit {returncode}): {last_line or 'no output'}", seconds)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _size(nbytes: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= size:
+            return f"{nbytes / size:g} {unit}"
+    return f"{nbytes} B"
+
+
+def key_figure(test: str, figures: Mapping[str, Any]) -> str:
+    """The one number a reader looks for in each test's figures ('-' when there is none)."""
+    try:
+        if test == "nccl":
+            sizes = figures.get("sizes") or []
+            if not sizes:
+                return "-"
+            largest = max(sizes, key=lambda r: r.get("bytes", 0))
+            exact = all(r.get("correct") for r in sizes)
+            text = f"busbw {largest['busbw_gbps']:.1f} GB/s at {_size(largest['bytes'])}"
+            if largest.get("nvlink4_share"):
+                text += f" ({largest['nvlink4_share'] * 100:.0f}% of NVLink4)"
+            return f"{text}, {figures.get('backend')} x{figures.get('world_size')}, sums {'exact' if exact else 'WRONG'}"
+        if test == "cuda_graph":
+            if _num(figures.get("speedup")) is not None:
+                equal = "bitwise equal" if figures.get("bitwise_equal") else f"max diff {figures.get('max_abs_diff', 0):.2g}"
+                return f"replay {figures['speedup']:.2f}x faster, {equal}"
+            if "cpu_eager_repeatable" in figures:
+                return f"eager on CPU {'repeatable' if figures['cpu_eager_repeatable'] else 'NOT repeatable'}"
+            return "-"
+        if test == "verl_sft":
+            first, last = _num(figures.get("loss_first")), _num(figures.get("loss_last"))
+            return f"loss {first:.3f} -> {last:.3f} in {figures.get('steps')} steps" if first and last else "-"
+        if test == "sglang_serve":
+            from smoke_tests.sglang_serve import key_figure as sglang_figure
+
+            text = sglang_figure(figures)
+            if text == "-" and figures.get("cpu_check"):
+                return f"tiny model loads, chat prompt {figures['cpu_check'].get('chat_prompt_tokens')} tokens"
+            return text
+        if test == "verl_grpo":
+            from smoke_tests.verl_grpo import key_figure as grpo_figure
+
+            text = grpo_figure(figures)
+            config = figures.get("config") or {}
+            if text == "-" and config:
+                return f"config ok: {config.get('adv_estimator')}, {config.get('rollout')} rollout, n={config.get('rollout_n')}"
+            return text
+    except (KeyError, TypeError, ValueError):
+        return "-"
+    return "-"
+
+
+def shorten(text: str, width: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
+    rows = []
+    for outcome in outcomes:
+        result = outcome.result
+        status = outcome.status
+        shown = status if status == PASSED or not result.get("reason") else f"{status}: {shorten(result['reason'])}"
+        took = outcome.seconds or float(result.get("seconds") or 0)  # wall time, container start included
+        rows.append((outcome.run.label, outcome.run.topic, shown, key_figure(outcome.run.test, result.get("figures") or {}), f"{took:.1f}s"))
+    return rows
+
+
+def render(report: SmokeReport) -> str:
+    from .report import table
+
+    counts = report.counts()
+    text = table(("test", "topic", "result", "key figure", "time"), table_rows(report.outcomes))
+    summary = f"{counts[PASSED]} passed, {counts[FAILED]} failed, {counts[SKIPPED]} skipped"
+    if counts[SKIPPED]:
+        summary += " (a skipped test did not run: it is not a pass)"
+    if report.interrupted:
+        summary += "; interrupted"
+    if report.results_dir:
+        summary += f"\nresults: {report.results_dir}"
+    return f"{text}\n{summary}"
+
+
+def report_json(report: SmokeReport, opts: SmokeOptions, started: str) -> dict[str, Any]:
+    """--json PATH: every result (each in the smoke tests' schema) with where it ran."""
+    return {
+        "command": "invoke smoke " + " ".join(a for a in _argv(opts)),
+        "started": started,
+        "exit_code": report.exit_code,
+        "counts": report.counts(),
+        "results": [
+            {"topic": o.run.topic, "where": o.run.where, "image": o.image, "result": o.result} for o in report.outcomes
+        ],
+    }
+
+
+def _argv(opts: SmokeOptions) -> list[str]:
+    argv = [opts.topics]
+    for flag, value in (("--gpus", opts.gpus), ("--tests", opts.tests), ("--model", opts.model), ("--base", opts.base)):
+        if value:
+            argv += [flag, value]
+    if opts.cpu:
+        argv.append("--cpu")
+    if opts.timeout:
+        argv += ["--timeout", f"{opts.timeout:g}"]
+    if opts.json_path:
+        argv += ["--json", opts.json_path]
+    return argv
+
+
+# --- doing it -------------------------------------------------------------------------------
+
+
+def container_call(call_args: Sequence[str], name: str, run_id: str) -> list[str]:
+    """`invoke shell`'s `docker run --rm ...` with a name and the smoke label added."""
+    args = list(call_args)
+    if args[:1] != ["run"]:
+        raise ValueError(f"not a docker run: {args[:3]}")
+    return ["run", "--name", name, "--label", f"{LABEL}={run_id}", *args[1:]]
+
+
+def _last_line(lines: Sequence[str]) -> str:
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def run_in_container(
+    engine: Any, run: PlannedRun, call_args: Sequence[str], env: dict[str, str], workspace: Path, run_id: str, log: Log
+) -> dict[str, Any]:
+    """One test in its container; the container is removed however it ends."""
+    name = f"mlsyskit-smoke-{run.topic}-{run.test}-{uuid.uuid4().hex[:8]}".replace("_", "-")
+    args = container_call(call_args, name, run_id)
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        del lines[:-200]
+        log(f"  | {line}")
+
+    result_file = workspace / f"{run.test}.json"
+    result_file.unlink(missing_ok=True)
+    start = time.monotonic()
+    try:
+        returncode, timed_out = engine.run_attached(args, env, timeout=run.limit, on_line=on_line)
+    finally:
+        engine.remove_containers([name])  # gone already (--rm) unless stopped early
+    seconds = time.monotonic() - start
+    data = None
+    if result_file.is_file():
+        try:
+            data = json.loads(result_file.read_text())
+        except ValueError:
+            data = None
+    return judge(run, data, returncode, timed_out, seconds, _last_line(lines))
+
+
+@contextmanager
+def extra_env(key: str, words: Sequence[str]) -> Iterator[None]:
+    """Append words to an environment variable for the duration (compose interpolates the
+    stack's ${NCCL_TEST_ARGS} from the environment it runs in)."""
+    if not words:
+        yield
+        return
+    before = os.environ.get(key)
+    os.environ[key] = " ".join([*([before] if before else []), *words])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, workspace: Path, log: Log) -> dict[str, Any]:
+    """A stack variant: `up` (which waits for its jobs), the result file copied out of the
+    container that holds it, then always `down`."""
+    try:
+        from . import stacks
+    except ImportError:  # pragma: no cover - the stacks ship with the kit
+        return made_up(run.test, SKIPPED, f"the {run.where} stack needs mlsyskit/stacks.py, which this checkout lacks")
+    from .gpus import host_has_gpus, query_gpus
+
+    variant = STACK_VARIANTS[run.where]
+    stack = stacks.load_stack(run.where)
+    has_gpus = host_has_gpus()
+    if not opts.cpu and not opts.gpus and not has_gpus:
+        return made_up(run.test, SKIPPED, f"no NVIDIA GPU on this host: {run.where} needs {stack.gpus_min} (--cpu runs it over gloo)")
+    try:
+        stacks.choose_devices(stack, opts.gpus, opts.cpu, query_gpus, has_gpus)
+    except UsageError as exc:
+        return made_up(run.test, SKIPPED, f"{run.where}: {exc.message}")
+    if any(engine.project_resources(stack.project).values()):
+        # One project name per stack and host: `up` now would take over someone's running stack.
+        return made_up(run.test, FAILED, f"the {run.where} stack is already up on this host (`invoke down {run.where}` first)")
+    start = time.monotonic()
+    error: KitError | None = None
+    data = None
+    result_file = workspace / f"{run.test}-{run.where}.json"
+    result_file.unlink(missing_ok=True)
+    try:
+        with extra_env(variant.args_env, run.command):
+            try:
+                stacks.up(run.where, gpus=opts.gpus, cpu=opts.cpu, wait=int(run.limit), base=base, log=lambda line: log(f"  | {line}"))
+            except (StackError, UsageError) as exc:
+                error = exc
+        holder = [c for c in engine.project_containers(stack.project) if (c.get("Config") or {}).get("Labels", {}).get("com.docker.compose.service") == variant.service]
+        if holder and engine.copy_from(holder[0]["Id"], variant.result_path, result_file) and result_file.is_file():
+            try:
+                data = json.loads(result_file.read_text())
+            except ValueError:
+                data = None
+    finally:
+        try:
+            log(f"  | {stacks.down(run.where, log=log)}")
+        except KitError as exc:
+            log(f"warning: `invoke down {run.where}` failed: {exc}")
+    seconds = time.monotonic() - start
+    if data is not None:
+        result = judge(run, data, None, False, seconds, "")
+        if error is not None and result["status"] != FAILED:
+            return {**result, "status": FAILED, "reason": f"{run.where}: {error.message}"}
+        return result
+    if error is not None:
+        return made_up(run.test, FAILED, f"{run.where}: {error.message}", seconds)
+    return made_up(run.test, FAILED, f"{run.where} finished without a result file in {variant.service}", seconds)
+
+
+def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
+    """Plan, build what is missing, run every test, and write --json. Errors before any test
+    runs (unknown topic, engine down) raise KitError; a test's failure is a row."""
+    from .config import load_config
+    from .engine import Engine
+    from .shell import ShellOptions, choose_gpus, ensure_image, memlock_allowed, one_off_call, read_host
+
+    if opts.cpu and opts.gpus:
+        raise UsageError("give either --cpu or --gpus, not both")
+    catalog, config = load_catalog(), load_config()
+    base = opts.base or config.base
+    catalog.base(base)
+    topics = select_topics(opts.topics, catalog.topics, opts.tests)
+    runs = plan(topics, opts, available_tests())
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run_id = f"{started.replace(':', '').replace('-', '')}-{os.getpid()}"
+    results_dir = REPO_ROOT / ".kit" / "smoke" / run_id
+    report = SmokeReport(results_dir=results_dir)
+    shell_opts = ShellOptions(
+        topic=topics[0].name,
+        gpus="none" if opts.cpu else opts.gpus,
+        mounts=(f"{REPO_ROOT / SMOKE_DIR}:{IN_CONTAINER}/{SMOKE_DIR}:ro",),
+        env=(f"PYTHONPATH={IN_CONTAINER}", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"),
+    )
+    gpus = choose_gpus(shell_opts)
+    if gpus.warning and any(r.where == "container" for r in runs):
+        log(f"warning: {gpus.warning}")
+    engine = Engine.connect()
+    host = read_host()
+    host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
+    images: dict[str, str | BuildError] = {}
+    try:
+        for run in runs:
+            topic = catalog.topic(run.topic)
+            workspace = results_dir / run.topic
+            workspace.mkdir(parents=True, exist_ok=True)
+            log(f"== {run.label} in {run.topic} ({'container' if run.where == 'container' else run.where + ' stack'})")
+            if run.topic not in images:
+                try:
+                    images[run.topic] = ensure_image(engine, topic, base, config, log)
+                except BuildError as exc:
+                    images[run.topic] = exc
+            image = images[run.topic]
+            if isinstance(image, BuildError):
+                if exc_tail := image.log_tail:
+                    log(exc_tail)
+                report.outcomes.append(Outcome(run, made_up(run.test, FAILED, f"image build failed: {image.message}"), ""))
+                continue
+            start = time.monotonic()
+            if run.where == "container":
+                facts = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
+                call = one_off_call(
+                    replace(shell_opts, topic=run.topic, command=run.command), facts, config, gpus,
+                    workspace=workspace, topic=run.topic, base=base, image=image,
+                )  # fmt: skip
+                result = run_in_container(engine, run, call.args, call.env, workspace, run_id, log)
+            else:
+                result = run_stack(engine, run, opts, base, workspace, log)
+            outcome = Outcome(run, result, image, time.monotonic() - start)
+            report.outcomes.append(outcome)
+            log(f"-> {run.label}: {outcome.status}" + (f" ({result.get('reason')})" if result.get("reason") else ""))
+    except KeyboardInterrupt:
+        report.interrupted = True
+        done = {id(o.run) for o in report.outcomes}
+        current = next((r for r in runs if id(r) not in done), None)
+        if current is not None:
+            report.outcomes.append(Outcome(current, made_up(current.test, FAILED, "interrupted (Ctrl-C); its container was removed")))
+    finally:
+        leftovers = engine.containers(f"{LABEL}={run_id}")
+        if leftovers:
+            engine.remove_containers([c["ID"] for c in leftovers])
+        path = results_dir / "smoke.json"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        data = report_json(report, opts, started)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        if opts.json_path:
+            out = Path(opts.json_path).expanduser()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(data, indent=2) + "\n")
+    return report
+

@@ -1,0 +1,244 @@
+"""`invoke smoke` and the smoke tests' CPU paths on the real engine, inside the topic images:
+the gloo all-reduce in one container and across two (nccl-2node), the CUDA-graph test's eager
+path, SGLang's and verl's model and data generation, and every time limit and clean-up path
+(a failed result, no container and no process left)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlsyskit import REPO_ROOT, smoke
+from mlsyskit.engine import Engine
+from mlsyskit.plan import topic_alias
+from smoke_tests._result import validate_result
+from tests.conftest import need
+from tests.integration.conftest import run_kit
+
+SMOKE_MOUNT = ["-v", f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro", "-e", "PYTHONPATH=/opt/mlsyskit"]
+
+
+def has_topic(name: str) -> bool:
+    return (REPO_ROOT / "envs" / name / "topic.toml").is_file()
+
+
+def smoke_containers(engine: Engine) -> list[dict]:
+    return engine.containers(smoke.LABEL)
+
+
+def nothing_left(engine: Engine) -> None:
+    assert smoke_containers(engine) == [], "a smoke container was left behind"
+    stack = engine.project_resources("mlsyskit-nccl-2node")
+    assert not any(stack.values()), f"nccl-2node left behind: {stack}"
+
+
+def read(path: Path) -> dict:
+    """invoke smoke's --json file; every result in the smoke tests' schema."""
+    data = json.loads(path.read_text())
+    for entry in data["results"]:
+        assert validate_result(entry["result"]) == [], entry
+    return data
+
+
+def by_where(data: dict) -> dict[tuple[str, str], dict]:
+    return {(r["result"]["test"], r["where"]): r["result"] for r in data["results"]}
+
+
+def in_image(engine: Engine, image: str, script: str, timeout: float = 600):
+    """A shell script in a throw-away container of the image, with smoke_tests/ mounted."""
+    return engine.run(image, ["sh", "-c", script], options=["--init", "--ipc=host", *SMOKE_MOUNT], timeout=timeout)
+
+
+# --- distributed: gloo all-reduce, one container and two -------------------------------------
+
+
+def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, build_topic, tmp_path):
+    build_topic("distributed")
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "distributed", "--cpu", "--json", str(out), timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    data = read(out)
+    assert data["exit_code"] == 0 and data["counts"] == {"passed": 2, "failed": 0, "skipped": 0}
+    results = by_where(data)
+    for where in ("container", "nccl-2node"):
+        result = results[("nccl", where)]
+        figures = result["figures"]
+        assert result["status"] == "passed", result["reason"]
+        assert (figures["backend"], figures["world_size"]) == ("gloo", 2)
+        assert figures["sizes"] and all(row["correct"] and row["mismatched_elements"] == 0 for row in figures["sizes"])
+    # Two containers are two hosts to torch.distributed; one container is one.
+    assert results[("nccl", "nccl-2node")]["environment"]["hostname"] != results[("nccl", "container")]["environment"]["hostname"]
+    table = proc.stdout[proc.stdout.index("test ") :]
+    assert "nccl (nccl-2node)  distributed  passed" in table and "gloo x2, sums exact" in table
+    assert "2 passed, 0 failed, 0 skipped" in table
+    nothing_left(engine)
+
+
+def test_smoke_time_limit_fails_and_leaves_nothing(engine: Engine, build_topic, tmp_path):
+    build_topic("distributed")
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "distributed", "--cpu", "--timeout", "1", "--json", str(out), timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
+    assert "error: 2 smoke test(s) failed" in proc.stderr
+    data = read(out)
+    assert data["counts"]["failed"] == 2 and data["exit_code"] == 1
+    for result in by_where(data).values():
+        assert result["status"] == "failed" and result["reason"], result
+    nothing_left(engine)
+
+
+def test_a_container_past_the_kits_limit_is_removed(engine: Engine, build_topic, tmp_path):
+    """The kit's own limit (the test ignored its --timeout): the container is removed."""
+    build_topic("distributed")
+    run = smoke.PlannedRun(topic="distributed", test="nccl", where="container", command=(), limit=5)
+    args = ["run", "--rm", "-i", "--init", topic_alias("distributed", "pypi"), "sleep", "600"]
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    result = smoke.run_in_container(engine, run, args, {}, tmp_path, run_id, print)
+    assert result["status"] == "failed" and result["reason"] == "no result: the container ran past 5 s and was removed"
+    assert engine.containers(f"{smoke.LABEL}={run_id}") == []
+
+
+def test_unknown_topic_and_test_are_one_line_errors():
+    proc = run_kit("smoke", "nope", timeout=120)
+    assert proc.returncode == 2 and "error: unknown topic 'nope'" in proc.stderr
+    proc = run_kit("smoke", "distributed", "--tests", "nope", timeout=120)
+    assert proc.returncode == 2 and "error: no smoke test 'nope'" in proc.stderr
+
+
+# --- CUDA graph: the eager path on the CPU ---------------------------------------------------
+
+
+def test_cuda_graph_cpu_path_runs_eager_and_is_skipped(engine: Engine, build_topic, tmp_path):
+    # Its own image where the topic exists; the distributed image has the same torch.
+    topic = "cuda-graph" if has_topic("cuda-graph") else "distributed"
+    build_topic(topic)
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", topic, "--cpu", "--tests", "cuda_graph", "--no-stacks", "--json", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    result = by_where(read(out))[("cuda_graph", "container")]
+    assert result["status"] == "skipped"  # never passed without a GPU
+    assert result["reason"] == "--cpu given: CUDA graphs need a GPU (the eager path ran on the CPU and was repeatable)"
+    assert result["figures"]["cpu_eager_repeatable"] is True and result["figures"]["parameters"] > 0
+    assert "0 passed, 0 failed, 1 skipped" in proc.stdout
+    nothing_left(engine)
+
+
+# --- SGLang and verl: model and data generation inside their images ---------------------------
+
+
+@pytest.fixture(scope="module")
+def sglang_image(build_topic):
+    need(has_topic("sglang"), "envs/sglang/topic.toml is missing")
+    build_topic("sglang")
+    return topic_alias("sglang", "pypi")
+
+
+@pytest.fixture(scope="module")
+def verl_image(build_topic):
+    need(has_topic("verl"), "envs/verl/topic.toml is missing")
+    build_topic("verl")
+    return topic_alias("verl", "pypi")
+
+
+def test_sglang_cpu_path_writes_and_loads_the_tiny_model(engine: Engine, sglang_image, tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "sglang", "--cpu", "--tests", "sglang_serve", "--json", str(out), timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    result = by_where(read(out))[("sglang_serve", "container")]
+    assert result["status"] == "skipped"
+    assert result["reason"] == "--cpu given: an SGLang server needs a GPU (the tiny model was written and loaded on the CPU)"
+    figures = result["figures"]
+    assert figures["model"] == "tiny" and figures["tiny_model"]["heads"] == 4 and figures["tiny_model"]["hidden_size"] == 256
+    assert figures["cpu_check"]["eos_token"] == "<|im_end|>" and figures["cpu_check"]["chat_prompt_tokens"] > 0
+    assert result["environment"]["sglang"]
+    nothing_left(engine)
+
+
+def test_tiny_model_in_the_sglang_image_has_what_the_server_reads(engine: Engine, sglang_image):
+    """The files SGLang's model loader and tokenizer manager read: config with head_dim 64,
+    generation_config with the EOS id, safetensors, a tokenizer with a chat template."""
+    script = (
+        "python -m smoke_tests.tiny_model /tmp/t --preset serve --rl-rows 8 >/dev/null && python - <<'EOF'\n"
+        "import json\n"
+        "from transformers import AutoConfig, AutoTokenizer, GenerationConfig\n"
+        "cfg = AutoConfig.from_pretrained('/tmp/t/model'); gen = GenerationConfig.from_pretrained('/tmp/t/model')\n"
+        "tok = AutoTokenizer.from_pretrained('/tmp/t/model')\n"
+        "print(json.dumps({'head_dim': cfg.hidden_size // cfg.num_attention_heads, 'eos': gen.eos_token_id,\n"
+        "  'eos_token': tok.convert_ids_to_tokens(gen.eos_token_id), 'template': bool(tok.chat_template),\n"
+        "  'arch': cfg.architectures}))\n"
+        "EOF"
+    )
+    proc = in_image(engine, sglang_image, script)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts == {"head_dim": 64, "eos": facts["eos"], "eos_token": "<|im_end|>", "template": True, "arch": ["Qwen2ForCausalLM"]}
+
+
+def test_verl_cpu_paths_compose_the_grpo_config_with_hydra(engine: Engine, verl_image, tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "verl", "--cpu", "--tests", "verl_sft,verl_grpo", "--json", str(out), timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    results = by_where(read(out))
+    assert results[("verl_sft", "container")]["status"] == "skipped"
+    grpo = results[("verl_grpo", "container")]
+    assert grpo["status"] == "skipped", grpo["reason"]
+    assert "verl's composed config were checked on the CPU" in grpo["reason"]
+    assert grpo["figures"]["config"] == {
+        "adv_estimator": "grpo", "rollout": "sglang", "rollout_n": 4, "critic": False, "reference": False,
+        "attn_implementation": "sdpa", "reward_function": "/opt/mlsyskit/smoke_tests/_grpo_reward.py",
+        "logger": ["console"], "total_training_steps": 2,
+    }  # fmt: skip
+    assert grpo["figures"]["tiny_model"]["rl_rows"] == 64 and grpo["figures"]["tiny_model"]["max_prompt_tokens"] <= 64
+    nothing_left(engine)
+
+
+def test_verl_grpo_config_check_catches_a_wrong_override(engine: Engine, verl_image):
+    """Hydra against verl 0.9.1's own config: a key that does not exist, and verl's
+    validate_config on sizes that do not fit, both fail in seconds on the CPU."""
+    script = (
+        "python -m smoke_tests.verl_grpo --cpu --json /tmp/a.json --override actor_rollout_ref.rollout.no_such_key=1 >/dev/null; "
+        "python -m smoke_tests.verl_grpo --cpu --json /tmp/b.json --override actor_rollout_ref.actor.ppo_mini_batch_size=16 >/dev/null; "
+        "cat /tmp/a.json; echo; cat /tmp/b.json"
+    )
+    proc = in_image(engine, verl_image, script)
+    a, b = _two_json(proc.stdout)
+    assert a["status"] == "failed" and "Could not override 'actor_rollout_ref.rollout.no_such_key'" in a["reason"]
+    assert b["status"] == "failed" and "train_batch_size (8) must be >= actor.ppo_mini_batch_size (16)" in b["reason"]
+
+
+def _two_json(text: str) -> tuple[dict, dict]:
+    decoder = json.JSONDecoder()
+    first, end = decoder.raw_decode(text.strip())
+    second, _ = decoder.raw_decode(text.strip()[end:].strip())
+    return first, second
+
+
+@pytest.mark.parametrize(
+    "topic, module",
+    [("sglang", "sglang_serve"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl")],
+)
+def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic, module):
+    """--timeout 1: a failed result naming the limit, exit 1, and no process of the test left
+    in the container (torchrun's ranks, a server, Ray's daemons)."""
+    if not has_topic(topic):
+        need(topic in ("cuda-graph",), f"envs/{topic}/topic.toml is missing")
+        topic = "distributed"  # cuda_graph needs only torch
+    build_topic(topic)
+    script = (
+        f"python -m smoke_tests.{module} --cpu --timeout 1 --json /tmp/r.json >/tmp/out 2>&1; echo rc=$?; "
+        "sleep 1; cat /tmp/r.json; echo; ps -eo args | grep -E 'python|torchrun|ray|sglang' | grep -v grep || true"
+    )
+    proc = in_image(engine, topic_alias(topic, "pypi"), script)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head, _, rest = proc.stdout.partition("\n")
+    result, end = json.JSONDecoder().raw_decode(rest.strip())
+    left = rest.strip()[end:].strip()
+    if result["status"] == "skipped":  # finished inside a second (verl_sft skips at once on the CPU)
+        assert head == "rc=0"
+    else:
+        assert head == "rc=1" and result["status"] == "failed"
+        assert result["reason"] in ("timed out after 1 s", "terminated"), result["reason"]  # torchrun ends a rank's peer
+    assert left == "", f"left running: {left}"

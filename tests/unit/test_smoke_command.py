@@ -1,0 +1,250 @@
+"""`invoke smoke` without an engine: planning, judging what happened around a test, the
+key figures (from the GPU results in benchmarks/gpu/), the table, --json, exit codes, and
+that a container is removed however its run ends (a fake engine)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mlsyskit import REPO_ROOT, smoke
+from mlsyskit.catalog import Topic
+from mlsyskit.errors import UsageError
+from smoke_tests._result import validate_result
+
+GPU_RESULTS = REPO_ROOT / "benchmarks" / "gpu" / "2026-11-27-h100x2"
+KNOWN = ["cuda_graph", "nccl", "sglang_serve", "verl_grpo", "verl_sft"]
+
+
+def topic(name: str, tests=(), stacks=()) -> Topic:
+    return Topic(name=name, path=Path("/x") / name, description="d", stack="", smoke_tests=tuple(tests), stacks=tuple(stacks))
+
+
+TOPICS = {
+    "distributed": topic("distributed", ["nccl"], ["nccl-2node"]),
+    "verl": topic("verl", ["verl_sft", "verl_grpo"]),
+    "docs": topic("docs"),
+}
+
+
+def test_every_smoke_test_script_is_known():
+    assert set(KNOWN) <= set(smoke.available_tests())
+    assert "_result" not in smoke.available_tests() and "__init__" not in smoke.available_tests()
+
+
+def test_plan_runs_the_container_then_the_two_node_variant():
+    runs = smoke.plan([TOPICS["distributed"]], smoke.SmokeOptions(topics="distributed", cpu=True), KNOWN)
+    assert [(r.test, r.where) for r in runs] == [("nccl", "container"), ("nccl", "nccl-2node")]
+    assert runs[0].command == ("python", "-m", "smoke_tests.nccl", "--json", "/workspace/nccl.json", "--cpu")
+    assert runs[0].limit == smoke.DEFAULT_TIMEOUTS["nccl"] + smoke.MARGIN
+    assert runs[1].command == () and runs[1].label == "nccl (nccl-2node)"
+
+
+def test_plan_passes_timeout_and_model_where_they_apply():
+    opts = smoke.SmokeOptions(topics="verl", timeout=30, model="org/m")
+    runs = smoke.plan([TOPICS["verl"], topic("sglang", ["sglang_serve"])], opts, KNOWN)
+    by_test = {r.test: r for r in runs}
+    assert by_test["verl_sft"].command[-2:] == ("--timeout", "30") and "--model" not in by_test["verl_sft"].command
+    assert by_test["sglang_serve"].command[-4:] == ("--timeout", "30", "--model", "org/m")
+    assert all(r.limit == 30 + smoke.MARGIN for r in runs)
+    two = smoke.plan([TOPICS["distributed"]], smoke.SmokeOptions(topics="distributed", timeout=5), KNOWN)
+    assert two[1].command == ("--timeout", "5")
+
+
+def test_plan_with_tests_and_without_stacks():
+    opts = smoke.SmokeOptions(topics="distributed", tests="cuda_graph", cpu=True)
+    runs = smoke.plan([TOPICS["distributed"]], opts, KNOWN)
+    assert [(r.test, r.where) for r in runs] == [("cuda_graph", "container")]  # nccl-2node runs nccl, not asked
+    runs = smoke.plan([TOPICS["distributed"]], smoke.SmokeOptions(topics="distributed", stacks=False), KNOWN)
+    assert [r.where for r in runs] == ["container"]
+
+
+def test_plan_refuses_unknown_tests():
+    with pytest.raises(UsageError, match="no smoke test 'nope'"):
+        smoke.plan([TOPICS["verl"]], smoke.SmokeOptions(topics="verl", tests="nope"), KNOWN)
+    with pytest.raises(UsageError, match="envs/bad/topic.toml names smoke test 'gone'"):
+        smoke.plan([topic("bad", ["gone"])], smoke.SmokeOptions(topics="bad"), KNOWN)
+
+
+def test_select_topics():
+    assert [t.name for t in smoke.select_topics("all", TOPICS, "")] == ["distributed", "verl"]
+    assert [t.name for t in smoke.select_topics("verl,distributed", TOPICS, "")] == ["verl", "distributed"]
+    with pytest.raises(UsageError, match="unknown topic 'nope'"):
+        smoke.select_topics("nope", TOPICS, "")
+    with pytest.raises(UsageError, match="topic docs lists no smoke test"):
+        smoke.select_topics("docs", TOPICS, "")
+    assert smoke.select_topics("docs", TOPICS, "nccl")[0].name == "docs"  # --tests runs one in its image
+    with pytest.raises(UsageError, match="no topic given"):
+        smoke.select_topics("", TOPICS, "")
+
+
+RUN = smoke.PlannedRun(topic="distributed", test="nccl", where="container", command=(), limit=100)
+
+
+def result(status="passed", reason=""):
+    return {"test": "nccl", "status": status, "reason": reason, "seconds": 1.0, "figures": {}, "environment": {}}
+
+
+@pytest.mark.parametrize(
+    "data, rc, timed_out, status, reason",
+    [
+        (result(), 0, False, "passed", ""),
+        (result("skipped", "no CUDA GPU visible"), 0, False, "skipped", "no CUDA GPU visible"),
+        (result("failed", "wrong sums"), 1, False, "failed", "wrong sums"),
+        (result(), 1, False, "failed", "passed; the container exited with 1"),
+        (result("skipped", "no GPU"), 137, False, "failed", "no GPU; the container exited with 137"),
+        (result(), None, True, "failed", "the container ran past 100 s and was removed"),
+        (None, None, True, "failed", "no result: the container ran past 100 s and was removed"),
+        (None, 125, False, "failed", "no result (exit 125): docker: Error response from daemon"),
+        ({"test": "nccl", "status": "ok"}, 0, False, "failed", "the result file breaks the schema"),
+    ],
+)
+def test_judge(data, rc, timed_out, status, reason):
+    got = smoke.judge(RUN, data, rc, timed_out, 2.0, "docker: Error response from daemon")
+    assert got["status"] == status and reason in got["reason"]
+    assert validate_result(got) == []
+
+
+def test_key_figures_from_the_h100_results():
+    def figures(name):
+        return json.loads((GPU_RESULTS / f"{name}.json").read_text())["figures"]
+
+    assert smoke.key_figure("nccl", figures("nccl")) == "busbw 332.5 GB/s at 1 GiB (74% of NVLink4), nccl x2, sums exact"
+    assert smoke.key_figure("cuda_graph", figures("cuda_graph")) == "replay 4.24x faster, bitwise equal"
+    assert smoke.key_figure("verl_sft", figures("verl_sft")) == "loss 5.650 -> 5.102 in 4 steps"
+
+
+def test_key_figures_on_cpu_and_when_missing():
+    cpu_nccl = {"backend": "gloo", "world_size": 2, "sizes": [{"bytes": 65536, "busbw_gbps": 0.1, "correct": True, "nvlink4_share": None},
+                                                              {"bytes": 4 << 20, "busbw_gbps": 0.79, "correct": True, "nvlink4_share": None}]}  # fmt: skip
+    assert smoke.key_figure("nccl", cpu_nccl) == "busbw 0.8 GB/s at 4 MiB, gloo x2, sums exact"
+    assert smoke.key_figure("cuda_graph", {"cpu_eager_repeatable": True}) == "eager on CPU repeatable"
+    assert smoke.key_figure("sglang_serve", {"cpu_check": {"chat_prompt_tokens": 12}}) == "tiny model loads, chat prompt 12 tokens"
+    assert smoke.key_figure("verl_grpo", {"config": {"adv_estimator": "grpo", "rollout": "sglang", "rollout_n": 4}}) == (
+        "config ok: grpo, sglang rollout, n=4"
+    )
+    for test in KNOWN + ["unknown"]:
+        assert smoke.key_figure(test, {}) == "-"
+    assert smoke.key_figure("nccl", {"sizes": [{"bytes": "x"}]}) == "-"
+
+
+def outcome(status, reason="", test="nccl", where="container"):
+    run = smoke.PlannedRun(topic="distributed", test=test, where=where, command=(), limit=10)
+    return smoke.Outcome(run, {**result(status, reason), "test": test}, "mlsyskit/distributed:pypi", 3.0)
+
+
+def test_exit_codes_and_counts():
+    assert smoke.SmokeReport([outcome("passed"), outcome("skipped", "no GPU")]).exit_code == 0
+    report = smoke.SmokeReport([outcome("passed"), outcome("failed", "wrong"), outcome("skipped", "no GPU")])
+    assert report.exit_code == 1 and report.counts() == {"passed": 1, "failed": 1, "skipped": 1}
+    assert smoke.SmokeReport([outcome("passed")], interrupted=True).exit_code == 130
+
+
+def test_table_says_why_and_never_counts_a_skip_as_a_pass():
+    report = smoke.SmokeReport([outcome("passed"), outcome("skipped", "no CUDA GPU visible", test="cuda_graph"),
+                                outcome("failed", "timed out after 1 s", where="nccl-2node")])  # fmt: skip
+    text = smoke.render(report)
+    lines = text.splitlines()
+    assert lines[0].split() == ["test", "topic", "result", "key", "figure", "time"]
+    assert "skipped: no CUDA GPU visible" in text and "failed: timed out after 1 s" in text
+    assert "nccl (nccl-2node)" in text and "3.0s" in text
+    assert "1 passed, 1 failed, 1 skipped (a skipped test did not run: it is not a pass)" in text
+
+
+def test_long_reasons_are_shortened_in_the_table_only():
+    report = smoke.SmokeReport([outcome("failed", "x" * 300)])
+    assert "x" * 87 + "..." in smoke.render(report)
+    data = smoke.report_json(report, smoke.SmokeOptions(topics="distributed"), "2026-11-27T00:00:00Z")
+    assert data["results"][0]["result"]["reason"] == "x" * 300
+
+
+def test_report_json_holds_every_result_in_the_schema():
+    report = smoke.SmokeReport([outcome("passed"), outcome("failed", "wrong", where="nccl-2node")])
+    opts = smoke.SmokeOptions(topics="distributed", cpu=True, timeout=5, json_path="/tmp/x.json")
+    data = smoke.report_json(report, opts, "2026-11-27T00:00:00Z")
+    assert data["command"] == "invoke smoke distributed --cpu --timeout 5 --json /tmp/x.json"
+    assert data["exit_code"] == 1 and data["counts"]["failed"] == 1
+    assert [(r["topic"], r["where"]) for r in data["results"]] == [("distributed", "container"), ("distributed", "nccl-2node")]
+    for entry in data["results"]:
+        assert validate_result(entry["result"]) == []
+    json.dumps(data, allow_nan=False)
+
+
+def test_container_call_adds_a_name_and_the_label():
+    args = smoke.container_call(["run", "--rm", "-i", "--init", "img", "python"], "n1", "run42")
+    assert args == ["run", "--name", "n1", "--label", "org.mlsyskit.smoke=run42", "--rm", "-i", "--init", "img", "python"]
+    with pytest.raises(ValueError):
+        smoke.container_call(["exec", "c", "true"], "n", "r")
+
+
+class FakeEngine:
+    def __init__(self, write=None, outcome=(0, False), interrupt=False):
+        self.write, self.outcome, self.interrupt = write, outcome, interrupt
+        self.removed: list[str] = []
+        self.args: list[str] = []
+
+    def run_attached(self, args, env, *, timeout, on_line):
+        self.args = list(args)
+        on_line("hello from the container")
+        if self.write is not None:
+            self.write()
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return self.outcome
+
+    def remove_containers(self, ids):
+        self.removed.extend(ids)
+
+
+def test_run_in_container_reads_the_result_and_removes_the_container(tmp_path):
+    (tmp_path / "nccl.json").write_text("stale")  # from an earlier run: never read
+    engine = FakeEngine(write=lambda: (tmp_path / "nccl.json").write_text(json.dumps(result())))
+    lines = []
+    got = smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lines.append)
+    assert got["status"] == "passed"
+    name = engine.args[engine.args.index("--name") + 1]
+    assert name.startswith("mlsyskit-smoke-distributed-nccl-") and engine.removed == [name]
+    assert lines == ["  | hello from the container"]
+
+
+def test_run_in_container_timed_out_or_interrupted_still_removes_it(tmp_path):
+    engine = FakeEngine(outcome=(None, True))
+    got = smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lambda line: None)
+    assert got["status"] == "failed" and "ran past 100 s" in got["reason"] and len(engine.removed) == 1
+    engine = FakeEngine(interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lambda line: None)
+    assert len(engine.removed) == 1
+
+
+def test_run_in_container_without_a_result_names_the_last_line(tmp_path):
+    engine = FakeEngine(outcome=(1, False))
+    got = smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lambda line: None)
+    assert got["reason"] == "no result (exit 1): hello from the container"
+
+
+def test_extra_env_appends_and_restores(monkeypatch):
+    monkeypatch.setenv("NCCL_TEST_ARGS", "--iters 5")
+    with smoke.extra_env("NCCL_TEST_ARGS", ["--timeout", "3"]):
+        assert os.environ["NCCL_TEST_ARGS"] == "--iters 5 --timeout 3"
+    assert os.environ["NCCL_TEST_ARGS"] == "--iters 5"
+    monkeypatch.delenv("NCCL_TEST_ARGS")
+    with smoke.extra_env("NCCL_TEST_ARGS", ["--timeout", "3"]):
+        assert os.environ["NCCL_TEST_ARGS"] == "--timeout 3"
+    assert "NCCL_TEST_ARGS" not in os.environ
+
+
+def test_cpu_and_gpus_together_are_refused():
+    with pytest.raises(UsageError, match="either --cpu or --gpus"):
+        smoke.smoke(smoke.SmokeOptions(topics="distributed", cpu=True, gpus="0,"), print)
+
+
+def test_topics_list_only_smoke_tests_that_exist():
+    from mlsyskit.catalog import load_catalog
+
+    known = set(smoke.available_tests())
+    for found in load_catalog().topics.values():
+        assert set(found.smoke_tests) <= known, found.name
