@@ -223,9 +223,9 @@ def _two_json(text: str) -> tuple[dict, dict]:
 def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic, module):
     """--timeout 1: a failed result naming the limit, exit 1, and no process of the test left
     in the container (torchrun's ranks, a server, Ray's daemons)."""
-    if not has_topic(topic):
-        need(topic in ("cuda-graph",), f"envs/{topic}/topic.toml is missing")
-        topic = "distributed"  # cuda_graph needs only torch
+    if topic == "cuda-graph" and not has_topic(topic):
+        topic = "distributed"  # the CUDA-graph test needs only torch
+    need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
     build_topic(topic)
     script = (
         f"python -m smoke_tests.{module} --cpu --timeout 1 --json /tmp/r.json >/tmp/out 2>&1; echo rc=$?; "
@@ -239,6 +239,7 @@ def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic,
     if result["status"] == "skipped":  # finished inside a second (verl_sft skips at once on the CPU)
         assert head == "rc=0"
     else:
-        assert head == "rc=1" and result["status"] == "failed"
-        assert result["reason"] in ("timed out after 1 s", "terminated"), result["reason"]  # torchrun ends a rank's peer
+        assert head == "rc=1" and result["status"] == "failed" and result["reason"]
+        if module != "nccl":  # nccl's parent reports what its ranks did: torchrun ends a timed-out rank's peer
+            assert result["reason"] == "timed out after 1 s"
     assert left == "", f"left running: {left}"
