@@ -77,6 +77,25 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
     nothing_left(engine)
 
 
+def test_without_a_gpu_every_gpu_test_is_skipped_never_passed(engine: Engine, build_topic, tmp_path):
+    from mlsyskit.gpus import host_has_gpus
+
+    if host_has_gpus():
+        pytest.skip("this host has a GPU: the no-GPU path does not apply")
+    build_topic("distributed")
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "distributed", "--json", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr  # a skip is not a failure...
+    data = read(out)
+    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 2}  # ...and never a pass
+    results = by_where(data)
+    assert results[("nccl", "container")]["reason"] == "no CUDA GPU visible (run with --cpu for the gloo variant)"
+    assert results[("nccl", "nccl-2node")]["reason"].startswith("no NVIDIA GPU on this host")
+    assert "skipped: no CUDA GPU visible" in proc.stdout and "it is not a pass" in proc.stdout
+    assert "running on CPU only" in proc.stdout  # invoke shell's one warning line
+    nothing_left(engine)
+
+
 def test_smoke_time_limit_fails_and_leaves_nothing(engine: Engine, build_topic, tmp_path):
     build_topic("distributed")
     out = tmp_path / "smoke.json"
