@@ -11,6 +11,7 @@ from typing import Any
 
 from . import REPO_ROOT
 from .errors import UsageError
+from .fields import Fields, rel_path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,71 +95,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{_rel(path)}: file is missing") from None
+        raise UsageError(f"{rel_path(path)}: file is missing") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{_rel(path)}: not valid TOML ({exc})") from None
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-class _Fields:
-    """Typed access to one table of a data file, with errors naming file and field."""
-
-    def __init__(self, path: Path, table: dict[str, Any], prefix: str = "") -> None:
-        self.path, self.table, self.prefix = path, table, prefix
-
-    def _fail(self, key: str, expected: str) -> UsageError:
-        return UsageError(f"{_rel(self.path)}: field '{self.prefix}{key}' must be {expected}")
-
-    def str(self, key: str, default: str | None = None) -> str:
-        value = self.table.get(key, default)
-        if not isinstance(value, str) or (default is None and not value):
-            raise self._fail(key, "a non-empty string" if default is None else "a string")
-        return value
-
-    def int(self, key: str, default: int) -> int:
-        value = self.table.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise self._fail(key, "a whole number >= 0")
-        return value
-
-    def str_list(self, key: str) -> tuple[str, ...]:
-        value = self.table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self._fail(key, "a list of strings")
-        return tuple(value)
-
-    def int_list(self, key: str) -> tuple[int, ...]:
-        value = self.table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, int) and 0 < v < 65536 for v in value):
-            raise self._fail(key, "a list of port numbers")
-        return tuple(value)
-
-    def sub(self, key: str) -> _Fields:
-        value = self.table.get(key, {})
-        if not isinstance(value, dict):
-            raise self._fail(key, "a table")
-        return _Fields(self.path, value, f"{self.prefix}{key}.")
-
-    def reject_unknown(self, allowed: set[str]) -> None:
-        unknown = sorted(set(self.table) - allowed)
-        if unknown:
-            raise UsageError(
-                f"{_rel(self.path)}: unknown field '{self.prefix}{unknown[0]}'",
-                fix=f"allowed fields: {', '.join(sorted(allowed))}",
-            )
+        raise UsageError(f"{rel_path(path)}: not valid TOML ({exc})") from None
 
 
 def load_bases(root: Path) -> dict[str, Base]:
     path = root / "images" / "bases.toml"
     bases = {}
     for name, table in _read_toml(path).items():
-        f = _Fields(path, table, f"{name}.")
+        f = Fields(path, table, f"{name}.")
         f.reject_unknown({"description", "registry_image", "python", "cuda", "bootstrap_suite", "bootstrap_mirror"})
         bases[name] = Base(
             name=name,
@@ -174,7 +120,7 @@ def load_bases(root: Path) -> dict[str, Base]:
 
 def load_stack(path: Path) -> Stack:
     data_file = path / "stack.toml"
-    f = _Fields(data_file, _read_toml(data_file))
+    f = Fields(data_file, _read_toml(data_file))
     f.reject_unknown({"description", "cuda", "key_packages"})
     _require_lock_inputs(path)
     return Stack(
@@ -188,12 +134,12 @@ def load_stack(path: Path) -> Stack:
 
 def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
     data_file = path / "topic.toml"
-    f = _Fields(data_file, _read_toml(data_file))
+    f = Fields(data_file, _read_toml(data_file))
     f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run"})
     stack = f.str("stack", "")
     if stack and stack not in stacks:
         raise UsageError(
-            f"{_rel(data_file)}: field 'stack' names unknown stack '{stack}'",
+            f"{rel_path(data_file)}: field 'stack' names unknown stack '{stack}'",
             fix=f"use one of: {', '.join(sorted(stacks))}, or \"\" for none",
         )
     gpus, run = f.sub("gpus"), f.sub("run")
@@ -220,7 +166,7 @@ def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
 def _require_lock_inputs(path: Path) -> None:
     for name in ("pyproject.toml", "uv.lock"):
         if not (path / name).is_file():
-            raise UsageError(f"{_rel(path / name)}: file is missing", fix="write pyproject.toml, then run `invoke lock`")
+            raise UsageError(f"{rel_path(path / name)}: file is missing", fix="write pyproject.toml, then run `invoke lock`")
 
 
 def load_catalog(root: Path = REPO_ROOT) -> Catalog:

@@ -41,6 +41,7 @@ import yaml
 
 from . import LABEL_PREFIX, REPO_ROOT
 from .errors import StackError, UsageError
+from .fields import Fields, rel_path
 from .report import seconds, table
 
 Log = Callable[[str], None]
@@ -123,53 +124,6 @@ def stack_names(root: Path = REPO_ROOT) -> list[str]:
     return sorted(p.stem for p in stacks_dir(root).glob("*.yml"))
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-class _Meta:
-    """Typed reads of one `x-mlsyskit` table, with errors that name the file and field."""
-
-    def __init__(self, path: Path, table: Any, prefix: str) -> None:
-        if not isinstance(table, dict):
-            raise UsageError(f"{_rel(path)}: field '{prefix.rstrip('.')}' must be a table")
-        self.path, self.table, self.prefix = path, table, prefix
-
-    def fail(self, key: str, expected: str) -> UsageError:
-        return UsageError(f"{_rel(self.path)}: field '{self.prefix}{key}' must be {expected}")
-
-    def str(self, key: str, default: str | None = None, choices: Sequence[str] = ()) -> str:
-        value = self.table.get(key, default)
-        if not isinstance(value, str) or (default is None and not value):
-            raise self.fail(key, "a non-empty string")
-        if choices and value not in choices:
-            raise self.fail(key, f"one of {', '.join(choices)}")
-        return value
-
-    def int(self, key: str, default: int | None = None, minimum: int = 0) -> int:
-        value = self.table.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.fail(key, f"a whole number >= {minimum}")
-        return value
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "true or false")
-        return value
-
-    def reject_unknown(self, allowed: set[str]) -> None:
-        unknown = sorted(set(self.table) - allowed)
-        if unknown:
-            raise UsageError(
-                f"{_rel(self.path)}: unknown field '{self.prefix}{unknown[0]}'",
-                fix=f"allowed fields: {', '.join(sorted(allowed))}",
-            )
-
-
 def device_requests(service: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The service's compose-spec GPU reservations (deploy.resources.reservations.devices)."""
     deploy = service.get("deploy") or {}
@@ -189,19 +143,19 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"{_rel(path)}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UsageError(f"{rel_path(path)}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
-        raise UsageError(f"{_rel(path)}: field 'services' must be a table of services")
-    top = _Meta(path, data.get("x-mlsyskit"), "x-mlsyskit.")
+        raise UsageError(f"{rel_path(path)}: field 'services' must be a table of services")
+    top = Fields(path, data.get("x-mlsyskit"), "x-mlsyskit.")
     top.reject_unknown(STACK_FIELDS)
-    gpus = _Meta(path, top.table.get("gpus", {}), "x-mlsyskit.gpus.")
+    gpus = Fields(path, top.table.get("gpus", {}), "x-mlsyskit.gpus.")
     gpus.reject_unknown({"default", "min"})
     services: dict[str, ServiceSpec] = {}
     for service_name, body in data["services"].items():
         if not isinstance(body, dict):
-            raise UsageError(f"{_rel(path)}: field 'services.{service_name}' must be a table")
+            raise UsageError(f"{rel_path(path)}: field 'services.{service_name}' must be a table")
         prefix = f"services.{service_name}.x-mlsyskit."
-        meta = _Meta(path, body.get("x-mlsyskit"), prefix)
+        meta = Fields(path, body.get("x-mlsyskit"), prefix)
         meta.reject_unknown(SERVICE_FIELDS)
         spec = ServiceSpec(
             name=service_name,
@@ -214,7 +168,7 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
         )
         if spec.gpus != "none" and not device_requests(body):
             raise UsageError(
-                f"{_rel(path)}: service '{service_name}' uses GPUs but has no deploy.resources.reservations.devices",
+                f"{rel_path(path)}: service '{service_name}' uses GPUs but has no deploy.resources.reservations.devices",
                 fix="request them as compose does: driver nvidia, count or device_ids, capabilities [gpu]",
             )
         if bool(spec.group) != (spec.gpus == "each"):
@@ -237,17 +191,17 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
         depends = body.get("depends_on") or {}
         for target, condition in (depends.items() if isinstance(depends, dict) else []):
             if target not in data["services"]:
-                raise UsageError(f"{_rel(path)}: services.{service_name}.depends_on names unknown service '{target}'")
+                raise UsageError(f"{rel_path(path)}: services.{service_name}.depends_on names unknown service '{target}'")
             wants_health = isinstance(condition, dict) and condition.get("condition") == "service_healthy"
             if wants_health and not data["services"][target].get("healthcheck"):
                 raise UsageError(
-                    f"{_rel(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck"
+                    f"{rel_path(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck"
                 )
     if stack.gpus_min > stack.gpus_default:
         raise gpus.fail("min", f"at most x-mlsyskit.gpus.default ({stack.gpus_default})")
     for group, members in stack.groups().items():
         if members != [f"{group}-{i}" for i in range(len(members))]:
-            raise UsageError(f"{_rel(path)}: group '{group}' must be services {group}-0, {group}-1, ... in order")
+            raise UsageError(f"{rel_path(path)}: group '{group}' must be services {group}-0, {group}-1, ... in order")
     return stack
 
 
@@ -396,7 +350,7 @@ def render(stack: StackSpec, opts: RenderOptions) -> dict[str, Any]:
         body = copy.deepcopy(stack.compose["services"][spec.name])
         body["image"] = topic_alias(spec.topic or stack.topic, opts.base)
         if isinstance(body.get("environment"), list):
-            raise UsageError(f"{_rel(stack.path)}: services.{spec.name}.environment must be a mapping")
+            raise UsageError(f"{rel_path(stack.path)}: services.{spec.name}.environment must be a mapping")
         env = {k: "" if v is None else str(v) for k, v in (body.get("environment") or {}).items()}
         env.update({k: _escape(v) for k, v in common.items() if k in env})
         if spec.gpus != "none":
@@ -421,7 +375,7 @@ def render(stack: StackSpec, opts: RenderOptions) -> dict[str, Any]:
     rendered["x-mlsyskit"] = {
         **copy.deepcopy(stack.compose["x-mlsyskit"]),
         "rendered": {
-            "from": _rel(stack.path),
+            "from": rel_path(stack.path),
             "devices": "cpu" if devices.cpu else ",".join(devices.gpus),
             "base": opts.base,
             "model": opts.model,
@@ -503,7 +457,7 @@ def _render_depends(depends: Any, group_members: Mapping[str, list[str]], stack:
 
 def rendered_yaml(rendered: Mapping[str, Any], stack: StackSpec) -> str:
     header = (
-        f"# Rendered by `invoke up {stack.name}` from {_rel(stack.path)}: do not edit (the next `up` rewrites it).\n"
+        f"# Rendered by `invoke up {stack.name}` from {rel_path(stack.path)}: do not edit (the next `up` rewrites it).\n"
         f"# Runs on: {rendered['x-mlsyskit']['rendered']['devices']}. Inspect with `docker compose -p {stack.project} -f THIS ps`.\n"
     )
     return header + yaml.safe_dump(dict(rendered), sort_keys=False, default_flow_style=False, width=120)
@@ -803,7 +757,7 @@ def logs(name: str, *, service: str = "", tail: int = 0, follow: bool = False, r
     stack = load_stack(name, root)
     path = rendered_file(stack.name, root)
     if not path.is_file():
-        raise UsageError(f"{stack.name} is not up (no {_rel(path)})", fix=f"invoke up {stack.name}")
+        raise UsageError(f"{stack.name} is not up (no {rel_path(path)})", fix=f"invoke up {stack.name}")
     rendered = yaml.safe_load(path.read_text())
     names = list(rendered["services"])
     selected = []

@@ -1,0 +1,77 @@
+"""Typed reads of the kit's data files (topic.toml, bases.toml, the stacks' x-mlsyskit
+tables), with errors that name the file and the field. Shared by catalog.py and stacks.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import REPO_ROOT
+from .errors import UsageError
+
+
+def rel_path(path: Path) -> str:
+    """`path` relative to the checkout where it is inside it: what error lines show."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+class Fields:
+    """One table of a data file. `prefix` is the table's dotted path, for messages."""
+
+    def __init__(self, path: Path, table: Any, prefix: str = "") -> None:
+        if not isinstance(table, dict):
+            raise UsageError(f"{rel_path(path)}: field '{prefix.rstrip('.')}' must be a table")
+        self.path, self.table, self.prefix = path, table, prefix
+
+    def fail(self, key: str, expected: str) -> UsageError:
+        return UsageError(f"{rel_path(self.path)}: field '{self.prefix}{key}' must be {expected}")
+
+    def str(self, key: str, default: str | None = None, choices: Sequence[str] = ()) -> str:
+        value = self.table.get(key, default)
+        if not isinstance(value, str) or (default is None and not value):
+            raise self.fail(key, "a non-empty string" if default is None else "a string")
+        if choices and value not in choices:
+            raise self.fail(key, f"one of {', '.join(choices)}")
+        return value
+
+    def int(self, key: str, default: int | None = None, minimum: int = 0) -> int:
+        value = self.table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(key, f"a whole number >= {minimum}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false")
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self.table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "a list of strings")
+        return tuple(value)
+
+    def int_list(self, key: str) -> tuple[int, ...]:
+        value = self.table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, int) and 0 < v < 65536 for v in value):
+            raise self.fail(key, "a list of port numbers")
+        return tuple(value)
+
+    def sub(self, key: str) -> Fields:
+        value = self.table.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "a table")
+        return Fields(self.path, value, f"{self.prefix}{key}.")
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        unknown = sorted(set(self.table) - allowed)
+        if unknown:
+            raise UsageError(
+                f"{rel_path(self.path)}: unknown field '{self.prefix}{unknown[0]}'",
+                fix=f"allowed fields: {', '.join(sorted(allowed))}",
+            )
