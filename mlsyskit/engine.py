@@ -209,6 +209,7 @@ class Engine:
         engine = cls(usable[0])
         engine.server_version()  # fails early, with the fix, when the daemon is down
         return engine
+
     @classmethod
     def for_running(cls) -> Engine:
         """An engine that only runs containers (`invoke shell`): the first docker client on
