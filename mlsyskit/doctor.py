@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .catalog import Catalog
-from .engine import Engine, _version_tuple, find_clients
+from .engine import COMPOSE_FIX, Engine, _version_tuple, find_clients, find_compose
 from .errors import KitError
 
 MIN_FREE_GB = 40  # one topic image with its stack and build cache
-MIN_COMPOSE_V1 = (1, 29)
 
 
 @dataclass(frozen=True)
@@ -64,16 +63,11 @@ def check_engine() -> tuple[list[Check], Engine | None]:
 
 
 def check_compose() -> Check:
-    v2 = _run("docker", "compose", "version", "--short")
-    if v2 and v2.returncode == 0 and v2.stdout.strip():
-        return Check("compose", "ok", f"docker compose plugin {v2.stdout.strip()}")
-    v1 = _run("docker-compose", "version", "--short")
-    if v1 and v1.returncode == 0:
-        version = v1.stdout.strip()
-        if _version_tuple(version)[:2] >= MIN_COMPOSE_V1:
-            return Check("compose", "ok", f"docker-compose {version}")
-        return Check("compose", "fail", f"docker-compose {version} is older than 1.29", "install the docker compose v2 plugin")
-    return Check("compose", "fail", "neither `docker compose` nor docker-compose found", "invoke doctor --fix (installs docker-compose)")
+    # The same detection `invoke up` uses, so doctor says what the stacks will run with.
+    compose = find_compose()
+    if compose is not None:
+        return Check("compose", "ok", compose.describe())
+    return Check("compose", "fail", "no `docker compose` plugin and no docker-compose >= 1.29", COMPOSE_FIX)
 
 
 def check_disk(engine: Engine | None) -> Check:
