@@ -205,6 +205,7 @@ def stacks(c):
 
 @task(
     positional=["target", "stack"],
+    auto_shortflags=False,  # invoke would hand out `-h` (help's) and `--` (the remainder's)
     help={
         "target": "k8s or slurm",
         "stack": "the stack to export (compose/STACK.yml)",

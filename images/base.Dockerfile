@@ -17,10 +17,12 @@ COPY scripts/ /usr/local/lib/mlsyskit/
 # downloaded again on the next build.
 RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,id=mlsyskit-apt-lists,target=/var/lib/apt/lists,sharing=locked \
-    rm -f /etc/apt/apt.conf.d/docker-clean \
+    --mount=type=secret,id=ca \
+    . /usr/local/lib/mlsyskit/net.sh \
+ && rm -f /etc/apt/apt.conf.d/docker-clean \
  && echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' > /etc/apt/apt.conf.d/keep-cache \
- && apt-get update \
- && apt-get install -y --no-install-recommends \
+ && apt-get $APT_OPTS update \
+ && apt-get $APT_OPTS install -y --no-install-recommends \
       python3 python3-dev python3-venv ca-certificates build-essential git curl procps iproute2 \
  && chmod 0755 /usr/local/lib/mlsyskit/*
 

@@ -7,8 +7,10 @@ FROM ${PARENT_IMAGE}
 ARG APT_PACKAGES=""
 RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,id=mlsyskit-apt-lists,target=/var/lib/apt/lists,sharing=locked \
+    --mount=type=secret,id=ca \
     if [ -n "$APT_PACKAGES" ]; then \
-      apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES; \
+      . /usr/local/lib/mlsyskit/net.sh \
+      && apt-get $APT_OPTS update && apt-get $APT_OPTS install -y --no-install-recommends $APT_PACKAGES; \
     fi
 
 # The lock is exported with its hashes and installed through whatever index is configured:

@@ -76,7 +76,8 @@ def build_layers(
                     dockerfile=layer.dockerfile,
                     context=layer.context,
                     tag=layer.tag,
-                    build_args={**layer.build_args, **config.proxy_env()},
+                    build_args=layer.build_args,
+                    build_env=config.proxy_env(),
                     labels=layer.labels(),
                     secrets=secrets,
                     no_cache=no_cache,
@@ -104,8 +105,17 @@ def build_topics(
     base = catalog.base(base_name)
     root: RootImage = ensure_root_image(engine, base, config, log)
     layers = plan(catalog, config, topics, base, root)
-    results = build_layers(engine, config, layers, no_cache=no_cache, log=log, verbose=verbose)
-    for result in results:
-        if tag_aliases and result.layer.kind == "topic":
-            engine.tag(result.layer.tag, topic_alias(result.layer.name, base.name))
+    results: list[LayerResult] = []
+    # Topic by topic, so each topic's friendly tag moves as soon as its image exists: a
+    # later topic's failure never leaves an earlier one pointing at an old image.
+    for topic in topics:
+        chain: list[Layer] = []
+        layer: Layer | None = next(l for l in layers if l.kind == "topic" and l.name == topic.name)
+        while layer is not None:
+            chain.insert(0, layer)
+            layer = layer.parent
+        done = {r.layer.tag for r in results}
+        results += build_layers(engine, config, [l for l in chain if l.tag not in done], no_cache=no_cache, log=log, verbose=verbose)
+        if tag_aliases:
+            engine.tag(chain[-1].tag, topic_alias(topic.name, base.name))
     return results

@@ -151,4 +151,6 @@ def clean(log: Log) -> str:
     engine.remove_images(refs)
     subprocess.run([engine.client.path, "builder", "prune", "--force", "--filter", "type=exec.cachemount"], capture_output=True)
     subprocess.run([engine.client.path, "builder", "prune", "--force"], capture_output=True)
-    return f"removed {len(refs)} image tag(s) and the build cache"
+    # BuildKit cannot tell which cache records are the kit's, so the engine's whole build
+    # cache goes: say so rather than pretend.
+    return f"removed {len(refs)} image tag(s) and the engine's build cache (all of it, not only the kit's)"

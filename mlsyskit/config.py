@@ -50,9 +50,13 @@ def _read(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None
     merged: dict[str, Any] = {}
     for table, allowed in (("network", _NETWORK), ("build", _BUILD)):
         section = data.get(table, {})
+        if not isinstance(section, dict):
+            raise UsageError(f"{path}: '{table}' must be a table ([{table}])")
         for key, value in section.items():
             if key not in allowed:
                 raise UsageError(f"{path}: unknown field '{table}.{key}'", fix=f"allowed: {', '.join(sorted(allowed))}")
@@ -85,6 +89,13 @@ def load_config(root: Path = REPO_ROOT, environ: dict[str, str] | None = None) -
         if not values.get(key):
             values[key] = environ.get(key.upper()) or environ.get(key) or ""
     values["ca_bundle"] = _resolve_ca(values.get("ca_bundle", "auto"))
+    if "@" in values.get("apt_mirror", "").split("//", 1)[-1].split("/", 1)[0]:
+        # debootstrap writes the mirror into the root filesystem's sources.list and so into
+        # every image: a user:password there would be a secret in a layer.
+        raise UsageError(
+            "network.apt_mirror carries credentials, which would land in every image's sources.list",
+            fix="use a mirror that needs none (or a proxy that adds them)",
+        )
     if values.get("rootfs", "auto") not in ROOTFS_MODES:
         raise UsageError(f"build.rootfs: '{values['rootfs']}' is not one of {', '.join(ROOTFS_MODES)}")
     return Config(**values)

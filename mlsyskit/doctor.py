@@ -168,7 +168,9 @@ def fix(checks: list[Check], log: Callable[[str], None]) -> list[str]:
     failing = {c.name for c in checks if c.status in ("fail", "warn")}
     done = []
     packages = []
-    if "docker client" in failing or not shutil.which("dockerd"):
+    # Only where there is no engine at all: a Docker CE that lacks buildx is the user's
+    # to complete (its fix line says how), never to be replaced by Debian's docker.io.
+    if not find_clients() or not shutil.which("dockerd"):
         packages.append("docker.io")
     if "compose" in failing:
         packages.append("docker-compose")
@@ -177,8 +179,9 @@ def fix(checks: list[Check], log: Callable[[str], None]) -> list[str]:
     if packages:
         log(f"installing {' '.join(packages)} from the distribution's packages")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(_privileged(["apt-get", "update", "-qq"]), check=True, env=env)
-        subprocess.run(_privileged(["apt-get", "install", "-y", "-qq", *packages]), check=True, env=env)
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+            if subprocess.run(_privileged(cmd), env=env).returncode != 0:
+                raise KitError(f"`{' '.join(cmd[:2])}` failed (see above)", fix="install the packages by hand")
         done.append(f"installed {' '.join(packages)}")
     _, engine = check_engine()
     if engine is None:
@@ -192,6 +195,8 @@ def start_dockerd(log: Callable[[str], None], wait_s: float = 60) -> str:
         how = "started docker with systemctl"
     else:
         log("no init system: starting dockerd in the background (log: /var/log/dockerd.log)")
+        if os.geteuid() != 0:
+            raise KitError("starting dockerd needs root", fix="run `sudo dockerd &`, or `invoke doctor --fix` as root")
         with open("/var/log/dockerd.log", "ab") as out:
             subprocess.Popen(_privileged(["dockerd"]), stdout=out, stderr=out, start_new_session=True)
         how = "started dockerd in the background (log: /var/log/dockerd.log)"

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 import sys
 import threading
 from collections import deque
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from .errors import BuildError, EngineError
+from .errors import BuildError, EngineError, KitError
 
 CLIENT_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 DAEMON_FIX = "start it with `sudo systemctl start docker` (or `sudo dockerd &` where no init runs), or run `invoke doctor --fix`"
@@ -312,6 +313,7 @@ class Engine:
         tag: str,
         build_args: dict[str, str],
         labels: dict[str, str],
+        build_env: dict[str, str] | None = None,
         secrets: dict[str, Path],
         no_cache: bool = False,
         on_line: Callable[[str], None] | None = None,
@@ -323,6 +325,11 @@ class Engine:
             args = ["buildx", *args, "--load"]
         for key, value in sorted(build_args.items()):
             args += ["--build-arg", f"{key}={value}"]
+        # Values that may carry credentials (proxies) are named here and read by the client
+        # from its environment, so they never show in `ps` or /proc/*/cmdline.
+        build_env = build_env or {}
+        for key in sorted(build_env):
+            args += ["--build-arg", key]
         for key, value in sorted(labels.items()):
             args += ["--label", f"{key}={value}"]
         for key, path in sorted(secrets.items()):
@@ -335,7 +342,7 @@ class Engine:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=self._env(),
+            env={**self._env(), **build_env},
             errors="replace",
         ) as proc:
             assert proc.stdout is not None
@@ -354,10 +361,17 @@ class Engine:
     # --- containers -------------------------------------------------------------------
 
     def run(self, image: str, command: Sequence[str], *, options: Sequence[str] = (), timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a throw-away container and capture its output (the container is removed)."""
-        return subprocess.run(
-            self._cmd("run", "--rm", *options, image, *command), capture_output=True, text=True, timeout=timeout
-        )
+        """Run a throw-away container and capture its output. It is named, so that one that
+        outlives `timeout` is removed too, never left running."""
+        name = f"mlsyskit-run-{uuid.uuid4().hex[:12]}"
+        try:
+            return subprocess.run(
+                self._cmd("run", "--rm", "--name", name, *options, image, *command),
+                capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            self.remove_containers([name])
+            raise KitError(f"`{' '.join(command)[:60]}` in {image} ran past {timeout:.0f}s; its container was removed") from None
 
     def containers(self, label: str, all: bool = True) -> list[dict]:
         args = ["ps", "--filter", f"label={label}", "--format", "{{json .}}"]

@@ -60,8 +60,11 @@ def expected_packages(lock: Path, environment: dict[str, str]) -> dict[str, str]
     proc = subprocess.run(
         [uv_binary(), "export", "--frozen", "--no-hashes", "--no-header", "--no-annotate", "--no-emit-project",
          "--no-dev", "--format", "requirements.txt", "--project", str(lock.parent), "--quiet"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UsageError(f"{lock}: cannot export the lock ({last})", fix="run `invoke lock`")
     expected = {}
     for line in proc.stdout.splitlines():
         line = line.strip()
@@ -69,8 +72,9 @@ def expected_packages(lock: Path, environment: dict[str, str]) -> dict[str, str]
             continue
         requirement = Requirement(line)
         if requirement.marker is None or requirement.marker.evaluate(environment):
-            (spec,) = requirement.specifier
-            expected[normalize(requirement.name)] = spec.version
+            pins = [s.version for s in requirement.specifier if s.operator == "=="]
+            # A URL or git requirement has no version pin (none of the kit's locks has one).
+            expected[normalize(requirement.name)] = pins[0] if pins else ""
     return expected
 
 

@@ -28,9 +28,17 @@ def _uv_lock(folder: Path, check: bool) -> subprocess.CompletedProcess[str]:
 def _lock_env() -> dict[str, str]:
     import os
 
-    # Resolution never needs a managed Python download; a configured mirror is honoured
-    # by uv itself through UV_DEFAULT_INDEX in the user's environment.
-    return {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    from .config import load_config
+
+    # Resolution never needs a managed Python download; kit.toml's mirror, CA bundle and
+    # proxies apply to locking as they do to building.
+    config = load_config()
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", **config.proxy_env()}
+    if config.pypi_index:
+        env["UV_DEFAULT_INDEX"] = config.pypi_index
+    if config.ca_bundle:
+        env["SSL_CERT_FILE"] = config.ca_bundle
+    return env
 
 
 def lock(catalog: Catalog, topics: list[Topic], *, check: bool, log: Callable[[str], None] = print) -> None:

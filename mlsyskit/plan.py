@@ -46,11 +46,18 @@ class Layer:
     @cached_property
     def inputs_hash(self) -> str:
         digest = hashlib.sha256()
-        digest.update(json.dumps([self.kind, self.name, self.flavour, sorted(self.build_args.items())]).encode())
+        # Labels' own inputs too: an edited stack.toml or topic.toml must not leave a reused
+        # image carrying stale labels.
+        digest.update(
+            json.dumps(
+                [self.kind, self.name, self.flavour, sorted(self.build_args.items()),
+                 sorted(self.extra_labels.items()), list(self.key_packages)]
+            ).encode()
+        )
         digest.update(self.parent.inputs_hash.encode() if self.parent else b"")
         digest.update(self.root.image_id.encode() if self.root else b"")
         for path in (self.dockerfile, *sorted(self.inputs)):
-            digest.update(path.name.encode())
+            digest.update(str(path.relative_to(self.context) if path.is_relative_to(self.context) else path.name).encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()
 
@@ -91,7 +98,7 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
         dockerfile=images / "base.Dockerfile",
         context=images,
         build_args={"ROOT_IMAGE": root.ref, "UV_VERSION": config.uv_version, "PYTHON": python},
-        inputs=tuple(sorted((images / "scripts").iterdir())),
+        inputs=tuple(sorted(p for p in (images / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts)),
         root=root,
     )
 

@@ -500,6 +500,8 @@ def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config,
             engine.run_detached(call.args, call.env)
             return
         except EngineError as exc:
+            if "already in use" in exc.message:
+                raise  # another shell created it meanwhile: it is not ours to remove
             engine.remove_containers([opts.name])
             if attempt == 1 and host.memlock and "rlimit" in exc.message:
                 forget_memlock(host.environ)  # the cached fact is stale: the daemon changed

@@ -46,7 +46,7 @@ def test_real_locks_are_fresh():
 def test_failed_build_leaves_no_image_and_shows_the_failing_step(engine, kit_tree):
     # Break the first step of the base layer: the failure comes quickly.
     dockerfile = kit_tree / "images/base.Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace(" && apt-get update \\", " && echo 'broken on purpose' && false \\"))
+    dockerfile.write_text(dockerfile.read_text().replace(" && apt-get $APT_OPTS update \\", " && echo 'broken on purpose' && false \\"))
     before = {i["ID"] for i in engine.images("org.mlsyskit.kind")}
     proc = run_kit("build", "distributed", env={"MLSYSKIT_ROOT": str(kit_tree)})
     assert proc.returncode == 4

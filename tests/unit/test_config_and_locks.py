@@ -57,3 +57,50 @@ def test_forked_lock_gives_one_version_per_python():
     py312 = expected_packages(lock, {**base, "python_version": "3.12", "python_full_version": "3.12.3"})
     assert py311["torch"] == py312["torch"] == "2.11.0"
     assert set(read_packages(lock)["numpy"]) >= {py311["numpy"], py312["numpy"]}
+
+
+def test_apt_mirror_with_credentials_is_refused(kit_tree):
+    (kit_tree / "kit.local.toml").write_text('[network]\napt_mirror = "http://user:secret@mirror.example/debian"\n')
+    with pytest.raises(UsageError, match="carries credentials"):
+        load_config(kit_tree, environ={})
+
+
+def test_config_section_that_is_not_a_table_and_unreadable_file(kit_tree):
+    (kit_tree / "kit.local.toml").write_text('network = "x"\n')
+    with pytest.raises(UsageError, match="'network' must be a table"):
+        load_config(kit_tree, environ={})
+    with pytest.raises(UsageError, match="cannot read the config file"):
+        load_config(kit_tree, environ={"MLSYSKIT_CONFIG": str(kit_tree)})
+
+
+def test_proxy_values_reach_builds_by_name_only(monkeypatch, tmp_path):
+    """A proxy URL may carry a password: it goes to the docker client's environment and
+    only its name onto the command line, which `ps` shows to every user."""
+    import subprocess
+
+    from mlsyskit.engine import Client, Engine
+
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, args, env=None, **kwargs):
+            seen["args"], seen["env"] = args, env
+            self.stdout = iter(())
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    secret = "http://alice:s3cret@proxy.example:3128"
+    Engine(Client("/usr/bin/docker", "20.10.24", False)).build(
+        dockerfile=tmp_path / "Dockerfile", context=tmp_path, tag="t:1", build_args={"A": "1"}, labels={},
+        secrets={}, build_env={"HTTPS_PROXY": secret},
+    )
+    assert not any("s3cret" in arg for arg in seen["args"])
+    assert "HTTPS_PROXY" in seen["args"] and seen["env"]["HTTPS_PROXY"] == secret

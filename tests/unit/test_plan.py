@@ -77,3 +77,12 @@ def test_nvidia_base_starts_from_the_cuda_image_with_the_same_stack_and_topic():
     pypi_layers = tags()[1]
     # Same recipe and lock for stack and topic, different parent: different tags.
     assert layers[1].context == pypi_layers[1].context and layers[1].tag != pypi_layers[1].tag
+
+
+def test_label_inputs_change_the_tag(kit_tree):
+    # topic.toml's key packages become labels: editing them must not leave a reused image
+    # with stale labels.
+    toml = kit_tree / "envs/distributed/topic.toml"
+    toml.write_text(toml.read_text().replace('key_packages = ["torch",', 'key_packages = ["psutil", "torch",'))
+    assert tags()[0]["topic"] != tags(kit_tree)[0]["topic"]
+    assert tags()[0]["stack"] == tags(kit_tree)[0]["stack"]
