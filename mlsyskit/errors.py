@@ -50,3 +50,9 @@ class StackError(KitError):
     def __init__(self, message: str, fix: str = "", log_tail: str = "") -> None:
         super().__init__(message, fix)
         self.log_tail = log_tail
+
+
+class Interrupted(KitError):
+    """Ctrl-C, after the kit cleaned up what it had started."""
+
+    exit_code = 130

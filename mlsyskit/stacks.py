@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from . import LABEL_PREFIX, REPO_ROOT
-from .errors import StackError, UsageError
+from .errors import Interrupted, StackError, UsageError
 from .fields import Fields, rel_path
 from .report import seconds, table
 
@@ -639,35 +639,41 @@ def up(
     expected = _expected(rendered)
     ready_at: dict[str, float] = {}
     shown: dict[str, str] = {}
-    with compose.start(stack.project, path, log_path=path.parent / "up.log") as starting:
-        while True:
-            states = [container_state(c) for c in engine.project_containers(stack.project)]
-            by_service = {s.service: s for s in states}
-            verdict = assess(expected, states, since)
-            for service in expected:
-                now = describe(by_service.get(service), expected[service])
-                if shown.get(service) != now:
-                    shown[service] = now
-                    log(f"  {service}: {now}")
-            for service in verdict.ready:
-                ready_at.setdefault(service, time.time() - start)
-            if verdict.failed:
-                starting.stop()
-                _fail(engine, stack, verdict, by_service, compose_tail="")
-            if verdict.done:
-                break
-            returncode = starting.poll()
-            if returncode not in (None, 0):
-                time.sleep(1)  # the container states may explain it better than compose does
+    try:
+        with compose.start(stack.project, path, log_path=path.parent / "up.log") as starting:
+            while True:
                 states = [container_state(c) for c in engine.project_containers(stack.project)]
+                by_service = {s.service: s for s in states}
                 verdict = assess(expected, states, since)
-                if not verdict.done:
-                    _fail(engine, stack, verdict, {s.service: s for s in states}, compose_tail=starting.tail())
-                break
-            if time.time() - start > limit:
-                starting.stop()
-                _timeout(engine, stack, verdict, by_service, limit)
-            time.sleep(1)
+                for service in expected:
+                    now = describe(by_service.get(service), expected[service])
+                    if shown.get(service) != now:
+                        shown[service] = now
+                        log(f"  {service}: {now}")
+                for service in verdict.ready:
+                    ready_at.setdefault(service, time.time() - start)
+                if verdict.failed:
+                    starting.stop()
+                    _fail(engine, stack, verdict, by_service, compose_tail="")
+                if verdict.done:
+                    break
+                returncode = starting.poll()
+                if returncode not in (None, 0):
+                    time.sleep(1)  # the container states may explain it better than compose does
+                    states = [container_state(c) for c in engine.project_containers(stack.project)]
+                    verdict = assess(expected, states, since)
+                    if not verdict.done:
+                        _fail(engine, stack, verdict, {s.service: s for s in states}, compose_tail=starting.tail())
+                    break
+                if time.time() - start > limit:
+                    starting.stop()
+                    _timeout(engine, stack, verdict, by_service, limit)
+                time.sleep(1)
+    except KeyboardInterrupt:
+        # Ctrl-C must not leave a half-up stack behind.
+        log(f"interrupted: taking {stack.name} down")
+        down(stack.name, log=log, root=root)
+        raise Interrupted(f"{stack.name}: interrupted; the stack was taken down") from None
     elapsed = time.time() - start
     rows = []
     for service, run in expected.items():
