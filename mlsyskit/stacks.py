@@ -54,7 +54,6 @@ STACK_FIELDS = {"description", "pattern", "topic", "cpu", "gpus", "wait"}
 SERVICE_FIELDS = {"role", "run", "gpus", "group", "port", "topic"}
 HF_TARGET = "/root/.cache/huggingface"
 MEMLOCK_UNLIMITED = -1
-STACK_BYTES = 67108864
 PROJECT_PREFIX = "mlsyskit-"
 LABEL_STACK = f"{LABEL_PREFIX}.stack"
 LABEL_SERVICE = f"{LABEL_PREFIX}.stack.service"
