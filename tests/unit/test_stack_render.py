@@ -14,10 +14,10 @@ from mlsyskit import REPO_ROOT
 from mlsyskit.errors import UsageError
 from mlsyskit.gpus import parse_query
 from mlsyskit.plan import topic_alias
+from mlsyskit.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
 from mlsyskit.stacks import (
     HF_TARGET,
     NEVER,
-    STACK_BYTES,
     ContainerState,
     Devices,
     RenderOptions,
