@@ -16,7 +16,7 @@ from mlsyskit import smoke as kit_smoke
 from mlsyskit.cli import PositionalOrFlagTask
 from mlsyskit import export as kit_export
 from mlsyskit import stacks as kit_stacks
-from mlsyskit.errors import BuildError, KitError, StackError
+from mlsyskit.errors import KitError
 
 
 def say(line: str) -> None:
@@ -31,7 +31,7 @@ def kit_errors(body):
         try:
             return body(*args, **kwargs)
         except KitError as exc:
-            if isinstance(exc, (BuildError, StackError)) and exc.log_tail:
+            if exc.log_tail:
                 print(exc.log_tail, file=sys.stderr)
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
 

@@ -15,7 +15,7 @@ import uuid
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -46,13 +46,19 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def find_clients() -> list[Client]:
-    seen, clients = set(), []
-    for name in CLIENT_CANDIDATES:
+def docker_binaries(names: Sequence[str] = CLIENT_CANDIDATES) -> Iterator[str]:
+    """Each docker client on this machine once (`docker` on PATH is often a link to one of them)."""
+    seen = set()
+    for name in names:
         path = shutil.which(name)
-        if not path or os.path.realpath(path) in seen:
-            continue
-        seen.add(os.path.realpath(path))
+        if path and os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            yield path
+
+
+def find_clients() -> list[Client]:
+    clients = []
+    for path in docker_binaries():
         out = subprocess.run([path, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
         version = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
         if not version:
@@ -87,12 +93,7 @@ class ComposeCli:
 
 def find_compose(clients: Sequence[str] = CLIENT_CANDIDATES) -> ComposeCli | None:
     """The v2 plugin of the first docker client that has one, else docker-compose >= 1.29."""
-    seen = set()
-    for name in clients:
-        path = shutil.which(name)
-        if not path or os.path.realpath(path) in seen:
-            continue
-        seen.add(os.path.realpath(path))
+    for path in docker_binaries(clients):
         proc = subprocess.run([path, "compose", "version", "--short"], capture_output=True, text=True)
         if proc.returncode == 0 and proc.stdout.strip():
             return ComposeCli((path, "compose"), proc.stdout.strip().lstrip("v"))
@@ -216,7 +217,7 @@ class Engine:
         """An engine that only runs containers (`invoke shell`): the first docker client on
         PATH, without the version probes `connect` makes (each one starts the CLI, which
         `invoke shell`'s start-up cannot afford). The first call finds a daemon that is down."""
-        path = next((found for name in CLIENT_CANDIDATES if (found := shutil.which(name))), None)
+        path = next(docker_binaries(), None)
         if not path:
             raise EngineError("no docker client found", fix="install Docker (`invoke doctor --fix` on Debian/Ubuntu)")
         return cls(Client(path, version="", buildx=False))

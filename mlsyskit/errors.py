@@ -5,10 +5,12 @@ tasks.py prints it and exits with the error's code, never with a traceback."""
 class KitError(Exception):
     exit_code = 1
 
-    def __init__(self, message: str, fix: str = "") -> None:
+    def __init__(self, message: str, fix: str = "", log_tail: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
+        # What failed said last (a build step's, a service's lines): shown above the one line.
+        self.log_tail = log_tail
 
     def __str__(self) -> str:
         return f"{self.message} (fix: {self.fix})" if self.fix else self.message
@@ -31,10 +33,6 @@ class BuildError(KitError):
 
     exit_code = 4
 
-    def __init__(self, message: str, fix: str = "", log_tail: str = "") -> None:
-        super().__init__(message, fix)
-        self.log_tail = log_tail
-
 
 class LockError(KitError):
     """A lock is stale or disagrees with its stack."""
@@ -46,10 +44,6 @@ class StackError(KitError):
     """A compose stack failed to come up; `log_tail` holds the failing service's last lines."""
 
     exit_code = 6
-
-    def __init__(self, message: str, fix: str = "", log_tail: str = "") -> None:
-        super().__init__(message, fix)
-        self.log_tail = log_tail
 
 
 class Interrupted(KitError):
