@@ -1,36 +1,93 @@
-"""Point /usr/local/cuda at the CUDA toolkit that NVIDIA's PyPI wheels installed.
+"""Make /usr/local/cuda a CUDA toolkit built from NVIDIA's PyPI wheels.
 
 JIT compilers (flashinfer, triton, torch.utils.cpp_extension) look for CUDA_HOME or
-/usr/local/cuda. On the `pypi` base CUDA exists only inside the venv's nvidia wheels, so
-link it there once instead of installing a second copy. A real /usr/local/cuda (the
-`nvidia` base) is left alone.
+/usr/local/cuda. On the `pypi` base CUDA exists only inside the venv's nvidia wheels
+(`site-packages/nvidia/cu13/{bin,include,lib,nvvm}`), which is not the layout they expect:
+torch links `-L$CUDA_HOME/lib64 -lcudart`, and the wheels have `lib/` and only the
+versioned `libcudart.so.13` (the unversioned name is what the linker looks for). So the
+toolkit is a folder of links into the wheels, nothing copied:
+
+    /usr/local/cuda/bin, include, nvvm -> the wheels' folders
+    /usr/local/cuda/lib64/ (and lib -> lib64): a link per library, plus `libX.so -> libX.so.N`
+    /usr/local/cuda/lib64/stubs/libcuda.so: what a toolkit's stubs/ holds for linking `-lcuda`
+
+The driver library (libcuda) comes with the driver, not with a toolkit; a toolkit ships a
+stub so that programs link where no driver is (CI, image builds). flashinfer's JIT links
+`-L$CUDA_HOME/lib64/stubs -lcuda`, and the wheels have no stub, so one is made here: an
+empty library whose soname is libcuda.so.1. The linker only records that name (Debian's
+linker does not drop it: no --as-needed), and at run time the driver's libcuda.so.1,
+which the NVIDIA container toolkit puts in the container, is the one loaded.
+
+A real /usr/local/cuda (the `nvidia` base) is left alone.
+
+    python3 link_cuda.py [PREFIX]    # default /usr/local/cuda; e.g. /tmp/cuda outside images
 """
 
 import os
-import site
+import re
+import subprocess
 import sys
 from pathlib import Path
 
-LINK = Path("/usr/local/cuda")
+DEFAULT_PREFIX = Path("/usr/local/cuda")
+#: A shared library's versioned name: libcudart.so.13, libnvrtc.so.13.0.88, ...
+VERSIONED_SO = re.compile(r"^(?P<base>lib[^/]+\.so)\.\d+(\.\d+)*$")
 
 
 def wheel_cuda_root() -> Path | None:
-    for packages in site.getsitepackages():
-        for nvcc in sorted(Path(packages, "nvidia").glob("*/bin/nvcc")):
-            return nvcc.parent.parent
+    """The wheels' toolkit root: the folder whose bin/ holds nvcc (searched on sys.path,
+    so a `pip install --target` folder on PYTHONPATH is found too)."""
+    for entry in sys.path:
+        for nvcc in sorted(Path(entry or ".", "nvidia").glob("*/bin/nvcc")):
+            return nvcc.parent.parent.resolve()
     return None
 
 
-def main() -> int:
-    if LINK.exists() or LINK.is_symlink():
+def link_toolkit(root: Path, prefix: Path) -> list[str]:
+    """Fill ``prefix`` with links into ``root``; the unversioned library names made."""
+    prefix.mkdir(parents=True)
+    for name in ("bin", "include", "nvvm"):
+        if (root / name).is_dir():
+            os.symlink(root / name, prefix / name)
+    lib64 = prefix / "lib64"
+    lib64.mkdir()
+    os.symlink("lib64", prefix / "lib")
+    libs = sorted(p for p in (root / "lib").iterdir()) if (root / "lib").is_dir() else []
+    for path in libs:
+        os.symlink(path, lib64 / path.name)
+    made = []
+    for path in libs:
+        match = VERSIONED_SO.match(path.name)
+        if match and not (lib64 / match["base"]).exists():
+            # the shortest versioned name wins: libcudart.so -> libcudart.so.13
+            os.symlink(path.name, lib64 / match["base"])
+            made.append(match["base"])
+    return made
+
+
+def make_driver_stub(stubs: Path) -> bool:
+    """An empty libcuda.so with the driver's soname, built with the base's C compiler."""
+    stubs.mkdir(exist_ok=True)
+    cmd = ["cc", "-shared", "-nostdlib", "-x", "c", os.devnull, "-Wl,-soname,libcuda.so.1", "-o", str(stubs / "libcuda.so")]
+    try:
+        return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    except OSError:  # no compiler: nothing that links -lcuda could be built here anyway
+        return False
+
+
+def main(argv: list[str]) -> int:
+    prefix = Path(argv[0]) if argv else DEFAULT_PREFIX
+    if prefix.exists() or prefix.is_symlink():
         return 0
     root = wheel_cuda_root()
     if root is None:
         return 0  # this layer has no nvcc wheel; nothing to link
-    os.symlink(root, LINK)
-    print(f"linked {LINK} -> {root}", file=sys.stderr)
+    made = link_toolkit(root, prefix)
+    if not (prefix / "lib64" / "libcuda.so").exists() and make_driver_stub(prefix / "lib64" / "stubs"):
+        made.append("stubs/libcuda.so")
+    print(f"linked {prefix} -> {root} (unversioned: {', '.join(made) or 'none'})", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -42,9 +42,13 @@ def test_torch_imports_with_cuda_13_wheels(host):
 
 
 def test_nvcc_from_the_wheels_is_on_path_for_jit(host):
-    assert host.file("/usr/local/cuda").is_symlink
+    # a folder of links into the wheels, laid out as torch's JIT expects (lib64, libcudart.so)
+    assert host.file("/usr/local/cuda/bin").is_symlink
+    assert "/site-packages/nvidia/" in host.file("/usr/local/cuda/bin").linked_to
     assert "release 13.0" in host.check_output("nvcc --version")
     assert host.file("/usr/local/cuda/include/cuda_runtime.h").exists
+    assert host.file("/usr/local/cuda/lib64/libcudart.so").exists
+    assert host.exists("ninja")
 
 
 def test_topology_tools_are_installed(host):
