@@ -251,14 +251,15 @@ def export(
         "model": "a Hugging Face model id (from the HF cache) for the SGLang test (default: a tiny random model)",
         "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
         "no-stacks": "skip the multi-container variants (nccl-2node)",
+        "require-gpu": "no GPU visible is a failure, not a skip (always so on a host with GPUs unless --cpu)",
     },
 )
 @kit_errors
-def smoke(c, topics, cpu=False, gpus="", json="", timeout=0, tests="", model="", base="", no_stacks=False):
+def smoke(c, topics, cpu=False, gpus="", json="", timeout=0, tests="", model="", base="", no_stacks=False, require_gpu=False):
     """Run the topics' smoke tests in their containers; one table; exit 1 if any failed."""
     options = kit_smoke.SmokeOptions(
         topics=topics, cpu=cpu, gpus=gpus, json_path=json, timeout=float(timeout), tests=tests, model=model, base=base,
-        stacks=not no_stacks,
+        stacks=not no_stacks, require_gpu=require_gpu,
     )  # fmt: skip
     report = kit_smoke.smoke(options, say)
     say(kit_smoke.render(report))

@@ -11,9 +11,12 @@ outlives its limit, or a Ctrl-C, removes it. A topic whose `[run] stacks` holds 
 kit can read a result from (`nccl-2node`) also runs that stack: two containers as two
 nodes, through `mlsyskit.stacks`, always taken down afterwards.
 
-The tests themselves decide pass, fail or skip (a GPU test without a GPU is skipped, with
-the reason, never passed). This module only adds what happens around them: no result
-file, a container that ran past its limit, an image that would not build."""
+The tests themselves decide pass, fail or skip. A GPU test without a GPU is skipped, with
+the reason, never passed, unless GPUs were asked for: on a host with GPUs (and without
+--cpu), or with --require-gpu, every test gets `--require-gpu` and "no GPU visible inside
+the container" is a failure that names what to check. This module only adds what happens
+around them: no result file, a container that ran past its limit, an image that would not
+build, a skip where GPUs were asked for."""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ LABEL = f"{LABEL_PREFIX}.smoke"
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 #: Each test's own default --timeout (its script's add_common_args); the container gets
 #: this plus MARGIN before the kit removes it.
-DEFAULT_TIMEOUTS = {"nccl": 360, "cuda_graph": 120, "verl_sft": 600, "sglang_serve": 900, "verl_grpo": 1200}
+DEFAULT_TIMEOUTS = {"nccl": 360, "cuda_graph": 120, "verl_sft": 600, "sglang_serve": 900, "verl_grpo": 1200, "cuda_jit": 600}
 FALLBACK_TIMEOUT = 600
 MARGIN = 180  # container start-up, torchrun's own margins, writing the result
 #: Tests that take a model (`invoke smoke --model`).
@@ -73,6 +76,9 @@ class SmokeOptions:
     model: str = ""
     base: str = ""
     stacks: bool = True  # also the stack variants
+    # GPUs were asked for: no GPU visible is a failure. `smoke` sets it where the host has
+    # GPUs and --cpu is not given; `--require-gpu` sets it anywhere.
+    require_gpu: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +88,7 @@ class PlannedRun:
     where: str  # "container" or a stack name
     command: tuple[str, ...]  # in the container (for a stack: the extra test arguments)
     limit: float  # seconds before the kit stops it
+    require_gpu: bool = False
 
     @property
     def label(self) -> str:
@@ -135,6 +142,8 @@ def test_args(test: str, opts: SmokeOptions, json_in_container: str) -> tuple[st
     args = ["--json", json_in_container]
     if opts.cpu:
         args.append("--cpu")
+    if opts.require_gpu:
+        args.append("--require-gpu")
     if opts.timeout:
         args += ["--timeout", f"{opts.timeout:g}"]
     if opts.model and test in TAKES_MODEL:
@@ -162,7 +171,10 @@ def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> l
                 )
             json_path = f"/workspace/{test}.json"
             command = ("python", "-m", f"{SMOKE_DIR}.{test}", *test_args(test, opts, json_path))
-            runs.append(PlannedRun(topic=topic.name, test=test, where="container", command=command, limit=limit_for(test, opts)))
+            runs.append(PlannedRun(
+                topic=topic.name, test=test, where="container", command=command, limit=limit_for(test, opts),
+                require_gpu=opts.require_gpu,
+            ))  # fmt: skip
         if not opts.stacks:
             continue
         for stack in topic.stacks:
@@ -170,7 +182,10 @@ def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> l
             if variant is None or (chosen and variant.test not in chosen):
                 continue
             extra = ("--timeout", f"{opts.timeout:g}") if opts.timeout else ()
-            runs.append(PlannedRun(topic=topic.name, test=variant.test, where=stack, command=extra, limit=limit_for(variant.test, opts)))
+            runs.append(PlannedRun(
+                topic=topic.name, test=variant.test, where=stack, command=extra, limit=limit_for(variant.test, opts),
+                require_gpu=opts.require_gpu,
+            ))  # fmt: skip
     return runs
 
 
@@ -216,6 +231,10 @@ def judge(run: PlannedRun, data: dict[str, Any] | None, returncode: int | None, 
         expected = 1 if data["status"] == FAILED else 0
         if returncode is not None and returncode != expected:
             return {**data, "status": FAILED, "reason": f"{data['reason'] or data['status']}; the container exited with {returncode}"}
+        if run.require_gpu and data["status"] == SKIPPED and not (data.get("environment") or {}).get("cuda_available"):
+            # A test that does not know --require-gpu (or ignored it) still cannot pass a
+            # missing GPU off as a skip where GPUs were asked for.
+            return {**data, "status": FAILED, "reason": f"GPUs were asked for, but the test saw none ({data['reason']}); check `invoke doctor`"}
         return data
     if timed_out:
         return made_up(run.test, FAILED, f"no result: the container ran past {run.limit:g} s and was removed", seconds)
@@ -263,6 +282,10 @@ def key_figure(test: str, figures: Mapping[str, Any]) -> str:
             if text == "-" and figures.get("cpu_check"):
                 return f"tiny model loads, chat prompt {figures['cpu_check'].get('chat_prompt_tokens')} tokens"
             return text
+        if test == "cuda_jit":
+            from smoke_tests.cuda_jit import key_figure as jit_figure
+
+            return jit_figure(dict(figures))
         if test == "verl_grpo":
             from smoke_tests.verl_grpo import key_figure as grpo_figure
 
@@ -327,6 +350,8 @@ def _argv(opts: SmokeOptions) -> list[str]:
             argv += [flag, value]
     if opts.cpu:
         argv.append("--cpu")
+    if opts.require_gpu:
+        argv.append("--require-gpu")
     if opts.timeout:
         argv += ["--timeout", f"{opts.timeout:g}"]
     if opts.json_path:
@@ -413,7 +438,10 @@ def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, works
     stack = stacks.load_stack(run.where)
     has_gpus = host_has_gpus()
     if not opts.cpu and not opts.gpus and not has_gpus:
-        return made_up(run.test, SKIPPED, f"no NVIDIA GPU on this host: {run.where} needs {stack.gpus_min} (--cpu runs it over gloo)")
+        why = f"no NVIDIA GPU on this host: {run.where} needs {stack.gpus_min} (--cpu runs it over gloo)"
+        if run.require_gpu:
+            return made_up(run.test, FAILED, f"GPUs were asked for, but {why}; check `invoke doctor`")
+        return made_up(run.test, SKIPPED, why)
     try:
         stacks.choose_devices(stack, opts.gpus, opts.cpu, query_gpus, has_gpus)
     except UsageError as exc:
@@ -463,15 +491,12 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
 
     if opts.cpu and opts.gpus:
         raise UsageError("give either --cpu or --gpus, not both")
+    if opts.cpu and opts.require_gpu:
+        raise UsageError("give either --cpu or --require-gpu, not both")
     catalog, config = load_catalog(), load_config()
     base = opts.base or config.base
     catalog.base(base)
     topics = select_topics(opts.topics, catalog.topics, opts.tests)
-    runs = plan(topics, opts, available_tests())
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    run_id = f"{started.replace(':', '').replace('-', '')}-{os.getpid()}"
-    results_dir = REPO_ROOT / ".kit" / "smoke" / run_id
-    report = SmokeReport(results_dir=results_dir)
     shell_opts = ShellOptions(
         topic=topics[0].name,
         gpus="none" if opts.cpu else opts.gpus,
@@ -479,6 +504,14 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
         env=(f"PYTHONPATH={IN_CONTAINER}", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"),
     )
     gpus = choose_gpus(shell_opts)
+    # GPUs were asked for when the containers get some (every run but --cpu on a GPU host):
+    # then "no GPU visible inside the container" fails instead of skipping.
+    opts = replace(opts, require_gpu=not opts.cpu and (opts.require_gpu or gpus.docker_value is not None))
+    runs = plan(topics, opts, available_tests())
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run_id = f"{started.replace(':', '').replace('-', '')}-{os.getpid()}"
+    results_dir = REPO_ROOT / ".kit" / "smoke" / run_id
+    report = SmokeReport(results_dir=results_dir)
     if gpus.warning and any(r.where == "container" for r in runs):
         log(f"warning: {gpus.warning}")
     engine = Engine.connect()

@@ -207,6 +207,40 @@ def nvidia_smi(args: Sequence[str], timeout: float = 30) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def cuda_diagnosis(dev: str = "/dev") -> str:
+    """Why torch sees no CUDA GPU here, as far as can be told from inside: no device nodes
+    (the container got no GPU), or CUDA failing to start on the devices it has (a driver
+    too old for the CUDA runtime in torch's wheels)."""
+    nodes = sorted(p.name for p in Path(dev).glob("nvidia[0-9]*"))
+    if not nodes:
+        return (
+            "no /dev/nvidia* device: this container or machine was given no GPU "
+            "(on a GPU host: the NVIDIA container toolkit missing, or no --gpus)"
+        )
+    try:
+        import torch
+    except ImportError:
+        return f"{', '.join(nodes)} present, but torch is not installed"
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch says what the driver answered
+        message = " ".join(str(exc).split())[:300]
+        return f"{', '.join(nodes)} present, but CUDA does not start ({message}); torch's CUDA is {torch.version.cuda}"
+    return f"{', '.join(nodes)} present, but torch.cuda.is_available() is False"
+
+
+def no_gpu(require_gpu: bool, what: str) -> Exception:
+    """The outcome for a GPU test that finds no GPU: a skip (nobody asked for GPUs), or a
+    failure that says why and what to check when they were asked for (``--require-gpu``).
+    ``what`` says what could not run ("an SGLang server needs a GPU (...)")."""
+    if require_gpu:
+        return Fail(
+            f"GPUs were asked for, but none is visible: {cuda_diagnosis()}. {what}. Check `invoke doctor` "
+            "(the driver must support the image's CUDA, and Docker needs the NVIDIA container toolkit)"
+        )
+    return Skip(f"no CUDA GPU visible: {what}")
+
+
 # ---------------------------------------------------------------------------- children and time limits
 
 _CHILDREN: set[subprocess.Popen[str]] = set()
@@ -449,8 +483,19 @@ class Report:
         self.table_rows = [list(r) for r in rows]
 
 
+#: Set to 1 by whoever asked for GPUs (`invoke smoke` on a host with GPUs, the nccl-2node
+#: stack): the same as --require-gpu, and inherited by the ranks torchrun starts.
+REQUIRE_GPU_ENV = "SMOKE_REQUIRE_GPU"
+
+
 def add_common_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
     parser.add_argument("--cpu", action="store_true", help="run the CPU variant (no GPU needed)")
+    parser.add_argument(
+        "--require-gpu",
+        action="store_true",
+        default=os.environ.get(REQUIRE_GPU_ENV) == "1",
+        help=f"GPUs were asked for: no GPU visible is a failure, not a skip (also {REQUIRE_GPU_ENV}=1)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the JSON result here")
     parser.add_argument(
         "--timeout", type=float, default=timeout, help=f"fail after this many seconds (default {timeout:g})"

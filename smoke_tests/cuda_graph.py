@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, run_test
+from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, no_gpu, run_test
 
 TEST = "cuda_graph"
 
@@ -118,8 +118,10 @@ def body_for(args: argparse.Namespace) -> Any:
                                str(check["bitwise_equal"])]])  # fmt: skip
                 if not check["ok"]:
                     raise Fail(f"eager forward on the CPU is not repeatable: max diff {check['max_abs_diff']:.3g}")
-                why = "--cpu given" if args.cpu else "no CUDA GPU visible"
-                raise Skip(f"{why}: CUDA graphs need a GPU (the eager path ran on the CPU and was repeatable)")
+                what = "CUDA graphs need a GPU (the eager path ran on the CPU and was repeatable)"
+                if args.cpu:
+                    raise Skip(f"--cpu given: {what}")
+                raise no_gpu(args.require_gpu, what)
 
             report.figures["gpu"] = torch.cuda.get_device_name(device)
             static_x = torch.randn(shape, device=device)

@@ -39,6 +39,7 @@ from smoke_tests._result import (
     add_common_args,
     fmt,
     fmt_bytes,
+    no_gpu,
     nvidia_smi,
     read_json,
     run_command,
@@ -53,6 +54,8 @@ CPU_SIZES = ("64K", "4M", 4)
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 #: Largest integer each dtype holds exactly (mantissa bits + 1).
 DTYPE_EXACT_INT = {"bf16": 2**8, "fp16": 2**11, "fp32": 2**24}
+
+NO_GPU_WHAT = "NCCL needs one GPU per rank (--cpu runs the gloo variant)"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -247,7 +250,7 @@ def relaunch(module: str, argv: Sequence[str], args: argparse.Namespace, name: s
 
         nproc = args.nproc or (2 if args.cpu else torch.cuda.device_count())
         if not args.cpu and torch.cuda.device_count() == 0:
-            raise Skip("no CUDA GPU visible (run with --cpu for the gloo variant)")
+            raise no_gpu(args.require_gpu, NO_GPU_WHAT)
         if nproc < 2:
             raise Skip(f"an all-reduce test needs at least 2 ranks; {nproc} GPU visible")
         with tempfile.TemporaryDirectory(prefix=f"smoke-{name}-") as tmp:
@@ -354,7 +357,7 @@ def worker(args: argparse.Namespace) -> int:
             device, backend = torch.device("cpu"), "gloo"
         else:
             if not torch.cuda.is_available():
-                raise Skip("no CUDA GPU visible (run with --cpu for the gloo variant)")
+                raise no_gpu(args.require_gpu, NO_GPU_WHAT)
             if local_rank >= torch.cuda.device_count():
                 raise Fail(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible")
             device, backend = torch.device("cuda", local_rank), "nccl"
@@ -408,23 +411,26 @@ def worker(args: argparse.Namespace) -> int:
                 ok = torch.equal(out, expected.to(dtype))
                 bad = 0 if ok else int((out.float() != expected).sum().item())
                 del expected, mine
-                ok_all = torch.tensor([0 if ok else 1], device=device)
-                dist.all_reduce(ok_all)
-                if int(ok_all.item()):
-                    wrong.append(f"{fmt_bytes(nbytes)} on {int(ok_all.item())} rank(s)")
+                # Every rank checks its own copy: the verdict is all ranks', not rank 0's.
+                tally = torch.tensor([0 if ok else 1, bad], dtype=torch.int64, device=device)
+                dist.all_reduce(tally)
+                wrong_ranks, bad = (int(v) for v in tally.tolist())
+                if wrong_ranks:
+                    wrong.append(f"{fmt_bytes(nbytes)} on {wrong_ranks} rank(s)")
 
                 seconds = _time_allreduce(torch, dist, out, device, args.warmup, args.iters, args.repeats)
                 del out
                 algbw = algbw_gbps(nbytes, seconds)
                 row = {
                     "bytes": nbytes, "count": numel, "time_us": seconds * 1e6, "algbw_gbps": algbw,
-                    "busbw_gbps": busbw_gbps(algbw, world), "correct": ok, "mismatched_elements": bad,
+                    "busbw_gbps": busbw_gbps(algbw, world), "correct": wrong_ranks == 0,
+                    "wrong_ranks": wrong_ranks, "mismatched_elements": bad,
                 }  # fmt: skip
                 rows.append(row)
                 if rank == 0:
                     print(
                         f"{fmt_bytes(nbytes):>8}  {row['time_us']:10.1f} us  algbw {algbw:7.2f}  "
-                        f"busbw {row['busbw_gbps']:7.2f} GB/s  {'ok' if ok else 'WRONG'}",
+                        f"busbw {row['busbw_gbps']:7.2f} GB/s  {'ok' if row['correct'] else 'WRONG'}",
                         flush=True,
                     )
 

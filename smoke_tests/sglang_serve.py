@@ -51,6 +51,7 @@ from smoke_tests._result import (
     Skip,
     add_common_args,
     fmt,
+    no_gpu,
     run_command,
     run_test,
     start_child,
@@ -73,8 +74,11 @@ BENCH_CMD = (
     "--tokenizer {tokenizer} --dataset-name random-ids --num-prompts {num_prompts} "
     "--random-input-len {input_len} --random-output-len {output_len} --random-range-ratio 1.0 "
     "--request-rate inf --max-concurrency {concurrency} --warmup-requests 1 --seed 0 "
-    "--ready-check-timeout-sec 60 --disable-tqdm --output-file {output}"
+    "--ready-check-timeout-sec 60 --disable-tqdm --output-file {output} --output-details"
 )
+#: Each flag of BENCH_CMD; the integration tests check them against `--help` of the
+#: bench_serving installed in the sglang and verl images.
+BENCH_FLAGS = tuple(word for word in BENCH_CMD.split() if word.startswith("--"))
 #: bench_serving's result keys reported (all of them are in its --output-file line).
 BENCH_KEYS = (
     "completed", "duration", "request_throughput", "input_throughput", "output_throughput", "total_throughput",
@@ -112,14 +116,28 @@ def parse_bench_output(text: str) -> dict[str, Any]:
     return data
 
 
-def judge_bench(data: Mapping[str, Any], num_prompts: int) -> tuple[dict[str, Any], str | None]:
-    """(the figures kept, why the load failed or None)."""
+def judge_bench(data: Mapping[str, Any], num_prompts: int, output_len: int) -> tuple[dict[str, Any], str | None]:
+    """(the figures kept, why the load failed or None). Every request must have completed
+    with exactly ``output_len`` tokens (EOS is ignored): a server that stops early serves
+    fewer tokens than the throughput figure claims to measure."""
     figures = {k: data.get(k) for k in BENCH_KEYS if k in data}
     completed = data.get("completed")
     if not isinstance(completed, int):
         return figures, "bench_serving reported no completed count"
     if completed < num_prompts:
         return figures, f"bench_serving completed {completed} of {num_prompts} requests"
+    lens = data.get("output_lens")  # per request, with --output-details
+    if isinstance(lens, list):
+        figures["output_lens"] = {"min": min(lens, default=None), "max": max(lens, default=None), "count": len(lens)}
+        off = [n for n in lens if n != output_len]
+        if len(lens) != num_prompts or off:
+            return figures, (
+                f"bench_serving: {len(off)} of {len(lens)} requests returned other than the {output_len} tokens "
+                f"asked for (e.g. {off[0] if off else '-'})"
+            )
+    total = data.get("total_output_tokens")
+    if total != num_prompts * output_len:
+        return figures, f"bench_serving returned {total} output tokens in all, {num_prompts} x {output_len} asked for"
     for key in ("output_throughput", "median_ttft_ms"):
         value = data.get(key)
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
@@ -313,9 +331,11 @@ def body_for(args: argparse.Namespace) -> Any:
             if not custom and (args.cpu or gpus == 0):
                 if not args.model:
                     check_tiny_model(model, report)
-                why = "--cpu given" if args.cpu else "no CUDA GPU visible"
                 done = "the tiny model was written and loaded on the CPU" if not args.model else "nothing was started"
-                raise Skip(f"{why}: an SGLang server needs a GPU ({done})")
+                what = f"an SGLang server needs a GPU ({done})"
+                if args.cpu:
+                    raise Skip(f"--cpu given: {what}")
+                raise no_gpu(args.require_gpu, what)
             if not custom and gpus < args.tp:
                 raise Skip(f"--tp {args.tp} needs {args.tp} GPUs; {gpus} visible")
             serve(args, report, workdir, model, tokenizer)
@@ -375,7 +395,7 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
             data = parse_bench_output(output.read_text() if output.exists() else "")
         except ValueError as exc:
             raise Fail(str(exc)) from None
-        figures, verdict = judge_bench(data, args.num_prompts)
+        figures, verdict = judge_bench(data, args.num_prompts, args.output_len)
         report.figures["bench"] = figures
         report.figures["bench"].update(num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len, concurrency=args.concurrency)
         rows.append([

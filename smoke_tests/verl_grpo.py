@@ -17,15 +17,17 @@ config folder and checked with verl's ``validate_config``, as ``main_ppo`` does:
 does not exist or a batch size that does not divide fails here, in seconds, also on a CPU.
 
 The console logger prints ``step:K - critic/rewards/mean:X - actor/pg_loss:Y - ...``; the test
-passes when steps 1..K all logged a finite ``critic/rewards/mean`` and ``actor/pg_loss``.
-The reward (``smoke_tests/_grpo_reward.py``) is graded, so a group's samples differ and
-GRPO's advantages are not all zero. The trainer runs in its own process group, and the Ray
+passes when steps 1..K all logged finite rewards, policy loss, gradient norm, advantages
+and response lengths, and the policy was really trained: responses are not empty, some
+group's samples got different rewards (advantages not all equal) and some step had a
+non-zero gradient or loss (``judge_metrics``). The reward (``smoke_tests/_grpo_reward.py``)
+is graded, so a group's samples differ and GRPO's advantages are not all zero. The trainer runs in its own process group, and the Ray
 daemons ``ray.init`` starts (raylet, GCS, workers; they leave that group) are found by the
 private Ray folder named on their command lines and stopped too: at the end, at
 ``--timeout``, on Ctrl-C and on SIGTERM.
 
-This test needs SGLang and a GPU in the same environment; the kit's verification machines
-have GPUs but cannot hold SGLang, so its GPU run is left to users' hosts (README).
+Verified on an H200 with verl 0.9.1 and SGLang 0.5.12 (BENCHMARKS.md). Without a GPU the
+test is skipped after the CPU checks, unless GPUs were asked for (``--require-gpu``).
 """
 
 from __future__ import annotations
@@ -43,17 +45,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, add_cleanup, add_common_args, fmt, remove_cleanup, run_command, run_test
+from smoke_tests._result import (
+    Fail,
+    Report,
+    Skip,
+    add_cleanup,
+    add_common_args,
+    fmt,
+    no_gpu,
+    remove_cleanup,
+    run_command,
+    run_test,
+)
 
 TEST = "verl_grpo"
 REWARD_FILE = Path(__file__).resolve().with_name("_grpo_reward.py")
 REWARD_KEY = "critic/rewards/mean"
 SCORE_KEY = "critic/score/mean"
 LOSS_KEY = "actor/pg_loss"
+GRAD_KEY = "actor/grad_norm"
+RESPONSE_KEY = "response_length/mean"
+ADV_MAX, ADV_MIN = "critic/advantages/max", "critic/advantages/min"
 #: Logged per step into the result, when verl logged them.
 KEPT_KEYS = (
-    REWARD_KEY, SCORE_KEY, LOSS_KEY, "actor/entropy", "actor/grad_norm", "actor/pg_clipfrac",
-    "response_length/mean", "timing_s/gen", "timing_s/step",
+    REWARD_KEY, SCORE_KEY, LOSS_KEY, GRAD_KEY, "actor/entropy", "actor/pg_clipfrac",
+    "critic/rewards/max", "critic/rewards/min", ADV_MAX, ADV_MIN,
+    RESPONSE_KEY, "timing_s/gen", "timing_s/step",
 )  # fmt: skip
 
 #: The console logger's line start; not "global_step:1 - " or "timing_s/step:..." inside it.
@@ -90,19 +107,36 @@ def parse_metrics(log: str) -> dict[int, dict[str, float]]:
 
 
 def judge_metrics(steps: Mapping[int, Mapping[str, float]], want: int) -> str | None:
-    """Why the logged metrics fail the test, or None."""
+    """Why the logged metrics fail the test, or None.
+
+    Finite numbers are not enough: a run that generated nothing, or whose rewards were the
+    same for every sample of a group (GRPO's advantages are then all zero), logs finite
+    zeros and learns nothing. So the test also wants evidence of an update: non-empty
+    responses at every step, a group whose samples were scored differently (advantages
+    not all equal) and a policy gradient that was not zero, in some step."""
     if not steps:
         return "the trainer logged no step (no 'step:K - ...' line from the console logger)"
     missing = [s for s in range(1, want + 1) if s not in steps]
     if missing:
         return f"the trainer logged {len([s for s in steps if 1 <= s <= want])} of {want} steps (missing {missing})"
-    for key in (REWARD_KEY, LOSS_KEY):
-        absent = [s for s in range(1, want + 1) if key not in steps[s]]
+    wanted = range(1, want + 1)
+    for key in (REWARD_KEY, LOSS_KEY, GRAD_KEY, RESPONSE_KEY, ADV_MAX, ADV_MIN):
+        absent = [s for s in wanted if key not in steps[s]]
         if absent:
             return f"no {key} logged at step(s) {absent}"
-        bad = [s for s in range(1, want + 1) if not math.isfinite(steps[s][key])]
+        bad = [s for s in wanted if not math.isfinite(steps[s][key])]
         if bad:
             return f"non-finite {key} at step(s) {bad}"
+    empty = [s for s in wanted if steps[s][RESPONSE_KEY] <= 0]
+    if empty:
+        return f"the rollout generated empty responses at step(s) {empty} ({RESPONSE_KEY} 0)"
+    if all(steps[s][ADV_MAX] == steps[s][ADV_MIN] for s in wanted):
+        return (
+            "every sample of every group got the same reward (GRPO advantages all "
+            f"{steps[1][ADV_MAX]:g}): nothing to learn from"
+        )
+    if all(steps[s][GRAD_KEY] == 0 and steps[s][LOSS_KEY] == 0 for s in wanted):
+        return f"no update: {GRAD_KEY} and {LOSS_KEY} were 0 at every step"
     return None
 
 
@@ -185,7 +219,7 @@ def key_figure(figures: Mapping[str, Any]) -> str:
         return "-"
     first, last = steps[min(steps, key=int)], steps[max(steps, key=int)]
     reward = f"reward {fmt(first.get(REWARD_KEY), 3)} -> {fmt(last.get(REWARD_KEY), 3)}"
-    return f"{reward}, pg_loss {fmt(last.get(LOSS_KEY), 4)}, {len(steps)} steps"
+    return f"{reward}, pg_loss {fmt(last.get(LOSS_KEY), 4)}, grad norm {fmt(last.get(GRAD_KEY), 3)}, {len(steps)} steps"
 
 
 # ---------------------------------------------------------------------------- Ray's processes, outside the group
@@ -338,11 +372,13 @@ def body_for(args: argparse.Namespace) -> Any:
             report.figures["config"] = compose_and_validate(items)
             gpus = gpu_count()
             if args.cpu or gpus == 0:
-                why = "--cpu given" if args.cpu else "no CUDA GPU visible"
-                raise Skip(
-                    f"{why}: GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and "
+                what = (
+                    "GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and "
                     "verl's composed config were checked on the CPU)"
                 )
+                if args.cpu:
+                    raise Skip(f"--cpu given: {what}")
+                raise no_gpu(args.require_gpu, what)
             if gpus < args.nproc:
                 raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {gpus} visible")
             cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *items]

@@ -11,9 +11,11 @@ into a work folder, then runs::
 flash-attn in the kit's images, so attention is ``sdpa``
 (``+model.override_config.attn_implementation=sdpa``). The trainer's console logger prints
 ``step:K - ... - train/loss:X``; the test passes when every step logged a finite loss
-and the last is below the first. torchrun runs in its own process group, which is killed
-at ``--timeout`` or on Ctrl-C. Without a GPU, or with ``--cpu``, the test is skipped:
-verl 0.9.1 registers its FSDP engine for CUDA and NPU devices only.
+and the last is at least 2% (``--min-drop``) below the first: something was learned.
+torchrun runs in its own process group, which is killed at ``--timeout`` or on Ctrl-C.
+With ``--cpu`` the test is skipped (verl 0.9.1 registers its FSDP engine for CUDA and NPU
+devices only); without a GPU too, unless GPUs were asked for (``--require-gpu``): then it
+fails and says what to check.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, run_command, run_test
+from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, no_gpu, run_command, run_test
 
 TEST = "verl_sft"
 _STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([-+0-9.eEinfa]+)")
@@ -58,7 +60,13 @@ def failure_hint(log: str) -> str:
     return tail[0][:400] if tail else "no output"
 
 
-def judge_losses(losses: dict[int, float], steps: int) -> str | None:
+#: The loss must fall by at least this share from the first step to the last. Measured on
+#: H100 and H200: 5.650 -> 5.102 in 4 steps (-9.7%); a loss that stays put (5.6500 ->
+#: 5.6499: nothing learned) fails.
+MIN_DROP = 0.02
+
+
+def judge_losses(losses: dict[int, float], steps: int, min_drop: float = MIN_DROP) -> str | None:
     """Why these losses fail the test, or None when they pass."""
     if not losses:
         return "the trainer logged no loss (no 'step:K - ... train/loss:X' line)"
@@ -68,8 +76,9 @@ def judge_losses(losses: dict[int, float], steps: int) -> str | None:
     if bad:
         return f"non-finite loss at step(s) {bad}"
     first, last = losses[min(losses)], losses[max(losses)]
-    if not last < first:
-        return f"loss did not fall: first {first:.4f}, last {last:.4f}"
+    if not last <= first * (1 - min_drop):
+        drop = (first - last) / first if first else 0.0
+        return f"loss did not fall by {min_drop:.0%}: first {first:.4f}, last {last:.4f} ({drop:+.1%} drop)"
     return None
 
 
@@ -132,7 +141,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {torch.cuda.device_count()} visible")
             device = "cuda"
         else:
-            raise Skip("no CUDA GPU visible (verl's FSDP SFT trainer needs one)")
+            raise no_gpu(args.require_gpu, "verl's FSDP SFT trainer needs one")
         if importlib.util.find_spec("verl") is None:
             raise Fail("verl is not installed in this environment")
         from importlib.metadata import version
@@ -187,7 +196,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 raise Fail(f"the trainer ran past {budget:g} s and was killed")
             if run.returncode != 0:
                 raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
-            verdict = judge_losses(losses, args.steps)
+            verdict = judge_losses(losses, args.steps, args.min_drop)
             if verdict:
                 raise Fail(verdict)
         finally:
@@ -207,6 +216,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=4, help="micro batch per GPU")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--min-drop", type=float, default=MIN_DROP, help=f"share the loss must fall, first step to last (default {MIN_DROP:g})"
+    )
     parser.add_argument("--workdir", help="keep model, data, log and checkpoint here (default: a temp dir, removed)")
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)"

@@ -62,6 +62,14 @@ def test_plan_with_tests_and_without_stacks():
     assert [r.where for r in runs] == ["container"]
 
 
+def test_plan_asks_every_test_for_the_gpus_where_they_were_asked_for():
+    opts = smoke.SmokeOptions(topics="distributed", require_gpu=True)
+    runs = smoke.plan([TOPICS["distributed"], TOPICS["verl"]], opts, KNOWN)
+    assert all(r.require_gpu for r in runs)
+    assert all("--require-gpu" in r.command for r in runs if r.where == "container")
+    assert not any(r.require_gpu for r in smoke.plan([TOPICS["verl"]], smoke.SmokeOptions(topics="verl"), KNOWN))
+
+
 def test_plan_refuses_unknown_tests():
     with pytest.raises(UsageError, match="no smoke test 'nope'"):
         smoke.plan([TOPICS["verl"]], smoke.SmokeOptions(topics="verl", tests="nope"), KNOWN)
@@ -106,6 +114,32 @@ def test_judge(data, rc, timed_out, status, reason):
     got = smoke.judge(RUN, data, rc, timed_out, 2.0, "docker: Error response from daemon")
     assert got["status"] == status and reason in got["reason"]
     assert validate_result(got) == []
+
+
+def test_judge_fails_a_skip_without_gpu_where_gpus_were_asked_for():
+    """The safety net behind the tests' own --require-gpu: a result that says skipped with no
+    CUDA inside, where the kit handed the container GPUs, is a failure."""
+    asked = smoke.PlannedRun(topic="distributed", test="nccl", where="container", command=(), limit=100, require_gpu=True)
+    no_cuda = {**result("skipped", "no CUDA GPU visible"), "environment": {"cuda_available": False}}
+    got = smoke.judge(asked, no_cuda, 0, False, 2.0, "")
+    assert got["status"] == "failed"
+    assert got["reason"] == "GPUs were asked for, but the test saw none (no CUDA GPU visible); check `invoke doctor`"
+    # a skip for another reason (one GPU where two are needed) stays a skip
+    one_gpu = {**result("skipped", "--tp 2 needs 2 GPUs; 1 visible"), "environment": {"cuda_available": True}}
+    assert smoke.judge(asked, one_gpu, 0, False, 2.0, "")["status"] == "skipped"
+    # nobody asked for GPUs: a skip is a skip
+    assert smoke.judge(RUN, no_cuda, 0, False, 2.0, "")["status"] == "skipped"
+
+
+@pytest.mark.parametrize("require_gpu, status", [(False, "skipped"), (True, "failed")])
+def test_two_node_variant_on_a_host_without_gpus(monkeypatch, require_gpu, status):
+    monkeypatch.setattr("mlsyskit.gpus.host_has_gpus", lambda: False)
+    run = smoke.PlannedRun(topic="distributed", test="nccl", where="nccl-2node", command=(), limit=100, require_gpu=require_gpu)
+    got = smoke.run_stack(None, run, smoke.SmokeOptions(topics="distributed", require_gpu=require_gpu), "pypi", Path("/nonexistent"), print)
+    assert got["status"] == status
+    assert "no NVIDIA GPU on this host: nccl-2node needs 2" in got["reason"]
+    if require_gpu:
+        assert got["reason"].startswith("GPUs were asked for") and "`invoke doctor`" in got["reason"]
 
 
 def test_key_figures_from_the_h100_results():
@@ -240,6 +274,8 @@ def test_extra_env_appends_and_restores(monkeypatch):
 def test_cpu_and_gpus_together_are_refused():
     with pytest.raises(UsageError, match="either --cpu or --gpus"):
         smoke.smoke(smoke.SmokeOptions(topics="distributed", cpu=True, gpus="0,"), print)
+    with pytest.raises(UsageError, match="either --cpu or --require-gpu"):
+        smoke.smoke(smoke.SmokeOptions(topics="distributed", cpu=True, require_gpu=True), print)
 
 
 def test_topics_list_only_smoke_tests_that_exist():

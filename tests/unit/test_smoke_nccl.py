@@ -156,8 +156,8 @@ def test_json_flag_is_not_forwarded_twice():
     assert nccl._strip_json(["--cpu", "--json", "a.json", "--json=b", "--iters", "3"]) == ["--cpu", "--iters", "3"]
 
 
-def _run(*args, timeout=240):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _run(*args, timeout=240, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     env.pop("NCCL_DEBUG", None)
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -219,4 +219,48 @@ def test_gpu_run_without_gpu_is_skipped_not_passed(tmp_path):
     assert proc.returncode == 0
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["status"] == "skipped"
-    assert "no CUDA GPU" in data["reason"]
+    assert data["reason"] == "no CUDA GPU visible: NCCL needs one GPU per rank (--cpu runs the gloo variant)"
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_gpu_run_without_gpu_fails_when_gpus_were_asked_for(tmp_path, how):
+    """--require-gpu (or SMOKE_REQUIRE_GPU=1, what invoke smoke and the nccl-2node stack set
+    on GPU hosts): no GPU is a failure that says why and what to check."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["smoke_tests.nccl", "--json", str(tmp_path / "r.json")]
+    env = {}
+    if how == "flag":
+        args.append("--require-gpu")
+    else:
+        env["SMOKE_REQUIRE_GPU"] = "1"
+    proc = _run(*args, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["status"] == "failed"
+    assert data["reason"].startswith("GPUs were asked for, but none is visible: no /dev/nvidia* device")
+    assert "NCCL needs one GPU per rank" in data["reason"] and "`invoke doctor`" in data["reason"]
+
+
+def test_a_wrong_sum_on_one_rank_fails_the_test(tmp_path):
+    """An all-reduce that is wrong on rank 1 only: rank 0's copy is right, the verdict is not."""
+    pytest.importorskip("torch")
+    script = REPO / "tests" / "unit" / "data" / "corrupt_allreduce.py"
+    proc = _run(
+        "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "--cpu",
+        "--max-bytes", "256K", "--iters", "2", "--repeats", "1", "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["status"] == "failed"
+    assert data["reason"] == "wrong all-reduce sums at 64 KiB on 1 rank(s), 256 KiB on 1 rank(s)"
+    for row in data["figures"]["sizes"]:
+        assert (row["correct"], row["wrong_ranks"], row["mismatched_elements"]) == (False, 1, 1)
+    assert "sums WRONG" in nccl_key_figure(data["figures"])
+
+
+def nccl_key_figure(figures):
+    from mlsyskit.smoke import key_figure
+
+    return key_figure("nccl", figures)

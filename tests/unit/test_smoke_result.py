@@ -18,8 +18,10 @@ from smoke_tests._result import (
     Fail,
     Skip,
     SmokeResult,
+    cuda_diagnosis,
     fmt_bytes,
     json_safe,
+    no_gpu,
     render_table,
     run_command,
     run_test,
@@ -239,3 +241,27 @@ def test_time_limit_reached_while_the_result_is_written_keeps_that_result(tmp_pa
     data = json.loads(path.read_text())
     assert (data["status"], data["reason"]) == ("skipped", "no GPU")
     assert proc.stdout.count("late: SKIPPED") == 1 and "FAILED" not in proc.stdout
+
+
+def test_no_gpu_is_a_skip_unless_gpus_were_asked_for(tmp_path, monkeypatch):
+    skip = no_gpu(False, "CUDA graphs need a GPU")
+    assert isinstance(skip, Skip) and str(skip) == "no CUDA GPU visible: CUDA graphs need a GPU"
+    monkeypatch.setattr("smoke_tests._result.cuda_diagnosis", lambda: "no /dev/nvidia* device: ...")
+    fail = no_gpu(True, "CUDA graphs need a GPU")
+    assert isinstance(fail, Fail)
+    assert str(fail).startswith("GPUs were asked for, but none is visible: no /dev/nvidia* device: ...")
+    assert "CUDA graphs need a GPU" in str(fail) and "`invoke doctor`" in str(fail)
+
+
+def test_cuda_diagnosis_tells_no_device_from_a_driver_that_does_not_start(tmp_path):
+    assert cuda_diagnosis(str(tmp_path)).startswith("no /dev/nvidia* device: this container or machine was given no GPU")
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidiactl").touch()  # not a GPU: only nvidia<N> counts
+    got = cuda_diagnosis(str(tmp_path))
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert got == "nvidia0 present, but torch is not installed"
+    else:
+        # a CPU build of torch (or no driver) cannot start CUDA; torch says why
+        assert got.startswith("nvidia0 present, but CUDA does not start (")

@@ -35,7 +35,7 @@ BENCH_LINE = {
     "median_tpot_ms": 6.5, "std_tpot_ms": 0.2, "p90_tpot_ms": 6.9, "p95_tpot_ms": 7.0, "p99_tpot_ms": 7.2,
     "mean_itl_ms": 6.6, "median_itl_ms": 6.4, "std_itl_ms": 1.0, "p90_itl_ms": 7.0, "p95_itl_ms": 7.5,
     "p99_itl_ms": 9.0, "concurrency": 15.2, "accept_length": None, "max_output_tokens_per_s": 2500.0,
-    "max_concurrent_requests": 16,
+    "max_concurrent_requests": 16, "output_lens": [64] * 64,
 }  # fmt: skip
 
 
@@ -55,8 +55,9 @@ def test_parse_bench_output_errors(text, error):
 
 
 def test_judge_bench_keeps_throughput_and_ttft():
-    figures, verdict = sglang_serve.judge_bench(BENCH_LINE, 64)
+    figures, verdict = sglang_serve.judge_bench(BENCH_LINE, 64, 64)
     assert verdict is None
+    assert figures["output_lens"] == {"min": 64, "max": 64, "count": 64}
     assert figures["output_throughput"] == 2133.3 and figures["median_ttft_ms"] == 31.8
     assert "server_info" not in figures and "tag" not in figures
     assert sglang_serve.key_figure({"bench": figures}) == "2133 tok/s out, TTFT median 31.8 ms"
@@ -70,11 +71,17 @@ def test_judge_bench_keeps_throughput_and_ttft():
         ({"completed": None}, "no completed count"),
         ({"output_throughput": 0.0}, "output_throughput = 0.0"),
         ({"median_ttft_ms": float("nan")}, "median_ttft_ms = nan"),
+        # one request stopped early: the load served fewer tokens than it claims
+        ({"output_lens": [64] * 63 + [17]}, "1 of 64 requests returned other than the 64 tokens asked for (e.g. 17)"),
+        ({"output_lens": [64] * 63}, "0 of 63 requests returned other than the 64 tokens"),
+        # without per-request lengths, the total decides
+        ({"output_lens": None, "total_output_tokens": 4000}, "4000 output tokens in all, 64 x 64 asked for"),
     ],
 )
 def test_judge_bench_failures(change, verdict):
-    _, got = sglang_serve.judge_bench({**BENCH_LINE, **change}, 64)
-    assert verdict in got
+    data = {k: v for k, v in {**BENCH_LINE, **change}.items() if v is not None or k != "output_lens"}
+    _, got = sglang_serve.judge_bench(data, 64, 64)
+    assert got is not None and verdict in got
 
 
 def test_command_words_keep_a_path_with_spaces_whole():
@@ -92,10 +99,9 @@ def test_bench_command_uses_flags_bench_serving_defines():
         "num_prompts": 8, "input_len": 16, "output_len": 4, "concurrency": 2,
     })  # fmt: skip
     assert words[:3] == ["/py", "-m", "sglang.bench_serving"]
-    # Each is an argument of sglang 0.5.23's sglang/benchmark/serving.py cli_main().
-    for flag in ("--backend", "--base-url", "--dataset-name", "--num-prompts", "--random-input-len", "--random-output-len",
-                 "--random-range-ratio", "--max-concurrency", "--output-file", "--disable-tqdm", "--tokenizer"):  # fmt: skip
-        assert flag in words, flag
+    # tests/integration checks each of BENCH_FLAGS against the installed bench_serving's --help.
+    assert set(sglang_serve.BENCH_FLAGS) == {w for w in words if w.startswith("--")}
+    assert "--output-details" in words  # per-request output lengths, for judge_bench
     assert words[words.index("--dataset-name") + 1] == "random-ids"  # no dataset download
 
 
@@ -233,6 +239,7 @@ def test_passes_and_reports_the_load(tmp_path):
         ({"mode": "crash"}, "exited with code 3 before /health answered 200"),
         ({"bench": "fail"}, "bench_serving exited with 2: fake bench: cannot reach the server"),
         ({"bench": "short"}, "bench_serving completed 5 of 6 requests"),
+        ({"bench": "early"}, "1 of 6 requests returned other than the 4 tokens asked for (e.g. 3)"),
     ],
 )
 def test_failures_stop_the_server(tmp_path, kwargs, reason):

@@ -45,18 +45,45 @@ def test_parse_metrics_keeps_nan():
     assert math.isnan(steps[1]["actor/pg_loss"]) and math.isinf(steps[1]["critic/rewards/mean"])
 
 
+def step(**changes: float) -> dict[str, float]:
+    """One step's metrics as a run that learned logs them; ``changes`` override some."""
+    base = {
+        "critic/rewards/mean": 0.0226, "actor/pg_loss": -0.0076, "actor/grad_norm": 0.41,
+        "response_length/mean": 30.5, "critic/advantages/max": 1.5, "critic/advantages/min": -1.4,
+    }  # fmt: skip
+    return {k: v for k, v in {**base, **changes}.items() if v is not None}
+
+
+NOTHING_LEARNED = {"critic/rewards/mean": 0.0, "actor/pg_loss": 0.0, "actor/grad_norm": 0.0, "critic/advantages/max": 0.0, "critic/advantages/min": 0.0}
+
+
 @pytest.mark.parametrize(
     "steps, want, verdict",
     [
-        ({1: {"critic/rewards/mean": 0.1, "actor/pg_loss": 0.0}, 2: {"critic/rewards/mean": 0.2, "actor/pg_loss": -0.1}}, 2, None),
+        ({1: step(), 2: step(**{"actor/pg_loss": 0.0})}, 2, None),
+        # the H200 run: pg_loss -0.00003 at step 1, then -0.00755; advantages spread
+        ({1: step(**{"actor/pg_loss": -0.00003}), 2: step(**{"actor/pg_loss": -0.00755})}, 2, None),
         ({}, 2, "logged no step"),
-        ({1: {"critic/rewards/mean": 0.1, "actor/pg_loss": 0.0}}, 2, "logged 1 of 2 steps (missing [2])"),
-        ({1: {"actor/pg_loss": 0.0}}, 1, "no critic/rewards/mean logged at step(s) [1]"),
-        ({1: {"critic/rewards/mean": 0.1}}, 1, "no actor/pg_loss logged at step(s) [1]"),
-        ({1: {"critic/rewards/mean": math.nan, "actor/pg_loss": 0.0}}, 1, "non-finite critic/rewards/mean at step(s) [1]"),
-        ({1: {"critic/rewards/mean": 0.0, "actor/pg_loss": math.inf}}, 1, "non-finite actor/pg_loss"),
+        ({1: step()}, 2, "logged 1 of 2 steps (missing [2])"),
+        ({1: step(**{"critic/rewards/mean": None})}, 1, "no critic/rewards/mean logged at step(s) [1]"),
+        ({1: step(**{"actor/pg_loss": None})}, 1, "no actor/pg_loss logged at step(s) [1]"),
+        ({1: step(**{"actor/grad_norm": None})}, 1, "no actor/grad_norm logged at step(s) [1]"),
+        ({1: step(**{"critic/rewards/mean": math.nan})}, 1, "non-finite critic/rewards/mean at step(s) [1]"),
+        ({1: step(**{"actor/pg_loss": math.inf})}, 1, "non-finite actor/pg_loss"),
+        # finite numbers, nothing learned: each must fail
+        ({1: step(**{"response_length/mean": 0.0})}, 1, "empty responses at step(s) [1]"),
+        (
+            {1: step(**{"critic/advantages/max": 0.0, "critic/advantages/min": 0.0}),
+             2: step(**{"critic/advantages/max": 0.0, "critic/advantages/min": 0.0})},
+            2, "every sample of every group got the same reward",
+        ),
+        (
+            {1: step(**{"actor/pg_loss": 0.0, "actor/grad_norm": 0.0}), 2: step(**{"actor/pg_loss": 0.0, "actor/grad_norm": 0.0})},
+            2, "no update: actor/grad_norm and actor/pg_loss were 0 at every step",
+        ),
+        ({1: step(**NOTHING_LEARNED), 2: step(**NOTHING_LEARNED)}, 2, "same reward"),
     ],
-)
+)  # fmt: skip
 def test_judge_metrics(steps, want, verdict):
     got = verl_grpo.judge_metrics(steps, want)
     assert got is None if verdict is None else verdict in got
@@ -108,8 +135,8 @@ def test_main_refuses_bad_sizes_before_anything_runs(capsys):
 
 
 def test_key_figure():
-    figures = {"metrics": {"1": {"critic/rewards/mean": 0.05, "actor/pg_loss": 0.01}, "2": {"critic/rewards/mean": 0.1, "actor/pg_loss": -0.02}}}
-    assert verl_grpo.key_figure(figures) == "reward 0.050 -> 0.100, pg_loss -0.0200, 2 steps"
+    figures = {"metrics": {"1": {"critic/rewards/mean": 0.05, "actor/pg_loss": 0.01}, "2": {"critic/rewards/mean": 0.1, "actor/pg_loss": -0.02, "actor/grad_norm": 0.412}}}
+    assert verl_grpo.key_figure(figures) == "reward 0.050 -> 0.100, pg_loss -0.0200, grad norm 0.412, 2 steps"
     assert verl_grpo.key_figure({}) == "-"
 
 

@@ -98,7 +98,8 @@ def bench(args: argparse.Namespace) -> int:
     start = time.monotonic()
     latencies = []
     completed = args.num_prompts - (1 if args.mode == "short" else 0)
-    for _ in range(completed):
+    output_lens = []
+    for i in range(completed):
         t0 = time.monotonic()
         req = urllib.request.Request(
             args.base_url + "/generate",
@@ -107,12 +108,15 @@ def bench(args: argparse.Namespace) -> int:
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(req, timeout=10) as resp:
-            json.loads(resp.read())
+            answer = json.loads(resp.read())
+        # --mode early: the last request stops one token short (as if EOS had not been ignored)
+        stopped_early = args.mode == "early" and i == completed - 1
+        output_lens.append(answer["meta_info"]["completion_tokens"] - (1 if stopped_early else 0))
         latencies.append((time.monotonic() - t0) * 1000)
     duration = time.monotonic() - start
     result = {
         "backend": "sglang", "dataset_name": "random-ids", "duration": duration, "completed": completed,
-        "total_input_tokens": completed * 8, "total_output_tokens": completed * args.output_len,
+        "total_input_tokens": completed * 8, "total_output_tokens": sum(output_lens), "output_lens": output_lens,
         "request_throughput": completed / duration, "input_throughput": completed * 8 / duration,
         "output_throughput": completed * args.output_len / duration,
         "total_throughput": completed * (8 + args.output_len) / duration,
@@ -141,7 +145,7 @@ def main() -> int:
     b.add_argument("--output-file", required=True)
     b.add_argument("--num-prompts", type=int, default=4)
     b.add_argument("--output-len", type=int, default=4)
-    b.add_argument("--mode", choices=["ok", "fail", "hang", "short"], default="ok")
+    b.add_argument("--mode", choices=["ok", "fail", "hang", "short", "early"], default="ok")
     args = parser.parse_args()
     return serve(args) if args.command == "serve" else bench(args)
 
