@@ -10,7 +10,8 @@ dataset's own text, so any string encodes. The conversations are sums of two num
 ("What is 12 + 30?" / "12 + 30 = 42."): regular enough that a few optimizer steps
 visibly lower the loss of a randomly initialised model.
 
-``--preset serve`` gives the attention heads of 64 that inference engines (SGLang) need;
+``--preset serve`` gives the shape inference engines (SGLang) need: heads of 64, a context of
+32768 (longer than any prefill chunk) and bfloat16 weights (``SERVE_CONFIG`` says why);
 ``--rl-rows N`` also writes ``OUTDIR/rl.parquet``, prompts in verl's RL layout
 (``data_source``, ``prompt`` messages, ``reward_model.ground_truth``, ``extra_info``).
 """
@@ -53,12 +54,23 @@ class TinyConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
-    vocab_size: int = 512
+    vocab_size: int = 512  # the most the tokenizer may learn; the dataset's text gives fewer
+    dtype: str = "float32"  # the weights as saved (config.json's dtype)
 
 
-#: For inference engines (SGLang, and verl's SGLang rollout): head_dim 64 (256 / 4 heads),
-#: which the attention kernels they pick on GPUs support; the default's 16 is too small.
-SERVE_CONFIG = TinyConfig(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+#: For inference engines (SGLang, and verl's SGLang rollout), shaped as real checkpoints are:
+#: - head_dim 64 (256 / 4 heads), which the attention kernels they pick on GPUs support;
+#: - a context of 32768 (Qwen2.5's), longer than any prefill chunk. SGLang 0.5.12 captures
+#:   its piecewise CUDA graphs by running one request of up to --chunked-prefill-size
+#:   tokens (8192 on an H200) and never caps that at the model's context: with 512
+#:   positions the attention's page table (one row of context + 4 slots per request) is
+#:   read past its end and the capture dies in cuBLAS (CUBLAS_STATUS_EXECUTION_FAILED).
+#:   Rotary embeddings hold no weights, so a long context costs nothing;
+#: - bfloat16 weights, as published models ship (float32 ones are served as float16).
+SERVE_CONFIG = TinyConfig(
+    hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=32768, dtype="bfloat16",
+)  # fmt: skip
 PRESETS = {"sft": TinyConfig(), "serve": SERVE_CONFIG}
 
 
@@ -130,7 +142,7 @@ def write_model(out: Path, cfg: TinyConfig, vocab_size: int, eos_id: int, pad_id
         bos_token_id=None,
     )
     config.architectures = ["Qwen2ForCausalLM"]
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, cfg.dtype))
     model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -199,6 +211,8 @@ def build(
         "hidden_size": cfg.hidden_size,
         "layers": cfg.num_hidden_layers,
         "heads": cfg.num_attention_heads,
+        "context": cfg.max_position_embeddings,
+        "dtype": cfg.dtype,
     }
     if rl_rows:
         rl = make_rl_rows(rl_rows, seed + 1)
@@ -217,7 +231,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("outdir")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sft", help="model shape (serve: head_dim 64)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sft", help="model shape (serve: SGLang's, see SERVE_CONFIG)")
     parser.add_argument("--rl-rows", type=int, default=0, help="also write rl.parquet with this many prompts")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     info = build(args.outdir, rows=args.rows, seed=args.seed, cfg=PRESETS[args.preset], rl_rows=args.rl_rows)
