@@ -1,0 +1,306 @@
+"""CUDA JIT smoke test: torch's JIT (``torch.utils.cpp_extension.load``) compiles, links
+and loads a small CUDA extension with the image's toolkit; on a GPU it also runs it
+and checks the result. Where flashinfer is installed (the sglang and verl topics), its own
+JIT builds one of its kernels (SiLU-and-mul) the same way, and on a GPU runs it too.
+
+    python -m smoke_tests.cuda_jit [--json cuda_jit.json] [--arch 9.0]
+    python -m smoke_tests.cuda_jit --cpu     # compile and link only; reported skipped
+
+Compiling needs no GPU: without one the code is built for ``--arch`` (default 9.0, Hopper;
+``TORCH_CUDA_ARCH_LIST`` / ``FLASHINFER_CUDA_ARCH_LIST`` if set), which is what CI checks.
+The test records where the toolkit came from: ``CUDA_HOME`` as torch found it, the real
+path of its nvcc (inside NVIDIA's PyPI wheels on the kit's ``pypi`` base) and nvcc's
+release. Each build goes to a fresh folder, so nothing is taken from a cache.
+
+A build that fails is a failure with the compiler's or linker's last lines (``Ninja is
+required``, ``cannot find -lcudart``: the toolkit is not laid out as JIT compilers expect).
+Without a GPU the test is skipped after building (unless GPUs were asked for:
+``--require-gpu``); on a GPU it passes when every kernel built and gave the right numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, no_gpu, run_test
+
+TEST = "cuda_jit"
+DEFAULT_ARCH = "9.0"
+
+#: y = a * x + y on float32, one thread per element, called through ctypes. The file holds
+#: no torch header: torch's JIT still builds it its way (ninja, nvcc, and the link line of a
+#: torch CUDA extension: -L$CUDA_HOME/lib64 -lcudart, torch's libraries), while nvcc on
+#: torch/extension.h alone would take a minute on 2 cores.
+SAXPY_CUDA = r"""
+#include <cuda_runtime.h>
+
+__global__ void saxpy_kernel(int n, float a, const float* x, float* y) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = a * x[i] + y[i];
+}
+
+extern "C" int mlsyskit_saxpy(int n, float a, const float* x, float* y) {
+  saxpy_kernel<<<(n + 255) / 256, 256>>>(n, a, x, y);
+  return static_cast<int>(cudaGetLastError());
+}
+"""
+EXTENSION = "mlsyskit_cuda_jit_smoke"
+
+
+# ---------------------------------------------------------------------------- pure logic
+
+
+_RELEASE = re.compile(r"release (\d+\.\d+)")
+
+
+def nvcc_release(text: str) -> str | None:
+    """'Cuda compilation tools, release 13.0, V13.0.88' -> '13.0'."""
+    match = _RELEASE.search(text)
+    return match.group(1) if match else None
+
+
+def from_wheels(path: str) -> bool:
+    """True when a resolved path lies inside NVIDIA's PyPI wheels (site-packages/nvidia/...)."""
+    parts = Path(path).parts
+    return any(a in ("site-packages", "dist-packages") and b == "nvidia" for a, b in zip(parts, parts[1:]))
+
+
+#: Lines that say what went wrong: compiler and linker errors, a missing tool.
+_ERROR = re.compile(r"(error:|cannot find|undefined reference|not found|No such file|is required)", re.IGNORECASE)
+
+
+def build_error(text: str, lines: int = 3) -> str:
+    """The lines of a compiler/linker/ninja failure that say what went wrong."""
+    found = [line.strip() for line in text.splitlines() if _ERROR.search(line) and line.strip()]
+    if not found:
+        found = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(dict.fromkeys(found[-lines:]))[:600] or "no output"
+
+
+def arch_for(capability: tuple[int, int] | None, requested: str) -> str:
+    """The arch to build for: the GPU's own, else --arch."""
+    return f"{capability[0]}.{capability[1]}" if capability else requested
+
+
+# ---------------------------------------------------------------------------- the toolkit
+
+
+def describe_toolkit(report: Report) -> str:
+    """CUDA_HOME as torch's JIT sees it, its nvcc and where that really lives."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None:
+        raise Fail(f"torch {torch.__version__} is a CPU build: it builds no CUDA extension")
+    home = cpp_extension.CUDA_HOME
+    if not home:
+        raise Fail("torch finds no CUDA toolkit: no CUDA_HOME, no nvcc on PATH, no /usr/local/cuda")
+    nvcc = Path(home, "bin", "nvcc")
+    if not nvcc.exists():
+        raise Fail(f"CUDA_HOME {home} has no bin/nvcc")
+    out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=False)
+    real = os.path.realpath(nvcc)
+    toolkit = {
+        "cuda_home": home,
+        "nvcc": str(nvcc),
+        "nvcc_real_path": real,
+        "nvcc_release": nvcc_release(out.stdout),
+        "from_wheels": from_wheels(real),
+        "torch_cuda": torch.version.cuda,
+        "ninja": shutil.which("ninja"),
+    }
+    report.figures["toolkit"] = toolkit
+    return home
+
+
+# ---------------------------------------------------------------------------- builds
+
+
+def build_torch_extension(build_dir: Path, arch: str, verbose: bool) -> tuple[Path, float]:
+    """torch.utils.cpp_extension.load() the saxpy kernel in a fresh folder: (library, seconds)."""
+    from torch.utils import cpp_extension
+
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / "saxpy.cu"
+    source.write_text(SAXPY_CUDA)
+    start = time.monotonic()
+    try:
+        # is_python_module=False: a plain shared library, loaded into the process
+        cpp_extension.load(
+            name=EXTENSION, sources=[str(source)], build_directory=str(build_dir), verbose=verbose, is_python_module=False
+        )
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+        detail = getattr(exc, "output", None) or str(exc)
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        raise Fail(f"torch's JIT could not build the CUDA extension: {build_error(str(detail))}") from None
+    library = build_dir / f"{EXTENSION}.so"
+    if not library.exists():
+        raise Fail(f"torch's JIT finished but wrote no {library.name}")
+    return library, time.monotonic() - start
+
+
+def run_saxpy(library: Path) -> dict[str, Any]:
+    import ctypes
+
+    import torch
+
+    saxpy = ctypes.CDLL(str(library)).mlsyskit_saxpy
+    saxpy.argtypes = [ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
+    x = torch.randn(1 << 20, device="cuda")
+    y = torch.randn(1 << 20, device="cuda")
+    want = 2.5 * x + y
+    torch.cuda.synchronize()  # the kernel runs on the legacy default stream
+    err = saxpy(x.numel(), 2.5, x.data_ptr(), y.data_ptr())
+    torch.cuda.synchronize()
+    if err:
+        raise Fail(f"the JIT-built saxpy kernel did not launch: CUDA error {err}")
+    diff = float((y - want).abs().max())
+    if not torch.allclose(y, want, rtol=1e-6, atol=1e-6):
+        raise Fail(f"the JIT-built saxpy kernel computed wrong numbers (max diff {diff:.3g})")
+    return {"elements": x.numel(), "max_abs_diff": diff}
+
+
+def flashinfer_spec() -> Any:
+    """flashinfer's JIT spec for its SiLU-and-mul kernel (None where flashinfer is absent)."""
+    import importlib.util
+
+    if importlib.util.find_spec("flashinfer") is None:
+        return None
+    from flashinfer.jit.activation import gen_act_and_mul_module
+
+    return gen_act_and_mul_module("silu")
+
+
+def build_flashinfer(spec: Any, verbose: bool) -> float:
+    start = time.monotonic()
+    try:
+        spec.build(verbose)
+    except Exception as exc:  # flashinfer raises its own error type around ninja's output
+        raise Fail(f"flashinfer's JIT could not build silu_and_mul: {build_error(str(exc))}") from None
+    if not spec.jit_library_path.exists():
+        raise Fail(f"flashinfer's JIT finished but wrote no {spec.jit_library_path.name}")
+    return time.monotonic() - start
+
+
+def run_flashinfer_silu() -> dict[str, Any]:
+    import flashinfer
+    import torch
+
+    x = torch.randn(64, 2 * 512, device="cuda", dtype=torch.float16)
+    got = flashinfer.activation.silu_and_mul(x)
+    torch.cuda.synchronize()
+    d = x.shape[-1] // 2
+    want = (torch.nn.functional.silu(x[:, :d].float()) * x[:, d:].float()).half()
+    diff = float((got.float() - want.float()).abs().max())
+    if not torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2):
+        raise Fail(f"flashinfer's JIT-built silu_and_mul computed wrong numbers (max diff {diff:.3g})")
+    return {"shape": list(x.shape), "max_abs_diff": diff}
+
+
+# ---------------------------------------------------------------------------- the test
+
+
+def body_for(args: argparse.Namespace) -> Any:
+    def body(report: Report) -> None:
+        import torch
+
+        use_gpu = not args.cpu and torch.cuda.is_available()
+        capability = torch.cuda.get_device_capability(0) if use_gpu else None
+        arch = arch_for(capability, os.environ.get("TORCH_CUDA_ARCH_LIST") or args.arch)
+        report.figures["arch"] = arch
+        if use_gpu:
+            report.figures["gpu"] = torch.cuda.get_device_name(0)
+        describe_toolkit(report)
+        rows: list[list[str]] = []
+        report.table_headers, report.table_rows = ["kernel", "built", "ran", "figure"], rows
+
+        work = Path(tempfile.mkdtemp(prefix="smoke-cuda-jit-"))
+        try:
+            library, seconds = build_torch_extension(work / "torch", arch, args.verbose)
+            report.figures["torch_extension"] = {"build_seconds": seconds}
+            row = ["torch cpp_extension saxpy", f"{seconds:.1f} s", "-", "compiled, linked, loaded"]
+            rows.append(row)
+            if use_gpu:
+                check = run_saxpy(library)
+                report.figures["torch_extension"].update(check)
+                row[2:] = ["yes", f"exact to 1e-6 over {check['elements']} elements"]
+
+            # flashinfer reads its cache and arch settings once, when imported: a private
+            # workspace, so it really compiles here instead of finding an earlier build.
+            os.environ["FLASHINFER_WORKSPACE_BASE"] = str(work / "flashinfer")
+            os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", arch)
+            spec = flashinfer_spec()
+            if spec is None:
+                report.figures["flashinfer"] = "not installed"
+            else:
+                seconds = build_flashinfer(spec, args.verbose)
+                report.figures["flashinfer"] = {"version": _version("flashinfer-python"), "build_seconds": seconds}
+                row = ["flashinfer silu_and_mul", f"{seconds:.1f} s", "-", "compiled and linked"]
+                rows.append(row)
+                if use_gpu:
+                    check = run_flashinfer_silu()
+                    report.figures["flashinfer"].update(check)
+                    row[2:] = ["yes", f"max diff {fmt(check['max_abs_diff'], 4)} (fp16)"]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+        if not use_gpu:
+            built = "the CUDA extension" + (" and flashinfer's kernel" if spec is not None else "")
+            what = f"running the kernels needs a GPU ({built} compiled and linked for sm_{arch.replace('.', '')})"
+            if args.cpu:
+                raise Skip(f"--cpu given: {what}")
+            raise no_gpu(args.require_gpu, what)
+
+    return body
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def key_figure(figures: dict[str, Any]) -> str:
+    """One line for invoke smoke's table."""
+    toolkit = figures.get("toolkit") or {}
+    ext = figures.get("torch_extension") or {}
+    if not ext:
+        return "-"
+    source = "wheels" if toolkit.get("from_wheels") else toolkit.get("cuda_home", "?")
+    text = f"nvcc {toolkit.get('nvcc_release')} ({source}), saxpy built in {ext.get('build_seconds', 0):.0f} s"
+    if "max_abs_diff" in ext:
+        text += ", ran exact"
+    flashinfer = figures.get("flashinfer")
+    if isinstance(flashinfer, dict):
+        text += ", flashinfer built" + (" and ran" if "max_abs_diff" in flashinfer else "")
+    return text
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_common_args(parser, timeout=600)
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"compute capability to build for without a GPU (default {DEFAULT_ARCH})")
+    parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not re.fullmatch(r"\d+\.\d+", args.arch):
+        parser.error(f"--arch {args.arch}: give a compute capability such as 9.0")
+    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""CUDA JIT smoke test: what it reads from nvcc and a failed build, where the toolkit lives,
+and that a toolkit torch cannot use fails the test (the build itself runs inside the images:
+tests/integration/test_smoke.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoke_tests import cuda_jit
+
+REPO = Path(__file__).resolve().parents[2]
+
+NVCC_VERSION = """\
+nvcc: NVIDIA (R) Cuda compiler driver
+Copyright (c) 2005-2025 NVIDIA Corporation
+Built on Wed_Aug_20_01:58:59_PM_PDT_2025
+Cuda compilation tools, release 13.0, V13.0.88
+Build cuda_13.0.r13.0/compiler.36424714_0
+"""
+
+# What torch 2.11's JIT raised in the verl image before /usr/local/cuda had lib64 (ninja's output).
+LINK_FAILURE = """\
+Error building extension 'mlsyskit_cuda_jit_smoke': [1/2] /usr/local/cuda/bin/nvcc -MD -MF saxpy.cuda.o.d -c saxpy.cu -o saxpy.cuda.o
+[2/2] c++ saxpy.cuda.o -shared -L/opt/venv/lib/python3.11/site-packages/torch/lib -lc10 -L/usr/local/cuda/lib -lcudart -o mlsyskit_cuda_jit_smoke.so
+FAILED: [code=1] mlsyskit_cuda_jit_smoke.so
+/usr/bin/ld: cannot find -lcudart: No such file or directory
+collect2: error: ld returned 1 exit status
+ninja: build stopped: subcommand failed.
+"""
+
+
+def test_nvcc_release():
+    assert cuda_jit.nvcc_release(NVCC_VERSION) == "13.0"
+    assert cuda_jit.nvcc_release("command not found") is None
+
+
+def test_toolkit_from_the_wheels_or_not():
+    assert cuda_jit.from_wheels("/opt/venv/lib/python3.11/site-packages/nvidia/cu13/bin/nvcc")
+    assert cuda_jit.from_wheels("/tmp/kitgpu/cudasite/nvidia/cu13/bin/nvcc") is False  # a --target folder
+    assert cuda_jit.from_wheels("/usr/local/cuda-13.0/bin/nvcc") is False
+
+
+def test_build_error_names_the_linker_line_not_the_wrapper():
+    assert cuda_jit.build_error(LINK_FAILURE) == (
+        "/usr/bin/ld: cannot find -lcudart: No such file or directory | collect2: error: ld returned 1 exit status"
+    )
+    assert cuda_jit.build_error("Ninja is required to load C++ extensions (pip install ninja to get it)").startswith(
+        "Ninja is required"
+    )
+    assert cuda_jit.build_error("") == "no output"
+
+
+def test_arch_is_the_gpus_own_else_the_requested_one():
+    assert cuda_jit.arch_for((9, 0), "8.0") == "9.0"
+    assert cuda_jit.arch_for(None, "9.0") == "9.0"
+
+
+def test_key_figure():
+    figures = {
+        "toolkit": {"nvcc_release": "13.0", "from_wheels": True, "cuda_home": "/usr/local/cuda"},
+        "torch_extension": {"build_seconds": 1.2, "max_abs_diff": 0.0},
+        "flashinfer": {"build_seconds": 4.6, "max_abs_diff": 0.004},
+    }
+    assert cuda_jit.key_figure(figures) == "nvcc 13.0 (wheels), saxpy built in 1 s, ran exact, flashinfer built and ran"
+    figures = {"toolkit": {"nvcc_release": "13.0", "from_wheels": False, "cuda_home": "/usr/local/cuda"},
+               "torch_extension": {"build_seconds": 2.0}, "flashinfer": "not installed"}  # fmt: skip
+    assert cuda_jit.key_figure(figures) == "nvcc 13.0 (/usr/local/cuda), saxpy built in 2 s"
+    assert cuda_jit.key_figure({}) == "-"
+
+
+def test_bad_arch_is_refused():
+    proc = subprocess.run(
+        [sys.executable, "-m", "smoke_tests.cuda_jit", "--arch", "hopper"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "--arch hopper: give a compute capability such as 9.0" in proc.stderr
+
+
+def test_a_toolkit_without_nvcc_fails_the_test(tmp_path):
+    """CUDA_HOME pointing at a folder without nvcc: a failure that says so, not a skip."""
+    torch = pytest.importorskip("torch")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_HOME": str(tmp_path)}
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "smoke_tests.cuda_jit", "--cpu", "--json", str(out)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["status"] == "failed"
+    if torch.version.cuda:  # the images' torch
+        assert data["reason"] == f"CUDA_HOME {tmp_path} has no bin/nvcc"
+    else:
+        assert data["reason"].endswith("is a CPU build: it builds no CUDA extension")
