@@ -69,10 +69,14 @@ def nvcc_release(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def from_wheels(path: str) -> bool:
-    """True when a resolved path lies inside NVIDIA's PyPI wheels (site-packages/nvidia/...)."""
-    parts = Path(path).parts
-    return any(a in ("site-packages", "dist-packages") and b == "nvidia" for a, b in zip(parts, parts[1:]))
+def from_wheels(nvcc: str | Path) -> bool:
+    """True when this (resolved) nvcc was installed by NVIDIA's nvidia-cuda-nvcc wheel: it lies
+    under a ``nvidia/`` package whose folder holds that wheel's dist-info (site-packages,
+    or a ``pip install --target`` folder)."""
+    for parent in Path(nvcc).parents:
+        if parent.name == "nvidia":
+            return any(parent.parent.glob("nvidia_cuda_nvcc-*.dist-info"))
+    return False
 
 
 #: Lines that say what went wrong: compiler and linker errors, a missing tool.

@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shlex
 import shutil
 import socket
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoke_tests import tiny_model
 from smoke_tests._result import (
     Fail,
     Report,
@@ -96,10 +98,26 @@ def command_words(template: str, values: Mapping[str, Any]) -> list[str]:
     return [word.format(**values) for word in shlex.split(template)]
 
 
-def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+#: SGLang 0.5.12 derives a gRPC port of --port + 10000 and refuses to start when that passes
+#: 65535 (seen on the H200: "SGLANG_GRPC_PORT (69205) must be between 1 and 65535"). The
+#: kernel's ephemeral ports reach 60999, so a port it picks fails about one run in five.
+MAX_SERVER_PORT = 65535 - 10000
+PORT_RANGE = (20000, MAX_SERVER_PORT)
+
+
+def free_port(host: str = HOST, port_range: tuple[int, int] = PORT_RANGE, rng: random.Random | None = None) -> int:
+    """A port nobody listens on, within ``port_range`` (both ends included)."""
+    rng = rng or random.Random()
+    low, high = port_range
+    for _ in range(200):
+        port = rng.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise Fail(f"no free port between {low} and {high} on {host}")
 
 
 def parse_bench_output(text: str) -> dict[str, Any]:
@@ -290,11 +308,9 @@ def prepare_model(args: argparse.Namespace, workdir: Path, report: Report) -> tu
     if args.model:
         report.figures["model"] = args.model
         return args.model, args.model
-    from smoke_tests import tiny_model
-
     info = tiny_model.build(workdir / "tiny", rows=64, seed=args.seed, cfg=tiny_model.SERVE_CONFIG)
     report.figures["model"] = "tiny"
-    report.figures["tiny_model"] = {k: info[k] for k in ("vocab_size", "hidden_size", "layers", "heads")}
+    report.figures["tiny_model"] = {k: info[k] for k in ("vocab_size", "hidden_size", "layers", "heads", "context", "dtype")}
     return info["model"], info["model"]
 
 
@@ -448,8 +464,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         args.startup_timeout = min(600.0, 0.8 * args.timeout)
     elif args.startup_timeout >= args.timeout:
         parser.error("--startup-timeout must be shorter than --timeout")
-    if args.input_len + args.output_len > 512 and not args.model:
-        parser.error("the tiny model holds 512 positions: --input-len + --output-len must fit")
+    context = tiny_model.SERVE_CONFIG.max_position_embeddings
+    if args.input_len + args.output_len > context and not args.model:
+        parser.error(f"the tiny model holds {context} positions: --input-len + --output-len must fit")
+    if args.port is not None and not 1 <= args.port <= MAX_SERVER_PORT:
+        parser.error(f"--port {args.port}: SGLang takes ports up to {MAX_SERVER_PORT} (it adds 10000 for its gRPC port)")
     return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
 
 

@@ -40,9 +40,13 @@ def test_nvcc_release():
     assert cuda_jit.nvcc_release("command not found") is None
 
 
-def test_toolkit_from_the_wheels_or_not():
-    assert cuda_jit.from_wheels("/opt/venv/lib/python3.11/site-packages/nvidia/cu13/bin/nvcc")
-    assert cuda_jit.from_wheels("/tmp/kitgpu/cudasite/nvidia/cu13/bin/nvcc") is False  # a --target folder
+def test_toolkit_from_the_wheels_or_not(tmp_path):
+    site = tmp_path / "site-packages"
+    (site / "nvidia" / "cu13" / "bin").mkdir(parents=True)
+    nvcc = site / "nvidia" / "cu13" / "bin" / "nvcc"
+    assert cuda_jit.from_wheels(nvcc) is False  # an nvidia/ folder, but no wheel installed it
+    (site / "nvidia_cuda_nvcc-13.0.88.dist-info").mkdir()
+    assert cuda_jit.from_wheels(nvcc)  # site-packages or a `pip install --target` folder alike
     assert cuda_jit.from_wheels("/usr/local/cuda-13.0/bin/nvcc") is False
 
 

@@ -84,6 +84,21 @@ def test_judge_bench_failures(change, verdict):
     assert got is not None and verdict in got
 
 
+def test_free_port_stays_where_sglang_can_add_10000():
+    import random
+
+    ports = {sglang_serve.free_port(rng=random.Random(seed)) for seed in range(50)}
+    assert all(20000 <= p <= 55535 for p in ports) and len(ports) > 40
+    assert sglang_serve.MAX_SERVER_PORT + 10000 == 65535
+
+
+def test_a_port_sglang_refuses_is_refused_up_front():
+    proc = subprocess.run(
+        [sys.executable, "-m", "smoke_tests.sglang_serve", "--port", "60000"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "--port 60000: SGLang takes ports up to 55535" in proc.stderr
+
+
 def test_command_words_keep_a_path_with_spaces_whole():
     words = sglang_serve.command_words(sglang_serve.SERVER_CMD, {
         "python": "/py", "model": "/models/my model", "host": "127.0.0.1", "port": 1234, "tp": 2, "mem_fraction": 0.5,

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Every smoke test, natively, on a GPU machine that has torch 2.11.0+cu130 but no Docker and
+# no network (the 2 x H200 verification machine), with the verl topic's locked wheels:
+#
+#   benchmarks/gpu/h200_run.sh setup PIECES_DIR               # join and unpack (see GPU.md)
+#   benchmarks/gpu/h200_run.sh base|serve|cause|grpo OUTDIR   # a group of tests, results in OUTDIR
+#
+# PIECES_DIR holds closure.tar.zst split in pieces (closure.part-*), which travel one per
+# call, and a zstandard wheel for machines without the zstd tool. The archive holds `site/` (the verl lock's packages that machine lacks, installed with
+# `pip install --no-deps --target`, plus transformers/tokenizers at the lock's versions) and
+# `cudasite/` (nvcc, cccl, crt, nvvm and the runtime: the stack lock's CUDA toolkit wheels).
+# The CUDA toolkit JIT compilers see is the one those wheels make (images/scripts/link_cuda.py,
+# as in the images), not the machine's own /usr/local/cuda. NVLink multicast stays off.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit
+ROOT=/tmp/kitgpu
+stage=${1:?setup, base, serve, cause or grpo}
+
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONPATH="$ROOT/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export CUDA_HOME="$ROOT/cuda" PATH="$ROOT/site/bin:$ROOT/cuda/bin:$PATH"
+
+if [ "$stage" = setup ]; then
+  pieces=${2:?PIECES_DIR}
+  rm -rf "$ROOT" && mkdir -p "$ROOT"
+  if command -v zstd >/dev/null; then
+    cat "$pieces"/closure.part-* | zstd -dc --long=27 | tar -C "$ROOT" -xf -
+  else  # the zstandard wheel travels with the first piece
+    python3 -m pip install -q --no-index --no-deps --target /tmp/zstandard "$pieces"/zstandard-*.whl
+    cat "$pieces"/closure.part-* | PYTHONPATH=/tmp/zstandard python3 -c "import sys, tarfile, zstandard; tarfile.open(fileobj=zstandard.ZstdDecompressor(max_window_size=2**27).stream_reader(sys.stdin.buffer), mode='r|').extractall(sys.argv[1])" "$ROOT"
+  fi
+  # In an image every CUDA wheel unpacks into one site-packages/nvidia/cu13; here torch's
+  # (cublas, cusparse, ...) sit in the machine's venv. Their headers and libraries join the
+  # carried toolkit's folder as links, so the JIT sees what it sees in an image (flashinfer's
+  # norm kernel includes cublasLt.h: without this, SGLang's start failed in its JIT).
+  machine=$(python3 -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13'))")
+  for sub in include lib; do cp -rs --update=none "$machine/$sub/." "$ROOT/cudasite/nvidia/cu13/$sub/"; done
+  PYTHONPATH="$ROOT/cudasite" python3 images/scripts/link_cuda.py "$ROOT/cuda"
+  du -sh "$ROOT"/* && "$ROOT/cuda/bin/nvcc" --version | tail -2
+  exit
+fi
+
+out=${2:?OUTDIR}
+mkdir -p "$out"
+run() {  # NAME CMD...: the test's log and exit code, whatever it does
+  local name=$1; shift
+  echo "+ $*" | tee "$out/$name.log"
+  "$@" 2>&1 | tee -a "$out/$name.log"
+  echo "rc $name ${PIPESTATUS[0]}" | tee -a "$out/rc.txt"
+}
+
+case "$stage" in
+  base)
+    { nvidia-smi; nvidia-smi topo -m; python3 -c "import torch, transformers; print('torch', torch.__version__, 'nccl', torch.cuda.nccl.version(), 'transformers', transformers.__version__)"; } > "$out/nvidia-smi.txt" 2>&1
+    run cuda_jit python3 -m smoke_tests.cuda_jit --require-gpu --json "$out/cuda_jit.json"
+    run nccl python3 -m smoke_tests.nccl --require-gpu --json "$out/nccl.json"
+    run cuda_graph python3 -m smoke_tests.cuda_graph --require-gpu --json "$out/cuda_graph.json"
+    run verl_sft python3 -m smoke_tests.verl_sft --require-gpu --json "$out/verl_sft.json"
+    run verl_sft_2gpu python3 -m smoke_tests.verl_sft --require-gpu --nproc 2 --json "$out/verl_sft_2gpu.json"
+    ;;
+  serve)
+    run sglang_serve python3 -m smoke_tests.sglang_serve --require-gpu --workdir "$out/serve1" --json "$out/sglang_serve.json"
+    run sglang_serve_tp2 python3 -m smoke_tests.sglang_serve --require-gpu --tp 2 --workdir "$out/serve2" --json "$out/sglang_serve_tp2.json"
+    ;;
+  cause)
+    # The old tiny model (512 positions, float32) with SGLang's piecewise CUDA-graph capture
+    # kept within its context: if this serves, the capture past the context was the cause.
+    python3 - "$out/old" <<'PY'
+import dataclasses, sys
+from smoke_tests import tiny_model
+old = dataclasses.replace(tiny_model.SERVE_CONFIG, max_position_embeddings=512, dtype="float32")
+print(tiny_model.build(sys.argv[1], cfg=old))
+PY
+    run old_model_capped python3 -m smoke_tests.sglang_serve --require-gpu --model "$out/old/model" --num-prompts 16 \
+      --server-arg=--piecewise-cuda-graph-max-tokens --server-arg=512 --workdir "$out/serve_old" --json "$out/old_model_capped.json"
+    # ... and with SGLang's defaults (capture up to 8192 tokens on an H200) it dies in cuBLAS.
+    run old_model_default python3 -m smoke_tests.sglang_serve --require-gpu --model "$out/old/model" --num-prompts 16 \
+      --timeout 400 --workdir "$out/serve_old_default" --json "$out/old_model_default.json"
+    ;;
+  grpo)
+    run verl_grpo python3 -m smoke_tests.verl_grpo --require-gpu --workdir "$out/grpo" --json "$out/verl_grpo.json"
+    ;;
+esac
