@@ -61,8 +61,12 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
     proc = run_kit("smoke", "distributed", "--cpu", "--json", str(out), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
     data = read(out)
-    assert data["exit_code"] == 0 and data["counts"] == {"passed": 2, "failed": 0, "skipped": 0}
+    # cuda_jit builds its kernel with the wheels' nvcc and is skipped: nothing to run it on
+    assert data["exit_code"] == 0 and data["counts"] == {"passed": 2, "failed": 0, "skipped": 1}
     results = by_where(data)
+    jit = results[("cuda_jit", "container")]
+    assert jit["status"] == "skipped" and "compiled and linked for sm_90" in jit["reason"]
+    assert jit["figures"]["toolkit"]["from_wheels"] is True
     for where in ("container", "nccl-2node"):
         result = results[("nccl", where)]
         figures = result["figures"]
@@ -73,7 +77,7 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
     assert results[("nccl", "nccl-2node")]["environment"]["hostname"] != results[("nccl", "container")]["environment"]["hostname"]
     table = proc.stdout[proc.stdout.index("test ") :]
     assert "nccl (nccl-2node)  distributed  passed" in table and "gloo x2, sums exact" in table
-    assert "2 passed, 0 failed, 0 skipped" in table
+    assert "2 passed, 0 failed, 1 skipped" in table
     nothing_left(engine)
 
 
@@ -87,12 +91,38 @@ def test_without_a_gpu_every_gpu_test_is_skipped_never_passed(engine: Engine, bu
     proc = run_kit("smoke", "distributed", "--json", str(out), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr  # a skip is not a failure...
     data = read(out)
-    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 2}  # ...and never a pass
+    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 3}  # ...and never a pass
     results = by_where(data)
-    assert results[("nccl", "container")]["reason"] == "no CUDA GPU visible (run with --cpu for the gloo variant)"
+    assert results[("nccl", "container")]["reason"] == "no CUDA GPU visible: NCCL needs one GPU per rank (--cpu runs the gloo variant)"
     assert results[("nccl", "nccl-2node")]["reason"].startswith("no NVIDIA GPU on this host")
     assert "skipped: no CUDA GPU visible" in proc.stdout and "it is not a pass" in proc.stdout
     assert "running on CPU only" in proc.stdout  # invoke shell's one warning line
+    nothing_left(engine)
+
+
+def test_gpus_asked_for_and_none_visible_fails_every_row_with_the_fix(engine: Engine, build_topic, tmp_path):
+    """--require-gpu (what a host with GPUs implies): the container sees no GPU, so each test
+    fails and says why; the two-node variant, which cannot start here, fails too."""
+    from mlsyskit.gpus import host_has_gpus
+
+    if host_has_gpus():
+        pytest.skip("this host has a GPU: its containers would see it")
+    build_topic("distributed")
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "distributed", "--require-gpu", "--json", str(out), timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
+    assert "error: 3 smoke test(s) failed" in proc.stderr
+    data = read(out)
+    assert data["counts"] == {"passed": 0, "failed": 3, "skipped": 0}
+    results = by_where(data)
+    nccl = results[("nccl", "container")]["reason"]
+    assert nccl.startswith("GPUs were asked for, but none is visible: no /dev/nvidia* device")
+    assert "`invoke doctor`" in nccl
+    jit = results[("cuda_jit", "container")]
+    assert jit["reason"].startswith("GPUs were asked for") and jit["figures"]["torch_extension"]["build_seconds"] > 0
+    two = results[("nccl", "nccl-2node")]["reason"]
+    assert two.startswith("GPUs were asked for, but no NVIDIA GPU on this host: nccl-2node needs 2")
+    assert "--require-gpu" in data["command"]
     nothing_left(engine)
 
 
@@ -101,9 +131,9 @@ def test_smoke_time_limit_fails_and_leaves_nothing(engine: Engine, build_topic, 
     out = tmp_path / "smoke.json"
     proc = run_kit("smoke", "distributed", "--cpu", "--timeout", "1", "--json", str(out), timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
-    assert "error: 2 smoke test(s) failed" in proc.stderr
+    assert "error: 3 smoke test(s) failed" in proc.stderr
     data = read(out)
-    assert data["counts"]["failed"] == 2 and data["exit_code"] == 1
+    assert data["counts"]["failed"] == 3 and data["exit_code"] == 1
     for result in by_where(data).values():
         assert result["status"] == "failed" and result["reason"], result
     nothing_left(engine)
@@ -187,13 +217,17 @@ def test_tiny_model_in_the_sglang_image_has_what_the_server_reads(engine: Engine
         "tok = AutoTokenizer.from_pretrained('/tmp/t/model')\n"
         "print(json.dumps({'head_dim': cfg.hidden_size // cfg.num_attention_heads, 'eos': gen.eos_token_id,\n"
         "  'eos_token': tok.convert_ids_to_tokens(gen.eos_token_id), 'template': bool(tok.chat_template),\n"
-        "  'arch': cfg.architectures}))\n"
+        "  'arch': cfg.architectures, 'context': cfg.max_position_embeddings, 'dtype': str(cfg.dtype)}))\n"
         "EOF"
     )
     proc = in_image(engine, sglang_image, script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert facts == {"head_dim": 64, "eos": facts["eos"], "eos_token": "<|im_end|>", "template": True, "arch": ["Qwen2ForCausalLM"]}
+    assert facts == {
+        "head_dim": 64, "eos": facts["eos"], "eos_token": "<|im_end|>", "template": True, "arch": ["Qwen2ForCausalLM"],
+        # longer than any prefill chunk SGLang captures piecewise CUDA graphs for (8192 on an H200)
+        "context": 32768, "dtype": "torch.bfloat16",
+    }  # fmt: skip
 
 
 def test_verl_cpu_paths_compose_the_grpo_config_with_hydra(engine: Engine, verl_image, tmp_path):
@@ -237,7 +271,8 @@ def _two_json(text: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize(
     "topic, module",
-    [("sglang", "sglang_serve"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl")],
+    [("sglang", "sglang_serve"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl"),
+     ("verl", "cuda_jit")],  # fmt: skip
 )
 def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic, module):
     """--timeout 1: a failed result naming the limit, exit 1, and no process of the test left

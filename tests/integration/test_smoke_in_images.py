@@ -1,0 +1,136 @@
+"""The smoke tests' own unit tests that need torch, verl or transformers run where those are:
+inside the topic images, on every push (the kit's environment has none of them, so there
+they skip). Also checked inside the images: that the bench_serving flags the SGLang test
+uses exist in the installed SGLang, and that torch's and flashinfer's JIT build a CUDA
+kernel with the toolkit of each stack's wheels, while the old toolkit layout fails."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from mlsyskit import REPO_ROOT
+from mlsyskit.engine import Engine
+from mlsyskit.plan import topic_alias
+from smoke_tests.sglang_serve import BENCH_FLAGS
+from tests.conftest import need
+
+#: pytest and what it imports, copied from the kit's own environment: pure Python, so the
+#: images' Python (3.11, the same) runs them. Put last on sys.path: the image's packages win.
+PYTEST_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pygments", "py.py")
+
+#: Unit test files that need the image's packages, and where they run.
+UNIT_TESTS_IN = {
+    "distributed": ["test_smoke_nccl.py", "test_smoke_cuda_graph.py", "test_smoke_cuda_jit.py", "test_smoke_result.py"],
+    "verl": ["test_smoke_verl_sft.py", "test_smoke_verl_grpo.py", "test_smoke_tiny_model.py", "test_smoke_sglang.py"],
+}
+
+
+def has_topic(name: str) -> bool:
+    return (REPO_ROOT / "envs" / name / "topic.toml").is_file()
+
+
+@pytest.fixture(scope="module")
+def pytest_dir(tmp_path_factory) -> Path:
+    import pytest as kit_pytest
+
+    site = Path(kit_pytest.__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("kit-pytest")
+    for entry in site.iterdir():
+        name = entry.name.split("-")[0] if entry.name.endswith(".dist-info") else entry.name
+        if name.lower() in PYTEST_PACKAGES or name in PYTEST_PACKAGES:
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, out / entry.name)
+    assert (out / "pytest").is_dir() and (out / "_pytest").is_dir()
+    return out
+
+
+@pytest.mark.parametrize("topic", sorted(UNIT_TESTS_IN))
+def test_torch_unit_tests_run_inside_the_image_and_none_skips(engine: Engine, build_topic, pytest_dir, topic):
+    need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
+    build_topic(topic)
+    files = [f"tests/unit/{name}" for name in UNIT_TESTS_IN[topic]]
+    # The checkout read-only; pytest's cache off; the JUnit report is how the host counts.
+    script = (
+        "cp -r /repo /tmp/repo && cd /tmp/repo && python -c \"import sys; sys.path.append('/opt/kit-pytest'); "
+        "import pytest; sys.exit(pytest.main(sys.argv[1:]))\" -p no:cacheprovider -q -rs "
+        f"--junitxml=/out/junit.xml {' '.join(files)}"
+    )
+    out = pytest_dir.parent / f"junit-{topic}"
+    out.mkdir(exist_ok=True)
+    proc = engine.run(
+        topic_alias(topic, "pypi"),
+        ["bash", "-c", script],
+        options=["--init", "--ipc=host", "-v", f"{REPO_ROOT}:/repo:ro", "-v", f"{pytest_dir}:/opt/kit-pytest:ro",
+                 "-v", f"{out}:/out", "-e", "PYTHONDONTWRITEBYTECODE=1"],  # fmt: skip
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    suite = ET.parse(out / "junit.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    skipped = [c.get("name") for c in suite.iter("testcase") if c.find("skipped") is not None]
+    assert counts["failures"] == counts["errors"] == 0, proc.stdout[-4000:]
+    assert skipped == [], f"skipped inside {topic}'s image, where everything they need is: {skipped}"
+    assert counts["tests"] >= 20
+
+
+@pytest.mark.parametrize("topic", ["sglang", "verl"])
+def test_bench_serving_flags_exist_in_the_installed_sglang(engine: Engine, build_topic, topic):
+    """Each flag of the SGLang test's load command against `--help` of the bench_serving
+    that topic installs (0.5.23 in sglang, 0.5.12 in verl), not against the kit's constant."""
+    need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
+    build_topic(topic)
+    proc = engine.run(topic_alias(topic, "pypi"), ["python", "-m", "sglang.bench_serving", "--help"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    defined = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", proc.stdout))
+    missing = [flag for flag in BENCH_FLAGS if flag not in defined]
+    assert missing == [], f"bench_serving in {topic} has no {missing}"
+    assert "random-ids" in proc.stdout  # the dataset that needs no download
+
+
+SMOKE_MOUNT = ["-v", f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro", "-e", "PYTHONPATH=/opt/mlsyskit"]
+
+
+@pytest.mark.parametrize(
+    "topic, flashinfer",
+    [("distributed", None), ("openrlhf", None), ("sglang", "0.7.2"), ("verl", "0.6.11.post1")],
+)
+def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_stack(engine: Engine, build_topic, topic, flashinfer):
+    """torch 2.11 (distributed, verl), 2.13 (openrlhf), 2.14 (sglang): the JIT finds nvcc 13.0
+    in NVIDIA's wheels through /usr/local/cuda, compiles and links; flashinfer's JIT too."""
+    need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
+    build_topic(topic)
+    script = "python -m smoke_tests.cuda_jit --cpu --json /tmp/r.json >/tmp/log 2>&1; echo rc=$?; cat /tmp/r.json"
+    proc = engine.run(topic_alias(topic, "pypi"), ["bash", "-c", script], options=SMOKE_MOUNT, timeout=900)
+    head, _, body = proc.stdout.partition("\n")
+    result = json.loads(body)
+    assert head == "rc=0" and result["status"] == "skipped", result["reason"]
+    assert result["reason"].startswith("--cpu given: running the kernels needs a GPU (the CUDA extension")
+    toolkit = result["figures"]["toolkit"]
+    assert toolkit["cuda_home"] == "/usr/local/cuda" and toolkit["from_wheels"] and toolkit["nvcc_release"] == "13.0"
+    assert result["figures"]["torch_extension"]["build_seconds"] > 0
+    if flashinfer:
+        assert result["figures"]["flashinfer"]["version"] == flashinfer
+        assert "flashinfer's kernel compiled and linked for sm_90" in result["reason"]
+    else:
+        assert result["figures"]["flashinfer"] == "not installed"
+
+
+def test_cuda_jit_fails_with_the_old_toolkit_layout(engine: Engine, build_topic):
+    """/usr/local/cuda as a bare link to the wheels' folder (no lib64, no libcudart.so), as the
+    images had it: the test fails and names the linker's complaint."""
+    build_topic("distributed")
+    script = (
+        "rm -rf /usr/local/cuda && ln -s \"$(python -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], \"cu13\"))')\" "
+        "/usr/local/cuda && python -m smoke_tests.cuda_jit --cpu --json /tmp/r.json >/tmp/log 2>&1; echo rc=$?; cat /tmp/r.json"
+    )
+    proc = engine.run(topic_alias("distributed", "pypi"), ["bash", "-c", script], options=SMOKE_MOUNT, timeout=600)
+    head, _, body = proc.stdout.partition("\n")
+    result = json.loads(body)
+    assert head == "rc=1" and result["status"] == "failed"
+    assert "cannot find -lcudart" in result["reason"]
