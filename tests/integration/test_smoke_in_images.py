@@ -16,6 +16,7 @@ import pytest
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.engine import Engine
+from mlsyskit.lockfile import key_versions
 from mlsyskit.plan import topic_alias
 from smoke_tests.sglang_serve import BENCH_FLAGS
 from tests.conftest import need
@@ -66,7 +67,9 @@ def test_torch_unit_tests_run_inside_the_image_and_none_skips(engine: Engine, bu
         topic_alias(topic, "pypi"),
         ["bash", "-c", script],
         options=["--init", "--ipc=host", "-v", f"{REPO_ROOT}:/repo:ro", "-v", f"{pytest_dir}:/opt/kit-pytest:ro",
-                 "-v", f"{out}:/out", "-e", "PYTHONDONTWRITEBYTECODE=1"],  # fmt: skip
+                 "-v", f"{out}:/out", "-e", "PYTHONDONTWRITEBYTECODE=1",
+                 # the image's own pytest plugins (pytest-asyncio in verl's) stay out
+                 "-e", "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"],  # fmt: skip
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -96,14 +99,13 @@ def test_bench_serving_flags_exist_in_the_installed_sglang(engine: Engine, build
 SMOKE_MOUNT = ["-v", f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro", "-e", "PYTHONPATH=/opt/mlsyskit"]
 
 
-@pytest.mark.parametrize(
-    "topic, flashinfer",
-    [("distributed", None), ("openrlhf", None), ("sglang", "0.7.2"), ("verl", "0.6.11.post1")],
-)
-def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_stack(engine: Engine, build_topic, topic, flashinfer):
+@pytest.mark.parametrize("topic", ["distributed", "openrlhf", "sglang", "verl"])
+def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_stack(engine: Engine, build_topic, topic):
     """torch 2.11 (distributed, verl), 2.13 (openrlhf), 2.14 (sglang): the JIT finds nvcc 13.0
-    in NVIDIA's wheels through /usr/local/cuda, compiles and links; flashinfer's JIT too."""
+    in NVIDIA's wheels through /usr/local/cuda, compiles and links; flashinfer's JIT too where
+    the topic locks flashinfer (0.6.11 in verl, 0.6.18 in openrlhf through vLLM, 0.7.2 in sglang)."""
     need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
+    flashinfer = key_versions(REPO_ROOT / "envs" / topic / "uv.lock", ["flashinfer-python"]).get("flashinfer-python")
     build_topic(topic)
     script = "python -m smoke_tests.cuda_jit --cpu --json /tmp/r.json >/tmp/log 2>&1; echo rc=$?; cat /tmp/r.json"
     proc = engine.run(topic_alias(topic, "pypi"), ["bash", "-c", script], options=SMOKE_MOUNT, timeout=900)
