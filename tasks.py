@@ -13,7 +13,7 @@ from invoke import Exit, task
 from mlsyskit import commands
 from mlsyskit import shell as kit_shell
 from mlsyskit import smoke as kit_smoke
-from mlsyskit.cli import PositionalOrFlagTask
+from mlsyskit.cli import PositionalOrFlagTask, ShortFlagsTask
 from mlsyskit import export as kit_export
 from mlsyskit import stacks as kit_stacks
 from mlsyskit.errors import KitError
@@ -204,8 +204,10 @@ def stacks(c):
 
 
 @task(
+    klass=ShortFlagsTask,
     positional=["target", "stack"],
     auto_shortflags=False,  # invoke would hand out `-h` (help's) and `--` (the remainder's)
+    short={"output": "o"},  # README's `-o DIR`
     help={
         "target": "k8s or slurm",
         "stack": "the stack to export (compose/STACK.yml)",

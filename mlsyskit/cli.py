@@ -1,5 +1,6 @@
 """invoke glue that tasks.py needs beyond `@task`: a positional argument that `--name` can
-stand in for (`invoke shell --name NAME` re-enters a container with no topic given)."""
+stand in for (`invoke shell --name NAME` re-enters a container with no topic given), and
+short flags chosen by hand where invoke's automatic ones would collide."""
 
 from __future__ import annotations
 
@@ -52,4 +53,22 @@ class PositionalOrFlagTask(Task):
                 )
                 optional.companion = companion
                 args[i] = optional
+        return args
+
+
+class ShortFlagsTask(Task):
+    """A task whose short flags are named, not derived (`@task(klass=ShortFlagsTask,
+    auto_shortflags=False, short={"output": "o"})`): invoke's automatic ones would hand
+    out `-h` (help's) to `--host-ipc`, so they are off, and these few are given by hand."""
+
+    def __init__(self, *args: Any, short: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.short = short
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        args = super().get_arguments(ignore_unknown_help)
+        for arg in args:
+            letter = self.short.get(arg.name or "")
+            if letter and letter not in arg.names:
+                arg.names = (*arg.names, letter)
         return args

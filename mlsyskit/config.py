@@ -99,3 +99,39 @@ def load_config(root: Path = REPO_ROOT, environ: dict[str, str] | None = None) -
     if values.get("rootfs", "auto") not in ROOTFS_MODES:
         raise UsageError(f"build.rootfs: '{values['rootfs']}' is not one of {', '.join(ROOTFS_MODES)}")
     return Config(**values)
+
+
+def bootstrap_env(config: Config) -> dict[str, str]:
+    """What `./kit` sets before it installs the kit's own environment (pip installs uv, uv
+    installs the lock), so that kit.toml's mirror, CA bundle and proxies apply there too."""
+    env = dict(config.proxy_env())
+    if config.pypi_index:
+        env["PIP_INDEX_URL"] = env["KIT_PYPI_INDEX"] = config.pypi_index
+    if config.ca_bundle:
+        env["PIP_CERT"] = env["SSL_CERT_FILE"] = config.ca_bundle
+    return env
+
+
+def main(argv: list[str]) -> int:
+    """`python3 -m mlsyskit.config --shell`: bootstrap_env() as `export` lines (stdlib only,
+    so it runs before the kit's environment exists); a bad config is one line, exit 2."""
+    import shlex
+    import sys
+
+    if argv != ["--shell"]:
+        print("usage: python3 -m mlsyskit.config --shell", file=sys.stderr)
+        return 2
+    try:
+        env = bootstrap_env(load_config())
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for key, value in sorted(env.items()):
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

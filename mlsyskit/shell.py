@@ -70,6 +70,9 @@ LABEL_GPUS = f"{LABEL}.gpus"
 LABEL_USER = f"{LABEL}.user"
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+#: docker's refusal of a second container of the same name. A port that is taken also
+#: says "already in use" ("bind: address already in use"): that container is ours to remove.
+NAME_IN_USE = "is already in use by container"
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHM_RE = re.compile(r"\d+(\.\d+)?[bkmgBKMG]?")
 # Options that shape a container when it is created; re-entering a named one ignores them.
@@ -174,6 +177,54 @@ def mount_args(specs: Sequence[str], cwd: Path) -> list[str]:
             raise UsageError(f"--mount '{spec}': the container path must be absolute")
         args += ["-v", ":".join([str(source), target, *parts[2:3]])]
     return args
+
+
+def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
+    """(host address, host port, protocol) of each `-p` value: `8000`, `8080:80`,
+    `127.0.0.1:8000:8000`, `8000/udp`. A range or an unpublished port gives nothing."""
+    found = []
+    for port in ports:
+        spec, _, proto = port.partition("/")
+        parts = spec.rsplit(":", 2) if not spec.startswith("[") else [spec]
+        if len(parts) == 1:
+            address, host_port = "", parts[0]
+        elif len(parts) == 2:
+            address, host_port = "", parts[0]
+        else:
+            address, host_port = parts[0], parts[1]
+        if host_port.isdigit():
+            found.append((address, int(host_port), proto or "tcp"))
+    return found
+
+
+def port_taken(address: str, port: int, proto: str = "tcp") -> bool:
+    """Whether something on this host already holds the port docker would publish on."""
+    import socket
+
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+        try:
+            sock.bind((address or "0.0.0.0", port))
+        except PermissionError:
+            return False  # a privileged port: docker binds it, we may not; let docker decide
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(opts: ShellOptions, taken: Callable[[str, int, str], bool] = port_taken) -> None:
+    """Refuse a `-p` whose host port is in use before any container exists: docker would
+    create the container, fail to start it (exit 125, several lines) and, for a one-off
+    run that has become docker, nobody would remove what it left."""
+    if opts.network == "host":
+        return
+    for address, port, proto in published_ports(opts.ports):
+        if taken(address, port, proto):
+            where = f"{address}:{port}" if address else str(port)
+            raise EngineError(
+                f"port {where}/{proto} is already in use on this host", fix=f"pick another (-p {port + 1}:...) or stop what holds it"
+            )
 
 
 def port_args(ports: Sequence[str]) -> list[str]:
@@ -475,6 +526,7 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     workspace = resolve_workspace(opts, host)
     mount_args(opts.mounts, host.cwd)  # refuses a missing path before anything is built
     gpus = choose_gpus(opts)
+    check_ports_free(opts)
     image = ensure_image(engine, topic, base, config, log)
     if gpus.warning:
         log(f"warning: {gpus.warning}")
@@ -500,7 +552,7 @@ def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config,
             engine.run_detached(call.args, call.env)
             return
         except EngineError as exc:
-            if "already in use" in exc.message:
+            if NAME_IN_USE in exc.message:
                 raise  # another shell created it meanwhile: it is not ours to remove
             engine.remove_containers([opts.name])
             if attempt == 1 and host.memlock and "rlimit" in exc.message:

@@ -529,6 +529,9 @@ def assess(expected: Mapping[str, str], states: Sequence[ContainerState], since:
         fresh_end = state is not None and state.finished_at >= since
         if state is None:
             waiting.append(name)
+        elif state.status == "restarting":
+            # docker restarts it after each crash: waiting for --wait to run out would hide that
+            failed.append((name, f"is restarting after exiting with code {state.exit_code} (a restart loop)"))
         elif state.status in ("exited", "dead") and fresh_end:
             if run == "job" and state.exit_code == 0:
                 ready.append(name)

@@ -231,3 +231,44 @@ def test_host_hf_cache(tmp_path):
     assert shell.host_hf_cache({}, tmp_path) == tmp_path / ".cache" / "huggingface"
     assert shell.host_hf_cache({"XDG_CACHE_HOME": "/c"}, tmp_path) == Path("/c/huggingface")
     assert shell.host_hf_cache({"HF_HOME": "/models/hf"}, tmp_path) == Path("/models/hf")
+
+
+# --- published ports that are already taken -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, found",
+    [
+        ("8000", [("", 8000, "tcp")]),
+        ("8080:80", [("", 8080, "tcp")]),
+        ("127.0.0.1:8000:8000", [("127.0.0.1", 8000, "tcp")]),
+        ("9000/udp", [("", 9000, "udp")]),
+        ("127.0.0.1::8000", []),  # docker picks the host port
+    ],
+)
+def test_published_ports(spec, found):
+    assert shell.published_ports([spec]) == found
+
+
+def test_a_taken_port_is_refused_before_any_container_exists():
+    from mlsyskit.errors import EngineError
+
+    taken = {("", 30000, "tcp")}
+    opts = ShellOptions(topic="distributed", ports=("8080:80", "30000"))
+    with pytest.raises(EngineError) as err:
+        shell.check_ports_free(opts, taken=lambda a, p, proto: (a, p, proto) in taken)
+    assert err.value.message == "port 30000/tcp is already in use on this host" and err.value.exit_code == 3
+    shell.check_ports_free(ShellOptions(topic="distributed", ports=("8080:80",)), taken=lambda *a: False)
+    # with the host's network nothing is published, so nothing is checked
+    shell.check_ports_free(ShellOptions(topic="distributed", ports=("30000",), network="host"), taken=lambda *a: True)
+
+
+def test_port_taken_reads_the_host():
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert shell.port_taken("127.0.0.1", port)
+    assert not shell.port_taken("127.0.0.1", port)

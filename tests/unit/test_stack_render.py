@@ -239,6 +239,9 @@ def test_assess_rules():
         ("service", state("x", "exited", 0), "stopped (exit code 0)"),
         ("service", state("x", "running", health="unhealthy"), "unhealthy"),
         ("service", state("x", "dead", 137), "stopped (exit code 137)"),
+        # a crash loop under a restart policy fails at once, not when --wait runs out
+        ("service", state("x", "restarting", 1), "is restarting after exiting with code 1 (a restart loop)"),
+        ("job", state("x", "restarting", 2), "restarting after exiting with code 2"),
     ],
 )
 def test_assess_failures(run, st, why):

@@ -38,3 +38,22 @@ def test_buildkit_capability_by_client():
 def test_nvidia_smi_header():
     header = "| NVIDIA-SMI 580.95.05   Driver Version: 580.95.05   CUDA Version: 13.0  |"
     assert parse_nvidia_smi(header) == ("580.95.05", "13.0")
+
+
+def test_export_takes_the_readmes_short_output_flag(tmp_path):
+    """README: `invoke export k8s STACK [-o DIR]` (invoke's own short flags are off there)."""
+    import subprocess
+    import sys
+
+    from mlsyskit import REPO_ROOT
+
+    out = tmp_path / "manifests"
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "export", "k8s", "nccl-2node", "-o", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "nccl-2node.yaml").is_file() and f"wrote {out / 'nccl-2node.yaml'}" in proc.stdout
+    helptext = subprocess.run([sys.executable, "-m", "invoke", "--help", "export"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert "-o STRING, --output=STRING" in helptext.stdout
+    assert "--host-ipc" in helptext.stdout and "-h, --host-ipc" not in helptext.stdout
