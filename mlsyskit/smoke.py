@@ -20,8 +20,9 @@ build, a skip where GPUs were asked for."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
-import math
 import os
 import time
 import uuid
@@ -35,6 +36,7 @@ from typing import Any
 from . import LABEL_PREFIX, REPO_ROOT
 from .catalog import Topic, load_catalog
 from .errors import BuildError, KitError, StackError, UsageError
+from smoke_tests._result import SmokeTest
 
 Log = Callable[[str], None]
 
@@ -42,11 +44,9 @@ SMOKE_DIR = "smoke_tests"
 IN_CONTAINER = "/opt/mlsyskit"
 LABEL = f"{LABEL_PREFIX}.smoke"
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
-#: Each test's own default --timeout (its script's add_common_args); the container gets
-#: this plus MARGIN before the kit removes it.
-DEFAULT_TIMEOUTS = {"nccl": 360, "cuda_graph": 120, "verl_sft": 600, "sglang_serve": 900, "verl_grpo": 1200, "cuda_jit": 600}
-FALLBACK_TIMEOUT = 600
-MARGIN = 180  # container start-up, torchrun's own margins, writing the result
+#: A container gets its test's own time limit (``SmokeTest.timeout``) plus this before the
+#: kit removes it: container start-up, torchrun's own margins, writing the result.
+MARGIN = 180
 #: Tests that take a model (`invoke smoke --model`).
 TAKES_MODEL = ("sglang_serve",)
 
@@ -130,8 +130,23 @@ class SmokeReport:
 # --- pure: planning -------------------------------------------------------------------------
 
 
-def available_tests(root: Path = REPO_ROOT) -> list[str]:
-    return sorted(p.stem for p in (root / SMOKE_DIR).glob("*.py") if not p.stem.startswith("_"))
+@functools.cache
+def registry(root: Path = REPO_ROOT) -> dict[str, SmokeTest]:
+    """Every smoke test in smoke_tests/: the modules that declare ``SMOKE`` (their name, own
+    time limit and key figure). Helpers (tiny_model) and the benchmark reference
+    (reference_allreduce) declare none. The modules import no torch at load time."""
+    found: dict[str, SmokeTest] = {}
+    for path in sorted((root / SMOKE_DIR).glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        declared = getattr(importlib.import_module(f"{SMOKE_DIR}.{path.stem}"), "SMOKE", None)
+        if isinstance(declared, SmokeTest):
+            found[declared.name] = declared
+    return found
+
+
+def available_tests() -> list[str]:
+    return sorted(registry())
 
 
 def split(value: str) -> list[str]:
@@ -152,7 +167,7 @@ def test_args(test: str, opts: SmokeOptions, json_in_container: str) -> tuple[st
 
 
 def limit_for(test: str, opts: SmokeOptions) -> float:
-    return (opts.timeout or DEFAULT_TIMEOUTS.get(test, FALLBACK_TIMEOUT)) + MARGIN
+    return (opts.timeout or registry()[test].timeout) + MARGIN
 
 
 def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> list[PlannedRun]:
@@ -241,62 +256,11 @@ def judge(run: PlannedRun, data: dict[str, Any] | None, returncode: int | None, 
     return made_up(run.test, FAILED, f"no result (exit {returncode}): {last_line or 'no output'}", seconds)
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
-
-
-def _size(nbytes: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= size:
-            return f"{nbytes / size:g} {unit}"
-    return f"{nbytes} B"
-
-
 def key_figure(test: str, figures: Mapping[str, Any]) -> str:
-    """The one number a reader looks for in each test's figures ('-' when there is none)."""
-    try:
-        if test == "nccl":
-            sizes = figures.get("sizes") or []
-            if not sizes:
-                return "-"
-            largest = max(sizes, key=lambda r: r.get("bytes", 0))
-            exact = all(r.get("correct") for r in sizes)
-            text = f"busbw {largest['busbw_gbps']:.1f} GB/s at {_size(largest['bytes'])}"
-            if largest.get("nvlink4_share"):
-                text += f" ({largest['nvlink4_share'] * 100:.0f}% of NVLink4)"
-            return f"{text}, {figures.get('backend')} x{figures.get('world_size')}, sums {'exact' if exact else 'WRONG'}"
-        if test == "cuda_graph":
-            if _num(figures.get("speedup")) is not None:
-                equal = "bitwise equal" if figures.get("bitwise_equal") else f"max diff {figures.get('max_abs_diff', 0):.2g}"
-                return f"replay {figures['speedup']:.2f}x faster, {equal}"
-            if "cpu_eager_repeatable" in figures:
-                return f"eager on CPU {'repeatable' if figures['cpu_eager_repeatable'] else 'NOT repeatable'}"
-            return "-"
-        if test == "verl_sft":
-            first, last = _num(figures.get("loss_first")), _num(figures.get("loss_last"))
-            return f"loss {first:.3f} -> {last:.3f} in {figures.get('steps')} steps" if first and last else "-"
-        if test == "sglang_serve":
-            from smoke_tests.sglang_serve import key_figure as sglang_figure
-
-            text = sglang_figure(figures)
-            if text == "-" and figures.get("cpu_check"):
-                return f"tiny model loads, chat prompt {figures['cpu_check'].get('chat_prompt_tokens')} tokens"
-            return text
-        if test == "cuda_jit":
-            from smoke_tests.cuda_jit import key_figure as jit_figure
-
-            return jit_figure(dict(figures))
-        if test == "verl_grpo":
-            from smoke_tests.verl_grpo import key_figure as grpo_figure
-
-            text = grpo_figure(figures)
-            config = figures.get("config") or {}
-            if text == "-" and config:
-                return f"config ok: {config.get('adv_estimator')}, {config.get('rollout')} rollout, n={config.get('rollout_n')}"
-            return text
-    except (KeyError, TypeError, ValueError):
-        return "-"
-    return "-"
+    """The one number a reader looks for in a test's figures, as the test itself defines it
+    ('-' when there is none, or for a test the registry does not know)."""
+    found = registry().get(test)
+    return found.figure(figures) if found else "-"
 
 
 def shorten(text: str, width: int = 90) -> str:

@@ -37,6 +37,23 @@ RESULT_KEYS = {"test": str, "status": str, "reason": str, "seconds": float, "fig
 RECORDED_ENV_PREFIXES = ("NCCL_", "CUDA_VISIBLE_DEVICES", "TORCH_SYMM_MEM", "NVSHMEM_DISABLE_NVLS")
 
 
+@dataclass(frozen=True)
+class SmokeTest:
+    """What a smoke test tells the kit about itself (``SMOKE`` in its module): its name, its
+    own default time limit (its ``--timeout``; ``invoke smoke`` adds a margin for the
+    container) and the one figure a table shows of its result ('-' when there is none)."""
+
+    name: str
+    timeout: float
+    key_figure: Callable[[Mapping[str, Any]], str]
+
+    def figure(self, figures: Mapping[str, Any]) -> str:
+        try:
+            return self.key_figure(figures)
+        except (KeyError, TypeError, ValueError, AttributeError):  # a partial result
+            return "-"
+
+
 class Skip(Exception):
     """The test cannot run here (no GPU, too few GPUs); the message says why."""
 

@@ -16,12 +16,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, no_gpu, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test
 
 TEST = "cuda_graph"
+
+
+def key_figure(figures: Mapping[str, Any]) -> str:
+    """The replay's speed-up and equality; on the CPU, whether eager mode repeated itself."""
+    if isinstance(figures.get("speedup"), int | float):
+        equal = "bitwise equal" if figures.get("bitwise_equal") else f"max diff {figures.get('max_abs_diff', 0):.2g}"
+        return f"replay {figures['speedup']:.2f}x faster, {equal}"
+    if "cpu_eager_repeatable" in figures:
+        return f"eager on CPU {'repeatable' if figures['cpu_eager_repeatable'] else 'NOT repeatable'}"
+    return "-"
+
+
+SMOKE = SmokeTest(TEST, timeout=120, key_figure=key_figure)
 
 
 def speedup(eager_seconds: float, graph_seconds: float) -> float:
@@ -180,7 +193,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=120)
+    add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)

@@ -28,11 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, no_gpu, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test
 
 TEST = "cuda_jit"
 DEFAULT_ARCH = "9.0"
@@ -279,7 +279,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def key_figure(figures: dict[str, Any]) -> str:
+def key_figure(figures: Mapping[str, Any]) -> str:
     """One line for invoke smoke's table."""
     toolkit = figures.get("toolkit") or {}
     ext = figures.get("torch_extension") or {}
@@ -295,9 +295,12 @@ def key_figure(figures: dict[str, Any]) -> str:
     return text
 
 
+SMOKE = SmokeTest(TEST, timeout=600, key_figure=key_figure)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=600)
+    add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"compute capability to build for without a GPU (default {DEFAULT_ARCH})")
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -36,6 +36,7 @@ from smoke_tests._result import (
     Fail,
     Report,
     Skip,
+    SmokeTest,
     add_common_args,
     fmt,
     fmt_bytes,
@@ -229,6 +230,23 @@ def physical_gpu_indices(
             return [int(p) for p in parts[: len(pci_ids)]]
         return None
     return list(range(len(pci_ids)))
+
+
+def key_figure(figures: Mapping[str, Any]) -> str:
+    """busbw at the largest size, the backend and world size, and whether every sum was exact."""
+    sizes = figures.get("sizes") or []
+    if not sizes:
+        return "-"
+    largest = max(sizes, key=lambda r: r.get("bytes", 0))
+    exact = all(r.get("correct") for r in sizes)
+    text = f"busbw {largest['busbw_gbps']:.1f} GB/s at {fmt_bytes(largest['bytes'])}"
+    if largest.get("nvlink4_share"):
+        text += f" ({largest['nvlink4_share'] * 100:.0f}% of NVLink4)"
+    return f"{text}, {figures.get('backend')} x{figures.get('world_size')}, sums {'exact' if exact else 'WRONG'}"
+
+
+#: The parent's limit is --timeout + 60 (torchrun's start and its ranks' end fit in that).
+SMOKE = SmokeTest(TEST, timeout=300, key_figure=key_figure)
 
 
 def under_torchrun() -> bool:
@@ -537,7 +555,7 @@ def _describe_links(
 
 def build_parser(description: str = __doc__ or "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
-    add_common_args(parser, timeout=300)
+    add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--min-bytes", help="smallest message (default 1M on GPU, 64K with --cpu)")
     parser.add_argument("--max-bytes", help="largest message (default 1G on GPU, 4M with --cpu)")
     parser.add_argument("--factor", type=int, help="size step (default 4)")

@@ -51,6 +51,7 @@ from smoke_tests._result import (
     Fail,
     Report,
     Skip,
+    SmokeTest,
     add_common_args,
     fmt,
     no_gpu,
@@ -164,11 +165,17 @@ def judge_bench(data: Mapping[str, Any], num_prompts: int, output_len: int) -> t
 
 
 def key_figure(figures: Mapping[str, Any]) -> str:
-    """One line for a summary table: output throughput and median TTFT."""
+    """One line for a summary table: output throughput and median TTFT; on the CPU, that
+    the tiny model loads."""
     bench = figures.get("bench") or {}
-    if not bench.get("output_throughput"):
-        return "-"
-    return f"{bench['output_throughput']:.0f} tok/s out, TTFT median {bench.get('median_ttft_ms', math.nan):.1f} ms"
+    if bench.get("output_throughput"):
+        return f"{bench['output_throughput']:.0f} tok/s out, TTFT median {bench.get('median_ttft_ms', math.nan):.1f} ms"
+    if figures.get("cpu_check"):
+        return f"tiny model loads, chat prompt {figures['cpu_check'].get('chat_prompt_tokens')} tokens"
+    return "-"
+
+
+SMOKE = SmokeTest(TEST, timeout=900, key_figure=key_figure)
 
 
 # ---------------------------------------------------------------------------- talking to the server
@@ -434,7 +441,7 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=900)
+    add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size (GPUs)")
     parser.add_argument("--port", type=int, help="server port (default: a free one)")

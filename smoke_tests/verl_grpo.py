@@ -49,6 +49,7 @@ from smoke_tests._result import (
     Fail,
     Report,
     Skip,
+    SmokeTest,
     add_cleanup,
     add_common_args,
     fmt,
@@ -214,12 +215,19 @@ def overrides(
 
 
 def key_figure(figures: Mapping[str, Any]) -> str:
+    """Reward first -> last, policy loss and gradient norm; on the CPU, the composed config."""
     steps = figures.get("metrics") or {}
     if not steps:
+        config = figures.get("config") or {}
+        if config:
+            return f"config ok: {config.get('adv_estimator')}, {config.get('rollout')} rollout, n={config.get('rollout_n')}"
         return "-"
     first, last = steps[min(steps, key=int)], steps[max(steps, key=int)]
     reward = f"reward {fmt(first.get(REWARD_KEY), 3)} -> {fmt(last.get(REWARD_KEY), 3)}"
     return f"{reward}, pg_loss {fmt(last.get(LOSS_KEY), 4)}, grad norm {fmt(last.get(GRAD_KEY), 3)}, {len(steps)} steps"
+
+
+SMOKE = SmokeTest(TEST, timeout=1200, key_figure=key_figure)
 
 
 # ---------------------------------------------------------------------------- Ray's processes, outside the group
@@ -428,7 +436,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=1200)
+    add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks and SGLang replicas)")
     parser.add_argument("--rows", type=int, default=64, help="prompts in the tiny RL dataset")

@@ -27,11 +27,11 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, add_common_args, fmt, no_gpu, run_command, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_command, run_test
 
 TEST = "verl_sft"
 _STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([-+0-9.eEinfa]+)")
@@ -80,6 +80,16 @@ def judge_losses(losses: dict[int, float], steps: int, min_drop: float = MIN_DRO
         drop = (first - last) / first if first else 0.0
         return f"loss did not fall by {min_drop:.0%}: first {first:.4f}, last {last:.4f} ({drop:+.1%} drop)"
     return None
+
+
+def key_figure(figures: Mapping[str, Any]) -> str:
+    first, last = figures.get("loss_first"), figures.get("loss_last")
+    if not isinstance(first, int | float) or not isinstance(last, int | float):
+        return "-"
+    return f"loss {first:.3f} -> {last:.3f} in {figures.get('steps')} steps"
+
+
+SMOKE = SmokeTest(TEST, timeout=600, key_figure=key_figure)
 
 
 def overrides(
@@ -208,7 +218,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=600)
+    add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks) to train on")
     parser.add_argument("--rows", type=int, default=64, help="conversations in the tiny dataset")

@@ -31,15 +31,33 @@ TOPICS = {
 
 
 def test_every_smoke_test_script_is_known():
-    assert set(KNOWN) <= set(smoke.available_tests())
-    assert "_result" not in smoke.available_tests() and "__init__" not in smoke.available_tests()
+    assert smoke.available_tests() == sorted([*KNOWN, "cuda_jit"])
+    # helpers and the benchmark reference are no smoke tests
+    assert not {"_result", "__init__", "tiny_model", "reference_allreduce"} & set(smoke.available_tests())
+
+
+def test_each_test_declares_its_own_time_limit_and_the_kit_uses_it():
+    """The limit lives in one place, the script: its --timeout default is the registry's."""
+    import re
+    import subprocess
+    import sys
+
+    for name, declared in smoke.registry().items():
+        helptext = subprocess.run(
+            [sys.executable, "-m", f"smoke_tests.{name}", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout
+        parser_default = re.search(r"fail after this many seconds\s+\(default (\d+)\)", " ".join(helptext.split()))
+        assert parser_default and float(parser_default.group(1)) == declared.timeout > 0, name
+        opts = smoke.SmokeOptions(topics="x")
+        assert smoke.limit_for(name, opts) == declared.timeout + smoke.MARGIN
+        assert smoke.limit_for(name, smoke.SmokeOptions(topics="x", timeout=7)) == 7 + smoke.MARGIN
 
 
 def test_plan_runs_the_container_then_the_two_node_variant():
     runs = smoke.plan([TOPICS["distributed"]], smoke.SmokeOptions(topics="distributed", cpu=True), KNOWN)
     assert [(r.test, r.where) for r in runs] == [("nccl", "container"), ("nccl", "nccl-2node")]
     assert runs[0].command == ("python", "-m", "smoke_tests.nccl", "--json", "/workspace/nccl.json", "--cpu")
-    assert runs[0].limit == smoke.DEFAULT_TIMEOUTS["nccl"] + smoke.MARGIN
+    assert runs[0].limit == 300 + smoke.MARGIN  # the nccl script's own --timeout default
     assert runs[1].command == () and runs[1].label == "nccl (nccl-2node)"
 
 
