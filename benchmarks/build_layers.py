@@ -112,7 +112,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mlsyskit-bench-") as tmp:
         tree = copy_tree(Path(tmp), marker)
         print("clearing BuildKit's package cache mounts (uv, pip, apt) for a cold build", flush=True)
-        subprocess.run([engine.client.path, "builder", "prune", "--force", "--filter", "type=exec.cachemount"], check=False)
+        engine.prune_build_cache(cache_mounts_only=True)
         cold, cold_s = run(engine, tree, args.topic, no_cache=True)
         warm, warm_s = run(engine, tree, args.topic)
         pyproject = tree / "envs" / args.topic / "pyproject.toml"

@@ -36,17 +36,17 @@ def chain(engine: Engine, ref: str) -> list[dict]:
     it adds to its parent."""
     images = []
     while ref:
-        data = engine.inspect_image(ref)
-        if data is None:
+        found = engine.image(ref)
+        if found is None:
             raise SystemExit(f"{ref} is not in the engine: run `invoke build all` first")
-        labels = (data.get("Config") or {}).get("Labels") or {}
+        labels = found.labels
         images.append(
             {
                 "ref": ref,
-                "id": data["Id"],
+                "id": found.id,
                 "kind": labels.get(f"{LABEL_PREFIX}.kind", "rootfs"),
                 "name": labels.get(f"{LABEL_PREFIX}.name", ref),
-                "bytes": int(data["Size"]),
+                "bytes": found.size,
             }
         )
         ref = labels.get(f"{LABEL_PREFIX}.parent", "")

@@ -85,10 +85,10 @@ def clean_up(engine: Engine, tags: set[str], marker: str) -> None:
     """Remove this run's images, then its build records (found by the marker) and its
     uv cache mount: nothing of anyone else's."""
     engine.remove_images(tags)
-    records = json.loads(engine.run_cli("system", "df", "-v", "--format", "{{json .BuildCache}}").stdout or "[]")
-    ids = [r["ID"] for r in records if marker in r.get("Description", "") and r.get("InUse") != "true"]
+    records = engine.build_cache_records()
+    ids = [r.id for r in records if marker in r.description and not r.in_use]
     for record in ids:
-        engine.run_cli("builder", "prune", "--force", "--filter", f"id={record}", check=False)
+        engine.remove_build_cache_record(record)
 
 
 def group_by_stack(catalog, names: list[str]) -> list[list]:

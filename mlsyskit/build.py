@@ -41,8 +41,8 @@ def write_secrets(config: Config, directory: Path) -> dict[str, Path]:
 
 
 def image_size(engine: Engine, ref: str) -> int:
-    data = engine.inspect_image(ref)
-    return int(data.get("Size", 0)) if data else 0
+    found = engine.image(ref)
+    return found.size if found else 0
 
 
 def build_layers(

@@ -5,7 +5,6 @@ the text to print (or raises a KitError)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 
 from . import LABEL_PREFIX
@@ -14,7 +13,7 @@ from . import topics as topics_mod
 from .build import build_topics
 from .catalog import Catalog, Topic, load_catalog
 from .config import Config, load_config
-from .engine import Engine
+from .engine import ContainerSpec, Engine
 from .errors import EngineError, KitError, UsageError
 from .locks import lock as lock_all
 from .plan import topic_alias
@@ -65,21 +64,22 @@ def images() -> str:
     engine = Engine.connect()
     rows = []
     for image in engine.images(f"{LABEL_PREFIX}.kind"):
-        ref = f"{image['Repository']}:{image['Tag']}"
-        labels = engine.image_labels(image["ID"])
-        rows.append(
-            (
-                ref,
-                labels.get(f"{LABEL_PREFIX}.kind", ""),
-                labels.get(f"{LABEL_PREFIX}.base", ""),
-                image.get("Size", ""),
-                labels.get(f"{LABEL_PREFIX}.lock-sha256", "")[:12] or "-",
-                image.get("CreatedSince", ""),
+        labels = image.labels
+        for ref in sorted(image.tags):
+            rows.append(
+                (
+                    ref,
+                    labels.get(f"{LABEL_PREFIX}.kind", ""),
+                    labels.get(f"{LABEL_PREFIX}.base", ""),
+                    size(image.size),
+                    labels.get(f"{LABEL_PREFIX}.lock-sha256", "")[:12] or "-",
+                    image.created[:19].replace("T", " "),
+                )
             )
-        )
+    rows.sort()
     if not rows:
         return "no kit images yet: run `invoke build`"
-    return table(("image", "layer", "base", "size", "lock sha256", "created"), rows)
+    return table(("image", "layer", "base", "size", "lock sha256", "created (UTC)"), rows)
 
 
 def lock(topics: str, check: bool, log: Log) -> None:
@@ -102,7 +102,7 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
         "for m in mods: importlib.import_module(m)\n"
         f"print(json.dumps({{n: md.version(n) for n in {list(topic.key_packages)!r}}}))\n"
     )
-    proc = engine.run(image, ["python", "-c", script], timeout=600)
+    proc = engine.run(ContainerSpec(image=image, command=("python", "-c", script)), timeout=600)
     if proc.returncode != 0:
         raise KitError(f"check failed in {image}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -147,10 +147,10 @@ def versions(topic_name: str, base: str | None) -> str:
 
 def clean(log: Log) -> str:
     engine = Engine.connect()
-    refs = [f"{i['Repository']}:{i['Tag']}" for i in engine.images(f"{LABEL_PREFIX}.kind")]
+    refs = [ref for image in engine.images(f"{LABEL_PREFIX}.kind") for ref in image.tags]
     engine.remove_images(refs)
-    subprocess.run([engine.client.path, "builder", "prune", "--force", "--filter", "type=exec.cachemount"], capture_output=True)
-    subprocess.run([engine.client.path, "builder", "prune", "--force"], capture_output=True)
+    engine.prune_build_cache(cache_mounts_only=True)
+    engine.prune_build_cache()
     # BuildKit cannot tell which cache records are the kit's, so the engine's whole build
     # cache goes: say so rather than pretend.
     return f"removed {len(refs)} image tag(s) and the engine's build cache (all of it, not only the kit's)"

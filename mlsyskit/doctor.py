@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .catalog import Catalog
-from .engine import COMPOSE_FIX, Engine, _version_tuple, find_clients, find_compose
+from .engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
 from .errors import KitError
 
 MIN_FREE_GB = 40  # one topic image with its stack and build cache
@@ -40,19 +40,13 @@ def check_engine() -> tuple[list[Check], Engine | None]:
     clients = find_clients()
     if not clients:
         return [Check("docker client", "fail", "no docker client on PATH", "invoke doctor --fix (installs docker.io)")], None
-    usable = [c for c in clients if c.buildkit]
-    checks = [
-        Check(
-            "docker client",
-            "ok" if usable else "fail",
-            ", ".join(f"{c.path} {c.version}{' +buildx' if c.buildx else ''}" for c in clients)
-            + (f"; builds with {usable[0].path}" if usable else ""),
-            "" if usable else "install the docker-buildx plugin or Debian's docker.io client",
-        )
-    ]
-    if not usable:
-        return checks, None
-    engine = Engine(usable[0])
+    found = ", ".join(f"{c.path} {c.version}{' +buildx' if c.buildx else ''}" for c in clients)
+    try:
+        builder = pick_builder(clients)  # the choice every command makes (Engine.connect)
+    except KitError as exc:
+        return [Check("docker client", "fail", found, exc.fix)], None
+    checks = [Check("docker client", "ok", f"{found}; builds with {builder.path}")]
+    engine = Engine(builder)
     try:
         version = engine.server_version()
     except KitError as exc:
@@ -74,7 +68,7 @@ def check_disk(engine: Engine | None) -> Check:
     root = "/var/lib/docker"
     if engine is not None:
         try:
-            root = engine.info().get("DockerRootDir", root)
+            root = engine.daemon().root_dir or root
         except KitError:
             pass
     path = root if os.path.exists(root) else "/"
@@ -117,7 +111,7 @@ def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
     driver, cuda = parse_nvidia_smi(smi.stdout)
     checks = [Check("nvidia driver", "ok", f"driver {driver}, supports CUDA up to {cuda}")]
     for stack in catalog.stacks.values():
-        fine = _version_tuple(cuda)[:2] >= _version_tuple(stack.cuda)[:2]
+        fine = version_tuple(cuda)[:2] >= version_tuple(stack.cuda)[:2]
         checks.append(
             Check(
                 f"cuda for {stack.name}",
@@ -126,7 +120,7 @@ def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
                 "" if fine else f"upgrade the NVIDIA driver to one supporting CUDA {stack.cuda}",
             )
         )
-    runtimes = engine.info().get("Runtimes", {}) if engine else {}
+    runtimes = engine.daemon().runtimes if engine else ()
     toolkit = "nvidia" in runtimes or bool(shutil.which("nvidia-ctk")) or bool(shutil.which("nvidia-container-cli"))
     checks.append(
         Check(

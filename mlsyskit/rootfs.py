@@ -25,8 +25,8 @@ def bootstrap_ref(base: Base) -> str:
 
 
 def _found(engine: Engine, ref: str, origin: str) -> RootImage | None:
-    data = engine.inspect_image(ref)
-    return RootImage(ref=ref, image_id=data["Id"], origin=origin) if data else None
+    found = engine.image(ref)
+    return RootImage(ref=ref, image_id=found.id, origin=origin) if found else None
 
 
 def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | None:

@@ -1,8 +1,8 @@
 """`invoke shell` and `invoke ps`: a correct, GPU-ready working container in one command.
 
-The docker argument list is decided by pure functions (`one_off_call`, `create_call`,
-`exec_call`) from the options, the host's facts (`Host`) and the config, and tested without
-Docker. `shell()` gathers those facts, builds the image when it is missing, and then
+The container is decided by pure functions (`one_off_spec`, `named_spec`, `enter_call`)
+from the options, the host's facts (`Host`) and the config, as a `ContainerSpec` the
+engine turns into docker's arguments, and tested without Docker. `shell()` gathers those facts, builds the image when it is missing, and then
 becomes the docker client (exec), so the terminal, signals and exit code are docker's own.
 
 Decisions the issue leaves open (the README's `invoke shell` section gives the user's view):
@@ -37,12 +37,14 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import LABEL_PREFIX
 from .catalog import Topic, load_catalog
 from .config import Config, load_config
 from .engine import Engine
+from .engine import ContainerInfo, ContainerSpec, DockerCall
+from .engine.spec import exec_call, run_call
 from .errors import EngineError, UsageError
 from .gpus import GpuSelection, container_toolkit_present, host_has_gpus, parse_request, query_gpus, select
 from .lockfile import lock_sha256
@@ -70,9 +72,6 @@ LABEL_GPUS = f"{LABEL}.gpus"
 LABEL_USER = f"{LABEL}.user"
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-#: docker's refusal of a second container of the same name. A port that is taken also
-#: says "already in use" ("bind: address already in use"): that container is ours to remove.
-NAME_IN_USE = "is already in use by container"
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHM_RE = re.compile(r"\d+(\.\d+)?[bkmgBKMG]?")
 # Options that shape a container when it is created; re-entering a named one ignores them.
@@ -124,15 +123,6 @@ class Host:
         return self.uid == 0
 
 
-@dataclass(frozen=True)
-class DockerCall:
-    """A docker command line (without the client) and the values it passes by name:
-    `-e NAME` in args, NAME's value in `env`, the docker client's environment."""
-
-    args: tuple[str, ...]
-    env: dict[str, str]
-
-
 # --- pure: options -> docker arguments ---------------------------------------------------
 
 
@@ -158,13 +148,15 @@ def home_in_container(host: Host, root: bool) -> str:
     return ROOT_HOME if root or host.as_root else USER_HOME
 
 
-def mount_args(specs: Sequence[str], cwd: Path) -> list[str]:
-    """`--mount` values as docker flags. HOST:CTR[:MODE] (HOST relative to the current
-    directory, `~` expanded) must exist; `type=...` is docker's own syntax, passed on."""
-    args: list[str] = []
+def parse_mounts(specs: Sequence[str], cwd: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`--mount` values as (bind volumes, docker `--mount` values). HOST:CTR[:MODE] (HOST
+    relative to the current directory, `~` expanded) must exist; `type=...` is docker's own
+    syntax, passed on."""
+    volumes: list[str] = []
+    mounts: list[str] = []
     for spec in specs:
         if spec.startswith(("type=", "source=", "src=", "target=", "dst=")):
-            args += ["--mount", spec]
+            mounts.append(spec)
             continue
         parts = spec.split(":")
         if not 1 <= len(parts) <= 3 or not parts[0]:
@@ -175,8 +167,8 @@ def mount_args(specs: Sequence[str], cwd: Path) -> list[str]:
             raise UsageError(f"--mount '{spec}': {source} does not exist", fix="create it first (docker would make it, owned by root)")
         if not target.startswith("/"):
             raise UsageError(f"--mount '{spec}': the container path must be absolute")
-        args += ["-v", ":".join([str(source), target, *parts[2:3]])]
-    return args
+        volumes.append(":".join([str(source), target, *parts[2:3]]))
+    return tuple(volumes), tuple(mounts)
 
 
 def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
@@ -186,12 +178,10 @@ def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
     for port in ports:
         spec, _, proto = port.partition("/")
         parts = spec.rsplit(":", 2) if not spec.startswith("[") else [spec]
-        if len(parts) == 1:
-            address, host_port = "", parts[0]
-        elif len(parts) == 2:
-            address, host_port = "", parts[0]
-        else:
+        if len(parts) == 3:
             address, host_port = parts[0], parts[1]
+        else:
+            address, host_port = "", parts[0]
         if host_port.isdigit():
             found.append((address, int(host_port), proto or "tcp"))
     return found
@@ -227,118 +217,117 @@ def check_ports_free(opts: ShellOptions, taken: Callable[[str, int, str], bool] 
             )
 
 
-def port_args(ports: Sequence[str]) -> list[str]:
-    args: list[str] = []
+def port_values(ports: Sequence[str]) -> tuple[str, ...]:
+    """`-p 8000` publishes 8000 on 8000 (docker alone would pick a random host port)."""
+    values = []
     for port in ports:
         number, _, proto = port.partition("/")
         published = f"{number}:{number}" if number.isdigit() else number
-        args += ["-p", f"{published}/{proto}" if proto else published]
-    return args
+        values.append(f"{published}/{proto}" if proto else published)
+    return tuple(values)
 
 
-def runtime_env(opts: ShellOptions, host: Host, config: Config) -> tuple[list[str], dict[str, str]]:
+def runtime_env(opts: ShellOptions, host: Host, config: Config) -> tuple[tuple[str, ...], dict[str, str]]:
     """What is passed at run time, never baked: tokens, proxies, the HF endpoint and the
-    user's `-e`. Host and config values travel by name (out of argv); `-e KEY=VAL` as typed."""
-    values: dict[str, str] = {}
+    user's `-e`, as (KEY=VALUE pairs typed by the user, values passed by name). Host and
+    config values travel by name (out of argv); `-e KEY=VAL` as typed."""
+    by_name: dict[str, str] = {}
     for key in PASSTHROUGH:
         if host.environ.get(key):
-            values[key] = host.environ[key]
-    values.update(config.proxy_env())
+            by_name[key] = host.environ[key]
+    by_name.update(config.proxy_env())
     endpoint = config.hf_endpoint or host.environ.get("HF_ENDPOINT", "")
     if endpoint:
-        values["HF_ENDPOINT"] = endpoint
-    args: list[str] = []
-    for key in values:
-        args += ["-e", key]
+        by_name["HF_ENDPOINT"] = endpoint
+    typed: list[str] = []
     for item in opts.env:
         if "=" in item:
-            args += ["-e", item]
+            typed.append(item)
         elif item in host.environ:
-            args += ["-e", item]
-            values[item] = host.environ[item]
-    # The docker client only needs the values it does not already have.
-    return args, {k: v for k, v in values.items() if host.environ.get(k) != v}
+            by_name[item] = host.environ[item]
+    return tuple(typed), by_name
 
 
-def identity_args(host: Host, root: bool, config: Config) -> list[str]:
+@dataclass(frozen=True)
+class Identity:
     """Who runs inside, where HOME is, and where the HF cache and CA bundle appear."""
+
+    user: str
+    tmpfs: tuple[str, ...]
+    env: tuple[str, ...]
+    volumes: tuple[str, ...]
+
+
+def identity(host: Host, root: bool, config: Config) -> Identity:
     home = home_in_container(host, root)
-    args: list[str] = []
+    user, tmpfs, env = "", (), [f"HF_HOME={home}/{HF_IN_HOME}"]
     if home == USER_HOME:
         owner = f"uid={host.uid},gid={host.gid},mode=0755"
-        args += [
-            "--user", f"{host.uid}:{host.gid}",
-            "--tmpfs", f"{USER_HOME}:exec,{owner}",
-            "--tmpfs", f"{USER_HOME}/.cache:exec,{owner}",
-            "-e", f"HOME={USER_HOME}",
-            "-e", f"USER={host.user}",
-            "-e", f"LOGNAME={host.user}",
-            "-e", f"UV_CACHE_DIR={USER_HOME}/.cache/uv",
+        user = f"{host.uid}:{host.gid}"
+        tmpfs = (f"{USER_HOME}:exec,{owner}", f"{USER_HOME}/.cache:exec,{owner}")
+        env = [
+            f"HOME={USER_HOME}", f"USER={host.user}", f"LOGNAME={host.user}", f"UV_CACHE_DIR={USER_HOME}/.cache/uv", *env,
         ]  # fmt: skip
-    hf = f"{home}/{HF_IN_HOME}"
-    args += ["-v", f"{host.hf_cache}:{hf}", "-e", f"HF_HOME={hf}"]
+    volumes = [f"{host.hf_cache}:{home}/{HF_IN_HOME}"]
     if config.ca_bundle:
-        args += ["-v", f"{config.ca_bundle}:{CA_PATH}:ro", "-e", f"SSL_CERT_FILE={CA_PATH}", "-e", f"REQUESTS_CA_BUNDLE={CA_PATH}"]
-    return args
+        volumes.append(f"{config.ca_bundle}:{CA_PATH}:ro")
+        env += [f"SSL_CERT_FILE={CA_PATH}", f"REQUESTS_CA_BUNDLE={CA_PATH}"]
+    return Identity(user, tmpfs, tuple(env), tuple(volumes))
 
 
-def container_args(
-    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, kind: str
-) -> list[str]:
-    """Everything `docker run` needs to shape the container, shared by one-off runs and
-    named containers (not the command, the stdio flags or the runtime env)."""
+def container_spec(
+    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str, kind: str
+) -> ContainerSpec:
+    """The container every kit command starts for a topic (shell, smoke): GPUs, shared
+    memory, limits, workspace, identity, HF cache, labels. Not the command, stdio or the
+    runtime env."""
     root = opts.root or host.as_root
-    args = [
-        "--init",
-        "--label", f"{LABEL}={kind}",
-        "--label", f"{LABEL_TOPIC}={topic}",
-        "--label", f"{LABEL_BASE}={base}",
-        "--label", f"{LABEL_WORKSPACE}={workspace}",
-        "--label", f"{LABEL_GPUS}={gpus.label}",
-        "--label", f"{LABEL_USER}={'root' if root else f'{host.uid}:{host.gid}'}",
-    ]  # fmt: skip
-    if gpus.docker_value:
-        args += ["--gpus", gpus.docker_value]
-    # NCCL and DataLoader workers need far more than docker's 64 MB /dev/shm.
-    args += ["--shm-size", opts.shm_size] if opts.shm_size else ["--ipc=host"]
-    if host.memlock:
-        args += ["--ulimit", MEMLOCK]  # RDMA (NCCL over InfiniBand) registers pinned memory
-    args += ["--ulimit", f"stack={STACK_BYTES}"]
-    args += ["-v", f"{workspace}:{WORKSPACE}", "-w", WORKSPACE]
-    args += identity_args(host, root, config)
-    args += mount_args(opts.mounts, host.cwd)
-    if opts.network:
-        args += ["--network", opts.network]
-    if opts.network != "host":  # host networking publishes nothing: the ports are the host's
-        args += port_args(opts.ports)
-    return args
+    who = identity(host, root, config)
+    volumes, mounts = parse_mounts(opts.mounts, host.cwd)
+    ulimits = (MEMLOCK,) if host.memlock else ()  # RDMA (NCCL over InfiniBand) pins memory
+    return ContainerSpec(
+        image=image,
+        labels={
+            LABEL: kind, LABEL_TOPIC: topic, LABEL_BASE: base, LABEL_WORKSPACE: str(workspace), LABEL_GPUS: gpus.label,
+            LABEL_USER: "root" if root else f"{host.uid}:{host.gid}",
+        },  # fmt: skip
+        gpus=gpus.docker_value,
+        # NCCL and DataLoader workers need far more than docker's 64 MB /dev/shm.
+        shm_size=opts.shm_size,
+        ulimits=(*ulimits, f"stack={STACK_BYTES}"),
+        volumes=(f"{workspace}:{WORKSPACE}", *who.volumes, *volumes),
+        mounts=mounts,
+        workdir=WORKSPACE,
+        user=who.user,
+        tmpfs=who.tmpfs,
+        env=who.env,
+        network=opts.network,
+        ports=port_values(opts.ports),
+    )
 
 
-def stdio_args(host: Host) -> list[str]:
-    return ["-i", "-t"] if host.tty else ["-i"]
+def one_off_spec(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> ContainerSpec:
+    """`invoke shell TOPIC [-- CMD...]`: removed when the command ends."""
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off")
+    typed, by_name = runtime_env(opts, host, config)
+    return replace(
+        shape, command=opts.command or SHELL, remove=True, interactive=True, tty=host.tty,
+        env=(*shape.env, *typed), env_by_name=by_name,
+    )  # fmt: skip
 
 
-def one_off_call(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> DockerCall:
-    """`docker run --rm` for `invoke shell TOPIC [-- CMD...]`."""
-    env_args, env = runtime_env(opts, host, config)
-    shape = container_args(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, kind="one-off")
-    command = opts.command or SHELL
-    return DockerCall(("run", "--rm", *stdio_args(host), *shape, *env_args, image, *command), env)
+def named_spec(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> ContainerSpec:
+    """A named, long-lived container (`sleep infinity`, entered with exec). Tokens are not
+    given here: each `docker exec` passes the current ones."""
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named")
+    typed = tuple(item for item in opts.env if "=" in item)
+    return replace(shape, name=opts.name, hostname=opts.name, command=KEEP_ALIVE, env=(*shape.env, *typed))
 
 
-def create_call(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> DockerCall:
-    """`docker run -d` of a named, long-lived container (`sleep infinity`, entered with exec).
-    Tokens are not given here: each `docker exec` passes the current ones."""
-    shape = container_args(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, kind="named")
-    user_env = [a for item in opts.env if "=" in item for a in ("-e", item)]
-    return DockerCall(("--name", opts.name, "--hostname", opts.name, *shape, *user_env, image, *KEEP_ALIVE), {})
-
-
-def exec_call(opts: ShellOptions, host: Host, config: Config, *, container: str) -> DockerCall:
+def enter_call(opts: ShellOptions, host: Host, config: Config, *, container: str) -> DockerCall:
     """`docker exec` into a named container, with the runtime env of this invocation."""
-    env_args, env = runtime_env(opts, host, config)
-    command = opts.command or SHELL
-    return DockerCall(("exec", *stdio_args(host), "-w", WORKSPACE, *env_args, container, *command), env)
+    typed, by_name = runtime_env(opts, host, config)
+    return exec_call(container, opts.command or SHELL, workdir=WORKSPACE, env=typed, env_by_name=by_name, tty=host.tty)
 
 
 def creation_options_given(opts: ShellOptions) -> list[str]:
@@ -471,16 +460,15 @@ def ensure_image(engine: Engine, topic: Topic, base: str, config: Config, log: L
     """The topic's image, built first (with progress) when it is missing. A lock that changed
     since the build gets one warning line, not a rebuild the user did not ask for."""
     image = topic_alias(topic.name, base)
-    data = engine.find_image(image)
-    if data is None:
+    found = engine.image(image)
+    if found is None:
         from .build import build_topics  # the build machinery loads only when a build is due
 
         log(f"{image} is not built yet: building it (this happens once)")
         catalog = load_catalog()
         build_topics(Engine.connect(), catalog, config, [topic], base_name=base, log=log)
         return image
-    labels = (data.get("Config") or {}).get("Labels") or {}
-    built_from = labels.get(f"{LABEL_PREFIX}.lock-sha256", "")
+    built_from = found.labels.get(f"{LABEL_PREFIX}.lock-sha256", "")
     if built_from and topic.lock_path.is_file() and built_from != lock_sha256(topic.lock_path):
         log(f"warning: {image} was built from an older {topic.name}/uv.lock: `invoke build {topic.name}` updates it")
     return image
@@ -517,14 +505,14 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         catalog.base(base)
     engine = Engine.for_running()
     if opts.name:
-        existing = engine.container(opts.name)
+        existing = engine.container_info(opts.name)
         if existing is not None:
             reenter(engine, opts, host, config, existing, log)
         if topic is None:
             raise UsageError(f"no container named '{opts.name}'", fix=f"create it with `invoke shell TOPIC --name {opts.name}`")
     assert topic is not None
     workspace = resolve_workspace(opts, host)
-    mount_args(opts.mounts, host.cwd)  # refuses a missing path before anything is built
+    parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
     gpus = choose_gpus(opts)
     check_ports_free(opts)
     image = ensure_image(engine, topic, base, config, log)
@@ -534,27 +522,21 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         log("warning: -p is ignored with --network host (the container uses the host's ports)")
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-    kwargs = {"workspace": workspace, "topic": topic.name, "base": base, "image": image}
+    where = {"workspace": workspace, "topic": topic.name, "base": base, "image": image}
     if not opts.name:
-        call = one_off_call(opts, host, config, gpus, **kwargs)
-        engine.exec_replace(call.args, call.env)
-    create_named(engine, opts, host, config, gpus, kwargs, log)
-    call = exec_call(opts, host, config, container=opts.name)
-    engine.exec_replace(call.args, call.env)
+        engine.become(run_call(one_off_spec(opts, host, config, gpus, **where)))
+    create_named(engine, opts, host, config, gpus, where, log)
+    engine.become(enter_call(opts, host, config, container=opts.name))
 
 
-def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, kwargs: dict, log: Log) -> None:
-    """Start the long-lived container; on any failure remove what docker left (a container
-    that was created but could not start), so nothing stays behind."""
+def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: dict[str, Any], log: Log) -> None:
+    """Start the long-lived container. The engine removes what docker left when it fails
+    (a container created but not started), so nothing stays behind."""
     for attempt in (1, 2):
-        call = create_call(opts, host, config, gpus, **kwargs)
         try:
-            engine.run_detached(call.args, call.env)
+            engine.start(named_spec(opts, host, config, gpus, **where))
             return
         except EngineError as exc:
-            if NAME_IN_USE in exc.message:
-                raise  # another shell created it meanwhile: it is not ours to remove
-            engine.remove_containers([opts.name])
             if attempt == 1 and host.memlock and "rlimit" in exc.message:
                 forget_memlock(host.environ)  # the cached fact is stale: the daemon changed
                 log(MEMLOCK_WARNING)
@@ -563,9 +545,9 @@ def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config,
             raise
 
 
-def reenter(engine: Engine, opts: ShellOptions, host: Host, config: Config, existing: dict, log: Log) -> NoReturn:
+def reenter(engine: Engine, opts: ShellOptions, host: Host, config: Config, existing: ContainerInfo, log: Log) -> NoReturn:
     name = opts.name
-    labels = (existing.get("Config") or {}).get("Labels") or {}
+    labels = existing.labels
     if labels.get(LABEL) != "named":
         raise UsageError(f"container '{name}' was not started by `invoke shell --name`", fix="pick another --name")
     if opts.topic and labels.get(LABEL_TOPIC) != opts.topic:
@@ -579,10 +561,9 @@ def reenter(engine: Engine, opts: ShellOptions, host: Host, config: Config, exis
     workspace = labels.get(LABEL_WORKSPACE, "")
     if workspace and Path(workspace) != host.cwd.resolve() and not opts.workspace:
         log(f"note: '{name}' works in {workspace} (mounted at {WORKSPACE} when it was created)")
-    if not (existing.get("State") or {}).get("Running"):
+    if not existing.running:
         engine.start_container(name)
-    call = exec_call(opts, host, config, container=name)
-    engine.exec_replace(call.args, call.env)
+    engine.become(enter_call(opts, host, config, container=name))
 
 
 # --- invoke ps --------------------------------------------------------------------------
@@ -594,22 +575,19 @@ def ps() -> str:
     if not listed:
         return "no kit containers: `invoke shell TOPIC --name NAME` starts a long-lived one"
     rows = []
-    for data in sorted(engine.inspect_containers([c["ID"] for c in listed]), key=lambda d: d.get("Name", "")):
-        labels = (data.get("Config") or {}).get("Labels") or {}
-        state = data.get("State") or {}
-        status = state.get("Status", "?")
-        if status == "exited":
-            status = f"exited ({state.get('ExitCode', '?')})"
+    for info in sorted(listed, key=lambda c: c.name):
+        labels = info.labels
+        status = f"exited ({info.exit_code})" if info.status == "exited" else info.status
         rows.append(
             (
-                data.get("Name", "").lstrip("/"),
+                info.name,
                 labels.get(LABEL_TOPIC, "?"),
                 labels.get(LABEL, "?"),
                 status,
                 labels.get(LABEL_GPUS, "?"),
                 labels.get(LABEL_USER, "?"),
                 labels.get(LABEL_WORKSPACE, "?"),
-                (data.get("Created") or "")[:19].replace("T", " "),
+                info.created[:19].replace("T", " "),
             )
         )
     headers = ("name", "topic", "kind", "status", "gpus", "user", "workspace", "created (UTC)")

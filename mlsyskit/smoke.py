@@ -35,7 +35,8 @@ from typing import Any
 
 from . import LABEL_PREFIX, REPO_ROOT
 from .catalog import Topic, load_catalog
-from .errors import BuildError, KitError, StackError, UsageError
+from .engine import ContainerSpec
+from .errors import BuildError, EngineError, KitError, StackError, UsageError
 from smoke_tests._result import SmokeTest
 
 Log = Callable[[str], None]
@@ -326,14 +327,6 @@ def _argv(opts: SmokeOptions) -> list[str]:
 # --- doing it -------------------------------------------------------------------------------
 
 
-def container_call(call_args: Sequence[str], name: str, run_id: str) -> list[str]:
-    """`invoke shell`'s `docker run --rm ...` with a name and the smoke label added."""
-    args = list(call_args)
-    if args[:1] != ["run"]:
-        raise ValueError(f"not a docker run: {args[:3]}")
-    return ["run", "--name", name, "--label", f"{LABEL}={run_id}", *args[1:]]
-
-
 def _last_line(lines: Sequence[str]) -> str:
     for line in reversed(lines):
         if line.strip():
@@ -341,12 +334,11 @@ def _last_line(lines: Sequence[str]) -> str:
     return ""
 
 
-def run_in_container(
-    engine: Any, run: PlannedRun, call_args: Sequence[str], env: dict[str, str], workspace: Path, run_id: str, log: Log
-) -> dict[str, Any]:
-    """One test in its container; the container is removed however it ends."""
+def run_in_container(engine: Any, run: PlannedRun, spec: ContainerSpec, workspace: Path, run_id: str, log: Log) -> dict[str, Any]:
+    """One test in its container (the one `invoke shell TOPIC -- CMD` would start, named and
+    labelled for this run); the container is removed however the run ends."""
     name = f"mlsyskit-smoke-{run.topic}-{run.test}-{uuid.uuid4().hex[:8]}".replace("_", "-")
-    args = container_call(call_args, name, run_id)
+    spec = replace(spec, name=name, labels={**spec.labels, LABEL: run_id}, remove=False, interactive=False, tty=False)
     lines: list[str] = []
 
     def on_line(line: str) -> None:
@@ -358,9 +350,10 @@ def run_in_container(
     result_file.unlink(missing_ok=True)
     start = time.monotonic()
     try:
-        returncode, timed_out = engine.run_attached(args, env, timeout=run.limit, on_line=on_line)
-    finally:
-        engine.remove_containers([name])  # gone already (--rm) unless stopped early
+        with engine.container(spec) as container:
+            returncode, timed_out = container.follow(timeout=run.limit, on_line=on_line)
+    except EngineError as exc:  # docker could not start it (removed already)
+        return made_up(run.test, FAILED, f"the container did not start: {exc.message}", time.monotonic() - start)
     seconds = time.monotonic() - start
     data = None
     if result_file.is_file():
@@ -424,8 +417,8 @@ def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, works
                 stacks.up(run.where, gpus=opts.gpus, cpu=opts.cpu, wait=int(run.limit), base=base, log=lambda line: log(f"  | {line}"))
             except (StackError, UsageError) as exc:
                 error = exc
-        holder = [c for c in engine.project_containers(stack.project) if (c.get("Config") or {}).get("Labels", {}).get("com.docker.compose.service") == variant.service]
-        if holder and engine.copy_from(holder[0]["Id"], variant.result_path, result_file) and result_file.is_file():
+        holder = [c for c in engine.project_containers(stack.project) if c.service == variant.service]
+        if holder and engine.copy_from(holder[0].id, variant.result_path, result_file) and result_file.is_file():
             try:
                 data = json.loads(result_file.read_text())
             except ValueError:
@@ -451,7 +444,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     runs (unknown topic, engine down) raise KitError; a test's failure is a row."""
     from .config import load_config
     from .engine import Engine
-    from .shell import ShellOptions, choose_gpus, ensure_image, memlock_allowed, one_off_call, read_host
+    from .shell import ShellOptions, choose_gpus, ensure_image, memlock_allowed, one_off_spec, read_host
 
     if opts.cpu and opts.gpus:
         raise UsageError("give either --cpu or --gpus, not both")
@@ -502,11 +495,11 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
             start = time.monotonic()
             if run.where == "container":
                 facts = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-                call = one_off_call(
+                spec = one_off_spec(
                     replace(shell_opts, topic=run.topic, command=run.command), facts, config, gpus,
                     workspace=workspace, topic=run.topic, base=base, image=image,
                 )  # fmt: skip
-                result = run_in_container(engine, run, call.args, call.env, workspace, run_id, log)
+                result = run_in_container(engine, run, spec, workspace, run_id, log)
             else:
                 result = run_stack(engine, run, opts, base, workspace, log)
             outcome = Outcome(run, result, image, time.monotonic() - start)
@@ -521,7 +514,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     finally:
         leftovers = engine.containers(f"{LABEL}={run_id}")
         if leftovers:
-            engine.remove_containers([c["ID"] for c in leftovers])
+            engine.remove_containers([c.id for c in leftovers])
         path = results_dir / "smoke.json"
         results_dir.mkdir(parents=True, exist_ok=True)
         data = report_json(report, opts, started)

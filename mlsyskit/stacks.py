@@ -33,15 +33,15 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import LABEL_PREFIX, REPO_ROOT
-from .errors import Interrupted, StackError, UsageError
+from .errors import EngineError, Interrupted, StackError, UsageError
 from .fields import Fields, rel_path
+from .engine import ComposeProject, ContainerInfo
 from .report import seconds, table
 
 Log = Callable[[str], None]
@@ -59,7 +59,6 @@ LABEL_STACK = f"{LABEL_PREFIX}.stack"
 LABEL_SERVICE = f"{LABEL_PREFIX}.stack.service"
 LABEL_ROLE = f"{LABEL_PREFIX}.stack.role"
 COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
 LOG_LINES = 30
 
 
@@ -464,50 +463,6 @@ def rendered_yaml(rendered: Mapping[str, Any], stack: StackSpec) -> str:
 
 # --- watching the containers ------------------------------------------------------------
 
-NEVER = 0.0
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    service: str
-    container: str
-    status: str  # created, running, restarting, paused, exited, dead
-    exit_code: int
-    health: str  # "" without a healthcheck, else starting / healthy / unhealthy
-    started_at: float  # epoch seconds; NEVER before the first start
-    finished_at: float
-
-
-def _epoch(stamp: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds ("0001-01-01T00:00:00Z" = never)."""
-    if not stamp or stamp.startswith("0001-"):
-        return NEVER
-    main, _, rest = stamp.partition(".")
-    zone = ""
-    if rest:
-        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
-        zone = rest[len(digits) :]
-        main = f"{main}.{digits[:6]}"
-    else:
-        main, zone = (main[:-1], "Z") if main.endswith("Z") else (main, "")
-    zone = "+00:00" if zone in ("Z", "") else zone
-    return datetime.fromisoformat(main + zone).timestamp()
-
-
-def container_state(inspect: Mapping[str, Any]) -> ContainerState:
-    state = inspect.get("State") or {}
-    labels = (inspect.get("Config") or {}).get("Labels") or {}
-    return ContainerState(
-        service=labels.get(COMPOSE_SERVICE, inspect.get("Name", "?").lstrip("/")),
-        container=inspect.get("Id", "")[:12],
-        status=state.get("Status", "?"),
-        exit_code=int(state.get("ExitCode") or 0),
-        health=((state.get("Health") or {}).get("Status") or ""),
-        started_at=_epoch(state.get("StartedAt", "")),
-        finished_at=_epoch(state.get("FinishedAt", "")),
-    )
-
-
 @dataclass(frozen=True)
 class Assessment:
     ready: tuple[str, ...]
@@ -519,7 +474,7 @@ class Assessment:
         return not self.waiting and not self.failed
 
 
-def assess(expected: Mapping[str, str], states: Sequence[ContainerState], since: float) -> Assessment:
+def assess(expected: Mapping[str, str], states: Sequence[ContainerInfo], since: float) -> Assessment:
     """Where each expected service (name -> "service" or "job") stands. A state older than
     `since` (a job that ended in an earlier `up`) counts as not yet run."""
     by_service = {s.service: s for s in states}
@@ -551,7 +506,7 @@ def assess(expected: Mapping[str, str], states: Sequence[ContainerState], since:
     return Assessment(tuple(ready), tuple(waiting), tuple(failed))
 
 
-def describe(state: ContainerState | None, run: str) -> str:
+def describe(state: ContainerInfo | None, run: str) -> str:
     if state is None:
         return "not created"
     if state.status in ("exited", "dead"):
@@ -642,9 +597,11 @@ def up(
     ready_at: dict[str, float] = {}
     shown: dict[str, str] = {}
     try:
-        with compose.start(stack.project, path, log_path=path.parent / "up.log") as starting:
+        # Kept when it comes up, and when a service fails (its logs stay for `invoke logs`;
+        # the error says `invoke down`); taken down on Ctrl-C.
+        with engine.compose_project(stack.project, path, keep=True) as project, project.start(path.parent / "up.log") as starting:
             while True:
-                states = [container_state(c) for c in engine.project_containers(stack.project)]
+                states = project.containers()
                 by_service = {s.service: s for s in states}
                 verdict = assess(expected, states, since)
                 for service in expected:
@@ -656,25 +613,24 @@ def up(
                     ready_at.setdefault(service, time.time() - start)
                 if verdict.failed:
                     starting.stop()
-                    _fail(engine, stack, verdict, by_service, compose_tail="")
+                    _fail(project, stack, verdict, compose_tail="")
                 if verdict.done:
                     break
                 returncode = starting.poll()
                 if returncode not in (None, 0):
                     time.sleep(1)  # the container states may explain it better than compose does
-                    states = [container_state(c) for c in engine.project_containers(stack.project)]
+                    states = project.containers()
                     verdict = assess(expected, states, since)
                     if not verdict.done:
-                        _fail(engine, stack, verdict, {s.service: s for s in states}, compose_tail=starting.tail())
+                        _fail(project, stack, verdict, compose_tail=starting.tail())
                     break
                 if time.time() - start > limit:
                     starting.stop()
-                    _timeout(engine, stack, verdict, by_service, limit)
+                    _timeout(project, stack, verdict, by_service, limit)
                 time.sleep(1)
     except KeyboardInterrupt:
-        # Ctrl-C must not leave a half-up stack behind.
-        log(f"interrupted: taking {stack.name} down")
-        down(stack.name, log=log, root=root)
+        shutil.rmtree(state_dir(stack.name, root), ignore_errors=True)
+        log(f"interrupted: {stack.name} was taken down")
         raise Interrupted(f"{stack.name}: interrupted; the stack was taken down") from None
     elapsed = time.time() - start
     rows = []
@@ -688,7 +644,7 @@ def up(
     parts = [table(("service", "role", "run", "state", "gpus", "ports", "ready after"), rows)]
     for service, run in expected.items():
         if run == "job":
-            parts.append(f"--- {service} (last lines) ---\n{_service_logs(engine, stack.project, service, 8)}")
+            parts.append(f"--- {service} (last lines) ---\n{engine.project(stack.project).service_logs(service, 8)}")
     jobs = [s for s, r in expected.items() if r == "job"]
     parts.append(
         f"{stack.name} is up in {seconds(elapsed)}"
@@ -698,17 +654,10 @@ def up(
     return UpResult(stack.name, elapsed, "\n".join(parts))
 
 
-def _service_logs(engine: Any, project: str, service: str, lines: int) -> str:
-    containers = [c for c in engine.project_containers(project) if container_state(c).service == service]
-    if not containers:
-        return "(no container)"
-    return engine.container_logs(containers[0]["Id"], tail=lines).rstrip() or "(no output)"
-
-
-def _fail(engine: Any, stack: StackSpec, verdict: Assessment, by_service: Mapping[str, ContainerState], compose_tail: str) -> None:
+def _fail(project: ComposeProject, stack: StackSpec, verdict: Assessment, compose_tail: str) -> None:
     tails = []
     for service, why in verdict.failed:
-        tails.append(f"--- {service}: {why}; its last {LOG_LINES} lines ---\n{_service_logs(engine, stack.project, service, LOG_LINES)}")
+        tails.append(f"--- {service}: {why}; its last {LOG_LINES} lines ---\n{project.service_logs(service, LOG_LINES)}")
     if compose_tail:
         tails.append(f"--- compose ---\n{compose_tail}")
     if verdict.failed:
@@ -723,13 +672,13 @@ def _fail(engine: Any, stack: StackSpec, verdict: Assessment, by_service: Mappin
     )
 
 
-def _timeout(engine: Any, stack: StackSpec, verdict: Assessment, by_service: Mapping[str, ContainerState], limit: int) -> None:
+def _timeout(project: ComposeProject, stack: StackSpec, verdict: Assessment, by_service: Mapping[str, ContainerInfo], limit: int) -> None:
     tails = []
     for service in verdict.waiting:
         state = by_service.get(service)
         tails.append(
             f"--- {service}: {describe(state, 'service')}; its last {LOG_LINES} lines ---\n"
-            f"{_service_logs(engine, stack.project, service, LOG_LINES)}"
+            f"{project.service_logs(service, LOG_LINES)}"
         )
     raise StackError(
         f"{stack.name}: not ready after {limit}s: still waiting for {', '.join(verdict.waiting)}",
@@ -744,16 +693,10 @@ def down(name: str, *, log: Log = print, root: Path = REPO_ROOT) -> str:
     from .engine import Engine
 
     stack = load_stack(name, root)
-    engine = Engine.connect()
-    before = engine.project_resources(stack.project)
-    path = rendered_file(stack.name, root)
-    if path.is_file():
-        engine.compose().down(stack.project, path)
-    engine.remove_project_resources(stack.project)  # whatever compose left (or never knew)
-    after = engine.project_resources(stack.project)
-    if any(after.values()):
-        left = ", ".join(f"{len(v)} {k}" for k, v in after.items() if v)
-        raise StackError(f"{stack.name}: {left} still there after `down`", fix="remove them with `docker rm -f` / `docker network rm`")
+    try:
+        before = Engine.connect().project(stack.project, rendered_file(stack.name, root)).down()
+    except EngineError as exc:
+        raise StackError(f"{stack.name}: {exc.message}", fix=exc.fix) from None
     shutil.rmtree(state_dir(stack.name, root), ignore_errors=True)
     counts = ", ".join(f"{len(v)} {k}" for k, v in before.items())
     return f"{stack.name} is down: removed {counts}" if any(before.values()) else f"{stack.name} was not running: nothing to remove"
@@ -797,7 +740,7 @@ def status(root: Path = REPO_ROOT) -> str:
         if engine is None:
             state = "? (no engine)"
         else:
-            states = [container_state(c) for c in engine.project_containers(stack.project)]
+            states = engine.project_containers(stack.project)
             if not states:
                 state = "down"
             else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import LABEL_PREFIX
 from .catalog import Base, Catalog, Topic
 from .config import Config
-from .engine import Engine
+from .engine import ContainerSpec, Engine
 from .errors import KitError
 from .lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
 from .plan import base_layer, topic_alias, topic_layers
@@ -212,7 +212,7 @@ print(json.dumps({{"distributions": dists, "runtime": runtime}}))
 def probe_image(engine: Engine, image: str, names: Sequence[str]) -> ImageProbe:
     """Run the image once (no GPU needed) and read its environment and versions."""
     script = ENVIRONMENT_SCRIPT + _VERSIONS_SCRIPT.format(names=json.dumps([normalize(n) for n in names]))
-    proc = engine.run(image, ["python", "-c", script], timeout=300)
+    proc = engine.run(ContainerSpec(image=image, command=("python", "-c", script)), timeout=300)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or len(lines) < 2:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -232,7 +232,8 @@ def image_states(engine: Engine, catalog: Catalog, config: Config, base: Base) -
             layers = topic_layers(catalog, config, topic, base_layer(catalog, config, base, root))
             current = engine.image_exists(layers[-1].tag)
         alias = topic_alias(topic.name, base.name)
-        labels = engine.image_labels(alias) if engine.image_exists(alias) else None
+        found = engine.image(alias)
+        labels = dict(found.labels) if found else None
         states[topic.name] = ImageState(current=current, alias_labels=labels)
     return states
 

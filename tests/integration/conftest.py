@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 import testinfra
@@ -12,7 +13,7 @@ import testinfra
 from mlsyskit.build import LayerResult, build_topics
 from mlsyskit.catalog import load_catalog
 from mlsyskit.config import load_config
-from mlsyskit.engine import Engine
+from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError
 from mlsyskit.plan import topic_alias
 from tests.conftest import need
@@ -45,19 +46,17 @@ def build_topic(engine: Engine):
 
 @pytest.fixture(scope="session")
 def topic_container(engine: Engine, build_topic):
-    """topic_container(name) -> a testinfra host on a running container of the topic."""
-    started: list[str] = []
+    """topic_container(name) -> a testinfra host on a running container of the topic, owned
+    by the engine's context manager until the session ends."""
+    with ExitStack() as owned:
 
-    def start(name: str, base: str = "pypi") -> testinfra.host.Host:
-        build_topic(name, base)
-        container = f"mlsyskit-test-{name}-{uuid.uuid4().hex[:8]}"
-        engine.run_cli("run", "-d", "--rm", "--name", container, topic_alias(name, base), "sleep", "infinity")
-        started.append(container)
-        return testinfra.get_host(f"docker://{container}")
+        def start(name: str, base: str = "pypi") -> testinfra.host.Host:
+            build_topic(name, base)
+            spec = ContainerSpec(image=topic_alias(name, base), command=("sleep", "infinity"), name=f"mlsyskit-test-{name}-{uuid.uuid4().hex[:8]}")
+            container = owned.enter_context(engine.container(spec))
+            return testinfra.get_host(f"docker://{container.name}")
 
-    yield start
-    for container in started:
-        subprocess.run([engine.client.path, "rm", "-f", container], capture_output=True)
+        yield start
 
 
 def run_kit(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess[str]:

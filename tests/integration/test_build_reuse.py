@@ -6,6 +6,7 @@ import subprocess
 from mlsyskit.build import build_topics
 from mlsyskit.catalog import load_catalog
 from mlsyskit.config import load_config
+from mlsyskit.engine import ContainerSpec
 from mlsyskit.locks import uv_binary
 
 
@@ -30,7 +31,7 @@ def test_bumping_a_topic_dependency_rebuilds_only_the_topic(engine, build_topic,
         assert [r.status for r in results] == ["reused", "reused", "built"]
         assert [r.layer.tag for r in results[:2]] == [r.layer.tag for r in first[:2]]
         assert results[2].layer.tag != first[2].layer.tag
-        proc = engine.run(results[2].layer.tag, ["python", "-c", "import tabulate; print(tabulate.__version__)"])
+        proc = engine.run(ContainerSpec(image=results[2].layer.tag, command=("python", "-c", "import tabulate; print(tabulate.__version__)")))
         assert proc.stdout.strip() == "0.9.0", proc.stderr
     finally:
         engine.remove_images([results[2].layer.tag])

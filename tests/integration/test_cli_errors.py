@@ -47,12 +47,12 @@ def test_failed_build_leaves_no_image_and_shows_the_failing_step(engine, kit_tre
     # Break the first step of the base layer: the failure comes quickly.
     dockerfile = kit_tree / "images/base.Dockerfile"
     dockerfile.write_text(dockerfile.read_text().replace(" && apt-get $APT_OPTS update \\", " && echo 'broken on purpose' && false \\"))
-    before = {i["ID"] for i in engine.images("org.mlsyskit.kind")}
+    before = {i.id for i in engine.images("org.mlsyskit.kind")}
     proc = run_kit("build", "distributed", env={"MLSYSKIT_ROOT": str(kit_tree)})
     assert proc.returncode == 4
     assert last_line(proc).startswith("error: building mlsyskit/base-pypi:")
     assert "broken on purpose" in proc.stderr  # the failing step's log tail
-    assert {i["ID"] for i in engine.images("org.mlsyskit.kind")} == before
+    assert {i.id for i in engine.images("org.mlsyskit.kind")} == before
 
 
 def test_workflow_passes_actionlint():

@@ -77,7 +77,7 @@ def test_two_process_gloo_all_reduce_gives_the_right_sum(host):
 
 def test_labels_carry_the_lock_hash_and_versions(engine):
     topic = load_catalog().topic(TOPIC)
-    labels = engine.image_labels(topic_alias(TOPIC, "pypi"))
+    labels = engine.image(topic_alias(TOPIC, "pypi")).labels
     assert labels[f"{LABEL_PREFIX}.lock-sha256"] == lock_sha256(topic.lock_path)
     assert json.loads(labels[f"{LABEL_PREFIX}.key-versions"])["torch"] == "2.11.0"
     assert labels[f"{LABEL_PREFIX}.stack"] == topic.stack

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
-from mlsyskit.engine import Engine
+from mlsyskit.engine import ContainerInfo, ContainerSpec, Engine
 from mlsyskit.shell import LABEL_WORKSPACE, MEMLOCK
 from tests.conftest import need
 
@@ -150,7 +150,7 @@ def kit(user: KitUser, *args: str, cwd: Path, env: dict[str, str] | None = None,
     )
 
 
-def containers_of(engine: Engine, workspace: Path) -> list[dict]:
+def containers_of(engine: Engine, workspace: Path) -> list[ContainerInfo]:
     """Kit containers, running or not, that were started on `workspace`."""
     return engine.containers(f"{LABEL_WORKSPACE}={workspace}")
 
@@ -303,17 +303,17 @@ def test_named_container_is_reentered_with_its_state(kit_user, workspace, image,
     try:
         first = kit(kit_user, "shell", "distributed", "--name", name, "--", "sh", "-c", "echo kept > /tmp/state; hostname", cwd=workspace)
         assert (first.returncode, first.stdout.strip()) == (0, name), first.stderr
-        created = engine.container(name)
-        assert created and created["State"]["Running"]
+        created = engine.container_info(name)
+        assert created and created.running
         again = kit(kit_user, "shell", "--name", name, "--", "sh", "-c", "cat /tmp/state; pwd; exit 3", cwd=workspace)
         assert (again.returncode, again.stdout.split()) == (3, ["kept", "/workspace"]), again.stderr
-        assert engine.container(name)["Id"] == created["Id"]
+        assert engine.container_info(name).id == created.id
         listed = kit(kit_user, "ps", cwd=workspace)
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if line.startswith(name))
         assert row.split()[1:4] == ["distributed", "named", "running"] and str(workspace) in row
         # stopped (a reboot, `docker stop`): re-entering starts it again, /tmp and all
-        engine.run_cli("stop", "--time", "1", name)
+        engine.stop_container(name, timeout=1)
         revived = kit(kit_user, "shell", "--name", name, "--", "cat", "/tmp/state", cwd=workspace)
         assert (revived.returncode, revived.stdout.strip()) == (0, "kept"), revived.stderr
         # creation options on re-entry are named in one warning, not silently dropped
@@ -362,7 +362,7 @@ def tiny_tree(user: KitUser, topic: str, apt_packages: list[str]) -> Path:
 
 
 def remove_topic_images(engine: Engine, topic: str) -> None:
-    refs = [f"{i['Repository']}:{i['Tag']}" for i in engine.images(f"{LABEL_PREFIX}.topic={topic}")]
+    refs = [ref for image in engine.images(f"{LABEL_PREFIX}.topic={topic}") for ref in image.tags]
     engine.remove_images([*refs, f"mlsyskit/{topic}:pypi"])
 
 
@@ -418,7 +418,7 @@ def test_a_failing_build_shows_the_failing_step(kit_user, workspace, engine, bui
         assert line.startswith(f"error: building mlsyskit/topic-{topic}:") and "failed" in line
         assert "Unable to locate package mlsyskit-no-such-package" in proc.stderr  # the failing step's lines
         assert containers_of(engine, workspace) == []
-        assert engine.find_image(f"mlsyskit/{topic}:pypi") is None
+        assert engine.image(f"mlsyskit/{topic}:pypi") is None
     finally:
         remove_topic_images(engine, topic)
         shutil.rmtree(root, ignore_errors=True)
@@ -441,14 +441,17 @@ def test_a_missing_mount_source_is_refused(kit_user, workspace, engine, image):
     assert not Path("/nonexistent/mlsyskit").exists()
 
 
-def test_a_named_container_that_cannot_start_is_removed(kit_user, workspace, engine, image):
-    blocker, name = f"mlsyskit-test-port-{uuid.uuid4().hex[:6]}", f"mlsyskit-test-{uuid.uuid4().hex[:8]}"
-    engine.run_cli("run", "-d", "--rm", "--name", blocker, "-p", "0:80", image, "sleep", "60")
-    try:
-        port = engine.run_cli("port", blocker, "80/tcp").stdout.strip().splitlines()[0].rsplit(":", 1)[1]
-        proc = kit(kit_user, "shell", "distributed", "--name", name, "-p", f"{port}:80", "--", "true", cwd=workspace)
+@pytest.mark.parametrize("named", [True, False], ids=["named", "one-off"])
+def test_a_taken_port_is_one_line_and_leaves_no_container(kit_user, workspace, engine, image, named):
+    """Another container holds the port: exit 3 and one line (not docker's 125 and its
+    paragraph), and no container is left, not even one in state `Created`."""
+    name = f"mlsyskit-test-{uuid.uuid4().hex[:8]}"
+    blocker = ContainerSpec(image=image, command=("sleep", "60"), ports=("0:80",))
+    with engine.container(blocker) as holder:
+        port = engine.published_port(holder.name, "80/tcp")
+        args = ["shell", "distributed", *(["--name", name] if named else []), "-p", f"{port}:80", "--", "true"]
+        proc = kit(kit_user, *args, cwd=workspace)
         line = error_line(proc)
-        assert proc.returncode == 3 and "port is already allocated" in line
-        assert engine.container(name) is None
-    finally:
-        engine.remove_containers([blocker, name])
+        assert proc.returncode == 3 and line == f"error: port {port}/tcp is already in use on this host (fix: pick another (-p {port + 1}:...) or stop what holds it)"
+        assert proc.stderr.strip() == line
+        assert engine.container_info(name) is None and containers_of(engine, workspace) == []

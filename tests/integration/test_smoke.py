@@ -12,20 +12,25 @@ from pathlib import Path
 import pytest
 
 from mlsyskit import REPO_ROOT, smoke
-from mlsyskit.engine import Engine
+from mlsyskit.engine import ContainerInfo, ContainerSpec, Engine
 from mlsyskit.plan import topic_alias
 from smoke_tests._result import validate_result
 from tests.conftest import need
 from tests.integration.conftest import run_kit
 
-SMOKE_MOUNT = ["-v", f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro", "-e", "PYTHONPATH=/opt/mlsyskit"]
+def with_smoke_tests(image: str, command: tuple[str, ...]) -> ContainerSpec:
+    """A throw-away container of the image with the checkout's smoke_tests/ mounted."""
+    return ContainerSpec(
+        image=image, command=command, volumes=(f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",),
+        env=("PYTHONPATH=/opt/mlsyskit",),
+    )  # fmt: skip
 
 
 def has_topic(name: str) -> bool:
     return (REPO_ROOT / "envs" / name / "topic.toml").is_file()
 
 
-def smoke_containers(engine: Engine) -> list[dict]:
+def smoke_containers(engine: Engine) -> list[ContainerInfo]:
     return engine.containers(smoke.LABEL)
 
 
@@ -49,7 +54,7 @@ def by_where(data: dict) -> dict[tuple[str, str], dict]:
 
 def in_image(engine: Engine, image: str, script: str, timeout: float = 600):
     """A shell script in a throw-away container of the image, with smoke_tests/ mounted."""
-    return engine.run(image, ["sh", "-c", script], options=["--init", "--ipc=host", *SMOKE_MOUNT], timeout=timeout)
+    return engine.run(with_smoke_tests(image, ("sh", "-c", script)), timeout=timeout)
 
 
 # --- distributed: gloo all-reduce, one container and two -------------------------------------
@@ -143,9 +148,9 @@ def test_a_container_past_the_kits_limit_is_removed(engine: Engine, build_topic,
     """The kit's own limit (the test ignored its --timeout): the container is removed."""
     build_topic("distributed")
     run = smoke.PlannedRun(topic="distributed", test="nccl", where="container", command=(), limit=5)
-    args = ["run", "--rm", "-i", "--init", topic_alias("distributed", "pypi"), "sleep", "600"]
+    spec = ContainerSpec(image=topic_alias("distributed", "pypi"), command=("sleep", "600"))
     run_id = f"test-{uuid.uuid4().hex[:8]}"
-    result = smoke.run_in_container(engine, run, args, {}, tmp_path, run_id, print)
+    result = smoke.run_in_container(engine, run, spec, tmp_path, run_id, print)
     assert result["status"] == "failed" and result["reason"] == "no result: the container ran past 5 s and was removed"
     assert engine.containers(f"{smoke.LABEL}={run_id}") == []
 

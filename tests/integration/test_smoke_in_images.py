@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.engine import Engine
+from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.lockfile import key_versions
 from mlsyskit.plan import topic_alias
 from smoke_tests.sglang_serve import BENCH_FLAGS
@@ -63,15 +63,14 @@ def test_torch_unit_tests_run_inside_the_image_and_none_skips(engine: Engine, bu
     )
     out = pytest_dir.parent / f"junit-{topic}"
     out.mkdir(exist_ok=True)
-    proc = engine.run(
-        topic_alias(topic, "pypi"),
-        ["bash", "-c", script],
-        options=["--init", "--ipc=host", "-v", f"{REPO_ROOT}:/repo:ro", "-v", f"{pytest_dir}:/opt/kit-pytest:ro",
-                 "-v", f"{out}:/out", "-e", "PYTHONDONTWRITEBYTECODE=1",
-                 # the image's own pytest plugins (pytest-asyncio in verl's) stay out
-                 "-e", "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"],  # fmt: skip
-        timeout=1200,
+    spec = ContainerSpec(
+        image=topic_alias(topic, "pypi"),
+        command=("bash", "-c", script),
+        volumes=(f"{REPO_ROOT}:/repo:ro", f"{pytest_dir}:/opt/kit-pytest:ro", f"{out}:/out"),
+        # the image's own pytest plugins (pytest-asyncio in verl's) stay out
+        env=("PYTHONDONTWRITEBYTECODE=1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"),
     )
+    proc = engine.run(spec, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     suite = ET.parse(out / "junit.xml").getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -88,7 +87,7 @@ def test_bench_serving_flags_exist_in_the_installed_sglang(engine: Engine, build
     that topic installs (0.5.23 in sglang, 0.5.12 in verl), not against the kit's constant."""
     need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
     build_topic(topic)
-    proc = engine.run(topic_alias(topic, "pypi"), ["python", "-m", "sglang.bench_serving", "--help"], timeout=300)
+    proc = engine.run(ContainerSpec(image=topic_alias(topic, "pypi"), command=("python", "-m", "sglang.bench_serving", "--help")), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     defined = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", proc.stdout))
     missing = [flag for flag in BENCH_FLAGS if flag not in defined]
@@ -96,7 +95,11 @@ def test_bench_serving_flags_exist_in_the_installed_sglang(engine: Engine, build
     assert "random-ids" in proc.stdout  # the dataset that needs no download
 
 
-SMOKE_MOUNT = ["-v", f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro", "-e", "PYTHONPATH=/opt/mlsyskit"]
+def with_smoke_tests(image: str, script: str) -> ContainerSpec:
+    return ContainerSpec(
+        image=image, command=("bash", "-c", script), volumes=(f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",),
+        env=("PYTHONPATH=/opt/mlsyskit",),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("topic", ["distributed", "openrlhf", "sglang", "verl"])
@@ -108,7 +111,7 @@ def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_stack(engine: Engine, b
     flashinfer = key_versions(REPO_ROOT / "envs" / topic / "uv.lock", ["flashinfer-python"]).get("flashinfer-python")
     build_topic(topic)
     script = "python -m smoke_tests.cuda_jit --cpu --json /tmp/r.json >/tmp/log 2>&1; echo rc=$?; cat /tmp/r.json"
-    proc = engine.run(topic_alias(topic, "pypi"), ["bash", "-c", script], options=SMOKE_MOUNT, timeout=900)
+    proc = engine.run(with_smoke_tests(topic_alias(topic, "pypi"), script), timeout=900)
     head, _, body = proc.stdout.partition("\n")
     result = json.loads(body)
     assert head == "rc=0" and result["status"] == "skipped", result["reason"]
@@ -131,7 +134,7 @@ def test_cuda_jit_fails_with_the_old_toolkit_layout(engine: Engine, build_topic)
         "rm -rf /usr/local/cuda && ln -s \"$(python -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], \"cu13\"))')\" "
         "/usr/local/cuda && python -m smoke_tests.cuda_jit --cpu --json /tmp/r.json >/tmp/log 2>&1; echo rc=$?; cat /tmp/r.json"
     )
-    proc = engine.run(topic_alias("distributed", "pypi"), ["bash", "-c", script], options=SMOKE_MOUNT, timeout=600)
+    proc = engine.run(with_smoke_tests(topic_alias("distributed", "pypi"), script), timeout=600)
     head, _, body = proc.stdout.partition("\n")
     result = json.loads(body)
     assert head == "rc=1" and result["status"] == "failed"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.engine import Engine, find_compose
+from mlsyskit.engine import ContainerSpec, Engine, find_compose
 from mlsyskit.stacks import Devices, RenderOptions, load_stack, render, rendered_yaml, stack_names
 from tests.conftest import need
 from tests.integration.conftest import run_kit
@@ -85,9 +85,7 @@ def test_verl_cpu_ray_cluster_of_two_nodes_runs_a_job(engine: Engine):
         assert up.returncode == 0, up.stdout + up.stderr
         assert "ray job: passed" in up.stdout
         print(f"`invoke up verl --cpu` took {took:.1f}s (including any image build)")
-        head = next(
-            c["Id"] for c in engine.project_containers(project) if c["Config"]["Labels"]["com.docker.compose.service"] == "ray-head"
-        )
+        head = next(c.id for c in engine.project_containers(project) if c.service == "ray-head")
         status = engine.exec_in(head, ["ray", "status"])
         assert status.returncode == 0, status.stderr
         active = status.stdout.split("Active:")[1].split("Pending:")[0]
@@ -102,10 +100,13 @@ def test_verl_gpu_trainer_config_composes_for_the_cluster(engine: Engine):
     """The GPU trainer's Hydra overrides (nnodes x GPUs) compose against the image's verl and
     pass verl's validate_config: checked on CPU, before any GPU host runs them."""
     need(engine.image_exists("mlsyskit/verl:pypi"), "mlsyskit/verl:pypi is not built")
-    mounts = [f"{REPO_ROOT}/compose/scripts:/opt/mlsyskit/stacks:ro", f"{REPO_ROOT}/smoke_tests:/opt/mlsyskit/smoke_tests:ro"]
-    options = [opt for m in mounts for opt in ("-v", m)] + ["-e", "PYTHONPATH=/opt/mlsyskit", "-e", "KIT_WORK_DIR=/tmp/w"]
-    command = ["python", "/opt/mlsyskit/stacks/verl_trainer.py", "--check", "trainer.nnodes=2", "trainer.n_gpus_per_node=8"]
-    result = engine.run("mlsyskit/verl:pypi", command, options=options, timeout=600)
+    spec = ContainerSpec(
+        image="mlsyskit/verl:pypi",
+        command=("python", "/opt/mlsyskit/stacks/verl_trainer.py", "--check", "trainer.nnodes=2", "trainer.n_gpus_per_node=8"),
+        volumes=(f"{REPO_ROOT}/compose/scripts:/opt/mlsyskit/stacks:ro", f"{REPO_ROOT}/smoke_tests:/opt/mlsyskit/smoke_tests:ro"),
+        env=("PYTHONPATH=/opt/mlsyskit", "KIT_WORK_DIR=/tmp/w"),
+    )
+    result = engine.run(spec, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     config = json.loads(result.stdout.strip().splitlines()[-1])
     assert config["nnodes"] == 2 and config["n_gpus_per_node"] == 8

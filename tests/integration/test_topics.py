@@ -88,11 +88,11 @@ def test_installed_packages_are_compatible_but_for_documented_overrides(hosts, t
 def test_image_labels_name_the_topic_its_stack_and_lock(engine, build_topic, topic):
     build_topic(topic)
     spec = CATALOG.topic(topic)
-    labels = engine.image_labels(topic_alias(topic, "pypi"))
+    labels = engine.image(topic_alias(topic, "pypi")).labels
     assert label_problems(spec, labels) == []
     assert json.loads(labels[f"{LABEL_PREFIX}.key-versions"]) == key_versions(spec.lock_path, spec.key_packages)
     if spec.stack:
-        stack_labels = engine.image_labels(labels[f"{LABEL_PREFIX}.parent"])
+        stack_labels = engine.image(labels[f"{LABEL_PREFIX}.parent"]).labels
         assert stack_labels[f"{LABEL_PREFIX}.name"] == spec.stack
         assert stack_labels[f"{LABEL_PREFIX}.lock-sha256"] == lock_sha256(CATALOG.stacks[spec.stack].lock_path)
 

@@ -10,7 +10,9 @@ from mlsyskit import shell
 from mlsyskit.config import Config
 from mlsyskit.errors import UsageError
 from mlsyskit.gpus import GpuSelection
-from mlsyskit.shell import DockerCall, Host, ShellOptions
+from mlsyskit.engine import DockerCall
+from mlsyskit.engine.spec import run_call
+from mlsyskit.shell import Host, ShellOptions
 
 IMAGE = "mlsyskit/distributed:pypi"
 NO_GPU = GpuSelection(None, "none")
@@ -35,7 +37,8 @@ def make_host(tmp_path: Path, **changes) -> Host:
 def one_off(tmp_path: Path, opts: ShellOptions | None = None, gpus: GpuSelection = NO_GPU, config: Config | None = None, **host) -> DockerCall:
     opts = opts or ShellOptions(topic="distributed", command=("python", "train.py"))
     h = make_host(tmp_path, **host)
-    return shell.one_off_call(opts, h, config or Config(), gpus, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE)
+    spec = shell.one_off_spec(opts, h, config or Config(), gpus, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE)
+    return run_call(spec)  # the engine's own translation, tested without an engine
 
 
 def flag_values(args: tuple[str, ...], flag: str) -> list[str]:
@@ -112,7 +115,11 @@ def test_secrets_travel_by_name_never_in_argv(tmp_path):
     env = flag_values(call.args, "-e")
     assert "HF_TOKEN" in env and "WANDB_API_KEY" in env and "UNRELATED" not in env
     assert not any("hf_secret" in a or "wandb_secret" in a for a in call.args)
-    assert call.env == {}  # the docker client inherits them already
+    assert call.env == {"HF_TOKEN": "hf_secret", "WANDB_API_KEY": "wandb_secret"}  # the docker client's environment
+    assert "hf_secret" not in repr(shell.one_off_spec(
+        ShellOptions(topic="distributed"), make_host(tmp_path, environ=environ), Config(), NO_GPU,
+        workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE,
+    ))  # fmt: skip
 
 
 def test_proxies_and_hf_endpoint_from_the_config_at_run_time(tmp_path):
@@ -127,7 +134,7 @@ def test_proxies_and_hf_endpoint_from_the_config_at_run_time(tmp_path):
 
 def test_the_hosts_hf_endpoint_passes_when_the_config_has_none(tmp_path):
     call = one_off(tmp_path, environ={"HF_ENDPOINT": "https://mirror"})
-    assert "HF_ENDPOINT" in flag_values(call.args, "-e") and call.env == {}
+    assert "HF_ENDPOINT" in flag_values(call.args, "-e") and call.env == {"HF_ENDPOINT": "https://mirror"}
 
 
 def test_ca_bundle_is_mounted_read_only(tmp_path):
@@ -146,15 +153,16 @@ def test_user_env(tmp_path):
 
 def test_extra_mounts(tmp_path):
     (tmp_path / "data").mkdir()
-    args = shell.mount_args(["data:/data:ro", str(tmp_path / "data"), "type=volume,src=v,dst=/v"], tmp_path)
-    assert args == ["-v", f"{tmp_path / 'data'}:/data:ro", "-v", f"{tmp_path / 'data'}:{tmp_path / 'data'}", "--mount", "type=volume,src=v,dst=/v"]
+    volumes, mounts = shell.parse_mounts(["data:/data:ro", str(tmp_path / "data"), "type=volume,src=v,dst=/v"], tmp_path)
+    assert volumes == (f"{tmp_path / 'data'}:/data:ro", f"{tmp_path / 'data'}:{tmp_path / 'data'}")
+    assert mounts == ("type=volume,src=v,dst=/v",)
 
 
 @pytest.mark.parametrize("spec", ["missing:/data", "data:relative", "a:b:c:d"])
 def test_bad_mounts_are_refused(tmp_path, spec):
     (tmp_path / "data").mkdir()
     with pytest.raises(UsageError):
-        shell.mount_args([spec], tmp_path)
+        shell.parse_mounts([spec], tmp_path)
 
 
 def test_ports_and_network(tmp_path):
@@ -176,13 +184,13 @@ def test_labels_let_ps_find_and_describe_the_container(tmp_path):
 def test_named_container_sleeps_and_is_entered_with_exec(tmp_path):
     opts = ShellOptions(topic="distributed", name="dev", env=("A=1",), command=("nvidia-smi",))
     host = make_host(tmp_path, environ={"HF_TOKEN": "t"}, tty=True)
-    create = shell.create_call(opts, host, Config(), NO_GPU, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE)
-    assert create.args[:4] == ("--name", "dev", "--hostname", "dev")
+    create = run_call(shell.named_spec(opts, host, Config(), NO_GPU, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE), detach=True)
+    assert create.args[:6] == ("run", "-d", "--name", "dev", "--hostname", "dev")
     assert create.args[-3:] == (IMAGE, "sleep", "infinity")
     assert "org.mlsyskit.shell=named" in flag_values(create.args, "--label")
     assert "HF_TOKEN" not in flag_values(create.args, "-e")  # tokens come with each exec
     assert "A=1" in flag_values(create.args, "-e")
-    enter = shell.exec_call(opts, host, Config(), container="dev")
+    enter = shell.enter_call(opts, host, Config(), container="dev")
     assert enter.args[:3] == ("exec", "-i", "-t")
     assert flag_values(enter.args, "-w") == ["/workspace"]
     assert "HF_TOKEN" in flag_values(enter.args, "-e") and "A=1" in flag_values(enter.args, "-e")

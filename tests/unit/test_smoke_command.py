@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from mlsyskit import REPO_ROOT, smoke
 from mlsyskit.catalog import Topic
+from mlsyskit.engine import ContainerSpec
 from mlsyskit.errors import UsageError
 from smoke_tests._result import validate_result
 
@@ -225,21 +227,28 @@ def test_report_json_holds_every_result_in_the_schema():
     json.dumps(data, allow_nan=False)
 
 
-def test_container_call_adds_a_name_and_the_label():
-    args = smoke.container_call(["run", "--rm", "-i", "--init", "img", "python"], "n1", "run42")
-    assert args == ["run", "--name", "n1", "--label", "org.mlsyskit.smoke=run42", "--rm", "-i", "--init", "img", "python"]
-    with pytest.raises(ValueError):
-        smoke.container_call(["exec", "c", "true"], "n", "r")
-
-
 class FakeEngine:
-    def __init__(self, write=None, outcome=(0, False), interrupt=False):
-        self.write, self.outcome, self.interrupt = write, outcome, interrupt
-        self.removed: list[str] = []
-        self.args: list[str] = []
+    """Engine.container's contract without Docker: the block gets a started container, and
+    the container is removed however the block ends (the real one is tested on the engine)."""
 
-    def run_attached(self, args, env, *, timeout, on_line):
-        self.args = list(args)
+    def __init__(self, write=None, outcome=(0, False), interrupt=False, refuse=""):
+        self.write, self.outcome, self.interrupt, self.refuse = write, outcome, interrupt, refuse
+        self.removed: list[str] = []
+        self.spec = None
+
+    @contextmanager
+    def container(self, spec):
+        from mlsyskit.errors import EngineError
+
+        self.spec = spec
+        if self.refuse:
+            raise EngineError(self.refuse)
+        try:
+            yield self
+        finally:
+            self.removed.append(spec.name)
+
+    def follow(self, *, timeout, on_line):
         on_line("hello from the container")
         if self.write is not None:
             self.write()
@@ -247,35 +256,45 @@ class FakeEngine:
             raise KeyboardInterrupt
         return self.outcome
 
-    def remove_containers(self, ids):
-        self.removed.extend(ids)
+
+SPEC = ContainerSpec(image="img", command=("python", "-m", "smoke_tests.nccl"), labels={"org.mlsyskit.shell": "one-off"}, remove=True, interactive=True)
 
 
 def test_run_in_container_reads_the_result_and_removes_the_container(tmp_path):
     (tmp_path / "nccl.json").write_text("stale")  # from an earlier run: never read
     engine = FakeEngine(write=lambda: (tmp_path / "nccl.json").write_text(json.dumps(result())))
     lines = []
-    got = smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lines.append)
+    got = smoke.run_in_container(engine, RUN, SPEC, tmp_path, "r1", lines.append)
     assert got["status"] == "passed"
-    name = engine.args[engine.args.index("--name") + 1]
+    name = engine.spec.name
     assert name.startswith("mlsyskit-smoke-distributed-nccl-") and engine.removed == [name]
+    # the shell's container, named and labelled for this run, detached and followed
+    assert engine.spec.labels == {"org.mlsyskit.shell": "one-off", "org.mlsyskit.smoke": "r1"}
+    assert (engine.spec.remove, engine.spec.interactive, engine.spec.command) == (False, False, SPEC.command)
     assert lines == ["  | hello from the container"]
 
 
 def test_run_in_container_timed_out_or_interrupted_still_removes_it(tmp_path):
     engine = FakeEngine(outcome=(None, True))
-    got = smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lambda line: None)
+    got = smoke.run_in_container(engine, RUN, SPEC, tmp_path, "r1", lambda line: None)
     assert got["status"] == "failed" and "ran past 100 s" in got["reason"] and len(engine.removed) == 1
     engine = FakeEngine(interrupt=True)
     with pytest.raises(KeyboardInterrupt):
-        smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lambda line: None)
+        smoke.run_in_container(engine, RUN, SPEC, tmp_path, "r1", lambda line: None)
     assert len(engine.removed) == 1
 
 
 def test_run_in_container_without_a_result_names_the_last_line(tmp_path):
     engine = FakeEngine(outcome=(1, False))
-    got = smoke.run_in_container(engine, RUN, ["run", "--rm", "img"], {}, tmp_path, "r1", lambda line: None)
+    got = smoke.run_in_container(engine, RUN, SPEC, tmp_path, "r1", lambda line: None)
     assert got["reason"] == "no result (exit 1): hello from the container"
+
+
+def test_a_container_docker_cannot_start_is_a_failed_row(tmp_path):
+    engine = FakeEngine(refuse="`docker run -d` failed: port is already allocated")
+    got = smoke.run_in_container(engine, RUN, SPEC, tmp_path, "r1", lambda line: None)
+    assert got["status"] == "failed"
+    assert got["reason"] == "the container did not start: `docker run -d` failed: port is already allocated"
 
 
 def test_extra_env_appends_and_restores(monkeypatch):

@@ -15,13 +15,11 @@ from mlsyskit.errors import UsageError
 from mlsyskit.gpus import parse_query
 from mlsyskit.plan import topic_alias
 from mlsyskit.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
+from mlsyskit.engine.records import COMPOSE_SERVICE, NEVER, ContainerInfo, epoch
 from mlsyskit.stacks import (
     HF_TARGET,
-    NEVER,
-    ContainerState,
     Devices,
     RenderOptions,
-    _epoch,
     assess,
     choose_devices,
     device_requests,
@@ -215,7 +213,10 @@ def test_images_paths_labels_and_escaping():
 
 
 def state(service, status, code=0, health="", finished=100.0):
-    return ContainerState(service, "abc", status, code, health, 50.0, finished if status in ("exited", "dead") else NEVER)
+    return ContainerInfo(
+        id="abc", name=f"p-{service}-1", labels={COMPOSE_SERVICE: service}, status=status, exit_code=code, health=health,
+        started_at=50.0, finished_at=finished if status in ("exited", "dead") else NEVER,
+    )  # fmt: skip
 
 
 def test_assess_rules():
@@ -250,11 +251,11 @@ def test_assess_failures(run, st, why):
 
 
 def test_docker_times():
-    assert _epoch("0001-01-01T00:00:00Z") == NEVER
+    assert epoch("0001-01-01T00:00:00Z") == NEVER
     whole = datetime(2026, 11, 27, 7, 40, 1, tzinfo=timezone.utc).timestamp()
-    assert _epoch("2026-11-27T07:40:01.123456789Z") == pytest.approx(whole + 0.123456)
-    assert _epoch("2026-11-27T07:40:01Z") == whole
-    assert _epoch("2026-11-27T08:40:01.5+01:00") == whole + 0.5
+    assert epoch("2026-11-27T07:40:01.123456789Z") == pytest.approx(whole + 0.123456)
+    assert epoch("2026-11-27T07:40:01Z") == whole
+    assert epoch("2026-11-27T08:40:01.5+01:00") == whole + 0.5
 
 
 # --- malformed stacks -------------------------------------------------------------------

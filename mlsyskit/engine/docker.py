@@ -1,9 +1,7 @@
 """The one narrow layer over the Docker engine. Every engine call in the kit goes through
-`Engine`, which drives the docker CLI (the Python SDK cannot run BuildKit builds).
-
-Clients differ: a docker CLI >= 23 builds with BuildKit only through the buildx plugin,
-while a 20.10 CLI does it natively with DOCKER_BUILDKIT=1. The first client that can do a
-BuildKit build is chosen, so `RUN --mount` and `--secret` always work."""
+`Engine`, which drives the docker CLI (the Python SDK cannot run BuildKit builds). The
+first client that can do a BuildKit build is chosen, so `RUN --mount` and `--secret`
+always work (clients.py)."""
 
 from __future__ import annotations
 
@@ -16,95 +14,15 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
-from .errors import BuildError, EngineError, KitError
-
-CLIENT_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
-DAEMON_FIX = "start it with `sudo systemctl start docker` (or `sudo dockerd &` where no init runs), or run `invoke doctor --fix`"
-PERMISSION_FIX = "add your user to the docker group (`sudo usermod -aG docker $USER`), then log in again"
-
-
-@dataclass(frozen=True)
-class Client:
-    path: str
-    version: str
-    buildx: bool
-
-    @property
-    def buildkit(self) -> bool:
-        major = int(self.version.split(".")[0] or 0)
-        return self.buildx or major < 23
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split("-")[0].split("."):
-        parts.append(int(piece) if piece.isdigit() else 0)
-    return tuple(parts)
-
-
-def docker_binaries(names: Sequence[str] = CLIENT_CANDIDATES) -> Iterator[str]:
-    """Each docker client on this machine once (`docker` on PATH is often a link to one of them)."""
-    seen = set()
-    for name in names:
-        path = shutil.which(name)
-        if path and os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            yield path
-
-
-def find_clients() -> list[Client]:
-    clients = []
-    for path in docker_binaries():
-        out = subprocess.run([path, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
-        version = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
-        if not version:
-            continue
-        buildx = subprocess.run([path, "buildx", "version"], capture_output=True).returncode == 0
-        clients.append(Client(path, version, buildx))
-    return clients
-
-
-# --- compose ------------------------------------------------------------------------------
-# Compose runs the stacks (mlsyskit/stacks.py). Users have either the v2 plugin
-# (`docker compose`) or the Python docker-compose >= 1.29 (Debian 12 ships only that); both
-# read the Compose Specification, name containers differently (project-service-1 against
-# project_service_1) and label them the same way, so the kit finds containers by label.
-
-COMPOSE_V1_MIN = (1, 29)
-COMPOSE_FIX = "install the docker compose v2 plugin (docker-compose-plugin) or docker-compose >= 1.29 (`invoke doctor --fix`)"
-
-
-@dataclass(frozen=True)
-class ComposeCli:
-    argv: tuple[str, ...]  # ("docker", "compose") or ("docker-compose",)
-    version: str
-
-    @property
-    def v2(self) -> bool:
-        return _version_tuple(self.version)[:1] >= (2,)
-
-    def describe(self) -> str:
-        return f"{' '.join(Path(self.argv[0]).name if i == 0 else a for i, a in enumerate(self.argv))} {self.version}"
-
-
-def find_compose(clients: Sequence[str] = CLIENT_CANDIDATES) -> ComposeCli | None:
-    """The v2 plugin of the first docker client that has one, else docker-compose >= 1.29."""
-    for path in docker_binaries(clients):
-        proc = subprocess.run([path, "compose", "version", "--short"], capture_output=True, text=True)
-        if proc.returncode == 0 and proc.stdout.strip():
-            return ComposeCli((path, "compose"), proc.stdout.strip().lstrip("v"))
-    path = shutil.which("docker-compose")
-    if path:
-        proc = subprocess.run([path, "version", "--short"], capture_output=True, text=True)
-        version = proc.stdout.strip().lstrip("v")
-        if proc.returncode == 0 and version and _version_tuple(version)[:2] >= COMPOSE_V1_MIN:
-            return ComposeCli((path,), version)
-    return None
-
+from ..errors import BuildError, EngineError, KitError
+from .clients import COMPOSE_FIX, DAEMON_FIX, PERMISSION_FIX, Client, ComposeCli, docker_binaries, find_clients, find_compose, pick_builder
+from .records import COMPOSE_PROJECT, ContainerInfo, ImageInfo
+from .spec import ContainerSpec, DockerCall, run_call
 
 class ComposeRun:
     """`compose up -d` running in the background while the caller watches the containers."""
@@ -191,6 +109,19 @@ class Compose:
             return 130
 
 
+@dataclass(frozen=True)
+class CacheRecord:
+    id: str
+    description: str  # the build step that made it (the RUN line)
+    in_use: bool
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    root_dir: str  # where images and containers live (the disk to watch)
+    runtimes: tuple[str, ...]  # "runc", and "nvidia" where the container toolkit is set up
+
+
 class Engine:
     """A Docker engine reached through a BuildKit-capable client."""
 
@@ -199,16 +130,7 @@ class Engine:
 
     @classmethod
     def connect(cls) -> Engine:
-        clients = find_clients()
-        if not clients:
-            raise EngineError("no docker client found", fix="install Docker (`invoke doctor --fix` on Debian/Ubuntu)")
-        usable = [c for c in clients if c.buildkit]
-        if not usable:
-            raise EngineError(
-                f"docker {clients[0].version} at {clients[0].path} cannot run BuildKit builds (no buildx plugin)",
-                fix="install the docker-buildx plugin, or Debian's docker.io client",
-            )
-        engine = cls(usable[0])
+        engine = cls(pick_builder(find_clients()))
         engine.server_version()  # fails early, with the fix, when the daemon is down
         return engine
 
@@ -233,7 +155,7 @@ class Engine:
             env["DOCKER_BUILDKIT"] = "1"
         return env
 
-    def run_cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    def _cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(self._cmd(*args), capture_output=True, text=input is None, input=input, env=self._env())
         if check and proc.returncode != 0:
             stderr = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
@@ -253,43 +175,59 @@ class Engine:
     # --- engine facts -----------------------------------------------------------------
 
     def server_version(self) -> str:
-        proc = self.run_cli("version", "--format", "{{.Server.Version}}", check=False)
+        proc = self._cli("version", "--format", "{{.Server.Version}}", check=False)
         version = proc.stdout.strip()
         if proc.returncode != 0 or not version:
             raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
         return version
 
-    def info(self) -> dict:
-        return json.loads(self.run_cli("info", "--format", "{{json .}}").stdout)
+    def daemon(self) -> DaemonInfo:
+        data = json.loads(self._cli("info", "--format", "{{json .}}").stdout)
+        return DaemonInfo(root_dir=str(data.get("DockerRootDir") or ""), runtimes=tuple(sorted(data.get("Runtimes") or {})))
 
     # --- images -----------------------------------------------------------------------
 
     def image_exists(self, ref: str) -> bool:
-        return self.run_cli("image", "inspect", ref, check=False).returncode == 0
+        return self._cli("image", "inspect", ref, check=False).returncode == 0
 
-    def inspect_image(self, ref: str) -> dict | None:
-        proc = self.run_cli("image", "inspect", ref, check=False)
-        return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
+    def image(self, ref: str) -> ImageInfo | None:
+        """The image, or None when there is none of that name (a daemon that is down
+        raises, with the fix, instead of reading as "not built")."""
+        data = self._inspect("image", ref)
+        return ImageInfo.from_inspect(data) if data is not None else None
 
-    def image_labels(self, ref: str) -> dict[str, str]:
-        data = self.inspect_image(ref) or {}
-        return (data.get("Config") or {}).get("Labels") or {}
+    def images(self, label: str) -> list[ImageInfo]:
+        """Every image carrying the label (`key` or `key=value`), once each."""
+        ids = self._cli("images", "--quiet", "--no-trunc", "--filter", f"label={label}").stdout.split()
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return []
+        proc = self._cli("image", "inspect", *ids, check=False)  # one may vanish meanwhile
+        return [ImageInfo.from_inspect(d) for d in json.loads(proc.stdout or "[]")]
 
-    def images(self, label: str) -> list[dict]:
-        proc = self.run_cli("images", "--filter", f"label={label}", "--format", "{{json .}}")
-        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    def history(self, ref: str) -> list[str]:
+        """Each layer's recorded command and comment: what `docker history` keeps of a build."""
+        proc = self._cli("history", "--no-trunc", "--format", "{{.CreatedBy}} {{.Comment}}", ref)
+        return [line for line in proc.stdout.splitlines() if line.strip()]
 
-    def history(self, ref: str) -> list[dict]:
-        proc = self.run_cli("history", "--no-trunc", "--format", "{{json .}}", ref)
-        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    def image_files(self, ref: str) -> Iterator[bytes]:
+        """The image's whole filesystem as a tar stream, in chunks (a container is created
+        for the export and removed afterwards)."""
+        container = self._cli("create", ref, "true").stdout.strip()
+        try:
+            with subprocess.Popen(self._cmd("export", container), stdout=subprocess.PIPE) as export:
+                assert export.stdout is not None
+                yield from iter(lambda: export.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
+        finally:
+            self.remove_containers([container])
 
     def tag(self, source: str, target: str) -> None:
-        self.run_cli("tag", source, target)
+        self._cli("tag", source, target)
 
     def remove_images(self, refs: Iterable[str]) -> None:
         refs = list(refs)
         if refs:
-            self.run_cli("rmi", "--force", *refs, check=False)
+            self._cli("rmi", "--force", *refs, check=False)
 
     def pull(self, ref: str, timeout: float) -> bool:
         try:
@@ -361,29 +299,51 @@ class Engine:
 
     # --- containers -------------------------------------------------------------------
 
-    def run(self, image: str, command: Sequence[str], *, options: Sequence[str] = (), timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a throw-away container and capture its output. It is named, so that one that
-        outlives `timeout` is removed too, never left running."""
-        name = f"mlsyskit-run-{uuid.uuid4().hex[:12]}"
+    def run(self, spec: ContainerSpec, *, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """A throw-away container of the spec, its output captured. It is named, so that one
+        that outlives `timeout` is removed too, never left running."""
+        name = spec.name or f"mlsyskit-run-{uuid.uuid4().hex[:12]}"
+        call = run_call(replace(spec, name=name, remove=True, interactive=False, tty=False))
         try:
             return subprocess.run(
-                self._cmd("run", "--rm", "--name", name, *options, image, *command),
-                capture_output=True, text=True, timeout=timeout,
+                self._cmd(*call.args), capture_output=True, text=True, timeout=timeout, env={**self._env(), **call.env}
             )
         except subprocess.TimeoutExpired:
             self.remove_containers([name])
-            raise KitError(f"`{' '.join(command)[:60]}` in {image} ran past {timeout:.0f}s; its container was removed") from None
+            raise KitError(f"`{' '.join(spec.command)[:60]}` in {spec.image} ran past {timeout:.0f}s; its container was removed") from None
 
-    def containers(self, label: str, all: bool = True) -> list[dict]:
-        args = ["ps", "--filter", f"label={label}", "--format", "{{json .}}"]
-        if all:
-            args.insert(1, "--all")
-        return [json.loads(line) for line in self.run_cli(*args).stdout.splitlines() if line.strip()]
+    def containers(self, label: str) -> list[ContainerInfo]:
+        """Every container carrying the label (`key` or `key=value`), running or not."""
+        ids = self._cli("ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={label}").stdout.split()
+        return self._containers(ids)
+
+    def _containers(self, ids: Sequence[str]) -> list[ContainerInfo]:
+        if not ids:
+            return []
+        proc = self._cli("container", "inspect", *ids, check=False)  # one may vanish meanwhile
+        return [ContainerInfo.from_inspect(d) for d in json.loads(proc.stdout or "[]")]
+
+    def container_info(self, name: str) -> ContainerInfo | None:
+        """The container of that name or ID, or None when there is none."""
+        data = self._inspect("container", name)
+        return ContainerInfo.from_inspect(data) if data is not None else None
+
+    def start_container(self, name: str) -> None:
+        self._cli("start", name)
+
+    def stop_container(self, name: str, timeout: int = 10) -> None:
+        self._cli("stop", "--time", str(timeout), name)
+
+    def published_port(self, container: str, private: str) -> int | None:
+        """The host port docker published a container port on (`80/tcp`), or None."""
+        proc = self._cli("port", container, private, check=False)
+        lines = proc.stdout.strip().splitlines()
+        return int(lines[0].rsplit(":", 1)[1]) if proc.returncode == 0 and lines else None
 
     def remove_containers(self, ids: Iterable[str]) -> None:
         ids = list(ids)
         if ids:
-            self.run_cli("rm", "--force", "--volumes", *ids, check=False)
+            self._cli("rm", "--force", "--volumes", *ids, check=False)
 
     # --- compose projects (the stacks) ---------------------------------------------------------
 
@@ -393,31 +353,65 @@ class Engine:
             raise EngineError("no usable compose found", fix=COMPOSE_FIX)
         return Compose(cli, self._env())
 
-    def project_containers(self, project: str) -> list[dict]:
-        """Every container of a compose project, running or not, as `docker inspect` gives it."""
-        label = f"label=com.docker.compose.project={project}"
-        ids = self.run_cli("ps", "--all", "--quiet", "--no-trunc", "--filter", label).stdout.split()
-        if not ids:
-            return []
-        proc = self.run_cli("container", "inspect", *ids, check=False)  # one may vanish meanwhile
-        return json.loads(proc.stdout or "[]")
+    def project(self, project: str, path: Path | None = None) -> ComposeProject:
+        """A compose project to look at or take down (`compose_project` to own one)."""
+        return ComposeProject(self, project, path)
+
+    @contextmanager
+    def compose_project(self, project: str, path: Path | None, *, keep: bool = False) -> Iterator[ComposeProject]:
+        """A compose project (one stack on this host) for the block. It is taken down when
+        the block ends, however it ends; with `keep`, only on Ctrl-C or an unexpected error:
+        a stack that is up stays up, and one whose service failed stays for its logs (the
+        caller's KitError says `invoke down`)."""
+        owned = ComposeProject(self, project, path)
+        try:
+            yield owned
+        except KitError:
+            if not keep:
+                owned.down()
+            raise
+        except BaseException:
+            owned.down()
+            raise
+        if not keep:
+            owned.down()
+
+    def prune_build_cache(self, *, cache_mounts_only: bool = False) -> None:
+        """Empty BuildKit's cache (all of it: it cannot tell which records are the kit's), or
+        only the cache mounts (uv, pip, apt downloads)."""
+        args = ["builder", "prune", "--force"]
+        if cache_mounts_only:
+            args += ["--filter", "type=exec.cachemount"]
+        self._cli(*args, check=False)
+
+    def build_cache_records(self) -> list[CacheRecord]:
+        """BuildKit's cache records (`docker system df -v`)."""
+        rows = json.loads(self._cli("system", "df", "-v", "--format", "{{json .BuildCache}}").stdout or "[]") or []
+        return [CacheRecord(id=r.get("ID", ""), description=r.get("Description", ""), in_use=r.get("InUse") == "true") for r in rows]
+
+    def remove_build_cache_record(self, record: str) -> None:
+        self._cli("builder", "prune", "--force", "--filter", f"id={record}", check=False)
+
+    def project_containers(self, project: str) -> list[ContainerInfo]:
+        """Every container of a compose project, running or not."""
+        return self.containers(f"{COMPOSE_PROJECT}={project}")
 
     def project_resources(self, project: str) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={project}"
+        label = f"label={COMPOSE_PROJECT}={project}"
         return {
-            "containers": self.run_cli("ps", "--all", "--quiet", "--filter", label).stdout.split(),
-            "networks": self.run_cli("network", "ls", "--quiet", "--filter", label).stdout.split(),
-            "volumes": self.run_cli("volume", "ls", "--quiet", "--filter", label).stdout.split(),
+            "containers": self._cli("ps", "--all", "--quiet", "--filter", label).stdout.split(),
+            "networks": self._cli("network", "ls", "--quiet", "--filter", label).stdout.split(),
+            "volumes": self._cli("volume", "ls", "--quiet", "--filter", label).stdout.split(),
         }
 
     def remove_project_resources(self, project: str) -> None:
         found = self.project_resources(project)
         if found["containers"]:
-            self.run_cli("rm", "--force", "--volumes", *found["containers"], check=False)
+            self._cli("rm", "--force", "--volumes", *found["containers"], check=False)
         if found["networks"]:
-            self.run_cli("network", "rm", *found["networks"], check=False)
+            self._cli("network", "rm", *found["networks"], check=False)
         if found["volumes"]:
-            self.run_cli("volume", "rm", "--force", *found["volumes"], check=False)
+            self._cli("volume", "rm", "--force", *found["volumes"], check=False)
 
     def container_logs(self, container: str, tail: int = 30) -> str:
         """The container's last lines, its stdout and stderr interleaved as written."""
@@ -435,62 +429,67 @@ class Engine:
         """`docker KIND inspect REF`, or None when there is no such object; a daemon that
         is down raises (with the fix) instead of reading as "not there"."""
         args = (kind, "inspect", ref)
-        proc = self.run_cli(*args, check=False)
+        proc = self._cli(*args, check=False)
         if proc.returncode == 0:
             return json.loads(proc.stdout)[0]
         if "No such" in proc.stderr:
             return None
         raise self.failure(args, proc.stderr)
 
-    def find_image(self, ref: str) -> dict | None:
-        """The image's inspect data, or None when it is not built (see `_inspect`)."""
-        return self._inspect("image", ref)
-
     def ulimit_allowed(self, image: str, ulimit: str) -> bool:
         """Whether this engine starts a container with `--ulimit <ulimit>`: some hosts forbid
         raising memlock even for root, and the container then fails to start."""
         args = ("run", "--rm", "--network", "none", "--ulimit", ulimit, "--entrypoint", "true", image)
-        proc = self.run_cli(*args, check=False)
+        proc = self._cli(*args, check=False)
         if proc.returncode == 0:
             return True
         if "rlimit" in proc.stderr:
             return False
         raise self.failure(args, proc.stderr)
 
-    def container(self, name: str) -> dict | None:
-        """A container's inspect data, or None when there is none of that name."""
-        return self._inspect("container", name)
-
-    def inspect_containers(self, ids: Sequence[str]) -> list[dict]:
-        return json.loads(self.run_cli("container", "inspect", *ids).stdout) if ids else []
-
-    def start_container(self, name: str) -> None:
-        self.run_cli("start", name)
-
-    def run_detached(self, args: Sequence[str], env: dict[str, str]) -> str:
-        """`docker run -d ARGS` with `env` added to the client's environment (values passed
-        by name with `-e NAME` stay out of argv); returns the container ID."""
-        proc = subprocess.run(self._cmd("run", "-d", *args), capture_output=True, text=True, env={**self._env(), **env})
+    def start(self, spec: ContainerSpec) -> Container:
+        """`docker run -d` of the spec (named: a generated name when it has none). A
+        container that docker created but could not start (a port taken, a limit refused)
+        is removed before the error is raised: nothing is left behind."""
+        if not spec.name:
+            spec = replace(spec, name=f"mlsyskit-{uuid.uuid4().hex[:12]}")
+        call = run_call(replace(spec, remove=False, interactive=False, tty=False), detach=True)
+        proc = subprocess.run(self._cmd(*call.args), capture_output=True, text=True, env={**self._env(), **call.env})
         if proc.returncode != 0:
-            raise self.failure(("run", "-d"), proc.stderr)
-        return proc.stdout.strip()
+            error = self.failure(("run", "-d"), proc.stderr)
+            if NAME_IN_USE not in proc.stderr:  # another's container of that name is not ours
+                self.remove_containers([spec.name])
+            raise error
+        return Container(self, spec.name, proc.stdout.strip())
 
-    def exec_replace(self, args: Sequence[str], env: dict[str, str]) -> NoReturn:
+    @contextmanager
+    def container(self, spec: ContainerSpec, *, keep: bool = False) -> Iterator[Container]:
+        """A started container for the block; removed when the block ends, however it
+        ends (an error, Ctrl-C). With `keep`, it stays when the block ends normally."""
+        container = self.start(spec)
+        try:
+            yield container
+        except BaseException:
+            container.remove()
+            raise
+        if not keep:
+            container.remove()
+
+    def become(self, call: DockerCall) -> NoReturn:
         """Become `docker ARGS`: the terminal, signals and the exit code are docker's own,
         and no Python process waits in between."""
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(self.client.path, [self.client.path, *args], {**os.environ, **env})
+        os.execve(self.client.path, [self.client.path, *call.args], {**os.environ, **call.env})
 
     # --- attached runs (`invoke smoke`) ------------------------------------------------------
 
-    def run_attached(
+    def stream(
         self, args: Sequence[str], env: dict[str, str], *, timeout: float, on_line: Callable[[str], None]
     ) -> tuple[int | None, bool]:
-        """`docker ARGS` (a `run` with a --name) as a child: stdin closed, each output line
-        passed to `on_line`. Returns (exit code, timed out); at the time limit, or on
-        Ctrl-C (re-raised), the client is stopped and the caller removes the container by
-        name: stopping the client alone would leave the container running."""
+        """`docker ARGS` as a child: stdin closed, each output line passed to `on_line`.
+        Returns (exit code, timed out); at the time limit, or on Ctrl-C (re-raised), the
+        client is stopped (what it started is the caller's to remove)."""
         proc = subprocess.Popen(
             self._cmd(*args),
             stdin=subprocess.DEVNULL,
@@ -527,4 +526,81 @@ class Engine:
     def copy_from(self, container: str, source: str, dest: Path) -> bool:
         """`docker cp CONTAINER:SOURCE DEST` (also from a stopped container); False when
         there is no such file or container."""
-        return self.run_cli("cp", f"{container}:{source}", str(dest), check=False).returncode == 0
+        return self._cli("cp", f"{container}:{source}", str(dest), check=False).returncode == 0
+
+
+#: docker's refusal of a second container of the same name. A port that is taken also says
+#: "already in use" ("bind: address already in use"): that container is the caller's own.
+NAME_IN_USE = "is already in use by container"
+
+
+@dataclass
+class Container:
+    """A container the kit started (`Engine.start`, `Engine.container`)."""
+
+    engine: Engine
+    name: str
+    id: str
+
+    def info(self) -> ContainerInfo | None:
+        return self.engine.container_info(self.name)
+
+    def exec(self, command: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.engine.exec_in(self.name, command, timeout=timeout)
+
+    def logs(self, tail: int = 30) -> str:
+        return self.engine.container_logs(self.name, tail=tail)
+
+    def copy_from(self, source: str, dest: Path) -> bool:
+        return self.engine.copy_from(self.name, source, dest)
+
+    def follow(self, *, timeout: float, on_line: Callable[[str], None]) -> tuple[int | None, bool]:
+        """Pass each output line to `on_line` until the container ends; (its exit code,
+        False), or (None, True) when it outlives `timeout` (the caller's block removes it)."""
+        returncode, timed_out = self.engine.stream(("logs", "--follow", self.name), {}, timeout=timeout, on_line=on_line)
+        if timed_out:
+            return None, True
+        info = self.info()
+        if info is None or info.running:
+            return returncode if returncode else None, False
+        return info.exit_code, False
+
+    def remove(self) -> None:
+        self.engine.remove_containers([self.name])
+
+
+class ComposeProject:
+    """One compose project (a stack) on this host: its rendered file, containers, logs and
+    `down`, which removes whatever has its label even when the file is gone."""
+
+    def __init__(self, engine: Engine, project: str, path: Path | None) -> None:
+        self.engine, self.project, self.path = engine, project, path
+
+    def start(self, log_path: Path) -> ComposeRun:
+        assert self.path is not None
+        return self.engine.compose().start(self.project, self.path, log_path)
+
+    def containers(self) -> list[ContainerInfo]:
+        return self.engine.project_containers(self.project)
+
+    def service_logs(self, service: str, lines: int) -> str:
+        found = [c for c in self.containers() if c.service == service]
+        if not found:
+            return "(no container)"
+        return self.engine.container_logs(found[0].id, tail=lines).rstrip() or "(no output)"
+
+    def resources(self) -> dict[str, list[str]]:
+        return self.engine.project_resources(self.project)
+
+    def down(self) -> dict[str, list[str]]:
+        """Stop and remove its containers, networks and volumes; what was there before.
+        Raises when something is still there afterwards."""
+        before = self.resources()
+        if self.path is not None and self.path.is_file():
+            self.engine.compose().down(self.project, self.path)
+        self.engine.remove_project_resources(self.project)  # whatever compose left (or never knew)
+        after = self.resources()
+        if any(after.values()):
+            left = ", ".join(f"{len(v)} {k}" for k, v in after.items() if v)
+            raise EngineError(f"{self.project}: {left} still there after `down`", fix="remove them with `docker rm -f` / `docker network rm`")
+        return before
