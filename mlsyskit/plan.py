@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -73,6 +74,10 @@ class Layer:
     def parent_ref(self) -> str:
         return self.parent.tag if self.parent else self.root.ref if self.root else ""
 
+    @property
+    def root_image(self) -> RootImage | None:
+        return self.root if self.root is not None else self.parent.root_image if self.parent else None
+
     def labels(self) -> dict[str, str]:
         labels = {
             f"{LABEL_PREFIX}.kind": self.kind,
@@ -82,6 +87,11 @@ class Layer:
             f"{LABEL_PREFIX}.parent": self.parent_ref,
             **self.extra_labels,
         }
+        root = self.root_image
+        if root is not None:
+            # The OS image the chain started from: with it, whether a built image is current
+            # can be decided from its labels alone (`freshness`), without asking the engine.
+            labels |= {ROOT_REF: root.ref, ROOT_ID: root.image_id, ROOT_ORIGIN: root.origin}
         if self.lock is not None:
             labels[f"{LABEL_PREFIX}.lock-sha256"] = lock_sha256(self.lock)
             labels[f"{LABEL_PREFIX}.key-versions"] = json.dumps(key_versions(self.lock, self.key_packages), sort_keys=True)
@@ -150,6 +160,45 @@ def plan(catalog: Catalog, config: Config, topics: list[Topic], base: Base, root
         for layer in topic_layers(catalog, config, topic, base_l):
             ordered.setdefault(layer.tag, layer)
     return list(ordered.values())
+
+
+ROOT_REF, ROOT_ID, ROOT_ORIGIN = (f"{LABEL_PREFIX}.root-ref", f"{LABEL_PREFIX}.root-id", f"{LABEL_PREFIX}.root-origin")
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether a built topic image was made from today's inputs, and if not, what changed."""
+
+    current: bool
+    changed: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return ", ".join(self.changed) or "its inputs"
+
+
+def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels: Mapping[str, str]) -> Freshness:
+    """Is the topic image with these labels what `invoke build` would make today? Decided
+    once, here, for `shell`, `smoke`, `up` and `topics`: the plan for today's files (topic
+    and stack locks, Dockerfiles, scripts, build settings) on the image's own root
+    filesystem, compared with the inputs hash it was built from. Pure: the labels come
+    from the engine, nothing else does."""
+    if ROOT_ID not in labels:  # built before the root was labelled: the topic lock decides
+        if labels.get(f"{LABEL_PREFIX}.lock-sha256") == lock_sha256(topic.lock_path):
+            return Freshness(True)
+        return Freshness(False, (f"envs/{topic.name}/uv.lock",))
+    root = RootImage(ref=labels.get(ROOT_REF, ""), image_id=labels[ROOT_ID], origin=labels.get(ROOT_ORIGIN, ""))
+    planned = topic_layers(catalog, config, topic, base_layer(catalog, config, base, root))
+    if planned[-1].inputs_hash == labels.get(f"{LABEL_PREFIX}.inputs-hash"):
+        return Freshness(True)
+    changed = []
+    if labels.get(f"{LABEL_PREFIX}.lock-sha256") != lock_sha256(topic.lock_path):
+        changed.append(f"envs/{topic.name}/uv.lock")
+    if labels.get(f"{LABEL_PREFIX}.parent") != planned[-2].tag:
+        below = planned[-2]
+        changed.append(f"the {below.name} stack (its lock, or the base under it)" if below.kind == "stack" else "the base layer")
+    if not changed:
+        changed.append(f"envs/{topic.name}'s pyproject.toml, topic.toml or images/env.Dockerfile")
+    return Freshness(False, tuple(changed))
 
 
 def topic_alias(topic: str, flavour: str) -> str:

@@ -47,8 +47,7 @@ from .engine import ContainerInfo, ContainerSpec, DockerCall
 from .engine.spec import exec_call, run_call
 from .errors import EngineError, UsageError
 from .gpus import GpuSelection, container_toolkit_present, host_has_gpus, parse_request, query_gpus, select
-from .lockfile import lock_sha256
-from .plan import topic_alias
+from .plan import freshness, topic_alias
 from .report import table
 
 Log = Callable[[str], None]
@@ -457,20 +456,21 @@ def forget_memlock(environ: Mapping[str, str]) -> None:
 
 
 def ensure_image(engine: Engine, topic: Topic, base: str, config: Config, log: Log) -> str:
-    """The topic's image, built first (with progress) when it is missing. A lock that changed
-    since the build gets one warning line, not a rebuild the user did not ask for."""
+    """The topic's image, built first (with progress) when it is missing. An image built from
+    other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
+    warning line naming what changed, not a rebuild the user did not ask for."""
     image = topic_alias(topic.name, base)
     found = engine.image(image)
+    catalog = load_catalog()
     if found is None:
         from .build import build_topics  # the build machinery loads only when a build is due
 
         log(f"{image} is not built yet: building it (this happens once)")
-        catalog = load_catalog()
         build_topics(Engine.connect(), catalog, config, [topic], base_name=base, log=log)
         return image
-    built_from = found.labels.get(f"{LABEL_PREFIX}.lock-sha256", "")
-    if built_from and topic.lock_path.is_file() and built_from != lock_sha256(topic.lock_path):
-        log(f"warning: {image} was built from an older {topic.name}/uv.lock: `invoke build {topic.name}` updates it")
+    fresh = freshness(catalog, config, topic, catalog.base(base), found.labels)
+    if not fresh.current:
+        log(f"warning: {image} was built before {fresh.describe()} changed: `invoke build {topic.name}` updates it")
     return image
 
 

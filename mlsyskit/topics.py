@@ -19,9 +19,8 @@ from .config import Config
 from .engine import ContainerSpec, Engine
 from .errors import KitError
 from .lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
-from .plan import base_layer, topic_alias, topic_layers
+from .plan import freshness, topic_alias
 from .report import table
-from .rootfs import find_root_image
 
 # How many of a topic's key packages `invoke topics` shows (the first ones in topic.toml,
 # which lists them most telling first); `invoke versions` shows them all.
@@ -223,17 +222,13 @@ def probe_image(engine: Engine, image: str, names: Sequence[str]) -> ImageProbe:
 
 
 def image_states(engine: Engine, catalog: Catalog, config: Config, base: Base) -> dict[str, ImageState]:
-    """For every topic: is the image the plan asks for today built? Never builds or pulls."""
-    root = find_root_image(engine, base, config)
+    """For every topic: is its image built, from today's inputs (`plan.freshness`, the one
+    decision `shell`, `smoke` and `up` make too)? Never builds or pulls."""
     states = {}
     for topic in catalog.select([]):
-        current = False
-        if root is not None:
-            layers = topic_layers(catalog, config, topic, base_layer(catalog, config, base, root))
-            current = engine.image_exists(layers[-1].tag)
-        alias = topic_alias(topic.name, base.name)
-        found = engine.image(alias)
+        found = engine.image(topic_alias(topic.name, base.name))
         labels = dict(found.labels) if found else None
+        current = found is not None and freshness(catalog, config, topic, base, found.labels).current
         states[topic.name] = ImageState(current=current, alias_labels=labels)
     return states
 

@@ -86,3 +86,65 @@ def test_label_inputs_change_the_tag(kit_tree):
     toml.write_text(toml.read_text().replace('key_packages = ["torch",', 'key_packages = ["psutil", "torch",'))
     assert tags()[0]["topic"] != tags(kit_tree)[0]["topic"]
     assert tags()[0]["stack"] == tags(kit_tree)[0]["stack"]
+
+
+# --- is a built image current? (decided once, for shell, smoke, up and topics) ------------------
+
+
+def built_labels(root_dir=None):
+    """The labels `invoke build` puts on the distributed image, for the tree as it is now."""
+    _, layers = tags(root_dir)
+    return layers[-1].labels()
+
+
+def freshness_of(root_dir, labels):
+    from mlsyskit.plan import freshness
+
+    catalog = load_catalog(root_dir)
+    return freshness(catalog, Config(), catalog.topic("distributed"), catalog.base("pypi"), labels)
+
+
+def test_an_image_built_from_todays_inputs_is_current(kit_tree):
+    labels = built_labels()
+    assert labels["org.mlsyskit.root-id"] == ROOT.image_id and labels["org.mlsyskit.root-ref"] == ROOT.ref
+    assert freshness_of(kit_tree, labels).current
+
+
+def test_a_changed_topic_lock_is_named(kit_tree):
+    labels = built_labels()
+    lock = kit_tree / "envs/distributed/uv.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    fresh = freshness_of(kit_tree, labels)
+    assert not fresh.current and fresh.changed == ("envs/distributed/uv.lock",)
+
+
+def test_a_changed_stack_lock_is_seen_though_the_topic_lock_is_the_same(kit_tree):
+    """What shell, up and smoke missed before: only the topic lock was compared."""
+    labels = built_labels()
+    lock = kit_tree / "images/stacks/torch-2.11-cu130/uv.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    fresh = freshness_of(kit_tree, labels)
+    assert not fresh.current and fresh.changed == ("the torch-2.11-cu130 stack (its lock, or the base under it)",)
+
+
+def test_a_changed_base_script_or_dockerfile_is_seen(kit_tree):
+    labels = built_labels()
+    dockerfile = kit_tree / "images/base.Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\n# changed\n")
+    assert not freshness_of(kit_tree, labels).current
+
+
+def test_a_changed_topic_pyproject_is_seen(kit_tree):
+    labels = built_labels()
+    pyproject = kit_tree / "envs/distributed/pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n# changed\n")
+    fresh = freshness_of(kit_tree, labels)
+    assert not fresh.current and "pyproject.toml" in fresh.describe()
+
+
+def test_an_image_from_before_the_root_labels_falls_back_to_the_lock(kit_tree):
+    labels = {k: v for k, v in built_labels().items() if "root-" not in k}
+    assert freshness_of(kit_tree, labels).current
+    lock = kit_tree / "envs/distributed/uv.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    assert freshness_of(kit_tree, labels).changed == ("envs/distributed/uv.lock",)
