@@ -12,7 +12,7 @@ from . import doctor as doctor_mod
 from . import topics as topics_mod
 from .build import build_topics
 from .catalog import Catalog, Topic, load_catalog
-from .config import Config, load_config
+from .context import Context
 from .engine import ContainerSpec, Engine
 from .errors import EngineError, KitError, UsageError
 from .locks import lock as lock_all
@@ -28,13 +28,6 @@ def split_names(value: str) -> list[str]:
     return [] if names in ([], ["all"]) else names
 
 
-def context(base: str | None = None) -> tuple[Catalog, Config, str]:
-    catalog, config = load_catalog(), load_config()
-    base_name = base or config.base
-    catalog.base(base_name)  # validates the name
-    return catalog, config, base_name
-
-
 def doctor(fix: bool, log: Log) -> tuple[str, bool]:
     catalog = load_catalog()
     checks = doctor_mod.run_checks(catalog)
@@ -48,10 +41,10 @@ def doctor(fix: bool, log: Log) -> tuple[str, bool]:
 
 
 def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log) -> str:
-    catalog, config, base_name = context(base)
-    selected = catalog.select(split_names(topics))
-    engine = Engine.connect()
-    results = build_topics(engine, catalog, config, selected, base_name=base_name, no_cache=no_cache, log=log, verbose=verbose)
+    ctx = Context.resolve(base or "")
+    selected = ctx.catalog.select(split_names(topics))
+    base_name = ctx.base_name
+    results = build_topics(ctx.engine, ctx.catalog, ctx.config, selected, base_name=base_name, no_cache=no_cache, log=log, verbose=verbose)
     rows = [
         (r.layer.kind, r.layer.name, r.layer.tag, r.status, size(r.size_bytes), size(r.total_bytes), seconds(r.seconds))
         for r in results
@@ -90,10 +83,10 @@ def lock(topics: str, check: bool, log: Log) -> None:
 def check(topic_name: str, base: str | None, log: Log) -> str:
     """A CPU check inside a built topic image: its key modules import, and the versions
     inside match the lock."""
-    catalog, _, base_name = context(base)
-    topic: Topic = catalog.topic(topic_name)
-    engine = Engine.connect()
-    image = topic_alias(topic.name, base_name)
+    ctx = Context.resolve(base or "")
+    topic: Topic = ctx.catalog.topic(topic_name)
+    engine = ctx.engine
+    image = topic_alias(topic.name, ctx.base_name)
     if not engine.image_exists(image):
         raise UsageError(f"image {image} is not built", fix=f"invoke build {topic.name}")
     script = (
@@ -113,29 +106,27 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
 def topics(base: str | None) -> str:
     """Every topic: stack, key versions (locked, for the base's Python), GPU needs and
     whether its image is built. Without a Docker engine the image column says '?'."""
-    catalog, config, base_name = context(base)
-    base_obj = catalog.base(base_name)
+    ctx = Context.resolve(base or "")
+    catalog, config, base_name, base_obj = ctx.catalog, ctx.config, ctx.base_name, ctx.base
     environment = topics_mod.base_environment(base_obj)
     locked = {t.name: topics_mod.locked_versions(catalog, t, environment) for t in catalog.select([])}
     try:
-        engine = Engine.connect()
-    except EngineError:
+        states = topics_mod.image_states(ctx.engine, catalog, config, base_obj)
+    except EngineError:  # no engine: the table still says what is locked
         states = None
-    else:
-        states = topics_mod.image_states(engine, catalog, config, base_obj)
     return topics_mod.topics_table(catalog, locked, states, base_name)
 
 
 def versions(topic_name: str, base: str | None) -> str:
     """A topic's key packages as locked, beside the versions inside its image when built
     (the lock is then read for the image's own Python)."""
-    catalog, _, base_name = context(base)
+    ctx = Context.resolve(base or "")
+    catalog, base_name, base_obj = ctx.catalog, ctx.base_name, ctx.base
     topic = catalog.topic(topic_name)
-    base_obj = catalog.base(base_name)
     image = topic_alias(topic.name, base_name)
     probe = None
     try:
-        engine = Engine.connect()
+        engine: Engine | None = ctx.engine
     except EngineError:
         engine = None
     if engine is not None and engine.image_exists(image):

@@ -820,14 +820,15 @@ def export(target: str, stack: StackSpec, opts: ExportOptions, out_dir: Path) ->
 
 def run(target: str, stack_name: str, *, output: str = "", base: str = "", nodes: Any = None, gpus_per_node: Any = None, **options: Any) -> list[Path]:
     """`invoke export`: parse, check, write; returns the files written."""
-    from .config import load_config
+    from .context import Context
     from .stacks import load_stack
 
     if target not in TARGETS:
         raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
     stack = load_stack(stack_name)
+    ctx = Context.resolve(base)  # an unknown --base is refused here, before anything is written
     opts = ExportOptions(
-        nodes=_count("--nodes", nodes), gpus_per_node=_count("--gpus-per-node", gpus_per_node), base=base or load_config().base, **options
+        nodes=_count("--nodes", nodes), gpus_per_node=_count("--gpus-per-node", gpus_per_node), base=ctx.base_name, **options
     )
     out_dir = Path(output) if output else REPO_ROOT / ".kit" / "export" / target
     return export(target, stack, opts, out_dir)

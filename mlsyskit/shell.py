@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import LABEL_PREFIX
-from .catalog import Topic, load_catalog
-from .config import Config, load_config
+from .catalog import Topic
+from .config import Config
+from .context import Context
 from .engine import Engine
 from .engine import ContainerInfo, ContainerSpec, DockerCall
 from .engine.spec import exec_call, run_call
@@ -455,20 +456,19 @@ def forget_memlock(environ: Mapping[str, str]) -> None:
 # --- doing it ---------------------------------------------------------------------------
 
 
-def ensure_image(engine: Engine, topic: Topic, base: str, config: Config, log: Log) -> str:
+def ensure_image(ctx: Context, topic: Topic, log: Log) -> str:
     """The topic's image, built first (with progress) when it is missing. An image built from
     other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
     warning line naming what changed, not a rebuild the user did not ask for."""
-    image = topic_alias(topic.name, base)
-    found = engine.image(image)
-    catalog = load_catalog()
+    image = topic_alias(topic.name, ctx.base_name)
+    found = ctx.engine.image(image)
     if found is None:
         from .build import build_topics  # the build machinery loads only when a build is due
 
         log(f"{image} is not built yet: building it (this happens once)")
-        build_topics(Engine.connect(), catalog, config, [topic], base_name=base, log=log)
+        build_topics(Engine.connect(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
         return image
-    fresh = freshness(catalog, config, topic, catalog.base(base), found.labels)
+    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.labels)
     if not fresh.current:
         log(f"warning: {image} was built before {fresh.describe()} changed: `invoke build {topic.name}` updates it")
     return image
@@ -495,15 +495,10 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     """Run `invoke shell`: never returns (becomes `docker run` or `docker exec`) unless it
     raises a KitError, in which case nothing was left running."""
     check_options(opts)
-    config = load_config()
+    ctx = Context.resolve(opts.base, connect=Engine.for_running)  # an unknown base: one line
+    topic = ctx.catalog.topic(opts.topic) if opts.topic else None  # unknown: the known ones listed
+    config, base, engine = ctx.config, ctx.base_name, ctx.engine
     host = read_host()
-    topic: Topic | None = None
-    base = opts.base or config.base
-    if opts.topic:
-        catalog = load_catalog()
-        topic = catalog.topic(opts.topic)  # unknown: one line listing the known topics
-        catalog.base(base)
-    engine = Engine.for_running()
     if opts.name:
         existing = engine.container_info(opts.name)
         if existing is not None:
@@ -515,7 +510,7 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
     gpus = choose_gpus(opts)
     check_ports_free(opts)
-    image = ensure_image(engine, topic, base, config, log)
+    image = ensure_image(ctx, topic, log)
     if gpus.warning:
         log(f"warning: {gpus.warning}")
     if opts.network == "host" and opts.ports:

@@ -35,7 +35,10 @@ from typing import Any
 
 from . import LABEL_PREFIX, REPO_ROOT
 from .catalog import Topic, load_catalog
+from . import stacks
+from .context import Context
 from .engine import ContainerSpec
+from .gpus import host_has_gpus, query_gpus
 from .errors import BuildError, EngineError, KitError, StackError, UsageError
 from smoke_tests._result import SmokeTest
 
@@ -382,15 +385,9 @@ def extra_env(key: str, words: Sequence[str]) -> Iterator[None]:
             os.environ[key] = before
 
 
-def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, workspace: Path, log: Log) -> dict[str, Any]:
+def run_stack(ctx: Context, run: PlannedRun, opts: SmokeOptions, workspace: Path, log: Log) -> dict[str, Any]:
     """A stack variant: `up` (which waits for its jobs), the result file copied out of the
     container that holds it, then always `down`."""
-    try:
-        from . import stacks
-    except ImportError:  # pragma: no cover - the stacks ship with the kit
-        return made_up(run.test, SKIPPED, f"the {run.where} stack needs mlsyskit/stacks.py, which this checkout lacks")
-    from .gpus import host_has_gpus, query_gpus
-
     variant = STACK_VARIANTS[run.where]
     stack = stacks.load_stack(run.where)
     has_gpus = host_has_gpus()
@@ -403,6 +400,7 @@ def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, works
         stacks.choose_devices(stack, opts.gpus, opts.cpu, query_gpus, has_gpus)
     except UsageError as exc:
         return made_up(run.test, SKIPPED, f"{run.where}: {exc.message}")
+    engine = ctx.engine
     if any(engine.project_resources(stack.project).values()):
         # One project name per stack and host: `up` now would take over someone's running stack.
         return made_up(run.test, FAILED, f"the {run.where} stack is already up on this host (`invoke down {run.where}` first)")
@@ -414,7 +412,7 @@ def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, works
     try:
         with extra_env(variant.args_env, run.command):
             try:
-                stacks.up(run.where, gpus=opts.gpus, cpu=opts.cpu, wait=int(run.limit), base=base, log=lambda line: log(f"  | {line}"))
+                stacks.up(run.where, gpus=opts.gpus, cpu=opts.cpu, wait=int(run.limit), base=ctx.base_name, log=lambda line: log(f"  | {line}"))
             except (StackError, UsageError) as exc:
                 error = exc
         holder = [c for c in engine.project_containers(stack.project) if c.service == variant.service]
@@ -442,17 +440,14 @@ def run_stack(engine: Any, run: PlannedRun, opts: SmokeOptions, base: str, works
 def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     """Plan, build what is missing, run every test, and write --json. Errors before any test
     runs (unknown topic, engine down) raise KitError; a test's failure is a row."""
-    from .config import load_config
-    from .engine import Engine
     from .shell import ShellOptions, choose_gpus, ensure_image, memlock_allowed, one_off_spec, read_host
 
     if opts.cpu and opts.gpus:
         raise UsageError("give either --cpu or --gpus, not both")
     if opts.cpu and opts.require_gpu:
         raise UsageError("give either --cpu or --require-gpu, not both")
-    catalog, config = load_catalog(), load_config()
-    base = opts.base or config.base
-    catalog.base(base)
+    ctx = Context.resolve(opts.base)
+    catalog, config, base = ctx.catalog, ctx.config, ctx.base_name
     topics = select_topics(opts.topics, catalog.topics, opts.tests)
     shell_opts = ShellOptions(
         topic=topics[0].name,
@@ -471,7 +466,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     report = SmokeReport(results_dir=results_dir)
     if gpus.warning and any(r.where == "container" for r in runs):
         log(f"warning: {gpus.warning}")
-    engine = Engine.connect()
+    engine = ctx.engine
     host = read_host()
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     images: dict[str, str | BuildError] = {}
@@ -483,7 +478,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
             log(f"== {run.label} in {run.topic} ({'container' if run.where == 'container' else run.where + ' stack'})")
             if run.topic not in images:
                 try:
-                    images[run.topic] = ensure_image(engine, topic, base, config, log)
+                    images[run.topic] = ensure_image(ctx, topic, log)
                 except BuildError as exc:
                     images[run.topic] = exc
             image = images[run.topic]
@@ -501,7 +496,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
                 )  # fmt: skip
                 result = run_in_container(engine, run, spec, workspace, run_id, log)
             else:
-                result = run_stack(engine, run, opts, base, workspace, log)
+                result = run_stack(ctx, run, opts, workspace, log)
             outcome = Outcome(run, result, image, time.monotonic() - start)
             report.outcomes.append(outcome)
             log(f"-> {run.label}: {outcome.status}" + (f" ({result.get('reason')})" if result.get("reason") else ""))

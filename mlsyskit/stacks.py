@@ -41,7 +41,8 @@ import yaml
 from . import LABEL_PREFIX, REPO_ROOT
 from .errors import EngineError, Interrupted, StackError, UsageError
 from .fields import Fields, rel_path
-from .engine import ComposeProject, ContainerInfo
+from .context import Context
+from .engine import ComposeProject, ContainerInfo, Engine
 from .report import seconds, table
 
 Log = Callable[[str], None]
@@ -549,20 +550,16 @@ def up(
     log: Log = print,
     root: Path = REPO_ROOT,
 ) -> UpResult:
-    from .catalog import load_catalog
-    from .config import load_config
-    from .engine import Engine
     from .gpus import host_has_gpus, query_gpus
     from .shell import ensure_image, host_hf_cache, memlock_allowed
 
     stack = load_stack(name, root)
-    catalog, config = load_catalog(), load_config()
-    base_name = base or config.base
-    catalog.base(base_name)
+    ctx = Context.resolve(base, root)
+    catalog, config, base_name = ctx.catalog, ctx.config, ctx.base_name
     devices = choose_devices(stack, gpus, cpu, query_gpus, host_has_gpus())
     if devices.warning:
         log(f"warning: {devices.warning}")
-    engine = Engine.connect()
+    engine = ctx.engine
     compose = engine.compose()
     images = []
     for topic_name in stack.topics():
@@ -571,7 +568,7 @@ def up(
                 f"stack {stack.name} runs the topic image mlsyskit/{topic_name}:{base_name}, and envs/{topic_name}/ does not exist",
                 fix=f"known topics: {', '.join(sorted(catalog.topics))}",
             )
-        images.append(ensure_image(engine, catalog.topic(topic_name), base_name, config, log))
+        images.append(ensure_image(ctx, catalog.topic(topic_name), log))
     memlock = memlock_allowed(engine, images[0], os.environ, log)
     if not memlock:
         log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")
@@ -690,8 +687,6 @@ def _timeout(project: ComposeProject, stack: StackSpec, verdict: Assessment, by_
 def down(name: str, *, log: Log = print, root: Path = REPO_ROOT) -> str:
     """Stop and remove every container, network and volume of the stack. Works from the
     compose project's labels too, so it cleans up after an `up` whose file is gone."""
-    from .engine import Engine
-
     stack = load_stack(name, root)
     try:
         before = Engine.connect().project(stack.project, rendered_file(stack.name, root)).down()
@@ -703,8 +698,6 @@ def down(name: str, *, log: Log = print, root: Path = REPO_ROOT) -> str:
 
 
 def logs(name: str, *, service: str = "", tail: int = 0, follow: bool = False, root: Path = REPO_ROOT) -> int:
-    from .engine import Engine
-
     stack = load_stack(name, root)
     path = rendered_file(stack.name, root)
     if not path.is_file():
@@ -727,8 +720,6 @@ def logs(name: str, *, service: str = "", tail: int = 0, follow: bool = False, r
 
 def status(root: Path = REPO_ROOT) -> str:
     """`invoke stacks`: every stack, what it is, and what of it runs now."""
-    from .engine import Engine
-
     engine = None
     try:
         engine = Engine.connect()

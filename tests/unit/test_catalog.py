@@ -54,3 +54,15 @@ def test_topic_without_lock_says_how_to_make_one(kit_tree):
         load_catalog(kit_tree)
     assert "uv.lock: file is missing" in str(err.value)
     assert "invoke lock" in err.value.fix
+
+
+def test_context_resolves_the_base_once_and_connects_only_when_asked(tmp_path):
+    from mlsyskit.context import Context
+    from mlsyskit.errors import UsageError
+
+    calls = []
+    ctx = Context.resolve("", connect=lambda: calls.append(1) or "engine")
+    assert ctx.base_name == "pypi" and ctx.base.name == "pypi" and calls == []  # kit.toml's base
+    assert ctx.engine == "engine" and ctx.engine == "engine" and calls == [1]  # connected once, on first use
+    with pytest.raises(UsageError, match="unknown base 'conda'"):
+        Context.resolve("conda")

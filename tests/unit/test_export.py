@@ -386,6 +386,8 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
         ("slurm", "verl", {"runtime": "docker"}, "error: --runtime docker: not one of pyxis, apptainer"),
         ("k8s", "nope", {}, "error: unknown stack 'nope'"),
         ("k8s", "verl", {"nodes": "two"}, "error: --nodes two: not a whole number"),
+        # the base is validated as every other command does (export used to take any name)
+        ("k8s", "verl", {"base": "conda"}, "error: unknown base 'conda'"),
     ]:
         with pytest.raises(Exit) as err:
             tasks.export(MockContext(), target, stack, output=str(tmp_path), **kwargs)

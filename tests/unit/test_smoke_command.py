@@ -153,9 +153,9 @@ def test_judge_fails_a_skip_without_gpu_where_gpus_were_asked_for():
 
 @pytest.mark.parametrize("require_gpu, status", [(False, "skipped"), (True, "failed")])
 def test_two_node_variant_on_a_host_without_gpus(monkeypatch, require_gpu, status):
-    monkeypatch.setattr("mlsyskit.gpus.host_has_gpus", lambda: False)
+    monkeypatch.setattr("mlsyskit.smoke.host_has_gpus", lambda: False)
     run = smoke.PlannedRun(topic="distributed", test="nccl", where="nccl-2node", command=(), limit=100, require_gpu=require_gpu)
-    got = smoke.run_stack(None, run, smoke.SmokeOptions(topics="distributed", require_gpu=require_gpu), "pypi", Path("/nonexistent"), print)
+    got = smoke.run_stack(None, run, smoke.SmokeOptions(topics="distributed", require_gpu=require_gpu), Path("/nonexistent"), print)
     assert got["status"] == status
     assert "no NVIDIA GPU on this host: nccl-2node needs 2" in got["reason"]
     if require_gpu:
