@@ -11,11 +11,11 @@ import sys
 from invoke import Exit, task
 
 from mlsyskit import commands
-from mlsyskit import shell as kit_shell
-from mlsyskit import smoke as kit_smoke
+from mlsyskit.runtime import shell as kit_shell
+from mlsyskit.checks import smoke as kit_smoke
 from mlsyskit.cli import PositionalOrFlagTask, ShortFlagsTask
-from mlsyskit import export as kit_export
-from mlsyskit import stacks as kit_stacks
+from mlsyskit.compose import export as kit_export
+from mlsyskit.compose import stacks as kit_stacks
 from mlsyskit.errors import KitError
 
 

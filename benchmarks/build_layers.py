@@ -23,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.build import build_topics
-from mlsyskit.catalog import load_catalog
-from mlsyskit.config import load_config
+from mlsyskit.images.build import build_topics
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import load_config
 from mlsyskit.engine import Engine
-from mlsyskit.locks import uv_binary
+from mlsyskit.data.lockfile import uv_binary
 from mlsyskit.report import size
 
 SMALL_DEPENDENCY = "tabulate==0.9.0"

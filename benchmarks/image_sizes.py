@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT  # noqa: E402
-from mlsyskit.catalog import load_catalog  # noqa: E402
+from mlsyskit.data.catalog import load_catalog  # noqa: E402
 from mlsyskit.engine import Engine  # noqa: E402
-from mlsyskit.plan import topic_alias  # noqa: E402
+from mlsyskit.images.plan import topic_alias  # noqa: E402
 
 OFFICIAL_SGLANG_BYTES = 20e9  # lmsysorg/sglang runtime image, per sglang PR #13861
 SGLANG_GOAL_BYTES = 10e9

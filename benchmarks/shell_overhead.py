@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlsyskit.plan import topic_alias  # noqa: E402
+from mlsyskit.images.plan import topic_alias  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path) -> float:

@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from mlsyskit import REPO_ROOT  # noqa: E402
-from mlsyskit.build import build_topics  # noqa: E402
-from mlsyskit.catalog import load_catalog  # noqa: E402
-from mlsyskit.config import load_config  # noqa: E402
+from mlsyskit.images.build import build_topics  # noqa: E402
+from mlsyskit.data.catalog import load_catalog  # noqa: E402
+from mlsyskit.data.config import load_config  # noqa: E402
 from mlsyskit.engine import Engine  # noqa: E402
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from . import LABEL_PREFIX
-from . import doctor as doctor_mod
-from . import topics as topics_mod
-from .build import build_topics
-from .catalog import Catalog, Topic, load_catalog
-from .context import Context
-from .engine import ContainerSpec, Engine
-from .errors import EngineError, KitError, UsageError
-from .locks import lock as lock_all
-from .plan import topic_alias
-from .report import seconds, size, table
+from mlsyskit import LABEL_PREFIX
+from mlsyskit.checks import doctor as doctor_mod
+from mlsyskit.checks import versions as topics_mod
+from mlsyskit.images.build import build_topics
+from mlsyskit.data.catalog import Catalog, Topic, load_catalog
+from mlsyskit.context import Context
+from mlsyskit.engine import ContainerSpec, Engine
+from mlsyskit.errors import EngineError, KitError, UsageError
+from mlsyskit.images.relock import lock as lock_all
+from mlsyskit.images.plan import topic_alias
+from mlsyskit.report import seconds, size, table
 
 Log = Callable[[str], None]
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import REPO_ROOT
-from .catalog import Base, Catalog, load_catalog
-from .config import Config, load_config
-from .engine import Engine
+from mlsyskit import REPO_ROOT
+from mlsyskit.data.catalog import Base, Catalog, load_catalog
+from mlsyskit.data.config import Config, load_config
+from mlsyskit.engine import Engine
 
 
 @dataclass

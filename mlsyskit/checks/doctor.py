@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .catalog import Catalog
-from .engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
-from .errors import KitError
+from mlsyskit.data.catalog import Catalog
+from mlsyskit.engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
+from mlsyskit.errors import KitError
 
 MIN_FREE_GB = 40  # one topic image with its stack and build cache
 

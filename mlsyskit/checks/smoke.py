@@ -5,11 +5,11 @@ table and exit non-zero when any failed.
 Each test is `python -m smoke_tests.<name> --json ...` from the checkout's smoke_tests/,
 mounted read-only at /opt/mlsyskit/smoke_tests with PYTHONPATH pointing there (nothing is
 baked into the images, so a changed test needs no rebuild). The container is the one
-`invoke shell TOPIC -- CMD` would start (mlsyskit.shell's arguments: GPUs, --ipc=host, the
+`invoke shell TOPIC -- CMD` would start (mlsyskit.runtime.shell's arguments: GPUs, --ipc=host, the
 ulimits, the HF cache, the invoking user), plus a name and a label so that a test that
 outlives its limit, or a Ctrl-C, removes it. A topic whose `[run] stacks` holds a stack the
 kit can read a result from (`nccl-2node`) also runs that stack: two containers as two
-nodes, through `mlsyskit.stacks`, always taken down afterwards.
+nodes, through `mlsyskit.compose.stacks`, always taken down afterwards.
 
 The tests themselves decide pass, fail or skip. A GPU test without a GPU is skipped, with
 the reason, never passed, unless GPUs were asked for: on a host with GPUs (and without
@@ -33,13 +33,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import LABEL_PREFIX, REPO_ROOT
-from .catalog import Topic, load_catalog
-from . import stacks
-from .context import Context
-from .engine import ContainerSpec
-from .gpus import host_has_gpus, query_gpus
-from .errors import BuildError, EngineError, KitError, StackError, UsageError
+from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.data.catalog import Topic, load_catalog
+from mlsyskit.compose import stacks
+from mlsyskit.report import table
+from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
+from mlsyskit.runtime.shell import ShellOptions, one_off_spec
+from mlsyskit.context import Context
+from mlsyskit.engine import ContainerSpec
+from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
+from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
 from smoke_tests._result import SmokeTest
 
 Log = Callable[[str], None]
@@ -284,8 +287,6 @@ def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
 
 
 def render(report: SmokeReport) -> str:
-    from .report import table
-
     counts = report.counts()
     text = table(("test", "topic", "result", "key figure", "time"), table_rows(report.outcomes))
     summary = f"{counts[PASSED]} passed, {counts[FAILED]} failed, {counts[SKIPPED]} skipped"
@@ -440,8 +441,6 @@ def run_stack(ctx: Context, run: PlannedRun, opts: SmokeOptions, workspace: Path
 def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     """Plan, build what is missing, run every test, and write --json. Errors before any test
     runs (unknown topic, engine down) raise KitError; a test's failure is a row."""
-    from .shell import ShellOptions, choose_gpus, ensure_image, memlock_allowed, one_off_spec, read_host
-
     if opts.cpu and opts.gpus:
         raise UsageError("give either --cpu or --gpus, not both")
     if opts.cpu and opts.require_gpu:
@@ -455,7 +454,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
         mounts=(f"{REPO_ROOT / SMOKE_DIR}:{IN_CONTAINER}/{SMOKE_DIR}:ro",),
         env=(f"PYTHONPATH={IN_CONTAINER}", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"),
     )
-    gpus = choose_gpus(shell_opts)
+    gpus = choose_gpus(shell_opts.gpus)
     # GPUs were asked for when the containers get some (every run but --cpu on a GPU host):
     # then "no GPU visible inside the container" fails instead of skipping.
     opts = replace(opts, require_gpu=not opts.cpu and (opts.require_gpu or gpus.docker_value is not None))

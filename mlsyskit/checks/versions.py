@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import LABEL_PREFIX
-from .catalog import Base, Catalog, Topic
-from .config import Config
-from .engine import ContainerSpec, Engine
-from .errors import KitError
-from .lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
-from .plan import freshness, topic_alias
-from .report import table
+from mlsyskit import LABEL_PREFIX
+from mlsyskit.data.catalog import Base, Catalog, Topic
+from mlsyskit.data.config import Config
+from mlsyskit.engine import ContainerSpec, Engine
+from mlsyskit.errors import KitError
+from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
+from mlsyskit.images.plan import freshness, topic_alias
+from mlsyskit.report import table
 
 # How many of a topic's key packages `invoke topics` shows (the first ones in topic.toml,
 # which lists them most telling first); `invoke versions` shows them all.

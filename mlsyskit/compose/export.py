@@ -26,11 +26,14 @@ from typing import Any
 
 import yaml
 
-from . import REPO_ROOT
-from .errors import UsageError
-from .fields import rel_path
-from .plan import topic_alias
-from .stacks import HF_TARGET, StackSpec
+from mlsyskit import REPO_ROOT
+from mlsyskit.errors import UsageError
+from mlsyskit.data.fields import rel_path
+from mlsyskit.images.plan import topic_alias
+from mlsyskit.compose.stacks import HF_TARGET, StackSpec
+from mlsyskit.compose.stacks import load_stack
+from mlsyskit.context import Context
+from mlsyskit.data.lockfile import key_versions
 
 TARGETS = ("k8s", "slurm")
 RUNTIMES = ("pyxis", "apptainer")
@@ -478,7 +481,6 @@ class K8s:
         ]
 
     def ray(self) -> list[dict]:
-        from .lockfile import key_versions
 
         stack, shape = self.stack, self.shape
         head, worker = one(stack, "head"), one(stack, "worker")
@@ -820,9 +822,6 @@ def export(target: str, stack: StackSpec, opts: ExportOptions, out_dir: Path) ->
 
 def run(target: str, stack_name: str, *, output: str = "", base: str = "", nodes: Any = None, gpus_per_node: Any = None, **options: Any) -> list[Path]:
     """`invoke export`: parse, check, write; returns the files written."""
-    from .context import Context
-    from .stacks import load_stack
-
     if target not in TARGETS:
         raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
     stack = load_stack(stack_name)

@@ -38,12 +38,15 @@ from typing import Any
 
 import yaml
 
-from . import LABEL_PREFIX, REPO_ROOT
-from .errors import EngineError, Interrupted, StackError, UsageError
-from .fields import Fields, rel_path
-from .context import Context
-from .engine import ComposeProject, ContainerInfo, Engine
-from .report import seconds, table
+from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
+from mlsyskit.data.fields import Fields, rel_path
+from mlsyskit.context import Context
+from mlsyskit.engine import ComposeProject, ContainerInfo, Engine
+from mlsyskit.report import seconds, table
+from mlsyskit.images.plan import topic_alias
+from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
+from mlsyskit.runtime.host import ensure_image, memlock_allowed, read_host
 
 Log = Callable[[str], None]
 
@@ -147,7 +150,7 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
         raise UsageError(f"{rel_path(path)}: field 'services' must be a table of services")
     top = Fields(path, data.get("x-mlsyskit"), "x-mlsyskit.")
     top.reject_unknown(STACK_FIELDS)
-    gpus = Fields(path, top.table.get("gpus", {}), "x-mlsyskit.gpus.")
+    gpus = Fields(path, top.table.get("gpus", {}), "x-mlsyskit.runtime.gpus.")
     gpus.reject_unknown({"default", "min"})
     services: dict[str, ServiceSpec] = {}
     for service_name, body in data["services"].items():
@@ -197,7 +200,7 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
                     f"{rel_path(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck"
                 )
     if stack.gpus_min > stack.gpus_default:
-        raise gpus.fail("min", f"at most x-mlsyskit.gpus.default ({stack.gpus_default})")
+        raise gpus.fail("min", f"at most x-mlsyskit.runtime.gpus.default ({stack.gpus_default})")
     for group, members in stack.groups().items():
         if members != [f"{group}-{i}" for i in range(len(members))]:
             raise UsageError(f"{rel_path(path)}: group '{group}' must be services {group}-0, {group}-1, ... in order")
@@ -237,7 +240,6 @@ def choose_devices(stack: StackSpec, gpus: str, cpu: bool, host_gpus: Callable[[
     """`--gpus N|LIST|all|none` and `--cpu` against the host (gpus.py's meaning of --gpus).
     No choice on a host without GPUs runs a stack that has a CPU variant on CPU, with one
     warning; a GPU-only stack is refused."""
-    from .gpus import least_used, parse_request, select
 
     if gpus.strip() == "none":
         cpu, gpus = True, ""
@@ -332,7 +334,6 @@ def _instances(stack: StackSpec, devices: Devices) -> list[tuple[str, ServiceSpe
 def render(stack: StackSpec, opts: RenderOptions) -> dict[str, Any]:
     """The compose file `up` runs: a complete file (compose v1 cannot delete keys through
     an override, and `--cpu` must drop the GPU reservations)."""
-    from .plan import topic_alias
 
     devices = opts.devices
     instances = _instances(stack, devices)
@@ -550,8 +551,6 @@ def up(
     log: Log = print,
     root: Path = REPO_ROOT,
 ) -> UpResult:
-    from .gpus import host_has_gpus, query_gpus
-    from .shell import ensure_image, host_hf_cache, memlock_allowed
 
     stack = load_stack(name, root)
     ctx = Context.resolve(base, root)
@@ -572,7 +571,7 @@ def up(
     memlock = memlock_allowed(engine, images[0], os.environ, log)
     if not memlock:
         log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")
-    hf_cache = host_hf_cache(os.environ, Path.home())
+    hf_cache = read_host().hf_cache
     hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     environment = {"HF_ENDPOINT": config.hf_endpoint} if config.hf_endpoint else {}
     opts = RenderOptions(

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import REPO_ROOT
-from .errors import UsageError
-from .fields import Fields, rel_path
+from mlsyskit import REPO_ROOT
+from mlsyskit.errors import UsageError
+from mlsyskit.data.fields import Fields, rel_path
 
 
 @dataclass(frozen=True, kw_only=True)

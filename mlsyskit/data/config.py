@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import REPO_ROOT
-from .errors import UsageError
+from mlsyskit import REPO_ROOT
+from mlsyskit.errors import UsageError
 
 SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 ROOTFS_MODES = ("auto", "registry", "bootstrap")
@@ -113,13 +113,13 @@ def bootstrap_env(config: Config) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python3 -m mlsyskit.config --shell`: bootstrap_env() as `export` lines (stdlib only,
+    """`python3 -m mlsyskit.data.config --shell`: bootstrap_env() as `export` lines (stdlib only,
     so it runs before the kit's environment exists); a bad config is one line, exit 2."""
     import shlex
     import sys
 
     if argv != ["--shell"]:
-        print("usage: python3 -m mlsyskit.config --shell", file=sys.stderr)
+        print("usage: python3 -m mlsyskit.data.config --shell", file=sys.stderr)
         return 2
     try:
         env = bootstrap_env(load_config())

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import REPO_ROOT
-from .errors import UsageError
+from mlsyskit import REPO_ROOT
+from mlsyskit.errors import UsageError
 
 
 def rel_path(path: Path) -> str:

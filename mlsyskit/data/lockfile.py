@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import tomllib
 from pathlib import Path
 
-from .errors import UsageError
+from mlsyskit.errors import UsageError
 
 
 def read_packages(lock: Path) -> dict[str, tuple[str, ...]]:
@@ -48,14 +49,17 @@ print(json.dumps({
 """
 
 
+def uv_binary() -> str:
+    """The kit's own uv (pinned in its uv.lock), which resolves and exports every lock."""
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
 def expected_packages(lock: Path, environment: dict[str, str]) -> dict[str, str]:
     """{name: version} that installing the lock must give in `environment` (the output
     of ENVIRONMENT_SCRIPT in the image): the lock exported by uv, markers evaluated."""
-    import subprocess
-
     from packaging.requirements import Requirement
-
-    from .locks import uv_binary
 
     proc = subprocess.run(
         [uv_binary(), "export", "--frozen", "--no-hashes", "--no-header", "--no-annotate", "--no-emit-project",

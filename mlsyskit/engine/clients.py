@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EngineError
+from mlsyskit.errors import EngineError
 
 CLIENT_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 DAEMON_FIX = "start it with `sudo systemctl start docker` (or `sudo dockerd &` where no init runs), or run `invoke doctor --fix`"

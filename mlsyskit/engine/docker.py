@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
-from ..errors import BuildError, EngineError, KitError
-from .clients import COMPOSE_FIX, DAEMON_FIX, PERMISSION_FIX, Client, ComposeCli, docker_binaries, find_clients, find_compose, pick_builder
-from .records import COMPOSE_PROJECT, ContainerInfo, ImageInfo
-from .spec import ContainerSpec, DockerCall, run_call
+from mlsyskit.errors import BuildError, EngineError, KitError
+from mlsyskit.engine.clients import COMPOSE_FIX, DAEMON_FIX, PERMISSION_FIX, Client, ComposeCli, docker_binaries, find_clients, find_compose, pick_builder
+from mlsyskit.engine.records import COMPOSE_PROJECT, ContainerInfo, ImageInfo
+from mlsyskit.engine.spec import ContainerSpec, DockerCall, run_call
 
 class ComposeRun:
     """`compose up -d` running in the background while the caller watches the containers."""

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import Catalog, Topic
-from .config import Config
-from .engine import Engine
-from .plan import Layer, RootImage, plan, topic_alias
-from .rootfs import ensure_root_image
+from mlsyskit.data.catalog import Catalog, Topic
+from mlsyskit.data.config import Config
+from mlsyskit.engine import Engine
+from mlsyskit.images.plan import Layer, RootImage, plan, topic_alias
+from mlsyskit.images.rootfs import ensure_root_image
 
 STEP_LINE = re.compile(r"^#\d+ (\[|DONE|CACHED|ERROR)")
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from . import IMAGE_PREFIX, LABEL_PREFIX
-from .catalog import Base, Catalog, Topic
-from .config import Config
-from .lockfile import key_versions, lock_sha256
+from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
+from mlsyskit.data.catalog import Base, Catalog, Topic
+from mlsyskit.data.config import Config
+from mlsyskit.data.lockfile import key_versions, lock_sha256
 
 
 @dataclass(frozen=True, kw_only=True)

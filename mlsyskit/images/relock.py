@@ -3,19 +3,15 @@ itself is locked to, and check that each topic agrees with its stack."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from .catalog import Catalog, Topic
-from .errors import LockError
-from .lockfile import disagreements
-
-
-def uv_binary() -> str:
-    from uv import find_uv_bin  # the kit's own, pinned uv
-
-    return find_uv_bin()
+from mlsyskit.data.catalog import Catalog, Topic
+from mlsyskit.data.config import load_config
+from mlsyskit.data.lockfile import disagreements, uv_binary
+from mlsyskit.errors import LockError
 
 
 def _uv_lock(folder: Path, check: bool) -> subprocess.CompletedProcess[str]:
@@ -26,10 +22,6 @@ def _uv_lock(folder: Path, check: bool) -> subprocess.CompletedProcess[str]:
 
 
 def _lock_env() -> dict[str, str]:
-    import os
-
-    from .config import load_config
-
     # Resolution never needs a managed Python download; kit.toml's mirror, CA bundle and
     # proxies apply to locking as they do to building.
     config = load_config()

@@ -10,12 +10,12 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 
-from . import IMAGE_PREFIX, LABEL_PREFIX
-from .catalog import Base
-from .config import Config
-from .engine import Engine
-from .errors import EngineError, UsageError
-from .plan import RootImage
+from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
+from mlsyskit.data.catalog import Base
+from mlsyskit.data.config import Config
+from mlsyskit.engine import Engine
+from mlsyskit.errors import EngineError, UsageError
+from mlsyskit.images.plan import RootImage
 
 PULL_TIMEOUT_S = 90
 

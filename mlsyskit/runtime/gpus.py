@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import UsageError
+from mlsyskit.errors import UsageError
 
 QUERY_FIELDS = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu")
 SMI_QUERY = ("nvidia-smi", f"--query-gpu={','.join(QUERY_FIELDS)}", "--format=csv,noheader,nounits")

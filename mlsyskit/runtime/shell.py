@@ -26,30 +26,32 @@ Decisions the issue leaves open (the README's `invoke shell` section gives the u
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import pwd
 import re
 import shlex
-import sys
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import LABEL_PREFIX
-from .catalog import Topic
-from .config import Config
-from .context import Context
-from .engine import Engine
-from .engine import ContainerInfo, ContainerSpec, DockerCall
-from .engine.spec import exec_call, run_call
-from .errors import EngineError, UsageError
-from .gpus import GpuSelection, container_toolkit_present, host_has_gpus, parse_request, query_gpus, select
-from .plan import freshness, topic_alias
-from .report import table
+from mlsyskit import LABEL_PREFIX
+from mlsyskit.context import Context
+from mlsyskit.data.config import Config
+from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine
+from mlsyskit.engine.spec import exec_call, run_call
+from mlsyskit.errors import EngineError, UsageError
+from mlsyskit.report import table
+from mlsyskit.runtime.gpus import GpuSelection, parse_request
+from mlsyskit.runtime.host import (
+    MEMLOCK,
+    MEMLOCK_WARNING,
+    Host,
+    choose_gpus,
+    ensure_image,
+    forget_memlock,
+    memlock_allowed,
+    read_host,
+)
 
 Log = Callable[[str], None]
 
@@ -59,7 +61,6 @@ ROOT_HOME = "/root"
 HF_IN_HOME = ".cache/huggingface"
 CA_PATH = "/etc/mlsyskit/ca.pem"
 STACK_BYTES = 67108864
-MEMLOCK = "memlock=-1:-1"
 SHELL = ("bash",)
 KEEP_ALIVE = ("sleep", "infinity")
 PASSTHROUGH = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
@@ -103,24 +104,6 @@ class ShellOptions:
     network: str = ""
     name: str = ""
     root: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class Host:
-    """The facts about the invoking host that the docker arguments depend on."""
-
-    uid: int
-    gid: int
-    user: str
-    cwd: Path
-    hf_cache: Path
-    environ: Mapping[str, str] = field(default_factory=dict)
-    tty: bool = False
-    memlock: bool = True  # the daemon lets a container raise memlock to unlimited
-
-    @property
-    def as_root(self) -> bool:
-        return self.uid == 0
 
 
 # --- pure: options -> docker arguments ---------------------------------------------------
@@ -189,8 +172,6 @@ def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
 
 def port_taken(address: str, port: int, proto: str = "tcp") -> bool:
     """Whether something on this host already holds the port docker would publish on."""
-    import socket
-
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
@@ -349,139 +330,7 @@ def command_from_argv(remainder: str, argv: Sequence[str]) -> tuple[str, ...]:
     return tuple(shlex.split(remainder))
 
 
-# --- the host's facts -------------------------------------------------------------------
-
-
-def host_hf_cache(environ: Mapping[str, str], home: Path) -> Path:
-    """Where the host keeps Hugging Face's cache: $HF_HOME, else ~/.cache/huggingface."""
-    if environ.get("HF_HOME"):
-        return Path(environ["HF_HOME"]).expanduser()
-    cache = Path(environ["XDG_CACHE_HOME"]) if environ.get("XDG_CACHE_HOME") else home / ".cache"
-    return cache / "huggingface"
-
-
-def user_name(uid: int, environ: Mapping[str, str]) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return environ.get("USER") or f"uid{uid}"
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError):  # closed or replaced streams
-        return False
-
-
-def read_host(environ: Mapping[str, str] | None = None) -> Host:
-    environ = dict(os.environ) if environ is None else environ
-    home = Path(environ.get("HOME") or Path.home())
-    uid = os.getuid()
-    return Host(
-        uid=uid,
-        gid=os.getgid(),
-        user=user_name(uid, environ),
-        cwd=Path.cwd(),
-        hf_cache=host_hf_cache(environ, home),
-        environ=environ,
-        tty=_is_terminal(sys.stdin) and _is_terminal(sys.stdout),
-    )
-
-
-def facts_file(environ: Mapping[str, str]) -> Path:
-    cache = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
-    return Path(cache) / "mlsyskit" / "engine-facts.json"
-
-
-def daemon_key(environ: Mapping[str, str]) -> str:
-    """Names the running daemon without asking it (a CLI call costs a start-up): its
-    endpoint, plus, for a local socket, the socket's inode and time, which change when
-    dockerd restarts (the time a new limit would take effect)."""
-    host = environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    key = f"{host}|{environ.get('DOCKER_CONTEXT', '')}"
-    if host.startswith("unix://"):
-        try:
-            st = os.stat(host.removeprefix("unix://"))
-            key += f"|{st.st_ino}|{st.st_mtime_ns}"
-        except OSError:
-            pass
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _load_facts(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_facts(path: Path, facts: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
-            json.dump(facts, out)
-        os.replace(out.name, path)
-    except OSError:
-        pass  # a cache only: the next run probes again
-
-
-MEMLOCK_WARNING = (
-    "warning: this Docker host does not let containers raise memlock (--ulimit memlock=-1 fails): "
-    "running with its default, so RDMA/NCCL-over-InfiniBand may fail (checked once per daemon start)"
-)
-
-
-def memlock_allowed(engine: Engine, image: str, environ: Mapping[str, str], log: Log) -> bool:
-    """Whether containers may have memlock=-1: probed once per daemon start, then cached.
-    The warning is printed once, when the probe finds it refused."""
-    path, key = facts_file(environ), daemon_key(environ)
-    facts = _load_facts(path)
-    if isinstance(facts.get(key), dict) and "memlock" in facts[key]:
-        return bool(facts[key]["memlock"])
-    allowed = engine.ulimit_allowed(image, MEMLOCK)
-    if not allowed:
-        log(MEMLOCK_WARNING)
-    _save_facts(path, {key: {"memlock": allowed}})  # only the current daemon's facts are kept
-    return allowed
-
-
-def forget_memlock(environ: Mapping[str, str]) -> None:
-    path = facts_file(environ)
-    facts = _load_facts(path)
-    facts.pop(daemon_key(environ), None)
-    _save_facts(path, facts)
-
-
 # --- doing it ---------------------------------------------------------------------------
-
-
-def ensure_image(ctx: Context, topic: Topic, log: Log) -> str:
-    """The topic's image, built first (with progress) when it is missing. An image built from
-    other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
-    warning line naming what changed, not a rebuild the user did not ask for."""
-    image = topic_alias(topic.name, ctx.base_name)
-    found = ctx.engine.image(image)
-    if found is None:
-        from .build import build_topics  # the build machinery loads only when a build is due
-
-        log(f"{image} is not built yet: building it (this happens once)")
-        build_topics(Engine.connect(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
-        return image
-    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.labels)
-    if not fresh.current:
-        log(f"warning: {image} was built before {fresh.describe()} changed: `invoke build {topic.name}` updates it")
-    return image
-
-
-def choose_gpus(opts: ShellOptions) -> GpuSelection:
-    selection = select(parse_request(opts.gpus), query_gpus, host_has_gpus())
-    if selection.docker_value and not container_toolkit_present():
-        raise EngineError(
-            "this host has NVIDIA GPUs but docker cannot hand them to containers",
-            fix="install nvidia-container-toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker`, or use --gpus none",
-        )
-    return selection
 
 
 def resolve_workspace(opts: ShellOptions, host: Host) -> Path:
@@ -508,7 +357,7 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     assert topic is not None
     workspace = resolve_workspace(opts, host)
     parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
-    gpus = choose_gpus(opts)
+    gpus = choose_gpus(opts.gpus)
     check_ports_free(opts)
     image = ensure_image(ctx, topic, log)
     if gpus.warning:

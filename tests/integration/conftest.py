@@ -10,12 +10,12 @@ from contextlib import ExitStack
 import pytest
 import testinfra
 
-from mlsyskit.build import LayerResult, build_topics
-from mlsyskit.catalog import load_catalog
-from mlsyskit.config import load_config
+from mlsyskit.images.build import LayerResult, build_topics
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import load_config
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError
-from mlsyskit.plan import topic_alias
+from mlsyskit.images.plan import topic_alias
 from tests.conftest import need
 
 _built: dict[str, list[LayerResult]] = {}

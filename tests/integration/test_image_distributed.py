@@ -5,9 +5,9 @@ import json
 import pytest
 
 from mlsyskit import LABEL_PREFIX
-from mlsyskit.catalog import load_catalog
-from mlsyskit.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256
-from mlsyskit.plan import topic_alias
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256
+from mlsyskit.images.plan import topic_alias
 
 TOPIC = "distributed"
 

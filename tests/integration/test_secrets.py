@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit.build import build_topics
-from mlsyskit.catalog import load_catalog
-from mlsyskit.config import load_config
+from mlsyskit.images.build import build_topics
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import load_config
 from mlsyskit.engine import ContainerSpec
-from mlsyskit.plan import topic_alias
+from mlsyskit.images.plan import topic_alias
 from tests.conftest import need
 
 CANARY = "hf_mlsyskitCanaryToken0123456789"

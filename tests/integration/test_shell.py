@@ -23,7 +23,7 @@ import pytest
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.engine import ContainerInfo, ContainerSpec, Engine
-from mlsyskit.shell import LABEL_WORKSPACE, MEMLOCK
+from mlsyskit.runtime.shell import LABEL_WORKSPACE, MEMLOCK
 from tests.conftest import need
 
 TEST_USER = "mlsyskit-test"
@@ -52,7 +52,7 @@ def _runs_as(user: KitUser, python: str) -> bool:
 
 def _try_python(user: KitUser, python: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [python, "-c", "import invoke, mlsyskit.shell"],
+        [python, "-c", "import invoke, mlsyskit.runtime.shell"],
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": user.pythonpath, "HOME": str(user.home)},
         cwd="/",
         capture_output=True,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit import REPO_ROOT, smoke
+from mlsyskit import REPO_ROOT
+from mlsyskit.checks import smoke
 from mlsyskit.engine import ContainerInfo, ContainerSpec, Engine
-from mlsyskit.plan import topic_alias
+from mlsyskit.images.plan import topic_alias
 from smoke_tests._result import validate_result
 from tests.conftest import need
 from tests.integration.conftest import run_kit
@@ -87,7 +88,7 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
 
 
 def test_without_a_gpu_every_gpu_test_is_skipped_never_passed(engine: Engine, build_topic, tmp_path):
-    from mlsyskit.gpus import host_has_gpus
+    from mlsyskit.runtime.gpus import host_has_gpus
 
     if host_has_gpus():
         pytest.skip("this host has a GPU: the no-GPU path does not apply")
@@ -108,7 +109,7 @@ def test_without_a_gpu_every_gpu_test_is_skipped_never_passed(engine: Engine, bu
 def test_gpus_asked_for_and_none_visible_fails_every_row_with_the_fix(engine: Engine, build_topic, tmp_path):
     """--require-gpu (what a host with GPUs implies): the container sees no GPU, so each test
     fails and says why; the two-node variant, which cannot start here, fails too."""
-    from mlsyskit.gpus import host_has_gpus
+    from mlsyskit.runtime.gpus import host_has_gpus
 
     if host_has_gpus():
         pytest.skip("this host has a GPU: its containers would see it")

@@ -16,8 +16,8 @@ import pytest
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.engine import ContainerSpec, Engine
-from mlsyskit.lockfile import key_versions
-from mlsyskit.plan import topic_alias
+from mlsyskit.data.lockfile import key_versions
+from mlsyskit.images.plan import topic_alias
 from smoke_tests.sglang_serve import BENCH_FLAGS
 from tests.conftest import need
 

@@ -13,7 +13,7 @@ import yaml
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.engine import ContainerSpec, Engine, find_compose
-from mlsyskit.stacks import Devices, RenderOptions, load_stack, render, rendered_yaml, stack_names
+from mlsyskit.compose.stacks import Devices, RenderOptions, load_stack, render, rendered_yaml, stack_names
 from tests.conftest import need
 from tests.integration.conftest import run_kit
 

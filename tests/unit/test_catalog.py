@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit.catalog import load_catalog
+from mlsyskit.data.catalog import load_catalog
 from mlsyskit.errors import UsageError
 
 

@@ -1,9 +1,9 @@
 import pytest
 
-from mlsyskit.config import load_config
+from mlsyskit.data.config import load_config
 from mlsyskit.errors import UsageError
-from mlsyskit.lockfile import disagreements, read_packages
-from mlsyskit.catalog import load_catalog
+from mlsyskit.data.lockfile import disagreements, read_packages
+from mlsyskit.data.catalog import load_catalog
 
 
 def test_defaults_and_proxy_from_environment(kit_tree):
@@ -48,7 +48,7 @@ def test_disagreement_is_reported(kit_tree):
 
 
 def test_forked_lock_gives_one_version_per_python():
-    from mlsyskit.lockfile import expected_packages
+    from mlsyskit.data.lockfile import expected_packages
 
     lock = load_catalog().topic("distributed").lock_path
     base = {"sys_platform": "linux", "platform_machine": "x86_64", "platform_system": "Linux", "os_name": "posix",

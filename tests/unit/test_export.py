@@ -20,7 +20,7 @@ from invoke import Exit, MockContext
 
 import tasks
 from mlsyskit.errors import UsageError
-from mlsyskit.export import (
+from mlsyskit.compose.export import (
     ExportOptions,
     k8s_objects,
     k8s_yaml,
@@ -28,7 +28,7 @@ from mlsyskit.export import (
     shape_for,
     slurm_script,
 )
-from mlsyskit.stacks import load_stack, parse_stack, stack_names
+from mlsyskit.compose.stacks import load_stack, parse_stack, stack_names
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CRDS = DATA / "crds"

@@ -3,10 +3,10 @@ that depend on it."""
 
 import json
 
-from mlsyskit.catalog import load_catalog
-from mlsyskit.config import Config
-from mlsyskit.lockfile import lock_sha256, read_packages
-from mlsyskit.plan import RootImage, plan
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import Config
+from mlsyskit.data.lockfile import lock_sha256, read_packages
+from mlsyskit.images.plan import RootImage, plan
 
 ROOT = RootImage(ref="mlsyskit/rootfs-pypi:bookworm", image_id="sha256:" + "a" * 64, origin="bootstrap")
 
@@ -98,7 +98,7 @@ def built_labels(root_dir=None):
 
 
 def freshness_of(root_dir, labels):
-    from mlsyskit.plan import freshness
+    from mlsyskit.images.plan import freshness
 
     catalog = load_catalog(root_dir)
     return freshness(catalog, Config(), catalog.topic("distributed"), catalog.base("pypi"), labels)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit import shell
-from mlsyskit.config import Config
+from mlsyskit.runtime import host, shell
+from mlsyskit.data.config import Config
 from mlsyskit.errors import UsageError
-from mlsyskit.gpus import GpuSelection
+from mlsyskit.runtime.gpus import GpuSelection
 from mlsyskit.engine import DockerCall
 from mlsyskit.engine.spec import run_call
-from mlsyskit.shell import Host, ShellOptions
+from mlsyskit.runtime.shell import Host, ShellOptions
 
 IMAGE = "mlsyskit/distributed:pypi"
 NO_GPU = GpuSelection(None, "none")
@@ -236,9 +236,9 @@ def test_command_after_the_double_dash(remainder, argv, command):
 
 
 def test_host_hf_cache(tmp_path):
-    assert shell.host_hf_cache({}, tmp_path) == tmp_path / ".cache" / "huggingface"
-    assert shell.host_hf_cache({"XDG_CACHE_HOME": "/c"}, tmp_path) == Path("/c/huggingface")
-    assert shell.host_hf_cache({"HF_HOME": "/models/hf"}, tmp_path) == Path("/models/hf")
+    assert host.host_hf_cache({}, tmp_path) == tmp_path / ".cache" / "huggingface"
+    assert host.host_hf_cache({"XDG_CACHE_HOME": "/c"}, tmp_path) == Path("/c/huggingface")
+    assert host.host_hf_cache({"HF_HOME": "/models/hf"}, tmp_path) == Path("/models/hf")
 
 
 # --- published ports that are already taken -----------------------------------------------

@@ -9,8 +9,8 @@ import pytest
 from invoke import Collection, Exit, MockContext, Program
 
 import tasks
-from mlsyskit import shell
-from mlsyskit.shell import ShellOptions
+from mlsyskit.runtime import host, shell
+from mlsyskit.runtime.shell import ShellOptions
 
 
 @pytest.fixture
@@ -80,15 +80,15 @@ class FakeEngine:
 def test_memlock_is_probed_once_per_daemon_and_warned_once(tmp_path):
     environ = {"XDG_CACHE_HOME": str(tmp_path), "DOCKER_HOST": "tcp://a:2375"}
     engine, lines = FakeEngine(allowed=False), []
-    assert shell.memlock_allowed(engine, "img", environ, lines.append) is False
-    assert shell.memlock_allowed(engine, "img", environ, lines.append) is False
+    assert host.memlock_allowed(engine, "img", environ, lines.append) is False
+    assert host.memlock_allowed(engine, "img", environ, lines.append) is False
     assert engine.probes == 1 and len(lines) == 1 and "memlock" in lines[0]
     other = {**environ, "DOCKER_HOST": "tcp://b:2375"}  # another daemon: probed again
-    assert shell.memlock_allowed(FakeEngine(allowed=True), "img", other, lines.append) is True
+    assert host.memlock_allowed(FakeEngine(allowed=True), "img", other, lines.append) is True
     assert len(lines) == 1
-    shell.forget_memlock(other)
+    host.forget_memlock(other)
     fresh = FakeEngine(allowed=True)
-    shell.memlock_allowed(fresh, "img", other, lines.append)
+    host.memlock_allowed(fresh, "img", other, lines.append)
     assert fresh.probes == 1
 
 
@@ -96,10 +96,10 @@ def test_daemon_key_changes_when_the_socket_is_recreated(tmp_path):
     sock = tmp_path / "docker.sock"
     sock.write_text("")
     environ = {"DOCKER_HOST": f"unix://{sock}"}
-    before = shell.daemon_key(environ)
+    before = host.daemon_key(environ)
     sock.unlink()
     sock.write_text("")
     import os
 
     os.utime(sock, ns=(1, 1))
-    assert shell.daemon_key(environ) != before
+    assert host.daemon_key(environ) != before

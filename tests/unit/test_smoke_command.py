@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit import REPO_ROOT, smoke
-from mlsyskit.catalog import Topic
+from mlsyskit import REPO_ROOT
+from mlsyskit.checks import smoke
+from mlsyskit.data.catalog import Topic
 from mlsyskit.engine import ContainerSpec
 from mlsyskit.errors import UsageError
 from smoke_tests._result import validate_result
@@ -153,7 +154,7 @@ def test_judge_fails_a_skip_without_gpu_where_gpus_were_asked_for():
 
 @pytest.mark.parametrize("require_gpu, status", [(False, "skipped"), (True, "failed")])
 def test_two_node_variant_on_a_host_without_gpus(monkeypatch, require_gpu, status):
-    monkeypatch.setattr("mlsyskit.smoke.host_has_gpus", lambda: False)
+    monkeypatch.setattr("mlsyskit.checks.smoke.host_has_gpus", lambda: False)
     run = smoke.PlannedRun(topic="distributed", test="nccl", where="nccl-2node", command=(), limit=100, require_gpu=require_gpu)
     got = smoke.run_stack(None, run, smoke.SmokeOptions(topics="distributed", require_gpu=require_gpu), Path("/nonexistent"), print)
     assert got["status"] == status
@@ -316,7 +317,7 @@ def test_cpu_and_gpus_together_are_refused():
 
 
 def test_topics_list_only_smoke_tests_that_exist():
-    from mlsyskit.catalog import load_catalog
+    from mlsyskit.data.catalog import load_catalog
 
     known = set(smoke.available_tests())
     for found in load_catalog().topics.values():

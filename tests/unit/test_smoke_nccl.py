@@ -261,6 +261,6 @@ def test_a_wrong_sum_on_one_rank_fails_the_test(tmp_path):
 
 
 def nccl_key_figure(figures):
-    from mlsyskit.smoke import key_figure
+    from mlsyskit.checks.smoke import key_figure
 
     return key_figure("nccl", figures)

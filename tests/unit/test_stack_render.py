@@ -12,11 +12,11 @@ import yaml
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.errors import UsageError
-from mlsyskit.gpus import parse_query
-from mlsyskit.plan import topic_alias
-from mlsyskit.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
+from mlsyskit.runtime.gpus import parse_query
+from mlsyskit.images.plan import topic_alias
+from mlsyskit.runtime.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
 from mlsyskit.engine.records import COMPOSE_SERVICE, NEVER, ContainerInfo, epoch
-from mlsyskit.stacks import (
+from mlsyskit.compose.stacks import (
     HF_TARGET,
     Devices,
     RenderOptions,
@@ -277,7 +277,7 @@ services:
         (lambda t: t.replace("role: node", "role: boss"), "field 'services.node-0.x-mlsyskit.role' must be one of"),
         (lambda t: t.replace("run: job", "run: forever"), "x-mlsyskit.run' must be one of service, job"),
         (lambda t: t.replace("    deploy:", "    #deploy:"), "uses GPUs but has no deploy.resources.reservations.devices"),
-        (lambda t: t.replace("min: 2", "min: 3"), "field 'x-mlsyskit.gpus.min' must be at most"),
+        (lambda t: t.replace("min: 2", "min: 3"), "field 'x-mlsyskit.runtime.gpus.min' must be at most"),
         (lambda t: t.replace("cpu: true", "cpu: true, colour: red"), "unknown field 'x-mlsyskit.colour'"),
         (lambda t: t.replace("gpus: split", "gpus: each"), "x-mlsyskit.group' must be set exactly when gpus is `each`"),
         (lambda t: t + "  : [", "not valid YAML"),

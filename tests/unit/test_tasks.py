@@ -5,7 +5,7 @@ from invoke import Exit, MockContext
 
 import tasks
 from mlsyskit.commands import split_names
-from mlsyskit.doctor import parse_nvidia_smi
+from mlsyskit.checks.doctor import parse_nvidia_smi
 from mlsyskit.engine import Client
 
 

@@ -4,9 +4,9 @@ engine's side (image states, what a container reported) given as data: no Docker
 import pytest
 
 from mlsyskit import LABEL_PREFIX
-from mlsyskit.catalog import load_catalog
-from mlsyskit.lockfile import key_versions, lock_sha256
-from mlsyskit.topics import (
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.lockfile import key_versions, lock_sha256
+from mlsyskit.checks.versions import (
     CUDA,
     NCCL,
     PYTHON,
