@@ -30,7 +30,7 @@ from mlsyskit import REPO_ROOT
 from mlsyskit.errors import UsageError
 from mlsyskit.data.fields import rel_path
 from mlsyskit.images.plan import topic_alias
-from mlsyskit.compose.stacks import HF_TARGET, StackSpec
+from mlsyskit.compose.stacks import HF_TARGET, ComposeStack
 from mlsyskit.compose.stacks import load_stack
 from mlsyskit.context import Context
 from mlsyskit.data.lockfile import key_versions
@@ -72,14 +72,14 @@ class Shape:
 # --- what the stack can use --------------------------------------------------------------
 
 
-def max_gpus_per_node(stack: StackSpec) -> tuple[int, str]:
+def max_gpus_per_node(stack: ComposeStack) -> tuple[int, str]:
     """The most GPUs one node of this stack can use, and why."""
     if stack.pattern == "router":
         return 1, "each worker serves on one GPU; ask for more workers with --nodes"
     return MAX_GPUS_PER_NODE, f"the largest GPU node is {MAX_GPUS_PER_NODE} GPUs"
 
 
-def default_shape(stack: StackSpec) -> Shape:
+def default_shape(stack: ComposeStack) -> Shape:
     split = len(stack.split_services())
     if stack.pattern == "router":
         return Shape(stack.gpus_default, 1)
@@ -88,7 +88,7 @@ def default_shape(stack: StackSpec) -> Shape:
     return Shape(1, stack.gpus_default)
 
 
-def shape_for(stack: StackSpec, opts: ExportOptions) -> Shape:
+def shape_for(stack: ComposeStack, opts: ExportOptions) -> Shape:
     """The nodes and GPUs per node to export, or one clear error."""
     default = default_shape(stack)
     nodes = default.nodes if opts.nodes is None else opts.nodes
@@ -130,7 +130,7 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-def service_env(stack: StackSpec, service: str, overrides: Mapping[str, str], ifname: str) -> dict[str, str]:
+def service_env(stack: ComposeStack, service: str, overrides: Mapping[str, str], ifname: str) -> dict[str, str]:
     """The service's environment as the file gives it (defaults applied), KIT_* set for the
     target, empty values and secrets left out."""
     given = {"NCCL_SOCKET_IFNAME": ifname, "GLOO_SOCKET_IFNAME": ifname} if ifname else {}
@@ -140,13 +140,13 @@ def service_env(stack: StackSpec, service: str, overrides: Mapping[str, str], if
     return {k: v for k, v in sorted(env.items()) if v != "" and k not in SECRET_ENV}
 
 
-def image_ref(stack: StackSpec, service: str, opts: ExportOptions) -> str:
+def image_ref(stack: ComposeStack, service: str, opts: ExportOptions) -> str:
     spec = stack.services[service]
     ref = topic_alias(spec.topic or stack.topic, opts.base)
     return f"{opts.image_registry.rstrip('/')}/{ref}" if opts.image_registry else ref
 
 
-def repo_mounts(stack: StackSpec, service: str) -> list[tuple[Path, str]]:
+def repo_mounts(stack: ComposeStack, service: str) -> list[tuple[Path, str]]:
     """(host folder inside the kit, container path) of the service's bind mounts that ship
     kit files (compose/scripts, smoke_tests)."""
     out = []
@@ -158,7 +158,7 @@ def repo_mounts(stack: StackSpec, service: str) -> list[tuple[Path, str]]:
     return out
 
 
-def named_volumes(stack: StackSpec, service: str) -> list[tuple[str, str]]:
+def named_volumes(stack: ComposeStack, service: str) -> list[tuple[str, str]]:
     out = []
     for entry in stack.compose["services"][service].get("volumes") or []:
         if isinstance(entry, str) and entry.split(":")[0] in (stack.compose.get("volumes") or {}):
@@ -167,7 +167,7 @@ def named_volumes(stack: StackSpec, service: str) -> list[tuple[str, str]]:
     return out
 
 
-def mounts_hf_cache(stack: StackSpec, service: str) -> bool:
+def mounts_hf_cache(stack: ComposeStack, service: str) -> bool:
     return any(isinstance(e, str) and f":{HF_TARGET}" in e for e in stack.compose["services"][service].get("volumes") or [])
 
 
@@ -182,7 +182,7 @@ def duration_seconds(text: Any, default: int) -> int:
     return max(1, round(total)) if found else default
 
 
-def one(stack: StackSpec, role: str) -> str:
+def one(stack: ComposeStack, role: str) -> str:
     found = stack.by_role(role)
     if len(found) != 1:
         raise UsageError(f"{stack.path.name}: pattern '{stack.pattern}' needs exactly one service with role '{role}'")
@@ -200,7 +200,7 @@ def _name(text: str) -> str:
 class K8s:
     """Builds the objects of one stack export."""
 
-    def __init__(self, stack: StackSpec, shape: Shape, opts: ExportOptions) -> None:
+    def __init__(self, stack: ComposeStack, shape: Shape, opts: ExportOptions) -> None:
         self.stack, self.shape, self.opts = stack, shape, opts
         self.configmaps: dict[str, tuple[Path, str]] = {}  # volume name -> (folder, mount path)
 
@@ -576,7 +576,7 @@ _MODULE_REF = re.compile(r"\bsmoke_tests[./]([A-Za-z_]\w*)")
 _FROM_IMPORT = re.compile(r"\bfrom smoke_tests import ([\w, ]+)")
 
 
-def kit_files(stack: StackSpec, extra: Sequence[str] = ()) -> dict[Path, set[str]]:
+def kit_files(stack: ComposeStack, extra: Sequence[str] = ()) -> dict[Path, set[str]]:
     """The files of compose/scripts and smoke_tests/ that the stack's commands use, followed
     through the scripts and modules that those name (so a ConfigMap ships only what runs)."""
     scripts = stack.path.parent / "scripts"
@@ -613,11 +613,11 @@ def trainer_command(shape: Shape) -> list[str]:
     ]
 
 
-def k8s_objects(stack: StackSpec, opts: ExportOptions) -> list[dict[str, Any]]:
+def k8s_objects(stack: ComposeStack, opts: ExportOptions) -> list[dict[str, Any]]:
     return K8s(stack, shape_for(stack, opts), opts).objects()
 
 
-def k8s_yaml(stack: StackSpec, opts: ExportOptions) -> str:
+def k8s_yaml(stack: ComposeStack, opts: ExportOptions) -> str:
     shape = shape_for(stack, opts)
     objects = K8s(stack, shape, opts).objects()
     header = (
@@ -639,7 +639,7 @@ def image_file_name(ref: str, runtime: str) -> str:
     return re.sub(r"[/:]", "+", ref) + (".sqsh" if runtime == "pyxis" else ".sif")
 
 
-def slurm_script(stack: StackSpec, opts: ExportOptions) -> str:
+def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     if opts.runtime not in RUNTIMES:
         raise UsageError(f"--runtime {opts.runtime}: not one of {', '.join(RUNTIMES)}")
     shape = shape_for(stack, opts)
@@ -728,7 +728,7 @@ def slurm_script(stack: StackSpec, opts: ExportOptions) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _slurm_nodes(stack: StackSpec, shape: Shape) -> list[str]:
+def _slurm_nodes(stack: ComposeStack, shape: Shape) -> list[str]:
     node = stack.split_services()[0]
     port = interpolate(str((stack.compose["services"][node].get("environment") or {}).get("KIT_PORT", "29500")), {})
     return [
@@ -740,7 +740,7 @@ def _slurm_nodes(stack: StackSpec, shape: Shape) -> list[str]:
     ]
 
 
-def _slurm_ray(stack: StackSpec, shape: Shape) -> list[str]:
+def _slurm_ray(stack: ComposeStack, shape: Shape) -> list[str]:
     return [
         "# --- Ray: the head, then the workers once it answers; the driver on the head ----------",
         "export KIT_RAY_PORT=6379 KIT_DASHBOARD_PORT=8265",
@@ -754,7 +754,7 @@ def _slurm_ray(stack: StackSpec, shape: Shape) -> list[str]:
     ]
 
 
-def _slurm_server(stack: StackSpec, shape: Shape) -> list[str]:
+def _slurm_server(stack: ComposeStack, shape: Shape) -> list[str]:
     server = one(stack, "server")
     port = stack.services[server].port
     return [
@@ -775,7 +775,7 @@ def _slurm_server(stack: StackSpec, shape: Shape) -> list[str]:
     ]
 
 
-def _slurm_router(stack: StackSpec, shape: Shape) -> list[str]:
+def _slurm_router(stack: ComposeStack, shape: Shape) -> list[str]:
     worker = stack.by_role("worker")[0].name
     port = stack.services[worker].port
     return [
@@ -802,7 +802,7 @@ def _slurm_router(stack: StackSpec, shape: Shape) -> list[str]:
 # --- the command ------------------------------------------------------------------------
 
 
-def export(target: str, stack: StackSpec, opts: ExportOptions, out_dir: Path) -> list[Path]:
+def export(target: str, stack: ComposeStack, opts: ExportOptions, out_dir: Path) -> list[Path]:
     if target not in TARGETS:
         raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
     if target == "k8s":

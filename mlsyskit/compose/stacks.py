@@ -70,7 +70,7 @@ LOG_LINES = 30
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceSpec:
+class ComposeService:
     name: str
     role: str
     run: str
@@ -81,7 +81,7 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StackSpec:
+class ComposeStack:
     name: str
     path: Path
     description: str
@@ -91,7 +91,7 @@ class StackSpec:
     gpus_default: int
     gpus_min: int
     wait: int
-    services: dict[str, ServiceSpec]  # in file order
+    services: dict[str, ComposeService]  # in file order
     compose: dict[str, Any] = field(repr=False)  # the file as loaded (anchors resolved)
 
     @property
@@ -101,7 +101,7 @@ class StackSpec:
     def topics(self) -> list[str]:
         return list(dict.fromkeys(s.topic or self.topic for s in self.services.values()))
 
-    def by_role(self, role: str) -> list[ServiceSpec]:
+    def by_role(self, role: str) -> list[ComposeService]:
         return [s for s in self.services.values() if s.role == role]
 
     def groups(self) -> dict[str, list[str]]:
@@ -133,7 +133,7 @@ def device_requests(service: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [d for d in devices if isinstance(d, dict)]
 
 
-def load_stack(name: str, root: Path = REPO_ROOT) -> StackSpec:
+def load_stack(name: str, root: Path = REPO_ROOT) -> ComposeStack:
     path = stacks_dir(root) / f"{name}.yml"
     if not path.is_file():
         known = ", ".join(stack_names(root)) or "(none)"
@@ -141,7 +141,7 @@ def load_stack(name: str, root: Path = REPO_ROOT) -> StackSpec:
     return parse_stack(name, path, path.read_text())
 
 
-def parse_stack(name: str, path: Path, text: str) -> StackSpec:
+def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -152,14 +152,14 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
     top.reject_unknown(STACK_FIELDS)
     gpus = Fields(path, top.table.get("gpus", {}), "x-mlsyskit.runtime.gpus.")
     gpus.reject_unknown({"default", "min"})
-    services: dict[str, ServiceSpec] = {}
+    services: dict[str, ComposeService] = {}
     for service_name, body in data["services"].items():
         if not isinstance(body, dict):
             raise UsageError(f"{rel_path(path)}: field 'services.{service_name}' must be a table")
         prefix = f"services.{service_name}.x-mlsyskit."
         meta = Fields(path, body.get("x-mlsyskit"), prefix)
         meta.reject_unknown(SERVICE_FIELDS)
-        spec = ServiceSpec(
+        spec = ComposeService(
             name=service_name,
             role=meta.str("role", choices=ROLES),
             run=meta.str("run", choices=RUNS),
@@ -176,7 +176,7 @@ def parse_stack(name: str, path: Path, text: str) -> StackSpec:
         if bool(spec.group) != (spec.gpus == "each"):
             raise meta.fail("group", "set exactly when gpus is `each` (one replica per GPU)")
         services[service_name] = spec
-    stack = StackSpec(
+    stack = ComposeStack(
         name=name,
         path=path,
         description=top.str("description"),
@@ -222,7 +222,7 @@ class Devices:
         return "CPU" if self.cpu else f"GPU {','.join(self.gpus)}"
 
 
-def check_layout(stack: StackSpec, gpus: Sequence[str]) -> None:
+def check_layout(stack: ComposeStack, gpus: Sequence[str]) -> None:
     """One clear error when the stack cannot use this many GPUs."""
     count = len(gpus)
     if count < stack.gpus_min:
@@ -236,7 +236,7 @@ def check_layout(stack: StackSpec, gpus: Sequence[str]) -> None:
         )
 
 
-def choose_devices(stack: StackSpec, gpus: str, cpu: bool, host_gpus: Callable[[], list[Any]], has_gpus: bool) -> Devices:
+def choose_devices(stack: ComposeStack, gpus: str, cpu: bool, host_gpus: Callable[[], list[Any]], has_gpus: bool) -> Devices:
     """`--gpus N|LIST|all|none` and `--cpu` against the host (gpus.py's meaning of --gpus).
     No choice on a host without GPUs runs a stack that has a CPU variant on CPU, with one
     warning; a GPU-only stack is refused."""
@@ -301,7 +301,7 @@ def _bind_source(entry: str) -> tuple[str, str] | None:
     return None
 
 
-def _instances(stack: StackSpec, devices: Devices) -> list[tuple[str, ServiceSpec, tuple[str, ...], dict[str, str]]]:
+def _instances(stack: ComposeStack, devices: Devices) -> list[tuple[str, ComposeService, tuple[str, ...], dict[str, str]]]:
     """(rendered name, spec, its GPUs, its KIT_* variables) for every container to run."""
     gpus = devices.gpus
     split = stack.split_services()
@@ -331,7 +331,7 @@ def _instances(stack: StackSpec, devices: Devices) -> list[tuple[str, ServiceSpe
     return out
 
 
-def render(stack: StackSpec, opts: RenderOptions) -> dict[str, Any]:
+def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
     """The compose file `up` runs: a complete file (compose v1 cannot delete keys through
     an override, and `--cpu` must drop the GPU reservations)."""
 
@@ -438,7 +438,7 @@ def _render_volumes(body: dict[str, Any], compose_dir: Path, hf_cache: Path) -> 
         body["volumes"] = volumes
 
 
-def _render_depends(depends: Any, group_members: Mapping[str, list[str]], stack: StackSpec) -> dict[str, Any]:
+def _render_depends(depends: Any, group_members: Mapping[str, list[str]], stack: ComposeStack) -> dict[str, Any]:
     """depends_on with every member of a group replaced by the rendered replicas."""
     if not depends:
         return {}
@@ -455,7 +455,7 @@ def _render_depends(depends: Any, group_members: Mapping[str, list[str]], stack:
     return out
 
 
-def rendered_yaml(rendered: Mapping[str, Any], stack: StackSpec) -> str:
+def rendered_yaml(rendered: Mapping[str, Any], stack: ComposeStack) -> str:
     header = (
         f"# Rendered by `invoke up {stack.name}` from {rel_path(stack.path)}: do not edit (the next `up` rewrites it).\n"
         f"# Runs on: {rendered['x-mlsyskit']['rendered']['devices']}. Inspect with `docker compose -p {stack.project} -f THIS ps`.\n"
@@ -650,7 +650,7 @@ def up(
     return UpResult(stack.name, elapsed, "\n".join(parts))
 
 
-def _fail(project: ComposeProject, stack: StackSpec, verdict: Assessment, compose_tail: str) -> None:
+def _fail(project: ComposeProject, stack: ComposeStack, verdict: Assessment, compose_tail: str) -> None:
     tails = []
     for service, why in verdict.failed:
         tails.append(f"--- {service}: {why}; its last {LOG_LINES} lines ---\n{project.service_logs(service, LOG_LINES)}")
@@ -668,7 +668,7 @@ def _fail(project: ComposeProject, stack: StackSpec, verdict: Assessment, compos
     )
 
 
-def _timeout(project: ComposeProject, stack: StackSpec, verdict: Assessment, by_service: Mapping[str, ContainerInfo], limit: int) -> None:
+def _timeout(project: ComposeProject, stack: ComposeStack, verdict: Assessment, by_service: Mapping[str, ContainerInfo], limit: int) -> None:
     tails = []
     for service in verdict.waiting:
         state = by_service.get(service)

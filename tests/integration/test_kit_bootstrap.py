@@ -52,9 +52,11 @@ def mirror(tmp_path_factory):
     )  # fmt: skip
     wheels = work / "wheels"
     uv_version = re.search(r"UV_VERSION=(\S+)", (REPO_ROOT / "kit").read_text()).group(1)
+    # The kit's own environment has no pip (uv made it): a throw-away venv's pip downloads.
+    subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(work / "pip")], check=True)
     for what in (["-r", str(requirements)], [f"uv=={uv_version}"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(wheels), *what],
+            [str(work / "pip/bin/pip"), "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(wheels), *what],
             capture_output=True, text=True,
         )  # fmt: skip
         need(proc.returncode == 0, f"cannot download the kit's wheels to build a mirror: {proc.stderr[-300:]}")

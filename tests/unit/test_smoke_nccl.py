@@ -257,10 +257,4 @@ def test_a_wrong_sum_on_one_rank_fails_the_test(tmp_path):
     assert data["reason"] == "wrong all-reduce sums at 64 KiB on 1 rank(s), 256 KiB on 1 rank(s)"
     for row in data["figures"]["sizes"]:
         assert (row["correct"], row["wrong_ranks"], row["mismatched_elements"]) == (False, 1, 1)
-    assert "sums WRONG" in nccl_key_figure(data["figures"])
-
-
-def nccl_key_figure(figures):
-    from mlsyskit.checks.smoke import key_figure
-
-    return key_figure("nccl", figures)
+    assert "sums WRONG" in nccl.SMOKE.figure(data["figures"])
