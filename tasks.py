@@ -7,27 +7,35 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-from invoke import Exit, task
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from mlsyskit import commands
-from mlsyskit.runtime import shell as kit_shell
 from mlsyskit.checks import smoke as kit_smoke
 from mlsyskit.cli import PositionalOrFlagTask, ShortFlagsTask
 from mlsyskit.compose import export as kit_export
 from mlsyskit.compose import stacks as kit_stacks
 from mlsyskit.errors import KitError
+from mlsyskit.runtime import shell as kit_shell
 
 
 def say(line: str) -> None:
     print(line, flush=True)
 
 
-def kit_errors(body):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def kit_errors(body: Callable[P, R]) -> Callable[P, R]:
     """Turn a KitError into one line on stderr and the error's exit code."""
 
     @functools.wraps(body)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return body(*args, **kwargs)
         except KitError as exc:
@@ -40,7 +48,7 @@ def kit_errors(body):
 
 @task(help={"fix": "install the engine, compose and debootstrap (Debian/Ubuntu) and start dockerd"})
 @kit_errors
-def doctor(c, fix=False):
+def doctor(c: Context, fix: bool = False) -> None:
     """Check the Docker engine, Compose, disk, and NVIDIA driver/toolkit against the images."""
     text, healthy = commands.doctor(fix, say)
     say(text)
@@ -58,49 +66,49 @@ def doctor(c, fix=False):
     }
 )
 @kit_errors
-def build(c, topics, base=None, no_cache=False, verbose=False):
+def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False) -> None:
     """Build base -> stack -> topic, only what is missing or changed."""
     say(commands.build(topics, base, no_cache, verbose, say))
 
 
 @task
 @kit_errors
-def images(c):
+def images(c: Context) -> None:
     """List the kit's images: tag, layer, size and the lock each was built from."""
     say(commands.images())
 
 
 @task(help={"check": "fail if any lock is stale (resolves nothing)", "topics": "comma-separated (default: all)"})
 @kit_errors
-def lock(c, topics="", check=False):
+def lock(c: Context, topics: str = "", check: bool = False) -> None:
     """Re-resolve the stack and topic locks (`--check`: fail when one is stale)."""
     commands.lock(topics, check, say)
 
 
 @task(positional=["topic"], help={"topic": "the topic to check", "base": "base flavour"})
 @kit_errors
-def check(c, topic, base=None):
+def check(c: Context, topic: str, base: str | None = None) -> None:
     """CPU check inside a built topic image: imports and key versions."""
     say(commands.check(topic, base, say))
 
 
 @task(help={"base": "base flavour: pypi or nvidia (default: kit.toml's)"})
 @kit_errors
-def topics(c, base=None):
+def topics(c: Context, base: str | None = None) -> None:
     """Every topic: its stack, key versions, GPU needs and whether its image is built."""
     say(commands.topics(base))
 
 
 @task(positional=["topic"], help={"topic": "the topic", "base": "base flavour: pypi or nvidia (default: kit.toml's)"})
 @kit_errors
-def versions(c, topic, base=None):
+def versions(c: Context, topic: str, base: str | None = None) -> None:
     """A topic's key packages (torch, CUDA, NCCL, sglang, ...) as locked, beside those in its image."""
     say(commands.versions(topic, base))
 
 
 @task
 @kit_errors
-def clean(c):
+def clean(c: Context) -> None:
     """Remove the kit's images and its build cache."""
     say(commands.clean(say))
 
@@ -129,7 +137,11 @@ def say_err(line: str) -> None:
     },
 )
 @kit_errors
-def shell(c, topic=None, base="", workspace="", gpus="", shm_size="", mount=None, env=None, port=None, name="", network="", root=False):
+def shell(
+    c: Context, topic: str | None = None, base: str = "", workspace: str = "", gpus: str = "", shm_size: str = "",
+    mount: list[str] | None = None, env: list[str] | None = None, port: list[str] | None = None, name: str = "",
+    network: str = "", root: bool = False,
+) -> None:  # fmt: skip
     """Shell (or `-- CMD ARGS...`, exit code kept) in a topic's container: GPUs, shm, HF cache, your UID."""
     options = kit_shell.ShellOptions(
         topic=topic or "",
@@ -150,7 +162,7 @@ def shell(c, topic=None, base="", workspace="", gpus="", shm_size="", mount=None
 
 @task
 @kit_errors
-def ps(c):
+def ps(c: Context) -> None:
     """List the kit's containers (named and running one-off shells)."""
     say(kit_shell.ps())
 
@@ -167,14 +179,14 @@ def ps(c):
     },
 )
 @kit_errors
-def up(c, stack, gpus="", cpu=False, wait=0, model="", base=""):
+def up(c: Context, stack: str, gpus: str = "", cpu: bool = False, wait: int = 0, model: str = "", base: str = "") -> None:
     """Start a compose stack and wait until every service is healthy and every job has finished."""
     say(kit_stacks.up(stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=base, log=say).text)
 
 
 @task(positional=["stack"], help={"stack": "the stack to stop"})
 @kit_errors
-def down(c, stack):
+def down(c: Context, stack: str) -> None:
     """Stop a stack and remove its containers, networks and volumes."""
     say(kit_stacks.down(stack, log=say))
 
@@ -189,7 +201,7 @@ def down(c, stack):
     },
 )
 @kit_errors
-def logs(c, name, service="", tail=0, follow=False):
+def logs(c: Context, name: str, service: str = "", tail: int = 0, follow: bool = False) -> None:
     """Show the logs of a stack's services."""
     code = kit_stacks.logs(name, service=service, tail=tail, follow=follow)
     if code:
@@ -198,7 +210,7 @@ def logs(c, name, service="", tail=0, follow=False):
 
 @task
 @kit_errors
-def stacks(c):
+def stacks(c: Context) -> None:
     """List the compose stacks: topic, GPUs, CPU variant and what of each runs now."""
     say(kit_stacks.status())
 
@@ -229,9 +241,11 @@ def stacks(c):
 )
 @kit_errors
 def export(
-    c, target, stack, output="", nodes=None, gpus_per_node=None, image_registry="", runtime="pyxis", base="", model="tiny",
-    namespace="default", host_ipc=False, host_network=False, rdma=False, ifname="", shm_size="16Gi", hf_cache_pvc="",
-):
+    c: Context, target: str, stack: str, output: str = "", nodes: str | None = None, gpus_per_node: str | None = None,
+    image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
+    host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
+    hf_cache_pvc: str = "",
+) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
@@ -257,7 +271,10 @@ def export(
     },
 )
 @kit_errors
-def smoke(c, topics, cpu=False, gpus="", json="", timeout=0, tests="", model="", base="", no_stacks=False, require_gpu=False):
+def smoke(
+    c: Context, topics: str, cpu: bool = False, gpus: str = "", json: str = "", timeout: float = 0, tests: str = "",
+    model: str = "", base: str = "", no_stacks: bool = False, require_gpu: bool = False,
+) -> None:  # fmt: skip
     """Run the topics' smoke tests in their containers; one table; exit 1 if any failed."""
     options = kit_smoke.SmokeOptions(
         topics=topics, cpu=cpu, gpus=gpus, json_path=json, timeout=float(timeout), tests=tests, model=model, base=base,

@@ -15,19 +15,19 @@ import datetime
 import json
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.images.build import build_topics
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.config import load_config
-from mlsyskit.engine import Engine
 from mlsyskit.data.lockfile import uv_binary
+from mlsyskit.engine import Engine
+from mlsyskit.images.build import build_topics
 from mlsyskit.report import size
 
 SMALL_DEPENDENCY = "tabulate==0.9.0"
@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     engine = Engine.connect()
-    marker = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    marker = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     with tempfile.TemporaryDirectory(prefix="mlsyskit-bench-") as tmp:
         tree = copy_tree(Path(tmp), marker)
         print("clearing BuildKit's package cache mounts (uv, pip, apt) for a cold build", flush=True)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from mlsyskit import LABEL_PREFIX, REPO_ROOT  # noqa: E402
-from mlsyskit.data.catalog import load_catalog  # noqa: E402
-from mlsyskit.engine import Engine  # noqa: E402
-from mlsyskit.images.plan import topic_alias  # noqa: E402
+from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.engine import Engine
+from mlsyskit.images.plan import topic_alias
 
 OFFICIAL_SGLANG_BYTES = 20e9  # lmsysorg/sglang runtime image, per sglang PR #13861
 SGLANG_GOAL_BYTES = 10e9
@@ -138,7 +138,7 @@ def plot(data: dict, path: Path) -> None:
     stack_colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
     fig, ax = plt.subplots(figsize=(10, 5.5))
     labelled = set()
-    for row, (name, layers) in enumerate(rows):
+    for row, (_name, layers) in enumerate(rows):
         left = 0.0
         for layer in layers:
             key = layer["name"] if layer["kind"] == "stack" else layer["kind"]

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from mlsyskit import REPO_ROOT  # noqa: E402
-from mlsyskit.images.build import build_topics  # noqa: E402
-from mlsyskit.data.catalog import load_catalog  # noqa: E402
-from mlsyskit.data.config import load_config  # noqa: E402
-from mlsyskit.engine import Engine  # noqa: E402
+from mlsyskit import REPO_ROOT
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import load_config
+from mlsyskit.engine import Engine
+from mlsyskit.images.build import build_topics
 
 
 def copy_tree(target: Path, marker: str) -> Path:
@@ -105,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     engine = Engine.connect()
-    marker = "mlsyskit-bench-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    marker = "mlsyskit-bench-" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     names = [] if args.topics == "all" else args.topics.split(",")
     rows, groups_out = [], []
     with tempfile.TemporaryDirectory(prefix="mlsyskit-bench-") as tmp:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from invoke import Task
-from invoke.parser import Argument
+from invoke.parser.argument import Argument
+from invoke.tasks import Task
 
 
 class OptionalPositional(Argument):
@@ -29,7 +29,7 @@ class OptionalPositional(Argument):
         self.set_value(arg, cast=True)
 
 
-class PositionalOrFlagTask(Task):
+class PositionalOrFlagTask(Task[Any]):
     """A task whose positional `stand_in[0]` may be left out when the flag `stand_in[1]`
     is given (set with `@task(klass=PositionalOrFlagTask, stand_in=(positional, flag))`)."""
 
@@ -56,7 +56,7 @@ class PositionalOrFlagTask(Task):
         return args
 
 
-class ShortFlagsTask(Task):
+class ShortFlagsTask(Task[Any]):
     """A task whose short flags are named, not derived (`@task(klass=ShortFlagsTask,
     auto_shortflags=False, short={"output": "o"})`): invoke's automatic ones would hand
     out `-h` (help's) to `--host-ipc`, so they are off, and these few are given by hand."""

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.checks import doctor as doctor_mod
 from mlsyskit.checks import versions as topics_mod
-from mlsyskit.images.build import build_topics
-from mlsyskit.data.catalog import Catalog, Topic, load_catalog
 from mlsyskit.context import Context
+from mlsyskit.data.catalog import Topic, load_catalog
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
-from mlsyskit.images.relock import lock as lock_all
+from mlsyskit.images.build import build_topics
 from mlsyskit.images.plan import topic_alias
+from mlsyskit.images.relock import lock as lock_all
 from mlsyskit.report import seconds, size, table
 
 Log = Callable[[str], None]

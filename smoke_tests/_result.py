@@ -78,7 +78,8 @@ class SmokeResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(float(self.seconds), 3)
-        return json_safe(data)
+        safe: dict[str, Any] = json_safe(data)
+        return safe
 
 
 def json_safe(value: Any) -> Any:
@@ -128,7 +129,10 @@ def write_json(result: SmokeResult, path: str | os.PathLike[str]) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a result is a JSON object")
+    return data
 
 
 # ---------------------------------------------------------------------------- tables

@@ -368,7 +368,8 @@ def body_for(args: argparse.Namespace) -> Any:
         cleanup = add_cleanup(lambda: kill_processes_using(str(ray_dir)))
         try:
             info = tiny_model.build(workdir, rows=args.rows, seed=args.seed, cfg=tiny_model.SERVE_CONFIG, rl_rows=args.rows)
-            report.figures["tiny_model"] = {k: info[k] for k in ("vocab_size", "hidden_size", "layers", "heads", "context", "dtype", "rl_rows", "max_prompt_tokens")}
+            shown = ("vocab_size", "hidden_size", "layers", "heads", "context", "dtype", "rl_rows", "max_prompt_tokens")
+            report.figures["tiny_model"] = {k: info[k] for k in shown}
             if info["max_prompt_tokens"] > args.max_prompt_length:
                 raise Fail(f"a prompt has {info['max_prompt_tokens']} tokens, over --max-prompt-length {args.max_prompt_length}")
             items = overrides(

@@ -86,7 +86,7 @@ def check_bootstrap() -> Check:
 
 
 def check_memlock() -> Check:
-    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if hard == resource.RLIM_INFINITY:
         return Check("memlock limit", "ok", "unlimited (RDMA-capable containers can use memlock=-1)")
     return Check(

@@ -29,20 +29,20 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
-from mlsyskit.data.catalog import Topic, load_catalog
 from mlsyskit.compose import stacks
+from mlsyskit.context import Context
+from mlsyskit.data.catalog import Topic
+from mlsyskit.engine import ContainerSpec, Engine
+from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
 from mlsyskit.report import table
+from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
 from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
 from mlsyskit.runtime.shell import ShellOptions, one_off_spec
-from mlsyskit.context import Context
-from mlsyskit.engine import ContainerSpec
-from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
-from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
 from smoke_tests._result import SmokeTest
 
 Log = Callable[[str], None]
@@ -276,7 +276,7 @@ def shorten(text: str, width: int = 90) -> str:
 
 
 def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for outcome in outcomes:
         result = outcome.result
         status = outcome.status
@@ -338,7 +338,7 @@ def _last_line(lines: Sequence[str]) -> str:
     return ""
 
 
-def run_in_container(engine: Any, run: PlannedRun, spec: ContainerSpec, workspace: Path, run_id: str, log: Log) -> dict[str, Any]:
+def run_in_container(engine: Engine, run: PlannedRun, spec: ContainerSpec, workspace: Path, run_id: str, log: Log) -> dict[str, Any]:
     """One test in its container (the one `invoke shell TOPIC -- CMD` would start, named and
     labelled for this run); the container is removed however the run ends."""
     name = f"mlsyskit-smoke-{run.topic}-{run.test}-{uuid.uuid4().hex[:8]}".replace("_", "-")
@@ -459,7 +459,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     # then "no GPU visible inside the container" fails instead of skipping.
     opts = replace(opts, require_gpu=not opts.cpu and (opts.require_gpu or gpus.docker_value is not None))
     runs = plan(topics, opts, available_tests())
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     run_id = f"{started.replace(':', '').replace('-', '')}-{os.getpid()}"
     results_dir = REPO_ROOT / ".kit" / "smoke" / run_id
     report = SmokeReport(results_dir=results_dir)

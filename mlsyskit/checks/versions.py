@@ -16,9 +16,9 @@ from pathlib import Path
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.data.catalog import Base, Catalog, Topic
 from mlsyskit.data.config import Config
+from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import KitError
-from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
 from mlsyskit.images.plan import freshness, topic_alias
 from mlsyskit.report import table
 
@@ -67,8 +67,7 @@ def key_packages(catalog: Catalog, topic: Topic) -> list[str]:
     names = list(topic.key_packages)
     if topic.stack:
         names += list(catalog.stacks[topic.stack].key_packages)
-    seen: set[str] = set()
-    return [n for n in names if not (normalize(n) in seen or seen.add(normalize(n)))]
+    return list({normalize(n): n for n in reversed(names)}.values())[::-1]
 
 
 def base_environment(base: Base) -> dict[str, str]:

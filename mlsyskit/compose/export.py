@@ -27,13 +27,12 @@ from typing import Any
 import yaml
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.errors import UsageError
-from mlsyskit.data.fields import rel_path
-from mlsyskit.images.plan import topic_alias
-from mlsyskit.compose.stacks import HF_TARGET, ComposeStack
-from mlsyskit.compose.stacks import load_stack
+from mlsyskit.compose.stacks import HF_TARGET, ComposeStack, load_stack
 from mlsyskit.context import Context
+from mlsyskit.data.fields import rel_path
 from mlsyskit.data.lockfile import key_versions
+from mlsyskit.errors import UsageError
+from mlsyskit.images.plan import topic_alias
 
 TARGETS = ("k8s", "slurm")
 RUNTIMES = ("pyxis", "apptainer")
@@ -218,7 +217,8 @@ class K8s:
 
     # pods -----------------------------------------------------------------------------
 
-    def env_list(self, env: Mapping[str, str], field_env: Mapping[str, str] = ()) -> list[dict[str, Any]]:
+    def env_list(self, env: Mapping[str, str], field_env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        field_env = field_env or {}
         out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items() if k not in dict(field_env)]
         for name, path in dict(field_env).items():
             out.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
@@ -232,7 +232,7 @@ class K8s:
         *,
         gpus: int,
         env: Mapping[str, str],
-        field_env: Mapping[str, str] = (),
+        field_env: Mapping[str, str] | None = None,
         probe: bool = True,
         command: Sequence[str] | None = None,
         ports: Sequence[tuple[str, int]] = (),
@@ -279,7 +279,7 @@ class K8s:
             }
         return out
 
-    def pod(self, containers: list[dict], *, init: Sequence[dict] = (), restart: str = "", **extra: Any) -> dict[str, Any]:
+    def pod(self, containers: list[dict[str, Any]], *, init: Sequence[dict[str, Any]] = (), restart: str = "", **extra: Any) -> dict[str, Any]:
         volumes: list[dict[str, Any]] = []
         names = {m["name"] for c in [*containers, *init] for m in c.get("volumeMounts", [])}
         for volume, (folder, _target) in sorted(self.configmaps.items()):
@@ -329,7 +329,7 @@ class K8s:
             )
         return out
 
-    def prep_init(self, service: str) -> list[dict]:
+    def prep_init(self, service: str) -> list[dict[str, Any]]:
         """The stack's prep job (the tiny model) as an init container of pods that need it."""
         if not named_volumes(self.stack, service) or not self.stack.by_role("prep"):
             return []
@@ -337,13 +337,15 @@ class K8s:
         env = service_env(self.stack, prep, {"KIT_MODEL": self.opts.model}, self.opts.ifname or "eth0")
         return [self.container(prep, gpus=0, env=env, probe=False)]
 
-    def service_object(self, name: str, component: str, selector: Mapping[str, str], ports: Sequence[tuple[str, int]], headless: bool = False) -> dict:
+    def service_object(
+        self, name: str, component: str, selector: Mapping[str, str], ports: Sequence[tuple[str, int]], headless: bool = False
+    ) -> dict[str, Any]:
         spec: dict[str, Any] = {"selector": dict(selector), "ports": [{"name": n, "port": p, "targetPort": p} for n, p in ports]}
         if headless:
             spec["clusterIP"] = "None"
         return {"apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, component), "spec": spec}
 
-    def client_job(self, target_service: str, port: int) -> list[dict]:
+    def client_job(self, target_service: str, port: int) -> list[dict[str, Any]]:
         if not self.stack.by_role("client"):
             return []
         client = one(self.stack, "client")
@@ -368,14 +370,14 @@ class K8s:
             base["KIT_MODEL"] = self.opts.model
         return service_env(self.stack, service, {**base, **extra}, self.opts.ifname or "eth0")
 
-    def server(self) -> list[dict]:
+    def server(self) -> list[dict[str, Any]]:
         stack, shape = self.stack, self.shape
         server = one(stack, "server")
         port = stack.services[server].port
         dist_port = int(interpolate(str((stack.compose["services"][server].get("environment") or {}).get("KIT_DIST_PORT", "20000")), {}))
         name = f"{stack.name}-{server}"
         labels = self.labels("server")
-        objects: list[dict] = []
+        objects: list[dict[str, Any]] = []
         if shape.nodes == 1:
             env = self.gpu_env(server, {"KIT_NODE_RANK": "0", "KIT_HEAD": "localhost"})
             pod = self.pod([self.container(server, gpus=shape.gpus_per_node, env=env)], init=self.prep_init(server))
@@ -418,7 +420,7 @@ class K8s:
         objects += self.client_job(name, port)
         return objects
 
-    def router(self) -> list[dict]:
+    def router(self) -> list[dict[str, Any]]:
         stack, shape = self.stack, self.shape
         worker = stack.by_role("worker")[0].name  # the group's template (worker-0)
         router = one(stack, "router")
@@ -480,7 +482,7 @@ class K8s:
             *self.client_job(f"{stack.name}-router", router_port),
         ]
 
-    def ray(self) -> list[dict]:
+    def ray(self) -> list[dict[str, Any]]:
 
         stack, shape = self.stack, self.shape
         head, worker = one(stack, "head"), one(stack, "worker")
@@ -533,7 +535,7 @@ class K8s:
             }
         ]
 
-    def nodes(self) -> list[dict]:
+    def nodes(self) -> list[dict[str, Any]]:
         stack, shape = self.stack, self.shape
         node = stack.split_services()[0]
         port = int(interpolate(str((stack.compose["services"][node].get("environment") or {}).get("KIT_PORT", "29500")), {}))
@@ -566,7 +568,7 @@ class K8s:
             },
         ]
 
-    def objects(self) -> list[dict]:
+    def objects(self) -> list[dict[str, Any]]:
         body = {"server": self.server, "router": self.router, "ray": self.ray, "nodes": self.nodes}[self.stack.pattern]()
         return self.configmap_objects() + body
 
@@ -820,7 +822,10 @@ def export(target: str, stack: ComposeStack, opts: ExportOptions, out_dir: Path)
     return written
 
 
-def run(target: str, stack_name: str, *, output: str = "", base: str = "", nodes: Any = None, gpus_per_node: Any = None, **options: Any) -> list[Path]:
+def run(
+    target: str, stack_name: str, *, output: str = "", base: str = "", nodes: str | int | None = None,
+    gpus_per_node: str | int | None = None, **options: Any,
+) -> list[Path]:  # fmt: skip
     """`invoke export`: parse, check, write; returns the files written."""
     if target not in TARGETS:
         raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
@@ -833,7 +838,7 @@ def run(target: str, stack_name: str, *, output: str = "", base: str = "", nodes
     return export(target, stack, opts, out_dir)
 
 
-def _count(flag: str, value: Any) -> int | None:
+def _count(flag: str, value: str | int | None) -> int | None:
     if value is None or value == "":
         return None
     try:

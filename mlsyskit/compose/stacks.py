@@ -39,12 +39,12 @@ from typing import Any
 import yaml
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
-from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
-from mlsyskit.data.fields import Fields, rel_path
 from mlsyskit.context import Context
+from mlsyskit.data.fields import Fields, rel_path
 from mlsyskit.engine import ComposeProject, ContainerInfo, Engine
-from mlsyskit.report import seconds, table
+from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
+from mlsyskit.report import seconds, table
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
 from mlsyskit.runtime.host import ensure_image, memlock_allowed, read_host
 
@@ -314,9 +314,10 @@ def _instances(stack: ComposeStack, devices: Devices) -> list[tuple[str, Compose
                 continue  # the group's first member is the template of every replica
             count = len(gpus) if gpus else len(groups[spec.group])
             for i in range(count):
-                mine = (gpus[i],) if gpus else ()
-                out.append((f"{spec.group}-{i}", spec, mine, {"KIT_REPLICA": str(i), "KIT_REPLICAS": str(count)}))
+                replica: tuple[str, ...] = (gpus[i],) if gpus else ()
+                out.append((f"{spec.group}-{i}", spec, replica, {"KIT_REPLICA": str(i), "KIT_REPLICAS": str(count)}))
             continue
+        mine: tuple[str, ...]
         if spec.gpus == "all":
             mine = gpus
         elif spec.gpus == "split" and gpus:
@@ -382,7 +383,8 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
             "memlock": "unlimited" if opts.memlock else "engine default",
         },
     }
-    return json.loads(json.dumps(rendered))  # plain data: no YAML aliases in the output
+    plain: dict[str, Any] = json.loads(json.dumps(rendered))  # plain data: no YAML aliases in the output
+    return plain
 
 
 def _render_gpus(body: dict[str, Any], mine: tuple[str, ...]) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.errors import UsageError
 from mlsyskit.data.fields import Fields, rel_path
+from mlsyskit.errors import UsageError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,7 @@ tables), with errors that name the file and the field. Shared by catalog.py and 
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,53 +23,53 @@ def rel_path(path: Path) -> str:
 class Fields:
     """One table of a data file. `prefix` is the table's dotted path, for messages."""
 
-    def __init__(self, path: Path, table: Any, prefix: str = "") -> None:
+    def __init__(self, path: Path, table: Any, prefix: builtins.str = "") -> None:
         if not isinstance(table, dict):
             raise UsageError(f"{rel_path(path)}: field '{prefix.rstrip('.')}' must be a table")
         self.path, self.table, self.prefix = path, table, prefix
 
-    def fail(self, key: str, expected: str) -> UsageError:
+    def fail(self, key: builtins.str, expected: builtins.str) -> UsageError:
         return UsageError(f"{rel_path(self.path)}: field '{self.prefix}{key}' must be {expected}")
 
-    def str(self, key: str, default: str | None = None, choices: Sequence[str] = ()) -> str:
+    def str(self, key: builtins.str, default: builtins.str | None = None, choices: Sequence[builtins.str] = ()) -> builtins.str:
         value = self.table.get(key, default)
-        if not isinstance(value, str) or (default is None and not value):
+        if not isinstance(value, builtins.str) or (default is None and not value):
             raise self.fail(key, "a non-empty string" if default is None else "a string")
         if choices and value not in choices:
             raise self.fail(key, f"one of {', '.join(choices)}")
         return value
 
-    def int(self, key: str, default: int | None = None, minimum: int = 0) -> int:
+    def int(self, key: builtins.str, default: builtins.int | None = None, minimum: builtins.int = 0) -> builtins.int:
         value = self.table.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if not isinstance(value, builtins.int) or isinstance(value, builtins.bool) or value < minimum:
             raise self.fail(key, f"a whole number >= {minimum}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.table.get(key, default)
-        if not isinstance(value, bool):
+        if not isinstance(value, builtins.bool):
             raise self.fail(key, "true or false")
         return value
 
-    def str_list(self, key: str) -> tuple[str, ...]:
+    def str_list(self, key: builtins.str) -> tuple[builtins.str, ...]:
         value = self.table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, builtins.str) and v for v in value):
             raise self.fail(key, "a list of strings")
         return tuple(value)
 
-    def int_list(self, key: str) -> tuple[int, ...]:
+    def int_list(self, key: builtins.str) -> tuple[builtins.int, ...]:
         value = self.table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, int) and 0 < v < 65536 for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, builtins.int) and 0 < v < 65536 for v in value):
             raise self.fail(key, "a list of port numbers")
         return tuple(value)
 
-    def sub(self, key: str) -> Fields:
+    def sub(self, key: builtins.str) -> Fields:
         value = self.table.get(key, {})
         if not isinstance(value, dict):
             raise self.fail(key, "a table")
         return Fields(self.path, value, f"{self.prefix}{key}.")
 
-    def reject_unknown(self, allowed: set[str]) -> None:
+    def reject_unknown(self, allowed: set[builtins.str]) -> None:
         unknown = sorted(set(self.table) - allowed)
         if unknown:
             raise UsageError(

@@ -53,7 +53,7 @@ def uv_binary() -> str:
     """The kit's own uv (pinned in its uv.lock), which resolves and exports every lock."""
     from uv import find_uv_bin
 
-    return find_uv_bin()
+    return str(find_uv_bin())
 
 
 def expected_packages(lock: Path, environment: dict[str, str]) -> dict[str, str]:

@@ -101,10 +101,10 @@ def find_compose(clients: Sequence[str] = CLIENT_CANDIDATES) -> ComposeCli | Non
         proc = subprocess.run([path, "compose", "version", "--short"], capture_output=True, text=True)
         if proc.returncode == 0 and proc.stdout.strip():
             return ComposeCli((path, "compose"), proc.stdout.strip().lstrip("v"))
-    path = shutil.which("docker-compose")
-    if path:
-        proc = subprocess.run([path, "version", "--short"], capture_output=True, text=True)
+    v1 = shutil.which("docker-compose")
+    if v1:
+        proc = subprocess.run([v1, "version", "--short"], capture_output=True, text=True)
         version = proc.stdout.strip().lstrip("v")
         if proc.returncode == 0 and version and version_tuple(version)[:2] >= COMPOSE_V1_MIN:
-            return ComposeCli((path,), version)
+            return ComposeCli((v1,), version)
     return None

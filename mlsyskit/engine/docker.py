@@ -7,27 +7,37 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import uuid
 import sys
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, Any, NoReturn
 
-from mlsyskit.errors import BuildError, EngineError, KitError
-from mlsyskit.engine.clients import COMPOSE_FIX, DAEMON_FIX, PERMISSION_FIX, Client, ComposeCli, docker_binaries, find_clients, find_compose, pick_builder
+from mlsyskit.engine.clients import (
+    COMPOSE_FIX,
+    DAEMON_FIX,
+    PERMISSION_FIX,
+    Client,
+    ComposeCli,
+    docker_binaries,
+    find_clients,
+    find_compose,
+    pick_builder,
+)
 from mlsyskit.engine.records import COMPOSE_PROJECT, ContainerInfo, ImageInfo
 from mlsyskit.engine.spec import ContainerSpec, DockerCall, run_call
+from mlsyskit.errors import BuildError, EngineError, KitError
+
 
 class ComposeRun:
     """`compose up -d` running in the background while the caller watches the containers."""
 
-    def __init__(self, proc: subprocess.Popen, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
         self.proc, self.log_path = proc, log_path
 
     def __enter__(self) -> ComposeRun:
@@ -236,7 +246,7 @@ class Engine:
             return False
         return proc.returncode == 0
 
-    def import_tar(self, tar_stream, ref: str, changes: Sequence[str] = ()) -> None:
+    def import_tar(self, tar_stream: IO[bytes], ref: str, changes: Sequence[str] = ()) -> None:
         args = ["import"]
         for change in changes:
             args += ["--change", change]
@@ -425,13 +435,14 @@ class Engine:
 
     # --- interactive containers (`invoke shell`) -------------------------------------------
 
-    def _inspect(self, kind: str, ref: str) -> dict | None:
+    def _inspect(self, kind: str, ref: str) -> dict[str, Any] | None:
         """`docker KIND inspect REF`, or None when there is no such object; a daemon that
         is down raises (with the fix) instead of reading as "not there"."""
         args = (kind, "inspect", ref)
         proc = self._cli(*args, check=False)
         if proc.returncode == 0:
-            return json.loads(proc.stdout)[0]
+            found: dict[str, Any] = json.loads(proc.stdout)[0]
+            return found
         if "No such" in proc.stderr:
             return None
         raise self.failure(args, proc.stderr)

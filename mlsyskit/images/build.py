@@ -110,12 +110,12 @@ def build_topics(
     # later topic's failure never leaves an earlier one pointing at an old image.
     for topic in topics:
         chain: list[Layer] = []
-        layer: Layer | None = next(l for l in layers if l.kind == "topic" and l.name == topic.name)
+        layer: Layer | None = next(x for x in layers if x.kind == "topic" and x.name == topic.name)
         while layer is not None:
             chain.insert(0, layer)
             layer = layer.parent
         done = {r.layer.tag for r in results}
-        results += build_layers(engine, config, [l for l in chain if l.tag not in done], no_cache=no_cache, log=log, verbose=verbose)
+        results += build_layers(engine, config, [x for x in chain if x.tag not in done], no_cache=no_cache, log=log, verbose=verbose)
         if tag_aliases:
             engine.tag(chain[-1].tag, topic_alias(topic.name, base.name))
     return results

@@ -78,6 +78,7 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             subprocess.run(["find", os.path.join(target, leftover), "-type", "f", "-delete"], check=False)
         with subprocess.Popen(["tar", "-C", target, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE) as tar:
+            assert tar.stdout is not None
             engine.import_tar(
                 tar.stdout,
                 ref,

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
@@ -61,7 +61,7 @@ def user_name(uid: int, environ: Mapping[str, str]) -> str:
         return environ.get("USER") or f"uid{uid}"
 
 
-def _is_terminal(stream) -> bool:
+def _is_terminal(stream: IO[str] | None) -> bool:
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):  # closed or replaced streams
@@ -103,14 +103,15 @@ def daemon_key(environ: Mapping[str, str]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _load_facts(path: Path) -> dict:
+def _load_facts(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        facts = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return facts if isinstance(facts, dict) else {}
 
 
-def _save_facts(path: Path, facts: dict) -> None:
+def _save_facts(path: Path, facts: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:

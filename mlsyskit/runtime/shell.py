@@ -32,7 +32,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.context import Context
@@ -241,7 +241,8 @@ class Identity:
 
 def identity(host: Host, root: bool, config: Config) -> Identity:
     home = home_in_container(host, root)
-    user, tmpfs, env = "", (), [f"HF_HOME={home}/{HF_IN_HOME}"]
+    user, env = "", [f"HF_HOME={home}/{HF_IN_HOME}"]
+    tmpfs: tuple[str, ...] = ()
     if home == USER_HOME:
         owner = f"uid={host.uid},gid={host.gid},mode=0755"
         user = f"{host.uid}:{host.gid}"
@@ -271,7 +272,7 @@ def container_spec(
         labels={
             LABEL: kind, LABEL_TOPIC: topic, LABEL_BASE: base, LABEL_WORKSPACE: str(workspace), LABEL_GPUS: gpus.label,
             LABEL_USER: "root" if root else f"{host.uid}:{host.gid}",
-        },  # fmt: skip
+        },
         gpus=gpus.docker_value,
         # NCCL and DataLoader workers need far more than docker's 64 MB /dev/shm.
         shm_size=opts.shm_size,
@@ -366,19 +367,29 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         log("warning: -p is ignored with --network host (the container uses the host's ports)")
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-    where = {"workspace": workspace, "topic": topic.name, "base": base, "image": image}
+    where = Where(workspace=workspace, topic=topic.name, base=base, image=image)
     if not opts.name:
-        engine.become(run_call(one_off_spec(opts, host, config, gpus, **where)))
+        engine.become(run_call(one_off_spec(opts, host, config, gpus, **vars(where))))
     create_named(engine, opts, host, config, gpus, where, log)
     engine.become(enter_call(opts, host, config, container=opts.name))
 
 
-def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: dict[str, Any], log: Log) -> None:
+@dataclass(frozen=True)
+class Where:
+    """Which image a topic container runs and where: shared by one-off and named ones."""
+
+    workspace: Path
+    topic: str
+    base: str
+    image: str
+
+
+def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where, log: Log) -> None:
     """Start the long-lived container. The engine removes what docker left when it fails
     (a container created but not started), so nothing stays behind."""
     for attempt in (1, 2):
         try:
-            engine.start(named_spec(opts, host, config, gpus, **where))
+            engine.start(named_spec(opts, host, config, gpus, **vars(where)))
             return
         except EngineError as exc:
             if attempt == 1 and host.memlock and "rlimit" in exc.message:

@@ -10,11 +10,11 @@ from contextlib import ExitStack
 import pytest
 import testinfra
 
-from mlsyskit.images.build import LayerResult, build_topics
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.config import load_config
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError
+from mlsyskit.images.build import LayerResult, build_topics
 from mlsyskit.images.plan import topic_alias
 from tests.conftest import need
 

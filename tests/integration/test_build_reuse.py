@@ -3,11 +3,11 @@ topic dependency rebuilds only the topic layer."""
 
 import subprocess
 
-from mlsyskit.images.build import build_topics
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.config import load_config
-from mlsyskit.engine import ContainerSpec
 from mlsyskit.data.lockfile import uv_binary
+from mlsyskit.engine import ContainerSpec
+from mlsyskit.images.build import build_topics
 
 
 def test_warm_rebuild_reuses_every_layer(engine, build_topic):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit.images.build import build_topics
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.config import load_config
 from mlsyskit.engine import ContainerSpec
+from mlsyskit.images.build import build_topics
 from mlsyskit.images.plan import topic_alias
 from tests.conftest import need
 

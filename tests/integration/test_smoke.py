@@ -19,6 +19,7 @@ from smoke_tests._result import validate_result
 from tests.conftest import need
 from tests.integration.conftest import run_kit
 
+
 def with_smoke_tests(image: str, command: tuple[str, ...]) -> ContainerSpec:
     """A throw-away container of the image with the checkout's smoke_tests/ mounted."""
     return ContainerSpec(
@@ -278,7 +279,7 @@ def _two_json(text: str) -> tuple[dict, dict]:
 @pytest.mark.parametrize(
     "topic, module",
     [("sglang", "sglang_serve"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl"),
-     ("verl", "cuda_jit")],  # fmt: skip
+     ("verl", "cuda_jit")],
 )
 def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic, module):
     """--timeout 1: a failed result naming the limit, exit 1, and no process of the test left

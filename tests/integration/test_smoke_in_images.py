@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.data.lockfile import key_versions
+from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.images.plan import topic_alias
 from smoke_tests.sglang_serve import BENCH_FLAGS
 from tests.conftest import need

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.engine import ContainerSpec, Engine, find_compose
 from mlsyskit.compose.stacks import Devices, RenderOptions, load_stack, render, rendered_yaml, stack_names
+from mlsyskit.engine import ContainerSpec, Engine, find_compose
 from tests.conftest import need
 from tests.integration.conftest import run_kit
 

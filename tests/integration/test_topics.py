@@ -12,10 +12,10 @@ import textwrap
 import pytest
 
 from mlsyskit import LABEL_PREFIX
+from mlsyskit.checks.versions import label_problems, locked_versions
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, key_versions, lock_sha256
 from mlsyskit.images.plan import topic_alias
-from mlsyskit.checks.versions import label_problems, locked_versions
 from tests.integration.conftest import run_kit
 
 CATALOG = load_catalog()

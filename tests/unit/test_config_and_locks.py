@@ -1,9 +1,9 @@
 import pytest
 
-from mlsyskit.data.config import load_config
-from mlsyskit.errors import UsageError
-from mlsyskit.data.lockfile import disagreements, read_packages
 from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import load_config
+from mlsyskit.data.lockfile import disagreements, read_packages
+from mlsyskit.errors import UsageError
 
 
 def test_defaults_and_proxy_from_environment(kit_tree):

@@ -19,7 +19,6 @@ import yaml
 from invoke import Exit, MockContext
 
 import tasks
-from mlsyskit.errors import UsageError
 from mlsyskit.compose.export import (
     ExportOptions,
     k8s_objects,
@@ -29,6 +28,7 @@ from mlsyskit.compose.export import (
     slurm_script,
 )
 from mlsyskit.compose.stacks import load_stack, parse_stack, stack_names
+from mlsyskit.errors import UsageError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CRDS = DATA / "crds"

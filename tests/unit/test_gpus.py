@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit.runtime import gpus
 from mlsyskit.errors import UsageError
+from mlsyskit.runtime import gpus
 from mlsyskit.runtime.gpus import GpuRequest, least_used, parse_query, parse_request, select
 
 DATA = Path(__file__).parent / "data"

@@ -11,9 +11,9 @@ from mlsyskit.images.plan import RootImage, plan
 ROOT = RootImage(ref="mlsyskit/rootfs-pypi:bookworm", image_id="sha256:" + "a" * 64, origin="bootstrap")
 
 
-def tags(root_dir=None, root=ROOT, config=Config()):
+def tags(root_dir=None, root=ROOT, config=None):
     catalog = load_catalog(root_dir) if root_dir else load_catalog()
-    layers = plan(catalog, config, [catalog.topic("distributed")], catalog.base("pypi"), root)
+    layers = plan(catalog, config or Config(), [catalog.topic("distributed")], catalog.base("pypi"), root)
     return {layer.kind: layer.tag for layer in layers}, layers
 
 
@@ -73,7 +73,7 @@ def test_nvidia_base_starts_from_the_cuda_image_with_the_same_stack_and_topic():
     root = RootImage(ref=base.registry_image, image_id="sha256:" + "c" * 64, origin="registry")
     layers = plan(catalog, Config(), [catalog.topic("distributed")], base, root)
     assert layers[0].build_args["ROOT_IMAGE"].startswith("nvidia/cuda:13.0")
-    assert [l.flavour for l in layers] == ["nvidia"] * 3
+    assert [layer.flavour for layer in layers] == ["nvidia"] * 3
     pypi_layers = tags()[1]
     # Same recipe and lock for stack and topic, different parent: different tags.
     assert layers[1].context == pypi_layers[1].context and layers[1].tag != pypi_layers[1].tag

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from mlsyskit.runtime import host, shell
 from mlsyskit.data.config import Config
-from mlsyskit.errors import UsageError
-from mlsyskit.runtime.gpus import GpuSelection
 from mlsyskit.engine import DockerCall
 from mlsyskit.engine.spec import run_call
+from mlsyskit.errors import UsageError
+from mlsyskit.runtime import host, shell
+from mlsyskit.runtime.gpus import GpuSelection
 from mlsyskit.runtime.shell import Host, ShellOptions
 
 IMAGE = "mlsyskit/distributed:pypi"

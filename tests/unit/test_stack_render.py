@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.errors import UsageError
-from mlsyskit.runtime.gpus import parse_query
-from mlsyskit.images.plan import topic_alias
-from mlsyskit.runtime.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
-from mlsyskit.engine.records import COMPOSE_SERVICE, NEVER, ContainerInfo, epoch
 from mlsyskit.compose.stacks import (
     HF_TARGET,
     Devices,
@@ -28,6 +23,11 @@ from mlsyskit.compose.stacks import (
     render,
     stack_names,
 )
+from mlsyskit.engine.records import COMPOSE_SERVICE, NEVER, ContainerInfo, epoch
+from mlsyskit.errors import UsageError
+from mlsyskit.images.plan import topic_alias
+from mlsyskit.runtime.gpus import parse_query
+from mlsyskit.runtime.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
 
 DATA = Path(__file__).parent / "data"
 STACKS = ["nccl-2node", "sglang-router", "sglang-serve", "verl"]
@@ -252,7 +252,7 @@ def test_assess_failures(run, st, why):
 
 def test_docker_times():
     assert epoch("0001-01-01T00:00:00Z") == NEVER
-    whole = datetime(2026, 11, 27, 7, 40, 1, tzinfo=timezone.utc).timestamp()
+    whole = datetime(2026, 11, 27, 7, 40, 1, tzinfo=UTC).timestamp()
     assert epoch("2026-11-27T07:40:01.123456789Z") == pytest.approx(whole + 0.123456)
     assert epoch("2026-11-27T07:40:01Z") == whole
     assert epoch("2026-11-27T08:40:01.5+01:00") == whole + 0.5

@@ -4,8 +4,8 @@ import pytest
 from invoke import Exit, MockContext
 
 import tasks
-from mlsyskit.commands import split_names
 from mlsyskit.checks.doctor import parse_nvidia_smi
+from mlsyskit.commands import split_names
 from mlsyskit.engine import Client
 
 

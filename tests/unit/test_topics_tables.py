@@ -4,8 +4,6 @@ engine's side (image states, what a container reported) given as data: no Docker
 import pytest
 
 from mlsyskit import LABEL_PREFIX
-from mlsyskit.data.catalog import load_catalog
-from mlsyskit.data.lockfile import key_versions, lock_sha256
 from mlsyskit.checks.versions import (
     CUDA,
     NCCL,
@@ -21,6 +19,8 @@ from mlsyskit.checks.versions import (
     versions_rows,
     versions_table,
 )
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.lockfile import key_versions, lock_sha256
 
 
 @pytest.fixture(scope="module")
