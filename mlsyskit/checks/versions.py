@@ -67,7 +67,10 @@ def key_packages(catalog: Catalog, topic: Topic) -> list[str]:
     names = list(topic.key_packages)
     if topic.stack:
         names += list(catalog.stacks[topic.stack].key_packages)
-    return list({normalize(n): n for n in reversed(names)}.values())[::-1]
+    first: dict[str, str] = {}
+    for name in names:
+        first.setdefault(normalize(name), name)
+    return list(first.values())
 
 
 def base_environment(base: Base) -> dict[str, str]:
