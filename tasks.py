@@ -63,12 +63,13 @@ def doctor(c: Context, fix: bool = False) -> None:
         "base": "base flavour: pypi (no registry needed) or nvidia",
         "no-cache": "rebuild every layer from scratch",
         "verbose": "show every line of the build log",
+        "dry-run": "print each layer's tag, parent, inputs and build args, and whether it would be built or reused; build nothing",
     }
 )
 @kit_errors
-def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False) -> None:
+def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False, dry_run: bool = False) -> None:
     """Build base -> stack -> topic, only what is missing or changed."""
-    say(commands.build(topics, base, no_cache, verbose, say))
+    say(commands.build(topics, base, no_cache, verbose, say, dry_run=dry_run))
 
 
 @task

@@ -14,9 +14,10 @@ from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic, load_catalog
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
-from mlsyskit.images.build import build_topics
+from mlsyskit.images.build import build_topics, dry_run
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.images.relock import lock as lock_all
+from mlsyskit.data.fields import rel_path
 from mlsyskit.report import seconds, size, table
 
 Log = Callable[[str], None]
@@ -40,10 +41,12 @@ def doctor(fix: bool, log: Log) -> tuple[str, bool]:
     return table(("status", "check", "detail"), rows), healthy
 
 
-def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log) -> str:
+def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log, dry_run: bool = False) -> str:
     ctx = Context.resolve(base or "")
     selected = ctx.catalog.select(split_names(topics))
     base_name = ctx.base_name
+    if dry_run:
+        return build_plan(ctx, selected)
     results = build_topics(ctx.engine, ctx.catalog, ctx.config, selected, base_name=base_name, no_cache=no_cache, log=log, verbose=verbose)
     rows = [
         (r.layer.kind, r.layer.name, r.layer.tag, r.status, size(r.size_bytes), size(r.total_bytes), seconds(r.seconds))
@@ -51,6 +54,28 @@ def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log
     ]
     aliases = ", ".join(topic_alias(t.name, base_name) for t in selected)
     return table(("layer", "name", "tag", "status", "layer size", "image size", "time"), rows) + f"\ntagged: {aliases}"
+
+
+def build_plan(ctx: Context, selected: list[Topic]) -> str:
+    """`invoke build --dry-run`: every layer, its tag, parent, inputs and build args, and
+    whether `invoke build` would build it or reuse what the engine holds. Builds nothing."""
+    root, layers = dry_run(ctx.engine, ctx.catalog, ctx.config, selected, base_name=ctx.base_name)
+    lines = []
+    if root is None:
+        lines.append(f"root filesystem: not in the engine yet ({ctx.base.registry_image} pulled, or bootstrapped): "
+                     "`invoke build` makes it first, and the tags below change with its digest")
+    else:
+        lines.append(f"root filesystem: {root.ref} ({root.origin}, {root.image_id[:19]})")
+    rows = []
+    for item in layers:
+        layer = item.layer
+        inputs = ", ".join(rel_path(p) for p in (layer.dockerfile, *layer.inputs))
+        args = " ".join(f"{k}={v}" for k, v in sorted(layer.build_args.items()) if v)
+        rows.append((layer.kind, layer.name, layer.tag, layer.parent_ref, item.action, args, inputs))
+    lines.append(table(("layer", "name", "tag", "parent", "would", "build args", "inputs"), rows))
+    built = sum(not item.exists for item in layers)
+    lines.append(f"{built} layer(s) to build, {len(layers) - built} to reuse; nothing was built (--dry-run)")
+    return "\n".join(lines)
 
 
 def images() -> str:

@@ -13,7 +13,7 @@ from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import Engine
 from mlsyskit.images.plan import Layer, RootImage, plan, topic_alias
-from mlsyskit.images.rootfs import ensure_root_image
+from mlsyskit.images.rootfs import bootstrap_ref, ensure_root_image, find_root_image
 
 STEP_LINE = re.compile(r"^#\d+ (\[|DONE|CACHED|ERROR)")
 
@@ -119,3 +119,27 @@ def build_topics(
         if tag_aliases:
             engine.tag(chain[-1].tag, topic_alias(topic.name, base.name))
     return results
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer of `invoke build --dry-run`: what would be built or reused, from what."""
+
+    layer: Layer
+    exists: bool  # its content-hash tag is in the engine: `invoke build` would reuse it
+
+    @property
+    def action(self) -> str:
+        return "reuse" if self.exists else "build"
+
+
+def dry_run(engine: Engine, catalog: Catalog, config: Config, topics: list[Topic], *, base_name: str) -> tuple[RootImage | None, list[PlannedLayer]]:
+    """The plan `build_topics` would follow, without building, pulling or bootstrapping.
+    Without a root filesystem yet, no tag can be known (each hashes its parent's): the
+    root is reported missing and the layers are listed with the tags they would have on
+    the root's current digest, marked to build."""
+    base = catalog.base(base_name)
+    root = find_root_image(engine, base, config)
+    planned_root = root or RootImage(ref=bootstrap_ref(base) if base.can_bootstrap else base.registry_image, image_id="(not yet made)", origin="-")
+    layers = plan(catalog, config, topics, base, planned_root)
+    return root, [PlannedLayer(layer, root is not None and engine.image_exists(layer.tag)) for layer in layers]

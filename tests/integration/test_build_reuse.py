@@ -35,3 +35,22 @@ def test_bumping_a_topic_dependency_rebuilds_only_the_topic(engine, build_topic,
         assert proc.stdout.strip() == "0.9.0", proc.stderr
     finally:
         engine.remove_images([results[2].layer.tag])
+
+
+def test_dry_run_lists_the_plan_and_builds_nothing(engine, build_topic, kit_tree):
+    """`invoke build --dry-run`: for a built topic every layer is reused; after a topic lock
+    changes, the topic layer (only) would be built. No image appears either way."""
+    from tests.integration.conftest import run_kit
+
+    build_topic("distributed")
+    before = {i.id for i in engine.images("org.mlsyskit.kind")}
+    proc = run_kit("build", "distributed", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 layer(s) to build, 3 to reuse; nothing was built (--dry-run)" in proc.stdout
+    lock = kit_tree / "envs/distributed/uv.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    changed = run_kit("build", "distributed", "--dry-run", env={"MLSYSKIT_ROOT": str(kit_tree)})
+    assert changed.returncode == 0, changed.stderr
+    rows = {line.split()[1]: line.split()[4] for line in changed.stdout.splitlines() if line.split()[:1] in (["base"], ["stack"], ["topic"])}
+    assert rows == {"pypi": "reuse", "torch-2.11-cu130": "reuse", "distributed": "build"}
+    assert {i.id for i in engine.images("org.mlsyskit.kind")} == before

@@ -148,3 +148,36 @@ def test_an_image_from_before_the_root_labels_falls_back_to_the_lock(kit_tree):
     lock = kit_tree / "envs/distributed/uv.lock"
     lock.write_text(lock.read_text() + "\n# changed\n")
     assert freshness_of(kit_tree, labels).changed == ("envs/distributed/uv.lock",)
+
+
+# --- invoke build --dry-run ---------------------------------------------------------------------
+
+
+class FakeImages:
+    """The two engine questions a dry run asks: is the root there, is this tag there."""
+
+    def __init__(self, root_id=None, tags=()):
+        self.root_id, self.tags = root_id, set(tags)
+
+    def image(self, ref):
+        from mlsyskit.engine import ImageInfo
+
+        return ImageInfo(id=self.root_id, tags=(ref,)) if self.root_id and "rootfs" in ref else None
+
+    def image_exists(self, ref):
+        return ref in self.tags
+
+
+def test_dry_run_says_what_would_be_built_and_reused():
+    from mlsyskit.images.build import dry_run
+
+    catalog = load_catalog()
+    topic = [catalog.topic("distributed")]
+    root, planned = dry_run(FakeImages(), catalog, Config(rootfs="bootstrap"), topic, base_name="pypi")
+    assert root is None and [p.action for p in planned] == ["build"] * 3  # no root: nothing can exist yet
+    _, layers = tags()
+    engine = FakeImages(root_id=ROOT.image_id, tags=[layers[0].tag, layers[1].tag])
+    root, planned = dry_run(engine, catalog, Config(rootfs="bootstrap"), topic, base_name="pypi")
+    assert root is not None and root.image_id == ROOT.image_id
+    assert [(p.layer.kind, p.action) for p in planned] == [("base", "reuse"), ("stack", "reuse"), ("topic", "build")]
+    assert [p.layer.tag for p in planned] == [layer.tag for layer in layers]  # the tags `invoke build` would use
