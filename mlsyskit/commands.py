@@ -12,12 +12,12 @@ from mlsyskit.checks import doctor as doctor_mod
 from mlsyskit.checks import versions as topics_mod
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic, load_catalog
+from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
 from mlsyskit.images.build import build_topics, dry_run
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.images.relock import lock as lock_all
-from mlsyskit.data.fields import rel_path
 from mlsyskit.report import seconds, size, table
 
 Log = Callable[[str], None]
