@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from mlsyskit.data.lockfile import key_versions
 from mlsyskit.errors import UsageError
 from mlsyskit.images.plan import topic_alias
 
-TARGETS = ("k8s", "slurm")
 RUNTIMES = ("pyxis", "apptainer")
 MAX_GPUS_PER_NODE = 8  # the largest common GPU node; a stack may allow fewer
 SCRIPTS_TARGET = "/opt/mlsyskit/stacks"
@@ -569,7 +568,7 @@ class K8s:
         ]
 
     def objects(self) -> list[dict[str, Any]]:
-        body = {"server": self.server, "router": self.router, "ray": self.ray, "nodes": self.nodes}[self.stack.pattern]()
+        body = PATTERNS[self.stack.pattern].k8s(self)  # first: it decides which scripts the ConfigMap ships
         return self.configmap_objects() + body
 
 
@@ -645,8 +644,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     if opts.runtime not in RUNTIMES:
         raise UsageError(f"--runtime {opts.runtime}: not one of {', '.join(RUNTIMES)}")
     shape = shape_for(stack, opts)
-    service = {"server": "server", "router": "worker", "ray": "head", "nodes": "node"}[stack.pattern]
-    main = stack.by_role(service)[0].name
+    main = stack.by_role(PATTERNS[stack.pattern].slurm_role)[0].name
     image = image_ref(stack, main, opts)
     kit_root = opts.kit_root or str(REPO_ROOT)
     mount_spec = ",".join(
@@ -726,7 +724,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         "trap cleanup EXIT",
         "",
     ]
-    lines += {"nodes": _slurm_nodes, "ray": _slurm_ray, "server": _slurm_server, "router": _slurm_router}[stack.pattern](stack, shape)
+    lines += PATTERNS[stack.pattern].slurm(stack, shape)
     return "\n".join(lines) + "\n"
 
 
@@ -804,22 +802,51 @@ def _slurm_router(stack: ComposeStack, shape: Shape) -> list[str]:
 # --- the command ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Pattern:
+    """How one stack pattern (x-mlsyskit `pattern`) leaves the host: its Kubernetes objects,
+    its Slurm steps, and the role whose image and mounts the Slurm script takes."""
+
+    k8s: Callable[[K8s], list[dict[str, Any]]]
+    slurm: Callable[[ComposeStack, Shape], list[str]]
+    slurm_role: str
+
+
+#: Every pattern the stacks may declare, each in one entry (compose/stacks.py checks the name).
+PATTERNS: dict[str, Pattern] = {
+    "server": Pattern(K8s.server, _slurm_server, "server"),
+    "router": Pattern(K8s.router, _slurm_router, "worker"),
+    "ray": Pattern(K8s.ray, _slurm_ray, "head"),
+    "nodes": Pattern(K8s.nodes, _slurm_nodes, "node"),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """An export target: the file it writes for a stack and how."""
+
+    suffix: str
+    render: Callable[[ComposeStack, ExportOptions], str]
+    executable: bool = False
+
+
+TARGETS: dict[str, Target] = {
+    "k8s": Target("yaml", k8s_yaml),
+    "slurm": Target("sbatch", slurm_script, executable=True),
+}
+
+
 def export(target: str, stack: ComposeStack, opts: ExportOptions, out_dir: Path) -> list[Path]:
-    if target not in TARGETS:
+    chosen = TARGETS.get(target)
+    if chosen is None:
         raise UsageError(f"unknown export target '{target}'", fix=f"use one of: {', '.join(TARGETS)}")
-    if target == "k8s":
-        files = {f"{stack.name}.yaml": k8s_yaml(stack, opts)}
-    else:
-        files = {f"{stack.name}.sbatch": slurm_script(stack, opts)}
+    text = chosen.render(stack, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in files.items():
-        path = out_dir / name
-        path.write_text(text)
-        if name.endswith(".sbatch"):
-            path.chmod(0o755)
-        written.append(path)
-    return written
+    path = out_dir / f"{stack.name}.{chosen.suffix}"
+    path.write_text(text)
+    if chosen.executable:
+        path.chmod(0o755)
+    return [path]
 
 
 def run(

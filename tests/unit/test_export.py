@@ -403,3 +403,10 @@ def test_cli_writes_the_files(tmp_path, capsys):
     assert by_kind(objects, "Job")["spec"]["completions"] == 3
     script = tmp_path / "s" / "nccl-2node.sbatch"
     assert "#SBATCH --gpus-per-node=4" in script.read_text() and os.access(script, os.X_OK)
+
+
+def test_every_pattern_a_stack_may_declare_exports_to_every_target():
+    from mlsyskit.compose import export, stacks
+
+    assert set(export.PATTERNS) == set(stacks.PATTERNS)
+    assert set(export.TARGETS) == {"k8s", "slurm"}
