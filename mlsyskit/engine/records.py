@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -19,6 +18,8 @@ def epoch(stamp: str) -> float:
     "" = never)."""
     if not stamp or stamp.startswith("0001-"):
         return NEVER
+    from datetime import datetime  # only the compose stacks read times
+
     main, _, rest = stamp.partition(".")
     zone = ""
     if rest:

@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +113,8 @@ def _load_facts(path: Path) -> dict[str, Any]:
 def _save_facts(path: Path, facts: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # written once per daemon start, not on every shell
+
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
             json.dump(facts, out)
         os.replace(out.name, path)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,6 +171,8 @@ def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
 
 def port_taken(address: str, port: int, proto: str = "tcp") -> bool:
     """Whether something on this host already holds the port docker would publish on."""
+    import socket
+
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"

@@ -455,3 +455,25 @@ def test_a_taken_port_is_one_line_and_leaves_no_container(kit_user, workspace, e
         assert proc.returncode == 3 and line == f"error: port {port}/tcp is already in use on this host (fix: pick another (-p {port + 1}:...) or stop what holds it)"
         assert proc.stderr.strip() == line
         assert engine.container_info(name) is None and containers_of(engine, workspace) == []
+
+
+def test_kit_shell_is_invoke_shell_without_invoke(engine, image, tmp_path):
+    """`./kit shell` (the fast entry, no invoke start-up): the same container on the caller's
+    folder, the same exit code, the same one-line errors. Run by the suite's own user: the
+    kit's environment is theirs (the test user of the tests above cannot read it)."""
+    workspace = tmp_path / "work"
+    workspace.mkdir()
+    (workspace / "hello.txt").write_text("from the host\n")
+
+    def fast(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(REPO_ROOT / "kit"), "shell", *args], cwd=workspace, capture_output=True, text=True, timeout=600,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    proc = fast("distributed", "--gpus", "none", "--", "sh", "-c", "cat hello.txt; pwd; exit 7")
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.split() == ["from", "the", "host", "/workspace"]
+    bad = fast("no-such-topic")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown topic 'no-such-topic'")
+    assert containers_of(engine, workspace) == []

@@ -103,3 +103,38 @@ def test_daemon_key_changes_when_the_socket_is_recreated(tmp_path):
 
     os.utime(sock, ns=(1, 1))
     assert host.daemon_key(environ) != before
+
+
+# --- `./kit shell`: the same options without invoke ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("shell", "distributed", "--gpus", "2", "-e", "A=1", "-e", "B", "-p", "8000", "--", "sh", "-c", "exit 7"),
+        ("shell", "--name", "dev"),
+        ("shell", "distributed", "--name", "dev", "--", "nvidia-smi"),
+        ("shell", "distributed", "--workspace", "/src", "--shm-size", "16g", "--mount", "/data:/data", "--network", "host", "--root"),
+        ("shell", "distributed", "--base", "nvidia", "--mount", "/a:/a", "--mount", "/b:/b", "-p", "1", "-p", "2"),
+    ],
+)
+def test_kit_shell_parses_every_option_as_invoke_shell_does(captured, argv):
+    from mlsyskit.runtime import shell_cli
+
+    assert shell_cli.options(argv[1:]) == captured(*argv)
+
+
+def test_kit_shell_knows_every_option_the_invoke_task_has():
+    from mlsyskit.runtime import shell_cli
+
+    task_flags = {name.replace("_", "-") for name in tasks.shell.get_arguments() for name in [name.name]} - {"topic"}
+    cli_flags = {a.dest.replace("_", "-") for a in shell_cli.parser()._actions if a.option_strings and a.dest != "help"}
+    assert task_flags == cli_flags
+
+
+def test_kit_shell_errors_are_one_line_with_the_exit_code(monkeypatch, capsys):
+    from mlsyskit.runtime import shell_cli
+
+    assert shell_cli.main(["no-such-topic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown topic 'no-such-topic'") and "\n" not in err
