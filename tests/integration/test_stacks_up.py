@@ -166,6 +166,38 @@ def test_a_dead_worker_fails_up_with_its_logs_and_down_cleans_up(engine: Engine,
     assert not (failing_tree / ".kit" / "stacks" / "failing").exists()
 
 
+CRASH_LOOP = """
+x-mlsyskit: {description: a service in a restart loop, pattern: nodes, topic: distributed, cpu: true, gpus: {default: 1, min: 1}, wait: 600}
+services:
+  looper:
+    image: mlsyskit/distributed:pypi
+    x-mlsyskit: {role: node, run: service}
+    command: ["sh", "-c", "echo looper-crash-marker; exit 5"]
+    restart: always
+"""
+
+
+def test_a_service_in_a_restart_loop_fails_up_at_once(engine: Engine, build_topic, kit_tree: Path):
+    """restart: always + a crashing command: docker keeps it `restarting`; `up` says so in
+    seconds (exit 6, its last lines) instead of waiting out --wait (600 s here)."""
+    build_topic("distributed")
+    (kit_tree / "compose").mkdir()
+    (kit_tree / "compose" / "crashloop.yml").write_text(CRASH_LOOP)
+    env = {"MLSYSKIT_ROOT": str(kit_tree)}
+    try:
+        start = time.monotonic()
+        up = run_kit("up", "crashloop", "--cpu", env=env, timeout=300)
+        took = time.monotonic() - start
+        assert up.returncode == 6, up.stdout + up.stderr
+        assert "error: crashloop: looper is restarting after exiting with code 5 (a restart loop)" in up.stderr
+        assert "looper-crash-marker" in up.stderr
+        assert took < 120, f"waited {took:.0f}s on a crash loop (--wait is 600)"
+    finally:
+        down = run_kit("down", "crashloop", env=env)
+    assert down.returncode == 0, down.stderr
+    nothing_left(engine, "mlsyskit-crashloop")
+
+
 def test_up_of_a_gpu_only_stack_on_cpu_is_one_line(engine: Engine):
     result = run_kit("up", "sglang-serve", "--cpu")
     assert result.returncode == 2
