@@ -64,7 +64,7 @@ def doctor(c: Context, fix: bool = False) -> None:
         "no-cache": "rebuild every layer from scratch",
         "verbose": "show every line of the build log",
         "dry-run": "print each layer's tag, parent, inputs and build args, and whether it would be built or reused; build nothing",
-    }
+    },
 )
 @kit_errors
 def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False, dry_run: bool = False) -> None:
@@ -235,7 +235,10 @@ def stacks(c: Context) -> None:
         "host-ipc": "k8s: hostIPC on GPU pods",
         "host-network": "k8s: hostNetwork on GPU pods",
         "rdma": "k8s: mount /dev/infiniband and add IPC_LOCK for NCCL over RDMA",
-        "ifname": "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME (default: eth0 in pods; NCCL's ^lo,docker0 on Slurm)",
+        "ifname": "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME (default: eth0 in pods; on Slurm NCCL's ^lo,docker0 and Gloo the default route's)",
+        "cpu": "slurm: the stack's CPU variant (gloo all-reduce, a CPU Ray cluster); no GPUs asked for",
+        "image-file": "slurm: the image file on shared storage (default: made on first use under $KIT_IMAGE_DIR)",
+        "kit-root": "slurm: the kit's checkout as every node sees it (default: this checkout)",
         "shm-size": "k8s: size of the memory-backed /dev/shm (default 16Gi)",
         "hf-cache-pvc": "k8s: a PersistentVolumeClaim holding the HF cache (default: an emptyDir)",
     },
@@ -245,13 +248,14 @@ def export(
     c: Context, target: str, stack: str, output: str = "", nodes: str | None = None, gpus_per_node: str | None = None,
     image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
     host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
-    hf_cache_pvc: str = "",
+    hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "",
 ) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
         runtime=runtime, base=base, model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
-        rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc,
+        rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc, cpu=cpu, image_file=image_file,
+        kit_root=kit_root,
     ):  # fmt: skip
         say(f"wrote {path}")
 

@@ -15,7 +15,7 @@ fi
 rank=${KIT_NODE_RANK:?KIT_NODE_RANK is not set}
 result=/tmp/nccl-result.json
 
-echo "node ${rank}/${KIT_NNODES:?}: ${nproc} process(es) on ${KIT_DEVICE:-cuda}, head ${KIT_HEAD:?}:${KIT_PORT:-29500}"
+echo "node ${rank}/${KIT_NNODES:?} on $(hostname): ${nproc} process(es) on ${KIT_DEVICE:-cuda}, head ${KIT_HEAD:?}:${KIT_PORT:-29500}"
 # Static rendezvous: rank 0 hosts the TCP store, the others retry until it answers.
 # shellcheck disable=SC2086 # NCCL_TEST_ARGS holds extra flags, split on purpose
 torchrun --nnodes "$KIT_NNODES" --node-rank "$rank" --nproc-per-node "$nproc" \

@@ -308,9 +308,39 @@ def test_slurm_fields():
     assert 'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env RAY_ADDRESS=' in text[driver - 200 : driver]
     apptainer = slurm_script(load_stack("nccl-2node"), ExportOptions(runtime="apptainer", image_registry="ghcr.io/me"))
     assert 'apptainer build "$IMAGE_FILE" "docker://ghcr.io/me/mlsyskit/distributed:pypi"' in apptainer
-    assert "apptainer exec --nv" in apptainer and "IMAGE_FILE=$IMAGE_DIR/ghcr.io+me+mlsyskit+distributed+pypi.sif" in apptainer
+    assert "apptainer exec --nv" in apptainer
+    assert "IMAGE_FILE=${KIT_IMAGE_FILE:-$IMAGE_DIR/ghcr.io+me+mlsyskit+distributed+pypi.sif}" in apptainer
     pyxis = slurm_script(load_stack("nccl-2node"), ExportOptions(image_registry="ghcr.io/me"))
     assert '"docker://ghcr.io/me#mlsyskit/distributed:pypi"' in pyxis
+
+
+def test_slurm_cpu_variant_asks_for_no_gpus_and_runs_the_cpu_programs():
+    nccl = slurm_script(load_stack("nccl-2node"), ExportOptions(cpu=True, runtime="apptainer"))
+    assert "--gpus-per-node" not in nccl and "--nv" not in nccl and "#SBATCH --nodes=2" in nccl
+    assert "export KIT_DEVICE=cpu KIT_NNODES=2 KIT_GPUS=0" in nccl
+    # Gloo needs an interface: without --ifname, the default route's
+    assert "GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$default_ifname}" in nccl
+    verl = slurm_script(load_stack("verl"), ExportOptions(cpu=True, nodes=3))
+    assert "ray_job.py" in verl and "verl_trainer.py" not in verl and "#SBATCH --nodes=3" in verl
+    gpu = slurm_script(load_stack("verl"), ExportOptions())
+    assert "verl_trainer.py" in gpu and "stacks/ray_job.py" not in gpu
+
+
+def test_slurm_addresses_come_from_slurm_not_name_resolution():
+    for name in ("nccl-2node", "sglang-serve", "sglang-router", "verl"):
+        text = slurm_script(load_stack(name), ExportOptions())
+        assert 'HEAD_ADDR=$(node_addr "$HEAD")' in text and "export KIT_HEAD=${KIT_HEAD_ADDRESS:-${HEAD_ADDR:-$HEAD}}" in text
+    router = slurm_script(load_stack("sglang-router"), ExportOptions())
+    assert 'export KIT_WORKER_HOSTS="${ADDRS[*]}"' in router
+
+
+def test_slurm_image_file_is_taken_as_given(tmp_path):
+    image = tmp_path / "distributed.sif"
+    image.write_bytes(b"sif")
+    text = slurm_script(load_stack("nccl-2node"), ExportOptions(runtime="apptainer", image_file=str(image)))
+    assert f"IMAGE_FILE=${{KIT_IMAGE_FILE:-{image}}}" in text
+    # ...and the script stops with one line when it is missing and cannot be made
+    assert "exit 2" in text and "the image file $IMAGE_FILE is missing and could not be made" in text
 
 
 # --- golden files -----------------------------------------------------------------------
@@ -328,7 +358,7 @@ GOLDEN_CASES = [
 
 
 def _golden_text(target: str, name: str, options: dict) -> str:
-    opts = ExportOptions(kit_root="/shared/mlsyskit", **options)
+    opts = ExportOptions(kit_root="/shared/mlsyskit", **options) if target == "slurm" else ExportOptions(**options)
     stack = load_stack(name)
     if target == "slurm":
         return slurm_script(stack, opts)
@@ -337,9 +367,7 @@ def _golden_text(target: str, name: str, options: dict) -> str:
     for obj in objects:
         if obj["kind"] == "ConfigMap":
             obj["data"] = {key: "<file>" for key in obj["data"]}
-    return k8s_yaml(stack, opts).split("---\n")[0].split("apiVersion")[0] + "---\n".join(
-        yaml.safe_dump(o, sort_keys=False, width=120) for o in objects
-    )
+    return k8s_yaml(stack, opts).split("---\n")[0].split("apiVersion")[0] + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=120) for o in objects)
 
 
 @pytest.mark.parametrize(("target", "name", "options"), GOLDEN_CASES)
@@ -364,6 +392,9 @@ def test_golden(target, name, options):
         ("sglang-router", {"gpus_per_node": 2}, "can use at most 1 GPU(s) per node (each worker serves on one GPU"),
         ("nccl-2node", {"gpus_per_node": 0}, "needs at least 1 GPU per node"),
         ("nccl-2node", {"nodes": 1, "gpus_per_node": 1}, "all-reduces over at least 2 GPUs"),
+        ("nccl-2node", {"nodes": 1, "cpu": True}, "--nodes 1: nccl-2node on CPU all-reduces across at least 2 nodes"),
+        ("nccl-2node", {"cpu": True, "gpus_per_node": 2}, "give either --cpu or --gpus-per-node, not both"),
+        ("sglang-serve", {"cpu": True}, "--cpu: sglang-serve has no CPU variant: it needs GPUs"),
     ],
 )
 def test_impossible_requests_are_one_clear_error(name, options, message):
@@ -388,6 +419,10 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
         ("k8s", "verl", {"nodes": "two"}, "error: --nodes two: not a whole number"),
         # the base is validated as every other command does (export used to take any name)
         ("k8s", "verl", {"base": "conda"}, "error: unknown base 'conda'"),
+        ("slurm", "sglang-router", {"cpu": True}, "error: --cpu: sglang-router has no CPU variant: it needs GPUs (fix: stacks with --cpu: nccl-2node, verl)"),
+        ("slurm", "nccl-2node", {"image_file": "/nowhere/x.sif"}, "error: --image-file /nowhere/x.sif: no such file"),
+        ("slurm", "nccl-2node", {"nodes": "0", "cpu": True}, "error: --nodes 0: nccl-2node needs at least 1 node"),
+        ("k8s", "nccl-2node", {"cpu": True}, "error: --cpu is for `invoke export slurm`"),
     ]:
         with pytest.raises(Exit) as err:
             tasks.export(MockContext(), target, stack, output=str(tmp_path), **kwargs)
