@@ -1,0 +1,235 @@
+"""The Slurm exports on a real two-node Slurm cluster: Debian's slurm-wlm 22.05 and munge,
+started by tests/slurm/cluster.sh on this one machine (each slurmd in its own network and
+UTS namespace, with its own address and hostname), scripts written by `invoke export slurm`
+and submitted unmodified with `sbatch`.
+
+What is real: Slurm (sbatch, srun steps on both nodes, --gpus-per-node scheduling against
+gres.conf), the kit's images and the programs in them, the network between the nodes.
+What stands in: the container runtime. Apptainer is not packaged for Debian bookworm, so
+tests/slurm/bin/apptainer runs `apptainer build|exec` the way Apptainer does, on the kit's
+real image (its overlay layers as the root, in the step's namespaces). The GPU-only stacks
+(sglang-serve, sglang-router) cannot start SGLang without a GPU: their scripts are accepted
+by `sbatch --test-only` and run for real with tests/slurm/rehearsal/apptainer, which plays
+the programs in the image so that the script's own orchestration (head discovery, readiness
+waits, order of steps) is exercised. pyxis/enroot cannot be installed here: their scripts are
+checked offline only (tests/unit/test_export.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mlsyskit import REPO_ROOT
+from tests.conftest import need
+from tests.integration.conftest import run_kit
+
+CLUSTER = REPO_ROOT / "tests" / "slurm" / "cluster.sh"
+STAND_IN = REPO_ROOT / "tests" / "slurm" / "bin"
+REHEARSAL = REPO_ROOT / "tests" / "slurm" / "rehearsal"
+TOOLS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel", "munged", "nsenter", "unshare", "ip", "curl")
+NODES = {"n1": "10.77.0.11", "n2": "10.77.0.12"}
+
+
+@dataclass
+class Job:
+    id: str
+    output: Path
+    returncode: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.output.read_text() if self.output.exists() else ""
+
+
+@dataclass
+class Slurm:
+    folder: Path
+    env: dict[str, str]
+
+    def export(self, stack: str, *flags: str) -> Path:
+        out = self.folder / "export"
+        proc = run_kit("export", "slurm", stack, "-o", str(out), *flags, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return out / f"{stack}.sbatch"
+
+    def sbatch(self, script: Path, *args: str, runtime: Path = STAND_IN, env: dict[str, str] | None = None, wait: bool = True) -> Job:
+        """Submit SCRIPT as a user would (`sbatch [ARGS] SCRIPT`) with RUNTIME's apptainer on PATH;
+        with `wait`, until the job ends (polled: `sbatch --wait` checks only every few seconds)."""
+        jobs = self.folder / "jobs"
+        jobs.mkdir(exist_ok=True)
+        full_env = {**self.env, "PATH": f"{runtime}:{self.env['PATH']}", **(env or {})}
+        proc = subprocess.run(["sbatch", *args, str(script)], cwd=jobs, env=full_env, capture_output=True, text=True, timeout=60)
+        match = re.search(r"Submitted batch job (\d+)", proc.stdout)
+        assert match, f"sbatch did not take {script.name}: {proc.stdout}{proc.stderr}"
+        job = Job(match.group(1), jobs / f"mlsyskit-{script.stem}-{match.group(1)}.out")
+        if wait:
+            job.returncode = self.wait_ended(job)
+        return job
+
+    def wait_ended(self, job: Job, timeout: float = 900) -> int:
+        """The job's exit code once Slurm says it ended (ExitCode=CODE:SIGNAL)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.run("scontrol", "show", "job", "-o", job.id).stdout
+            state = re.search(r"JobState=(\S+)", info)
+            if state and state.group(1) not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+                code = re.search(r"\bExitCode=(\d+):(\d+)", info)
+                assert code, info
+                status, signal = int(code.group(1)), int(code.group(2))
+                return 128 + signal if signal else status
+            time.sleep(0.5)
+        raise AssertionError(f"job {job.id} did not end within {timeout:.0f}s:\n{job.text}")
+
+    def run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=60)
+
+    def wait_gone(self, job: Job, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.run("squeue", "-h", "-j", job.id).stdout.strip():
+            assert time.monotonic() < deadline, f"job {job.id} still in the queue after {timeout:.0f}s"
+            time.sleep(1)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """What the cluster would leave behind: its daemons, namespaces, the stand-in's mounts."""
+    found = []
+    procs = subprocess.run(["pgrep", "-af", str(folder)], capture_output=True, text=True).stdout
+    found += [line for line in procs.splitlines() if re.search(r"slurmd|slurmctld|munged", line)]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [line for line in netns.splitlines() if line.startswith("kitslurm-")]
+    found += [line for line in Path("/proc/mounts").read_text().splitlines() if "kitslurm-roots" in line]
+    return found
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    need(not missing, f"no {', '.join(missing)}: `apt-get install slurmctld slurmd slurm-client munge iproute2 curl`")
+    need(os.geteuid() == 0, "the test Slurm cluster needs root (network namespaces, munge, slurmd)")
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "KIT_IMAGE_DIR": str(folder / "images"), "KIT_WORK_DIR": str(folder / "work")}
+    env["HF_HOME"] = str(folder / "hf")
+    up = subprocess.run([str(CLUSTER), "up", str(folder)], capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, f"the Slurm cluster did not start:\n{up.stdout}{up.stderr}"
+        yield Slurm(folder, env)
+    finally:
+        down = subprocess.run([str(CLUSTER), "down", str(folder)], capture_output=True, text=True, timeout=120)
+        left = leftovers(folder)
+        assert down.returncode == 0 and not left, f"the cluster left: {left}\n{down.stderr}"
+
+
+def test_the_cluster_has_two_nodes_with_their_own_addresses(slurm: Slurm):
+    nodes = slurm.run("sinfo", "-h", "-N", "-o", "%N %T %G").stdout.split("\n")
+    assert sorted(line.split()[:2] for line in nodes if line) == [["n1", "idle"], ["n2", "idle"]]
+    step = slurm.run("srun", "-N2", "--ntasks-per-node=1", "--label", "sh", "-c", "echo $(hostname) $(ip -o -4 addr show eth0)")
+    assert step.returncode == 0, step.stderr
+    for node, address in NODES.items():
+        assert re.search(rf"^\d: {node} .*inet {re.escape(address)}/24", step.stdout, re.M), step.stdout
+
+
+def test_nccl_2node_cpu_all_reduces_across_the_two_slurm_nodes(slurm: Slurm, build_topic):
+    build_topic("distributed")
+    script = slurm.export("nccl-2node", "--cpu", "--runtime", "apptainer")
+    job = slurm.sbatch(script)
+    out = job.text
+    assert job.returncode == 0, out
+    assert f"nodes: n1 n2; head n1 at {NODES['n1']}" in out
+    # one torchrun per node, each on its own Slurm node, both meeting at the head's address
+    assert f"node 0/2 on n1: 1 process(es) on cpu, head {NODES['n1']}:29500" in out
+    assert f"node 1/2 on n2: 1 process(es) on cpu, head {NODES['n1']}:29500" in out
+    assert "all-reduce passed: backend gloo, world size 2, exact sums at every size: True" in out
+    assert re.search(r"^nccl: PASSED", out, re.M), out
+
+
+def test_verl_cpu_runs_a_ray_cluster_across_the_two_slurm_nodes(slurm: Slurm, build_topic):
+    build_topic("verl")
+    script = slurm.export("verl", "--cpu", "--runtime", "apptainer")
+    job = slurm.sbatch(script)
+    out = job.text
+    assert job.returncode == 0, out
+    assert "ready: the Ray head on n1" in out
+    assert f"ray job: 2 node(s) alive: {NODES['n1']}, {NODES['n2']}" in out, out
+    assert "tasks ran on 2 node(s)" in out and "ray job: passed" in out, out
+
+
+def test_a_missing_image_file_stops_the_job_with_one_line(slurm: Slurm):
+    # The image cannot be made on the node (no registry here) and no file was copied there.
+    script = slurm.export("nccl-2node", "--cpu", "--runtime", "apptainer", "--image-registry", "registry.invalid/kit")
+    job = slurm.sbatch(script, env={"KIT_IMAGE_FILE": str(slurm.folder / "shared" / "missing.sif")})
+    assert job.returncode == 2, job.text
+    errors = [line for line in job.text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing.sif is missing and could not be made on n1" in errors[0], job.text
+    assert "set KIT_IMAGE_FILE" in errors[0] and "torchrun" not in job.text
+
+
+@pytest.mark.parametrize(
+    ("stack", "flags"),
+    [
+        ("nccl-2node", ("--nodes", "2", "--gpus-per-node", "1")),
+        ("verl", ("--nodes", "2", "--gpus-per-node", "1")),
+        ("sglang-serve", ("--nodes", "2", "--gpus-per-node", "1")),
+        ("sglang-router", ("--nodes", "2")),
+    ],
+)
+@pytest.mark.parametrize("runtime", ["apptainer", "pyxis"])
+def test_gpu_scripts_are_accepted_and_scheduled_on_the_nodes_gpus(slurm: Slurm, stack, flags, runtime):
+    script = slurm.export(stack, "--runtime", runtime, *flags)
+    proc = subprocess.run(["sbatch", "--test-only", str(script)], env=slurm.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and re.search(r"to start at .* on nodes n\[1-2\]", proc.stderr), proc.stderr
+    # ...and more GPUs than the nodes have is refused by Slurm, not by the script
+    too_many = subprocess.run(["sbatch", "--test-only", "--gpus-per-node=2", str(script)], env=slurm.env, capture_output=True, text=True)
+    assert too_many.returncode != 0, too_many.stderr
+
+
+def _rehearse(slurm: Slurm, script: Path, announce: str) -> tuple[str, list[dict]]:
+    log = slurm.folder / f"rehearsal-{script.stem}.jsonl"
+    job = slurm.sbatch(script, runtime=REHEARSAL, env={"KIT_REHEARSAL_LOG": str(log)}, wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while announce not in job.text:
+            assert time.monotonic() < deadline, f"the script never got to '{announce}':\n{job.text}"
+            assert slurm.run("squeue", "-h", "-j", job.id).stdout.strip(), f"the job ended early:\n{job.text}"
+            time.sleep(1)
+    finally:
+        slurm.run("scancel", job.id)
+        slurm.wait_gone(job)
+    steps = [json.loads(line) for line in log.read_text().splitlines()]
+    return job.text, steps
+
+
+def test_sglang_serve_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
+    script = slurm.export("sglang-serve", "--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1")
+    out, steps = _rehearse(slurm, script, "serving at")
+    assert [s["step"] for s in steps][:1] == ["prepare_model"] and steps[0]["node"] == "n1"
+    servers = sorted((s["node"], s["env"]["KIT_NODE_RANK"], s["env"]["KIT_HEAD"]) for s in steps if s["step"] == "server")
+    assert servers == [("n1", "0", NODES["n1"]), ("n2", "1", NODES["n1"])]
+    client = [s for s in steps if s["step"] == "client"]
+    assert len(client) == 1 and client[0]["node"] == "n1" and client[0]["env"]["KIT_TARGET"] == f"http://{NODES['n1']}:30000"
+    assert steps.index(client[0]) == len(steps) - 1  # the client only after the servers
+    # the script waited for readiness (the rehearsal answers /health only after a delay)
+    assert "ready: SGLang on n1:30000" in out and "rehearsal client: rehearsal reply from server rank 0 on n1" in out
+
+
+def test_sglang_router_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
+    script = slurm.export("sglang-router", "--runtime", "apptainer", "--nodes", "2")
+    out, steps = _rehearse(slurm, script, "routing at")
+    order = [s["step"] for s in steps]
+    assert order[0] == "prepare_model" and order[-2:] == ["router", "client"] and order.count("server") == 2, order
+    assert sorted(s["node"] for s in steps if s["step"] == "server") == ["n1", "n2"]
+    router = steps[-2]
+    assert router["node"] == "n1"
+    assert router["env"]["KIT_WORKER_HOSTS"] == f"http://{NODES['n1']}:30000 http://{NODES['n2']}:30000"
+    for address in NODES.values():
+        assert f"ready: the worker at {address}:30000" in out
+    assert steps[-1]["env"]["KIT_TARGET"] == f"http://{NODES['n1']}:8000" and "rehearsal reply from router on n1" in out
