@@ -31,6 +31,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     grandchild = subprocess.Popen(["sleep", "1000"])  # same process group as this server
+    # Listening before the pid file says we are up: a test that reads it may connect at once.
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), BaseHTTPRequestHandler)  # Handler is set below
     if args.pid_file:
         with open(args.pid_file + ".tmp", "w") as out:
             json.dump({"server": os.getpid(), "grandchild": grandchild.pid}, out)
@@ -79,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
             else:
                 self.reply(404, {"error": self.path})
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.RequestHandlerClass = Handler
     threading.Thread(target=server.serve_forever, daemon=True).start()
     while True:
         time.sleep(0.1)
