@@ -1,14 +1,17 @@
 """`invoke export k8s|slurm`, offline: core objects against Kubernetes' schemas
 (kubernetes-validate), LeaderWorkerSet and RayJob against their CRD schemas (jsonschema,
-tests/data/crds/), batch scripts through bash -n and shellcheck, and the fields the issue
+tests/data/crds/: the released CRD files, byte for byte), batch scripts through bash -n and shellcheck, and the fields the issue
 names pinned, in golden files and by name."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -51,14 +54,36 @@ def _strict(node):
     return node
 
 
+def crd_sources() -> list[dict]:
+    return tomllib.loads((CRDS / "SOURCES.toml").read_text())["crd"]
+
+
 @cache
 def crd_validators() -> dict[tuple[str, str], jsonschema.Validator]:
+    """Every served version of every vendored CRD, as a strict validator."""
     found = {}
-    for path in CRDS.glob("*.json"):
-        data = json.loads(path.read_text())
-        assert data["source"].startswith("https://github.com/") and data["tag"] and data["commit"]
-        found[(f"{data['group']}/{data['version']}", data["kind"])] = jsonschema.Draft7Validator(_strict(data["openAPIV3Schema"]))
+    for source in crd_sources():
+        crd = yaml.load((CRDS / source["file"]).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == source["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                key = (f"{crd['spec']['group']}/{version['name']}", source["kind"])
+                found[key] = jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
     return found
+
+
+def test_vendored_crds_are_the_released_files_byte_for_byte():
+    sources = crd_sources()
+    assert {s["kind"] for s in sources} == {"LeaderWorkerSet", "RayJob"}
+    assert {p.name for p in CRDS.glob("*.yaml")} == {s["file"] for s in sources}  # nothing unrecorded
+    for source in sources:
+        data = (CRDS / source["file"]).read_bytes()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
+        assert blob == source["blob"], f"{source['file']} is not {source['repository']}@{source['tag']}:{source['path']}"
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", source["tag"]) and re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+    # the LeaderWorkerSet CRD keeps its descriptions (the trimmed copies it replaces did not)
+    assert (CRDS / "leaderworkerset.x-k8s.io_leaderworkersets.yaml").read_text().count("description:") > 1000
+    assert set(crd_validators()) >= {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"), ("ray.io/v1", "RayJob")}
 
 
 def validate(obj: dict) -> None:
