@@ -217,6 +217,8 @@ def test_sglang_serve_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     client = [s for s in steps if s["step"] == "client"]
     assert len(client) == 1 and client[0]["node"] == "n1" and client[0]["env"]["KIT_TARGET"] == f"http://{NODES['n1']}:30000"
     assert steps.index(client[0]) == len(steps) - 1  # the client only after the servers
+    # ...and only once rank 0 answered /health (the rehearsal answers 503 for its first 2 s)
+    assert client[0]["t"] - max(s["t"] for s in steps if s["step"] == "server") >= 2
     # the script waited for readiness (the rehearsal answers /health only after a delay)
     assert "ready: SGLang on n1:30000" in out and "rehearsal client: rehearsal reply from server rank 0 on n1" in out
 
@@ -229,6 +231,8 @@ def test_sglang_router_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     assert sorted(s["node"] for s in steps if s["step"] == "server") == ["n1", "n2"]
     router = steps[-2]
     assert router["node"] == "n1"
+    # the router started only once every worker answered /health (503 for their first 2 s)
+    assert router["t"] - max(s["t"] for s in steps if s["step"] == "server") >= 2
     assert router["env"]["KIT_WORKER_HOSTS"] == f"http://{NODES['n1']}:30000 http://{NODES['n2']}:30000"
     for address in NODES.values():
         assert f"ready: the worker at {address}:30000" in out
