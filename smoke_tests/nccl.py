@@ -1,4 +1,5 @@
-"""NCCL all-reduce smoke test: exact sums, then bus bandwidth over a sweep of message sizes.
+"""NCCL collectives smoke test: all-reduce, all-gather, reduce-scatter and all-to-all, each
+with exact results checked on every rank, then bus bandwidth over a sweep of message sizes.
 
 Run one process per GPU::
 
@@ -10,9 +11,12 @@ Correctness: every rank fills a fresh random buffer with small integers, so any 
 float additions gives the exact sum; each rank regenerates all ranks' buffers from the
 shared seed and checks the reduced buffer element for element (``torch.equal``).
 
-Bandwidth follows nccl-tests (doc/PERFORMANCE.md there): algbw = bytes / time and, for
-all-reduce, busbw = algbw * 2(n-1)/n, which is comparable with the link's line rate
-whatever n is. Each size is timed with CUDA events around ``--iters`` back-to-back
+Bandwidth follows nccl-tests (doc/PERFORMANCE.md there): algbw = size / time, busbw = algbw
+x the collective's factor (all-reduce 2(n-1)/n; all-gather, reduce-scatter and all-to-all
+(n-1)/n), which is comparable with the link's line rate whatever n is. "size" is nccl-tests'
+too: the whole buffer (all-gather's output, reduce-scatter's input, all-to-all's buffer per
+rank). ``--expect-transport P2P`` fails the run when NCCL connected any channel through
+another transport (SHM, NET/Socket...): a silent fallback. Each size is timed with CUDA events around ``--iters`` back-to-back
 all-reduces after ``--warmup`` untimed ones; the slowest rank's time counts and the
 median of ``--repeats`` such blocks is reported.
 """
@@ -27,10 +31,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from smoke_tests._hardware import parse_pci_bus_id, pct, peaks_for, share
 from smoke_tests._result import (
     SUPERVISED_ENV,
     Fail,
@@ -48,8 +53,6 @@ from smoke_tests._result import (
 )
 
 TEST = "nccl"
-#: NVLink 4 (H100 SXM): 18 links of 25 GB/s per direction.
-NVLINK4_LINE_RATE_GBPS = 450.0
 GPU_SIZES = ("1M", "1G", 4)
 CPU_SIZES = ("64K", "4M", 4)
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -98,11 +101,34 @@ def algbw_gbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e9
 
 
-def busbw_factor(world_size: int) -> float:
-    """nccl-tests' all-reduce correction 2(n-1)/n: what each rank's links carry per byte."""
+def busbw_factor(world_size: int, collective: str = "all_reduce") -> float:
+    """nccl-tests' correction from algbw to busbw: what each rank's links carry per byte of
+    "size". All-reduce 2(n-1)/n; all-gather, reduce-scatter, all-to-all (n-1)/n."""
     if world_size < 1:
         raise ValueError("world size must be at least 1")
-    return 2.0 * (world_size - 1) / world_size
+    if collective not in COLLECTIVES:
+        raise ValueError(f"unknown collective {collective!r}: one of {', '.join(COLLECTIVES)}")
+    return COLLECTIVES[collective] * (world_size - 1) / world_size
+
+
+#: Each collective's busbw factor, times (n-1)/n; nccl-tests' binary of the same collective
+#: is ``{name without _}_perf`` (all_reduce_perf, all_gather_perf, reduce_scatter_perf, alltoall_perf).
+COLLECTIVES: dict[str, float] = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "all_to_all": 1.0}
+
+
+def parse_collectives(text: str) -> list[str]:
+    names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(COLLECTIVES)
+    unknown = [n for n in names if n not in COLLECTIVES]
+    if unknown or not names:
+        raise ValueError(f"unknown collective(s) {', '.join(unknown) or '(none)'}: use {', '.join(COLLECTIVES)} or all")
+    return names
+
+
+def message_elements(nbytes: int, elem: int, world: int) -> int:
+    """Elements in a message of about ``nbytes``, divisible by the world size (each rank's chunk)."""
+    return max(world, (nbytes // elem) // world * world)
 
 
 def busbw_gbps(algbw: float, world_size: int) -> float:
@@ -189,6 +215,21 @@ def parse_nccl_transports(log: str) -> list[str]:
     return list(seen)
 
 
+def transport_gate(transports: Sequence[str], expected: Sequence[str], log_captured: bool = True) -> str | None:
+    """The failure message when NCCL connected a channel through another transport than the
+    expected ones (prefixes: P2P, SHM, NVLS, NET/IB, NET/Socket...), or named none."""
+    if not expected:
+        return None
+    if not transports:
+        why = "NCCL_DEBUG was set by the user, so the kit did not capture NCCL's log" if not log_captured else "no 'via' line in NCCL's INFO log"
+        return f"--expect-transport {','.join(expected)}: NCCL's transport is unknown ({why})"
+    wanted = [e.upper() for e in expected]
+    other = [t for t in transports if not any(t.upper().startswith(w) for w in wanted)]
+    if other:
+        return f"NCCL used {', '.join(other)} where --expect-transport {','.join(expected)} was expected (a fallback)"
+    return None
+
+
 def evaluate_gate(rows: Sequence[Mapping[str, Any]], min_busbw: float | None) -> str | None:
     """The failure message when the largest message's busbw is under ``min_busbw`` GB/s."""
     if not min_busbw or not rows:
@@ -200,14 +241,6 @@ def evaluate_gate(rows: Sequence[Mapping[str, Any]], min_busbw: float | None) ->
             f"is under --min-busbw {min_busbw:g} GB/s"
         )
     return None
-
-
-def parse_pci_bus_id(text: str) -> tuple[int, int, int] | None:
-    """'00000000:18:00.0' -> (domain, bus, device)."""
-    match = re.match(r"^\s*([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.[0-9a-fA-F]+\s*$", text)
-    if not match:
-        return None
-    return tuple(int(g, 16) for g in match.groups())  # type: ignore[return-value]
 
 
 def physical_gpu_indices(
@@ -233,16 +266,21 @@ def physical_gpu_indices(
 
 
 def key_figure(figures: Mapping[str, Any]) -> str:
-    """busbw at the largest size, the backend and world size, and whether every sum was exact."""
+    """All-reduce busbw at the largest size, the backend and world size, and whether every
+    result of every collective was exact."""
     sizes = figures.get("sizes") or []
     if not sizes:
         return "-"
     largest = max(sizes, key=lambda r: r.get("bytes", 0))
-    exact = all(r.get("correct") for r in sizes)
+    every = [row for rows in (figures.get("collectives") or {"all_reduce": sizes}).values() for row in rows]
+    exact = all(r.get("correct") for r in every)
     text = f"busbw {largest['busbw_gbps']:.1f} GB/s at {fmt_bytes(largest['bytes'])}"
-    if largest.get("nvlink4_share"):
-        text += f" ({largest['nvlink4_share'] * 100:.0f}% of NVLink4)"
-    return f"{text}, {figures.get('backend')} x{figures.get('world_size')}, sums {'exact' if exact else 'WRONG'}"
+    share = largest.get("nvlink_share", largest.get("nvlink4_share"))
+    if share:
+        text += f" ({share * 100:.0f}% of NVLink)"
+    count = len(figures.get("collectives") or {}) or 1
+    what = "sums" if count == 1 else f"{count} collectives"
+    return f"{text}, {figures.get('backend')} x{figures.get('world_size')}, {what} {'exact' if exact else 'WRONG'}"
 
 
 #: The parent's limit is --timeout + 60 (torchrun's start and its ranks' end fit in that).
@@ -415,60 +453,61 @@ def worker(args: argparse.Namespace) -> int:
             seed = int(seed_t.item())
             figures["seed"] = seed
 
-            rows: list[dict[str, Any]] = []
-            figures["sizes"] = rows
+            collectives: dict[str, list[dict[str, Any]]] = {}
+            figures["collectives"] = collectives
             wrong: list[str] = []
-            for index, nbytes in enumerate(sizes):
-                numel = nbytes // elem
-                mine = _fill(torch, seed, index, rank, numel, dtype, bound, device)
-                out = mine.clone()
-                dist.all_reduce(out)
-                expected = torch.zeros(numel, dtype=torch.float32, device=device)
-                for r in range(world):
-                    expected += _fill(torch, seed, index, r, numel, dtype, bound, device).float()
-                ok = torch.equal(out, expected.to(dtype))
-                bad = 0 if ok else int((out.float() != expected).sum().item())
-                del expected, mine
-                # Every rank checks its own copy: the verdict is all ranks', not rank 0's.
-                tally = torch.tensor([0 if ok else 1, bad], dtype=torch.int64, device=device)
-                dist.all_reduce(tally)
-                wrong_ranks, bad = (int(v) for v in tally.tolist())
-                if wrong_ranks:
-                    wrong.append(f"{fmt_bytes(nbytes)} on {wrong_ranks} rank(s)")
-
-                seconds = _time_allreduce(torch, dist, out, device, args.warmup, args.iters, args.repeats)
-                del out
-                algbw = algbw_gbps(nbytes, seconds)
-                row = {
-                    "bytes": nbytes, "count": numel, "time_us": seconds * 1e6, "algbw_gbps": algbw,
-                    "busbw_gbps": busbw_gbps(algbw, world), "correct": wrong_ranks == 0,
-                    "wrong_ranks": wrong_ranks, "mismatched_elements": bad,
-                }  # fmt: skip
-                rows.append(row)
-                if rank == 0:
-                    print(
-                        f"{fmt_bytes(nbytes):>8}  {row['time_us']:10.1f} us  algbw {algbw:7.2f}  "
-                        f"busbw {row['busbw_gbps']:7.2f} GB/s  {'ok' if row['correct'] else 'WRONG'}",
-                        flush=True,
-                    )
+            for name in args.collectives:
+                rows: list[dict[str, Any]] = []
+                collectives[name] = rows
+                for index, nbytes in enumerate(sizes):
+                    numel = message_elements(nbytes, elem, world)
+                    op, expected = _case(torch, dist, name, seed, index, rank, world, numel, dtype, bound, device)
+                    op()  # on fresh data: checked before the timing reuses the buffers
+                    ok, bad = expected()
+                    # Every rank checks its own output: the verdict is all ranks', not rank 0's.
+                    tally = torch.tensor([0 if ok else 1, bad], dtype=torch.int64, device=device)
+                    dist.all_reduce(tally)
+                    wrong_ranks, bad = (int(v) for v in tally.tolist())
+                    if wrong_ranks:
+                        wrong.append(f"{name} {fmt_bytes(numel * elem)} on {wrong_ranks} rank(s)")
+                    seconds = _time_op(torch, dist, op, device, args.warmup, args.iters, args.repeats)
+                    del op, expected
+                    algbw = algbw_gbps(numel * elem, seconds)
+                    row = {
+                        "bytes": numel * elem, "count": numel, "time_us": seconds * 1e6, "algbw_gbps": algbw,
+                        "busbw_gbps": algbw * busbw_factor(world, name), "correct": wrong_ranks == 0,
+                        "wrong_ranks": wrong_ranks, "mismatched_elements": bad,
+                    }  # fmt: skip
+                    rows.append(row)
+                    if rank == 0:
+                        print(
+                            f"{name:>14} {fmt_bytes(row['bytes']):>8}  {row['time_us']:10.1f} us  algbw {algbw:7.2f}  "
+                            f"busbw {row['busbw_gbps']:7.2f} GB/s  {'ok' if row['correct'] else 'WRONG'}",
+                            flush=True,
+                        )
+            figures["sizes"] = collectives.get("all_reduce", [])
 
             if backend == "nccl" and rank == 0:
                 _describe_links(torch, dist, figures, device, world, log)
             elif backend == "nccl":
                 _describe_links(torch, dist, None, device, world, log)
 
-        link_share = figures.get("link", "").startswith("NV")
+        # NVLink's share only where the GPUs talk over NVLink and the datasheet is known
+        peaks = peaks_for(figures.get("gpu", "")) if backend == "nccl" else None
+        nvlink = peaks.nvlink_gbps if peaks and figures.get("link", "").startswith("NV") else None
+        figures["nvlink_gbps"] = nvlink
         table_rows = []
-        for row in rows:
-            share = row["busbw_gbps"] / NVLINK4_LINE_RATE_GBPS if link_share else None
-            row["nvlink4_share"] = share
-            table_rows.append([
-                fmt_bytes(row["bytes"]), fmt(row["time_us"], 1), fmt(row["algbw_gbps"]), fmt(row["busbw_gbps"]),
-                "-" if share is None else f"{share * 100:.1f}%", "yes" if row["correct"] else "NO",
-            ])  # fmt: skip
-        headers = ["size", "time us", "algbw GB/s", "busbw GB/s", "of NVLink4", "exact"]
+        for name, rows in figures["collectives"].items():
+            for row in rows:
+                row["nvlink_share"] = share(row["busbw_gbps"], nvlink)
+                table_rows.append([
+                    name, fmt_bytes(row["bytes"]), fmt(row["time_us"], 1), fmt(row["algbw_gbps"]), fmt(row["busbw_gbps"]),
+                    pct(row["nvlink_share"]), "yes" if row["correct"] else "NO",
+                ])  # fmt: skip
+        headers = ["collective", "size", "time us", "algbw GB/s", "busbw GB/s", "of NVLink", "exact"]
         report.table(headers, table_rows)
         figures["table"] = {"headers": headers, "rows": table_rows}
+        rows = figures["sizes"]
         if rows:
             figures["busbw_gbps_largest"] = rows[-1]["busbw_gbps"]
             figures["busbw_gbps_peak"] = max(r["busbw_gbps"] for r in rows)
@@ -478,23 +517,79 @@ def worker(args: argparse.Namespace) -> int:
                 f"NCCL {figures.get('nccl_version', '-')}  world {world}"
             )
         if wrong:
-            raise Fail("wrong all-reduce sums at " + ", ".join(wrong))
+            raise Fail("wrong results: " + ", ".join(wrong))
         gate = evaluate_gate(rows, args.min_busbw)
         if gate:
             raise Fail(gate)
+        if backend == "nccl":
+            transports = transport_gate(figures.get("nccl_transports", []), args.expect_transport, log.enabled)
+            if transports:
+                raise Fail(transports)
 
     return run_test(TEST, body, json_path=args.json if rank == 0 else None, timeout=args.timeout, writer=rank == 0)
 
 
-def _time_allreduce(torch: Any, dist: Any, buf: Any, device: Any, warmup: int, iters: int, repeats: int) -> float:
-    """Median over ``repeats`` of the slowest rank's mean time per all-reduce, in seconds.
+def _case(
+    torch: Any, dist: Any, name: str, seed: int, index: int, rank: int, world: int, numel: int, dtype: Any, bound: int, device: Any
+) -> tuple[Callable[[], None], Callable[[], tuple[bool, int]]]:
+    """One collective on a message of ``numel`` elements (nccl-tests' size): the operation,
+    and the check of this rank's output against what every rank's fresh data must give."""
+    chunk = numel // world
 
-    The buffer is reduced in place again and again, so its values grow (x n per call); that
+    def fill(r: int, n: int) -> Any:
+        return _fill(torch, seed, index, r, n, dtype, bound, device)
+
+    if name == "all_reduce":
+        out = fill(rank, numel)
+        op: Callable[[], None] = lambda: dist.all_reduce(out)  # noqa: E731
+
+        def want() -> Any:
+            total = torch.zeros(numel, dtype=torch.float32, device=device)
+            for r in range(world):
+                total += fill(r, numel).float()
+            return total.to(dtype)
+    elif name == "all_gather":
+        mine, out = fill(rank, chunk), torch.empty(numel, dtype=dtype, device=device)
+        op = lambda: dist.all_gather_into_tensor(out, mine)  # noqa: E731
+
+        def want() -> Any:
+            return torch.cat([fill(r, chunk) for r in range(world)])
+    elif name == "reduce_scatter":
+        mine, out = fill(rank, numel), torch.empty(chunk, dtype=dtype, device=device)
+        op = lambda: dist.reduce_scatter_tensor(out, mine)  # noqa: E731
+
+        def want() -> Any:
+            total = torch.zeros(chunk, dtype=torch.float32, device=device)
+            for r in range(world):
+                total += fill(r, numel)[rank * chunk : (rank + 1) * chunk].float()
+            return total.to(dtype)
+    elif name == "all_to_all":
+        mine, out = fill(rank, numel), torch.empty(numel, dtype=dtype, device=device)
+        op = lambda: dist.all_to_all_single(out, mine)  # noqa: E731
+
+        def want() -> Any:
+            return torch.cat([fill(r, numel)[rank * chunk : (rank + 1) * chunk] for r in range(world)])
+    else:
+        raise ValueError(f"unknown collective {name!r}")
+
+    def check() -> tuple[bool, int]:
+        expected = want()
+        if torch.equal(out, expected):
+            return True, 0
+        return False, int((out.float() != expected.float()).sum().item())
+
+    return op, check
+
+
+def _time_op(torch: Any, dist: Any, op: Callable[[], None], device: Any, warmup: int, iters: int, repeats: int) -> float:
+    """Median over ``repeats`` of the slowest rank's mean time per operation, in seconds.
+
+    All-reduce runs in place again and again, so its values grow (x n per call); that
     changes nothing in NCCL's timing and the check above ran on fresh data.
     """
     cuda = device.type == "cuda"
     for _ in range(warmup):
-        dist.all_reduce(buf)
+        op()
     samples = []
     for _ in range(repeats):
         if cuda:
@@ -504,14 +599,14 @@ def _time_allreduce(torch: Any, dist: Any, buf: Any, device: Any, warmup: int, i
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(iters):
-                dist.all_reduce(buf)
+                op()
             end.record()
             end.synchronize()
             seconds = start.elapsed_time(end) / 1e3 / iters
         else:
             t0 = time.perf_counter()
             for _ in range(iters):
-                dist.all_reduce(buf)
+                op()
             seconds = (time.perf_counter() - t0) / iters
         worst = torch.tensor([seconds], dtype=torch.float64, device=device)
         dist.all_reduce(worst, op=dist.ReduceOp.MAX)
@@ -564,6 +659,14 @@ def build_parser(description: str = __doc__ or "") -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nproc", type=int, help="ranks to start when not under torchrun (default: GPUs visible)")
+    parser.add_argument(
+        "--collectives", type=parse_collectives, default=list(COLLECTIVES), metavar="LIST",
+        help=f"comma-separated, or all (default): {', '.join(COLLECTIVES)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--expect-transport", type=lambda t: [p.strip() for p in t.split(",") if p.strip()], default=[], metavar="PREFIXES",
+        help="fail unless NCCL connected every channel through one of these (P2P, SHM, NVLS, NET/IB, NET/Socket)",
+    )  # fmt: skip
     return parser
 
 

@@ -586,6 +586,7 @@ class K8s:
 _SCRIPT_REF = re.compile(re.escape(SCRIPTS_TARGET) + r"/([\w.-]+)")
 _MODULE_REF = re.compile(r"\bsmoke_tests[./]([A-Za-z_]\w*)")
 _FROM_IMPORT = re.compile(r"\bfrom smoke_tests import ([\w, ]+)")
+_DATA_REF = re.compile(r"[\"'](\w+\.(?:toml|json))[\"']")  # a data file a module reads beside itself
 
 
 def kit_files(stack: ComposeStack, extra: Sequence[str] = ()) -> dict[Path, set[str]]:
@@ -610,6 +611,7 @@ def kit_files(stack: ComposeStack, extra: Sequence[str] = ()) -> dict[Path, set[
             if name not in needed[smoke] and (smoke / name).is_file():
                 needed[smoke].add(name)
                 texts.append((smoke / name).read_text())
+        needed[smoke].update(name for name in _DATA_REF.findall(text) if (smoke / name).is_file())
     if needed[smoke]:
         needed[smoke].add("__init__.py")
     return needed

@@ -50,6 +50,10 @@ def read(path: Path) -> dict:
     return data
 
 
+def results_reason(data: dict, test: str) -> str:
+    return by_where(data)[(test, "container")]["reason"]
+
+
 def by_where(data: dict) -> dict[tuple[str, str], dict]:
     return {(r["result"]["test"], r["where"]): r["result"] for r in data["results"]}
 
@@ -68,9 +72,12 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
     proc = run_kit("smoke", "distributed", "--cpu", "--json", str(out), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
     data = read(out)
-    # cuda_jit builds its kernel with the wheels' nvcc and is skipped: nothing to run it on
-    assert data["exit_code"] == 0 and data["counts"] == {"passed": 2, "failed": 0, "skipped": 1}
+    # cuda_jit builds its kernel with the wheels' nvcc and is skipped: nothing to run it on;
+    # gpu_health has no CPU variant and says so
+    assert data["exit_code"] == 0 and data["counts"] == {"passed": 2, "failed": 0, "skipped": 2}
     results = by_where(data)
+    health = results[("gpu_health", "container")]
+    assert health["status"] == "skipped" and "no CPU variant" in health["reason"]
     jit = results[("cuda_jit", "container")]
     assert jit["status"] == "skipped" and "compiled and linked for sm_90" in jit["reason"]
     assert jit["figures"]["toolkit"]["from_wheels"] is True
@@ -84,7 +91,12 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
     assert results[("nccl", "nccl-2node")]["environment"]["hostname"] != results[("nccl", "container")]["environment"]["hostname"]
     table = proc.stdout[proc.stdout.index("test ") :]
     assert "nccl (nccl-2node)  distributed  passed" in table and "gloo x2, sums exact" in table
-    assert "2 passed, 0 failed, 1 skipped" in table
+    assert "2 passed, 0 failed, 2 skipped" in table
+    # every collective ran over gloo and was exact, in both places
+    for where in ("container", "nccl-2node"):
+        collectives = results[("nccl", where)]["figures"]["collectives"]
+        assert list(collectives) == ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"]
+        assert all(row["correct"] for rows in collectives.values() for row in rows)
     nothing_left(engine)
 
 
@@ -98,8 +110,9 @@ def test_without_a_gpu_every_gpu_test_is_skipped_never_passed(engine: Engine, bu
     proc = run_kit("smoke", "distributed", "--json", str(out), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr  # a skip is not a failure...
     data = read(out)
-    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 3}  # ...and never a pass
+    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 4}  # ...and never a pass
     results = by_where(data)
+    assert results[("gpu_health", "container")]["reason"].startswith("no CUDA GPU visible")
     assert results[("nccl", "container")]["reason"] == "no CUDA GPU visible: NCCL needs one GPU per rank (--cpu runs the gloo variant)"
     assert results[("nccl", "nccl-2node")]["reason"].startswith("no NVIDIA GPU on this host")
     assert "skipped: no CUDA GPU visible" in proc.stdout and "it is not a pass" in proc.stdout
@@ -118,9 +131,10 @@ def test_gpus_asked_for_and_none_visible_fails_every_row_with_the_fix(engine: En
     out = tmp_path / "smoke.json"
     proc = run_kit("smoke", "distributed", "--require-gpu", "--json", str(out), timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
-    assert "error: 3 smoke test(s) failed" in proc.stderr
+    assert "error: 4 smoke test(s) failed" in proc.stderr
     data = read(out)
-    assert data["counts"] == {"passed": 0, "failed": 3, "skipped": 0}
+    assert data["counts"] == {"passed": 0, "failed": 4, "skipped": 0}
+    assert results_reason(data, "gpu_health").startswith("GPUs were asked for, but none is visible")
     results = by_where(data)
     nccl = results[("nccl", "container")]["reason"]
     assert nccl.startswith("GPUs were asked for, but none is visible: no /dev/nvidia* device")

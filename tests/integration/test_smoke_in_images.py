@@ -27,7 +27,9 @@ PYTEST_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pyg
 
 #: Unit test files that need the image's packages, and where they run.
 UNIT_TESTS_IN = {
-    "distributed": ["test_smoke_nccl.py", "test_smoke_cuda_graph.py", "test_smoke_cuda_jit.py", "test_smoke_result.py"],
+    "distributed": [
+        "test_smoke_nccl.py", "test_smoke_gpu_health.py", "test_smoke_cuda_graph.py", "test_smoke_cuda_jit.py", "test_smoke_result.py",
+    ],
     "verl": ["test_smoke_verl_sft.py", "test_smoke_verl_grpo.py", "test_smoke_tiny_model.py", "test_smoke_sglang.py"],
 }
 

@@ -303,7 +303,7 @@ def test_configmaps_ship_exactly_the_files_the_commands_use():
     needed = kit_files(load_stack("nccl-2node"))
     assert {p.name: sorted(v) for p, v in needed.items()} == {
         "scripts": ["nccl_node.sh"],
-        "smoke_tests": ["__init__.py", "_result.py", "nccl.py"],
+        "smoke_tests": ["__init__.py", "_hardware.py", "_result.py", "gpu_peaks.toml", "nccl.py"],  # the peaks table nccl.py reads
     }
     objects = k8s_objects(load_stack("verl"), ExportOptions())
     scripts = by_kind(objects, "ConfigMap", "verl-scripts")

@@ -19,7 +19,7 @@ from mlsyskit.errors import UsageError
 from smoke_tests._result import validate_result
 
 GPU_RESULTS = REPO_ROOT / "benchmarks" / "gpu" / "2026-11-27-h100x2"
-KNOWN = ["cuda_graph", "nccl", "sglang_serve", "verl_grpo", "verl_sft"]
+KNOWN = ["cuda_graph", "gpu_health", "nccl", "sglang_serve", "verl_grpo", "verl_sft"]
 
 
 def topic(name: str, tests=(), stacks=()) -> Topic:
@@ -167,7 +167,7 @@ def test_key_figures_from_the_h100_results():
     def figures(name):
         return json.loads((GPU_RESULTS / f"{name}.json").read_text())["figures"]
 
-    assert smoke.key_figure("nccl", figures("nccl")) == "busbw 332.5 GB/s at 1 GiB (74% of NVLink4), nccl x2, sums exact"
+    assert smoke.key_figure("nccl", figures("nccl")) == "busbw 332.5 GB/s at 1 GiB (74% of NVLink), nccl x2, sums exact"
     assert smoke.key_figure("cuda_graph", figures("cuda_graph")) == "replay 4.24x faster, bitwise equal"
     assert smoke.key_figure("verl_sft", figures("verl_sft")) == "loss 5.650 -> 5.102 in 4 steps"
 

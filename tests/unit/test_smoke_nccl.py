@@ -59,6 +59,50 @@ def test_busbw_follows_nccl_tests():
     assert nccl.algbw_gbps(1 << 30, 3.2295e-3) == pytest.approx(332.48, abs=0.01)
 
 
+def test_busbw_factor_per_collective_follows_nccl_tests():
+    # nccl-tests doc/PERFORMANCE.md: all-gather, reduce-scatter, all-to-all: busbw = algbw * (n-1)/n.
+    for name in ("all_gather", "reduce_scatter", "all_to_all"):
+        assert nccl.busbw_factor(2, name) == 0.5
+        assert nccl.busbw_factor(8, name) == 0.875
+    assert nccl.busbw_factor(8, "all_reduce") == 1.75
+    with pytest.raises(ValueError, match="unknown collective 'broadcast'"):
+        nccl.busbw_factor(8, "broadcast")
+
+
+def test_parse_collectives():
+    assert nccl.parse_collectives("all") == ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"]
+    assert nccl.parse_collectives("all-gather, all_to_all") == ["all_gather", "all_to_all"]
+    with pytest.raises(ValueError, match="unknown collective"):
+        nccl.parse_collectives("all_reduce,gather")
+
+
+def test_message_elements_divide_among_the_ranks():
+    assert nccl.message_elements(1 << 20, 2, 2) == 1 << 19
+    assert nccl.message_elements(1 << 20, 2, 3) == 524286  # (524288 // 3) * 3
+    assert nccl.message_elements(6, 4, 8) == 8  # never fewer elements than ranks
+
+
+# As NCCL 2.28.9 wrote them on 2 x H200 (2026-11-30): default, then NCCL_P2P_DISABLE=1.
+NCCL_LOG_H200_P2P = "h200:9:9 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/direct pointer\n"
+NCCL_LOG_H200_SHM = "h200:9:9 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via SHM/direct/direct\n"
+NCCL_LOG_SOCKET = "n1:7:7 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] [send] via NET/Socket/0\n"
+
+
+def test_transport_gate_catches_a_fallback():
+    p2p = nccl.parse_nccl_transports(NCCL_LOG_H200_P2P)
+    shm = nccl.parse_nccl_transports(NCCL_LOG_H200_SHM)
+    assert p2p == ["P2P/direct"] and shm == ["SHM/direct/direct"]
+    assert nccl.transport_gate(p2p, ["P2P"]) is None
+    assert nccl.transport_gate(p2p, []) is None  # no expectation, no gate
+    assert nccl.transport_gate(shm, ["P2P"]) == "NCCL used SHM/direct/direct where --expect-transport P2P was expected (a fallback)"
+    mixed = nccl.parse_nccl_transports(NCCL_LOG)  # P2P within the node, IB across
+    assert nccl.transport_gate(mixed, ["P2P", "NET/IB"]) is None
+    socket = nccl.parse_nccl_transports(NCCL_LOG_SOCKET)
+    assert "NET/Socket/0" in nccl.transport_gate(socket, ["NET/IB"])
+    assert "transport is unknown" in nccl.transport_gate([], ["P2P"])
+    assert "NCCL_DEBUG was set by the user" in nccl.transport_gate([], ["P2P"], log_captured=False)
+
+
 def test_bandwidth_rejects_nonsense():
     with pytest.raises(ValueError):
         nccl.algbw_gbps(1, 0)
@@ -182,6 +226,13 @@ def test_cpu_variant_runs_over_gloo_and_checks_sums(cpu_run):
     for r in fig["sizes"]:
         assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * nccl.busbw_factor(2))
         assert math.isfinite(r["time_us"]) and r["time_us"] > 0
+    # every collective by default, each exact at every size, busbw with its own factor
+    assert list(fig["collectives"]) == list(nccl.COLLECTIVES)
+    for name, rows in fig["collectives"].items():
+        assert [r["bytes"] for r in rows] == [64 << 10, 256 << 10, 1 << 20] and all(r["correct"] for r in rows)
+        for r in rows:
+            assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * nccl.busbw_factor(2, name))
+    assert fig["collectives"]["all_reduce"] == fig["sizes"]
     assert "nccl: PASSED" in proc.stdout
 
 
@@ -254,7 +305,24 @@ def test_a_wrong_sum_on_one_rank_fails_the_test(tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["status"] == "failed"
-    assert data["reason"] == "wrong all-reduce sums at 64 KiB on 1 rank(s), 256 KiB on 1 rank(s)"
-    for row in data["figures"]["sizes"]:
-        assert (row["correct"], row["wrong_ranks"], row["mismatched_elements"]) == (False, 1, 1)
-    assert "sums WRONG" in nccl.SMOKE.figure(data["figures"])
+    wrong = [f"{name} {size} on 1 rank(s)" for name in nccl.COLLECTIVES for size in ("64 KiB", "256 KiB")]
+    assert data["reason"] == "wrong results: " + ", ".join(wrong)
+    for rows in data["figures"]["collectives"].values():
+        for row in rows:
+            assert (row["correct"], row["wrong_ranks"], row["mismatched_elements"]) == (False, 1, 1)
+    assert "4 collectives WRONG" in nccl.SMOKE.figure(data["figures"])
+
+
+def test_one_wrong_collective_is_named_and_fails_the_verdict(tmp_path):
+    """Only all-to-all broken: all-reduce alone being exact must not pass the run."""
+    pytest.importorskip("torch")
+    script = REPO / "tests" / "unit" / "data" / "corrupt_allreduce.py"
+    proc = _run(
+        "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "--cpu",
+        "--max-bytes", "64K", "--iters", "2", "--repeats", "1", "--collectives", "all_reduce,all_to_all",
+        "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert proc.returncode == 1 and data["status"] == "failed"
+    assert data["reason"] == "wrong results: all_reduce 64 KiB on 1 rank(s), all_to_all 64 KiB on 1 rank(s)"
+    assert list(data["figures"]["collectives"]) == ["all_reduce", "all_to_all"]

@@ -1,5 +1,6 @@
-"""The NCCL smoke test with a broken all-reduce, for the negative test: on rank 1 (and only
-there) every float all-reduce returns one element off by one. Run under torchrun:
+"""The NCCL smoke test with broken collectives, for the negative test: on rank 1 (and only
+there) every float all-reduce, all-gather, reduce-scatter and all-to-all returns one
+element off by one. Run under torchrun:
 
     torchrun --standalone --nproc_per_node 2 tests/unit/data/corrupt_allreduce.py --cpu ...
 
@@ -21,6 +22,23 @@ def broken_all_reduce(tensor, *args, **kwargs):
 
 
 dist.all_reduce = broken_all_reduce
+
+
+def broken(op):
+    """The same corruption for a collective whose first argument is its output."""
+
+    def call(output, *args, **kwargs):
+        work = op(output, *args, **kwargs)
+        if int(os.environ["RANK"]) == 1 and output.is_floating_point() and output.numel() > 1:
+            output.view(-1)[0] += 1
+        return work
+
+    return call
+
+
+dist.all_gather_into_tensor = broken(dist.all_gather_into_tensor)
+dist.reduce_scatter_tensor = broken(dist.reduce_scatter_tensor)
+dist.all_to_all_single = broken(dist.all_to_all_single)
 
 from smoke_tests import nccl  # noqa: E402 - after the patch, as the test body imports dist lazily anyway
 
