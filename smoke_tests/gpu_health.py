@@ -219,7 +219,7 @@ def measure_host_copies(torch: Any, device: Any, nbytes: int, iters: int, repeat
     d2h_ok = bool(torch.equal(back, host))
     under_load = None
     if during_load is not None:
-        for _ in range(max(8, int(0.5 / max(h2d, 1e-6)))):  # about half a second of copies queued
+        for _ in range(max(8, min(2000, int(1.5 / max(h2d, 1e-6))))):  # ~1.5 s of copies queued: nvidia-smi is slow to answer
             on_device.copy_(host, non_blocking=True)
         under_load = during_load()
         if device.type == "cuda":
@@ -372,7 +372,7 @@ def check_pairs(torch: Any, gpus: Sequence[Mapping[str, Any]], args: argparse.Na
             if src == dst:
                 continue
             a, b = (physical[src], physical[dst]) if physical else (src, dst)
-            link = links.get(f"{min(a, b)}-{max(a, b)}", "unknown")
+            link = links.get(f"{a}-{b}") or links.get(f"{b}-{a}") or "unknown"
             peaks = peaks_for(gpus[src]["name"])
             peak = peaks.nvlink_gbps if peaks and link.startswith("NV") else None
             try:

@@ -521,7 +521,7 @@ def worker(args: argparse.Namespace) -> int:
         gate = evaluate_gate(rows, args.min_busbw)
         if gate:
             raise Fail(gate)
-        if backend == "nccl":
+        if backend == "nccl" and rank == 0:  # only rank 0 reads NCCL's log
             transports = transport_gate(figures.get("nccl_transports", []), args.expect_transport, log.enabled)
             if transports:
                 raise Fail(transports)

@@ -9,9 +9,10 @@ import resource
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mlsyskit.checks import gpu_state
 from mlsyskit.data.catalog import Catalog
 from mlsyskit.engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
 from mlsyskit.errors import KitError
@@ -130,7 +131,13 @@ def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
             "" if toolkit else "install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`",
         )
     )
+    checks.extend(Check(f.name, f.status, f.detail, f.fix) for f in gpu_state.findings(_stdout))
     return checks
+
+
+def _stdout(cmd: Sequence[str]) -> str | None:
+    proc = _run(*cmd)
+    return proc.stdout if proc is not None and proc.returncode == 0 else None
 
 
 def run_checks(catalog: Catalog) -> list[Check]:
