@@ -204,7 +204,7 @@ def summarize_links(links: Mapping[str, str]) -> str:
     return max(kinds, key=lambda k: (rank(k), k))
 
 
-_VIA = re.compile(r"NCCL INFO Channel \d+/\d+ : .* via (\S+)")
+_VIA = re.compile(r"NCCL INFO Channel \d+(?:/\d+)? ?: .* via (\S+)")
 
 
 def parse_nccl_transports(log: str) -> list[str]:

@@ -82,9 +82,10 @@ def test_message_elements_divide_among_the_ranks():
     assert nccl.message_elements(6, 4, 8) == 8  # never fewer elements than ranks
 
 
-# As NCCL 2.28.9 wrote them on 2 x H200 (2026-11-30): default, then NCCL_P2P_DISABLE=1.
+# The line shapes NCCL writes: ring channels with their connection index ("00/0"), SHM
+# channels without it ("Channel 00 :"; seen with NCCL_P2P_DISABLE=1), sockets across nodes.
 NCCL_LOG_H200_P2P = "h200:9:9 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/direct pointer\n"
-NCCL_LOG_H200_SHM = "h200:9:9 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via SHM/direct/direct\n"
+NCCL_LOG_H200_SHM = "h200:9:9 [0] NCCL INFO Channel 00 : 0[0] -> 1[1] via SHM/direct/direct\nh200:9:9 [0] NCCL INFO Channel 01 : 1[1] -> 0[0] via SHM/direct/direct\n"
 NCCL_LOG_SOCKET = "n1:7:7 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] [send] via NET/Socket/0\n"
 
 
