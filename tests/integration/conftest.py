@@ -16,7 +16,7 @@ from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError
 from mlsyskit.images.build import LayerResult, build_topics
 from mlsyskit.images.plan import topic_alias
-from tests.conftest import need
+from tests.conftest import IN_CI, need
 
 _built: dict[str, list[LayerResult]] = {}
 
@@ -28,6 +28,34 @@ def engine() -> Engine:
     except EngineError as exc:
         need(False, f"no Docker engine: {exc}")
         raise
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stack_left_from_before() -> None:
+    """The stack and smoke tests assert that they leave nothing behind, and `invoke up` refuses
+    a stack that is already up: a run killed half-way (a lost machine, a ^C) must not fail the
+    next one. In CI its leftovers are removed; on a user's machine they may be the user's own
+    stacks, so the run stops and says what to take down."""
+    from mlsyskit.checks.smoke import LABEL as SMOKE_LABEL
+    from mlsyskit.compose.stacks import PROJECT_PREFIX, stack_names
+
+    try:
+        engine = Engine.connect()
+    except EngineError:
+        return  # the tests that need an engine say so themselves
+    found = {PROJECT_PREFIX + name: engine.project_resources(PROJECT_PREFIX + name) for name in stack_names()}
+    found = {project: left for project, left in found.items() if any(left.values())}
+    smoke = [c.id for c in engine.containers(SMOKE_LABEL)]
+    if not found and not smoke:
+        return
+    what = ", ".join([*found, *(["smoke containers " + " ".join(smoke)] if smoke else [])])
+    if not IN_CI:
+        fix = "; ".join([*(f"invoke down {p.removeprefix(PROJECT_PREFIX)}" for p in found), *(["docker rm -f " + " ".join(smoke)] if smoke else [])])
+        pytest.exit(f"left from an earlier run: {what}; remove them (`{fix}`) and run the tests again", returncode=3)
+    print(f"removing what an earlier run left: {what}")
+    for project in found:
+        engine.remove_project_resources(project)
+    engine.remove_containers(smoke)
 
 
 @pytest.fixture(scope="session")
