@@ -90,7 +90,7 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
     # Two containers are two hosts to torch.distributed; one container is one.
     assert results[("nccl", "nccl-2node")]["environment"]["hostname"] != results[("nccl", "container")]["environment"]["hostname"]
     table = proc.stdout[proc.stdout.index("test ") :]
-    assert "nccl (nccl-2node)  distributed  passed" in table and "gloo x2, sums exact" in table
+    assert "nccl (nccl-2node)  distributed  passed" in table and "gloo x2, 4 collectives exact" in table
     assert "2 passed, 0 failed, 2 skipped" in table
     # every collective ran over gloo and was exact, in both places
     for where in ("container", "nccl-2node"):
@@ -154,9 +154,12 @@ def test_smoke_time_limit_fails_and_leaves_nothing(engine: Engine, build_topic, 
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
     assert "error: 3 smoke test(s) failed" in proc.stderr
     data = read(out)
-    assert data["counts"]["failed"] == 3 and data["exit_code"] == 1
-    for result in by_where(data).values():
-        assert result["status"] == "failed" and result["reason"], result
+    assert data["counts"] == {"passed": 0, "failed": 3, "skipped": 1} and data["exit_code"] == 1
+    for (test, _), result in by_where(data).items():
+        if test == "gpu_health":  # no CPU variant: skipped at once, before any limit
+            assert result["status"] == "skipped" and "no CPU variant" in result["reason"], result
+        else:
+            assert result["status"] == "failed" and result["reason"].startswith("timed out after 1 s"), result
     nothing_left(engine)
 
 
