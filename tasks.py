@@ -107,6 +107,33 @@ def versions(c: Context, topic: str, base: str | None = None) -> None:
     say(commands.versions(topic, base))
 
 
+@task(
+    positional=["topic"],
+    help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "output": "file to write (default: .kit/sbom/TOPIC-BASE.cdx.json)"},
+)
+@kit_errors
+def sbom(c: Context, topic: str, base: str | None = None, output: str = "") -> None:
+    """Write the topic image's SBOM (CycloneDX JSON): Python, Debian and CUDA packages, parents."""
+    say(commands.sbom(topic, base, output, say))
+
+
+@task(
+    positional=["names"],
+    help={"names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)"},
+)
+@kit_errors
+def bundle(c: Context, names: str, output: str = "", base: str | None = None) -> None:
+    """One file with the images, SBOMs and locks of topics (or a stack) for a machine with no network."""
+    say(commands.bundle(names, output, base, say))
+
+
+@task(positional=["file"], help={"file": "a bundle from `invoke bundle`", "to": "where to unpack locks, SBOMs and stack files"})
+@kit_errors
+def load(c: Context, file: str, to: str = "") -> None:
+    """Check a bundle's checksums and load its images (same IDs, tags and labels)."""
+    say(commands.load(file, to, say))
+
+
 @task
 @kit_errors
 def clean(c: Context) -> None:

@@ -7,3 +7,6 @@ from pathlib import Path
 REPO_ROOT = Path(os.environ.get("MLSYSKIT_ROOT") or Path(__file__).resolve().parent.parent)
 IMAGE_PREFIX = "mlsyskit"
 LABEL_PREFIX = "org.mlsyskit"
+# pyproject.toml's version (a unit test keeps them equal); bundles record it, and `invoke load`
+# refuses a bundle written by another version.
+KIT_VERSION = "0.2.0"

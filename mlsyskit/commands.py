@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
-from mlsyskit import LABEL_PREFIX
+from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.checks import doctor as doctor_mod
 from mlsyskit.checks import versions as topics_mod
 from mlsyskit.context import Context
@@ -106,8 +107,8 @@ def lock(topics: str, check: bool, log: Log) -> None:
 
 
 def check(topic_name: str, base: str | None, log: Log) -> str:
-    """A CPU check inside a built topic image: its key modules import, and the versions
-    inside match the lock."""
+    """A CPU check inside a built topic image, with no network: its key modules import, and
+    the versions inside match the lock."""
     ctx = Context.resolve(base or "")
     topic: Topic = ctx.catalog.topic(topic_name)
     engine = ctx.engine
@@ -120,7 +121,8 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
         "for m in mods: importlib.import_module(m)\n"
         f"print(json.dumps({{n: md.version(n) for n in {list(topic.key_packages)!r}}}))\n"
     )
-    proc = engine.run(ContainerSpec(image=image, command=("python", "-c", script)), timeout=600)
+    # no network: the check proves the image works as it is, e.g. loaded from a bundle offline
+    proc = engine.run(ContainerSpec(image=image, command=("python", "-c", script), network="none"), timeout=600)
     if proc.returncode != 0:
         raise KitError(f"check failed in {image}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -159,6 +161,45 @@ def versions(topic_name: str, base: str | None) -> str:
     environment = probe.environment if probe else topics_mod.base_environment(base_obj)
     locked = topics_mod.locked_versions(catalog, topic, environment)
     return topics_mod.versions_table(catalog, topic, base_obj, image, locked, probe)
+
+
+def sbom(topic_name: str, base: str | None, out: str, log: Log) -> str:
+    """`invoke sbom TOPIC`: the topic image's CycloneDX SBOM (validated), and what it counts."""
+    from mlsyskit.images.sbom import SCHEMA, write_sbom
+
+    ctx = Context.resolve(base or "")
+    topic = ctx.catalog.topic(topic_name)
+    image = topic_alias(topic.name, ctx.base_name)
+    path = Path(out) if out else REPO_ROOT / ".kit" / "sbom" / f"{topic.name}-{ctx.base_name}.cdx.json"
+    counts = write_sbom(ctx.engine, ctx.catalog, topic, image, path, log=log)
+    return table(("components", "count"), list(counts.items())) + f"\nwritten: {rel_path(path)} ({SCHEMA}, schema-valid)"
+
+
+def bundle(names: str, output: str, base: str | None, log: Log) -> str:
+    """`invoke bundle TOPIC[,TOPIC]|STACK -o FILE`: images, SBOMs, locks (and a stack's files)
+    in one file for a machine with no network."""
+    from mlsyskit.images import bundle as bundle_mod
+
+    if not output:
+        raise UsageError("say where to write the bundle", fix="add -o FILE, e.g. `invoke bundle docs -o docs.bundle`")
+    ctx = Context.resolve(base or "")
+    contents = bundle_mod.resolve(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
+    out = Path(output).absolute()
+    manifest = bundle_mod.write_bundle(ctx.engine, ctx.catalog, contents, out, log)
+    rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
+    rows += [(f["name"].removeprefix(bundle_mod.ROOT + "/"), size(f["size"])) for f in manifest["files"]]
+    return table(("in the bundle", "id / size"), rows) + f"\nwritten: {out} ({size(out.stat().st_size)}); on the other machine: invoke load {out.name}"
+
+
+def load(file: str, to: str, log: Log) -> str:
+    """`invoke load FILE`: check every checksum, then restore the images as bundled."""
+    from mlsyskit.images import bundle as bundle_mod
+
+    path = Path(file).absolute()
+    unpack_to = Path(to).absolute() if to else bundle_mod.default_unpack_dir(path)
+    manifest = bundle_mod.load_bundle(Engine.connect(), path, unpack_to, log)
+    rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
+    return table(("image", "id"), rows) + f"\nlocks, SBOMs and stack files: {rel_path(unpack_to)}"
 
 
 def clean(log: Log) -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -270,6 +271,40 @@ class Engine:
         refs = list(refs)
         if refs:
             self._cli("rmi", "--force", *refs, check=False)
+
+    def save(self, refs: Sequence[str]) -> Iterator[bytes]:
+        """`docker save` of several images together (each layer once), as chunks of the archive."""
+        command = self._cmd("save", *refs)
+        with tempfile.TemporaryFile() as errors, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=self._env()) as save:
+            assert save.stdout is not None
+            yield from iter(lambda: save.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
+            if save.wait() != 0:
+                errors.seek(0)
+                raise self.failure(("save",), errors.read().decode(errors="replace"))
+
+    def load(self, chunks: Iterable[bytes]) -> list[str]:
+        """`docker load` of an archive given in chunks; the image refs it says it loaded."""
+        command = self._cmd("load")
+        with (
+            tempfile.TemporaryFile() as output,
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, env=self._env()) as load,
+        ):
+            assert load.stdin is not None
+            try:
+                for chunk in chunks:
+                    load.stdin.write(chunk)
+                load.stdin.close()
+            except BrokenPipeError:
+                pass  # docker load stopped reading: its own message says why
+            except BaseException:
+                load.kill()
+                raise
+            returncode = load.wait()
+            output.seek(0)
+            text = output.read().decode(errors="replace")
+        if returncode != 0:
+            raise self.failure(("load",), text)
+        return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(("Loaded image:", "Loaded image ID:"))]
 
     def pull(self, ref: str, timeout: float) -> bool:
         try:
