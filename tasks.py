@@ -134,6 +134,16 @@ def load(c: Context, file: str, to: str = "") -> None:
     say(commands.load(file, to, say))
 
 
+@task(positional=["topic"], help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "keep": "keep the rebuild as mlsyskit/verify-TOPIC:BASE"})
+@kit_errors
+def verify(c: Context, topic: str, base: str | None = None, keep: bool = False) -> None:
+    """Rebuild a topic from nothing (no layer or package cache) and compare every file with its image."""
+    text, same = commands.verify(topic, base, keep, say)
+    say(text)
+    if not same:
+        raise Exit("error: the rebuild differs outside the documented paths (README: Rebuilds that match)", code=1)
+
+
 @task
 @kit_errors
 def clean(c: Context) -> None:
@@ -266,6 +276,7 @@ def stacks(c: Context) -> None:
         "cpu": "slurm: the stack's CPU variant (gloo all-reduce, a CPU Ray cluster); no GPUs asked for",
         "image-file": "slurm: the image file on shared storage (default: made on first use under $KIT_IMAGE_DIR)",
         "kit-root": "slurm: the kit's checkout as every node sees it (default: this checkout)",
+        "bundle": "slurm (apptainer): an `invoke bundle` file on shared storage as the image source",
         "shm-size": "k8s: size of the memory-backed /dev/shm (default 16Gi)",
         "hf-cache-pvc": "k8s: a PersistentVolumeClaim holding the HF cache (default: an emptyDir)",
     },
@@ -275,14 +286,14 @@ def export(
     c: Context, target: str, stack: str, output: str = "", nodes: str | None = None, gpus_per_node: str | None = None,
     image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
     host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
-    hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "",
+    hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "", bundle: str = "",
 ) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
         runtime=runtime, base=base, model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
         rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc, cpu=cpu, image_file=image_file,
-        kit_root=kit_root,
+        kit_root=kit_root, bundle=bundle,
     ):  # fmt: skip
         say(f"wrote {path}")
 

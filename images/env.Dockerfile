@@ -10,7 +10,8 @@ RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locke
     --mount=type=secret,id=ca \
     if [ -n "$APT_PACKAGES" ]; then \
       . /usr/local/lib/mlsyskit/net.sh \
-      && apt-get $APT_OPTS update && apt-get $APT_OPTS install -y --no-install-recommends $APT_PACKAGES; \
+      && apt-get $APT_OPTS update && apt-get $APT_OPTS install -y --no-install-recommends $APT_PACKAGES \
+      && rm -rf /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log /var/cache/ldconfig/aux-cache; \
     fi
 
 # The lock is exported with its hashes and installed through whatever index is configured:
@@ -21,6 +22,8 @@ RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locke
 # transformers); uv verifies every hash in it. `--project` applies the lock's build
 # settings for sdists (extra-build-dependencies/-variables, e.g. flash-attn for OpenRLHF).
 # Not `--require-hashes`: with `--project` it rejects any [tool.uv] constraint not pinned `==`.
+# PYC_INVALIDATION_MODE=CHECKED_HASH: bytecode keyed on the source's hash, not its mtime
+# (PEP 552), so a rebuild compiles the same bytes; an edited source is still recompiled.
 # `uv cache prune --ci` then empties the cache mount of downloaded wheels, which uv keeps
 # unpacked (as large as the layer itself: all topics' caches would pass CI's 60 GB), and
 # keeps the wheels built from sdists, the slow part of a rebuild. PyPI re-downloads fast.
@@ -31,7 +34,7 @@ RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
     . /usr/local/lib/mlsyskit/net.sh \
  && uv export --frozen --no-dev --no-emit-project --format requirements.txt \
       --project /tmp/lock -o /tmp/requirements.txt --quiet \
- && uv pip install --project /tmp/lock --no-deps -r /tmp/requirements.txt \
+ && PYC_INVALIDATION_MODE=CHECKED_HASH uv pip install --project /tmp/lock --no-deps -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
  && uv cache prune --ci --quiet \
  && python3 /usr/local/lib/mlsyskit/link_cuda.py

@@ -102,8 +102,25 @@ def images() -> str:
 
 
 def lock(topics: str, check: bool, log: Log) -> None:
-    catalog = load_catalog()
+    """uv locks (re-resolved, or checked), then images/debian-lock.toml (recorded from the
+    built images, or checked against what the files ask apt for)."""
+    from mlsyskit.errors import LockError
+    from mlsyskit.images.relock import check_debian, record_debian
+
+    ctx = Context.resolve()
+    catalog = ctx.catalog
     lock_all(catalog, catalog.select(split_names(topics)), check=check, log=log)
+    if check:
+        stale = check_debian(catalog, ctx.base_name, log)
+        if stale:
+            raise LockError(f"images/debian-lock.toml is stale for {', '.join(stale)}", fix="build them (`invoke build`), then run `invoke lock`")
+        return
+    try:
+        engine = ctx.engine
+    except EngineError as exc:
+        log(f"Debian packages not recorded: {exc}")
+        return
+    record_debian(engine, catalog, ctx.base_name, log)
 
 
 def check(topic_name: str, base: str | None, log: Log) -> str:
@@ -200,6 +217,18 @@ def load(file: str, to: str, log: Log) -> str:
     manifest = bundle_mod.load_bundle(Engine.connect(), path, unpack_to, log)
     rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
     return table(("image", "id"), rows) + f"\nlocks, SBOMs and stack files: {rel_path(unpack_to)}"
+
+
+def verify(topic_name: str, base: str | None, keep: bool, log: Log) -> tuple[str, bool]:
+    """`invoke verify TOPIC`: rebuild from nothing and compare every file with the image."""
+    from mlsyskit.images import verify as verify_mod
+
+    ctx = Context.resolve(base or "")
+    topic = ctx.catalog.topic(topic_name)
+    comparison = verify_mod.verify_topic(ctx.engine, ctx.catalog, ctx.config, topic, ctx.base_name, log, keep=keep)
+    path = REPO_ROOT / ".kit" / "verify" / f"{topic.name}-{ctx.base_name}.json"
+    verify_mod.write_json(comparison, path)
+    return verify_mod.report(comparison) + f"\nevery difference: {rel_path(path)}", not comparison.unexplained()
 
 
 def clean(log: Log) -> str:

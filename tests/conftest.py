@@ -35,4 +35,5 @@ def kit_tree(tmp_path: Path) -> Path:
     for name in ("images", "envs"):
         shutil.copytree(REPO_ROOT / name, tmp_path / name)
     shutil.copy(REPO_ROOT / "kit.toml", tmp_path / "kit.toml")
+    shutil.copy(REPO_ROOT / "uv.lock", tmp_path / "uv.lock")  # the base's uv is hash-pinned from it
     return tmp_path

@@ -61,6 +61,7 @@ class ExportOptions:
     kit_root: str = ""  # Slurm: the kit's checkout on shared storage ("" = this checkout)
     cpu: bool = False  # Slurm: the stack's CPU variant (gloo, a CPU Ray cluster), no GPUs asked for
     image_file: str = ""  # Slurm: the image file on shared storage ("" = made on first use under $KIT_IMAGE_DIR)
+    bundle: str = ""  # Slurm: an `invoke bundle` file on shared storage, the image source (no daemon, no registry)
 
 
 @dataclass(frozen=True)
@@ -628,7 +629,7 @@ def trainer_command(shape: Shape) -> list[str]:
 
 
 def k8s_shape(stack: ComposeStack, opts: ExportOptions) -> Shape:
-    for flag, given in (("--cpu", opts.cpu), ("--image-file", opts.image_file), ("--kit-root", opts.kit_root)):
+    for flag, given in (("--cpu", opts.cpu), ("--image-file", opts.image_file), ("--kit-root", opts.kit_root), ("--bundle", opts.bundle)):
         if given:
             raise UsageError(f"{flag} is for `invoke export slurm`; Kubernetes pods ask for GPUs and pull the image")
     return shape_for(stack, opts)
@@ -656,6 +657,28 @@ def k8s_yaml(stack: ComposeStack, opts: ExportOptions) -> str:
 # --- Slurm ------------------------------------------------------------------------------
 
 
+BUNDLE_IMAGES = "mlsyskit-bundle/images.tar"  # images/bundle.py's member
+
+
+def check_bundle(opts: ExportOptions, image: str, stack: str) -> None:
+    """--bundle: a file from `invoke bundle` that holds the stack's image, for Apptainer."""
+    import json
+    import tarfile
+
+    if opts.runtime != "apptainer":
+        raise UsageError("--bundle needs --runtime apptainer", fix="enroot (pyxis) imports from a registry or a Docker daemon only; use --runtime apptainer")
+    if opts.image_registry:
+        raise UsageError("--bundle and --image-registry name two image sources", fix="give one of them")
+    try:
+        with tarfile.open(opts.bundle, "r:") as archive:
+            stream = archive.extractfile("mlsyskit-bundle/manifest.json")
+            tags = {t for i in json.load(stream)["images"] for t in i["tags"]} if stream else set()
+    except (OSError, KeyError, tarfile.TarError, ValueError) as exc:
+        raise UsageError(f"--bundle {opts.bundle}: not a readable kit bundle ({exc})", fix="write it with `invoke bundle STACK -o FILE`") from None
+    if image not in tags:
+        raise UsageError(f"--bundle {opts.bundle} does not hold {image}", fix=f"write one that does: `invoke bundle {stack} -o FILE`")
+
+
 def image_file_name(ref: str, runtime: str) -> str:
     return re.sub(r"[/:]", "+", ref) + (".sqsh" if runtime == "pyxis" else ".sif")
 
@@ -670,7 +693,17 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     image = image_ref(stack, main, opts)
     kit_root = opts.kit_root or str(REPO_ROOT)
     mount_spec = ",".join([f"$KIT_ROOT/{rel_path(folder)}:{target}:ro" for folder, target in repo_mounts(stack, main)] + [f"$HF_HOME:{HF_TARGET}"])
-    if opts.runtime == "pyxis":
+    if opts.bundle:
+        check_bundle(opts, image, stack.name)
+        # Apptainer reads one image of a multi-image `docker save` archive by its tag.
+        archive = '"$IMAGE_FILE.images.tar"'
+        import_cmd = (
+            f'{{ tar -xOf "$KIT_BUNDLE" {BUNDLE_IMAGES} > {archive} && apptainer build "$IMAGE_FILE" "docker-archive:$IMAGE_FILE.images.tar:{image}"; }};'
+            f" rm -f {archive}"
+        )
+        nv = "" if opts.cpu else " --nv"
+        launch = f'srun "${{args[@]}}" apptainer exec{nv} --bind "$MOUNTS" --pwd /opt/mlsyskit "$IMAGE_FILE" "$@"'
+    elif opts.runtime == "pyxis":
         source = f"docker://{opts.image_registry.rstrip('/')}#{topic_alias(stack.topic, opts.base)}" if opts.image_registry else f"dockerd://{image}"
         import_cmd = f'enroot import --output "$IMAGE_FILE" "{source}"'
         launch = 'srun "${args[@]}" --container-image="$IMAGE_FILE" --container-mounts="$MOUNTS" --container-workdir=/opt/mlsyskit "$@"'
@@ -698,6 +731,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         "# --- where things are (each may be set in the environment instead) -------------------",
         f"KIT_ROOT=${{KIT_ROOT:-{kit_root}}}",
         "IMAGE_DIR=${KIT_IMAGE_DIR:-$KIT_ROOT/.kit/images}",
+        *([f"KIT_BUNDLE=${{KIT_BUNDLE:-{Path(opts.bundle).absolute()}}}"] if opts.bundle else []),
         f"IMAGE_FILE=${{KIT_IMAGE_FILE:-{opts.image_file or '$IMAGE_DIR/' + image_file_name(image, opts.runtime)}}}",
         "WORK_DIR=${KIT_WORK_DIR:-$KIT_ROOT/.kit/slurm/$SLURM_JOB_ID}",
         "export HF_HOME=${HF_HOME:-$HOME/.cache/huggingface}",

@@ -23,6 +23,7 @@ class Base:
     cuda: str
     bootstrap_suite: str = ""
     bootstrap_mirror: str = ""
+    apt_packages: tuple[str, ...] = ()  # installed by the base layer (pinned by images/debian-lock.toml)
 
     @property
     def can_bootstrap(self) -> bool:
@@ -105,7 +106,7 @@ def load_bases(root: Path) -> dict[str, Base]:
     bases = {}
     for name, table in _read_toml(path).items():
         f = Fields(path, table, f"{name}.")
-        f.reject_unknown({"description", "registry_image", "python", "cuda", "bootstrap_suite", "bootstrap_mirror"})
+        f.reject_unknown({"description", "registry_image", "python", "cuda", "bootstrap_suite", "bootstrap_mirror", "apt_packages"})
         bases[name] = Base(
             name=name,
             description=f.str("description"),
@@ -114,6 +115,7 @@ def load_bases(root: Path) -> dict[str, Base]:
             cuda=f.str("cuda", ""),
             bootstrap_suite=f.str("bootstrap_suite", ""),
             bootstrap_mirror=f.str("bootstrap_mirror", ""),
+            apt_packages=f.str_list("apt_packages"),
         )
     return bases
 

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlsyskit import REPO_ROOT
+from mlsyskit.data import debian_lock
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import Engine
+from mlsyskit.errors import BuildError
 from mlsyskit.images.plan import Layer, RootImage, plan, topic_alias
 from mlsyskit.images.rootfs import bootstrap_ref, ensure_root_image, find_root_image
 
@@ -72,17 +75,25 @@ def build_layers(
                     if verbose or STEP_LINE.match(line):
                         log(f"    {line}")
 
-                engine.build(
-                    dockerfile=layer.dockerfile,
-                    context=layer.context,
-                    tag=layer.tag,
-                    build_args=layer.build_args,
-                    build_env=config.proxy_env(),
-                    labels=layer.labels(),
-                    secrets=secrets,
-                    no_cache=no_cache,
-                    on_line=show,
-                )
+                try:
+                    engine.build(
+                        dockerfile=layer.dockerfile,
+                        context=layer.context,
+                        tag=layer.tag,
+                        build_args=layer.build_args,
+                        build_env=config.proxy_env(),
+                        labels=layer.labels(),
+                        secrets=secrets,
+                        no_cache=no_cache,
+                        on_line=show,
+                    )
+                except BuildError as exc:
+                    # a locked Debian version the mirror no longer serves: say so in one line
+                    mirror = config.apt_mirror or "the root filesystem's apt sources"
+                    missing = debian_lock.missing_version_error(exc.log_tail, debian_lock.load(REPO_ROOT), mirror)
+                    if missing is not None:
+                        raise missing from None
+                    raise
                 rebuilt.add(layer.tag)
             total = image_size(engine, layer.tag)
             parent_size = image_size(engine, layer.parent_ref) if layer.parent_ref else 0

@@ -164,7 +164,7 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
     # what `docker save` will write, near enough: each image's size beyond its parent's
     by_ref = {tag: info for info in images.values() for tag in info.tags}
     estimate = sum(info.size - (by_ref[p].size if (p := info.labels.get(sbom.PARENT_LABEL, "")) in by_ref else 0) for info in images.values())
-    newest = max(int(_epoch(info.created)) for info in images.values())
+    newest = max(int(t.timestamp()) if (t := sbom.image_time(info.created)) else 0 for info in images.values())
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlsyskit-sbom-") as scratch:
@@ -202,15 +202,6 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
             raise
     log(f"bundle written in {progress.seconds():.0f} s ({progress.rate()})")
     return manifest
-
-
-def _epoch(created: str) -> float:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(created[:19]).timestamp()
-    except ValueError:
-        return 0.0
 
 
 # --- load ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
+from mlsyskit.data import debian_lock
 from mlsyskit.data.catalog import Base, Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.data.lockfile import key_versions, lock_sha256
@@ -98,6 +99,20 @@ class Layer:
         return labels
 
 
+def uv_requirement(root: Path, version: str) -> str:
+    """`uv==VERSION --hash=...` with every wheel hash the kit's own uv.lock has for that
+    version (pip picks the wheel for the platform and checks it); unhashed when the kit's
+    lock holds another uv version than kit.toml asks for."""
+    import tomllib
+
+    lock = tomllib.loads((root / "uv.lock").read_text()) if (root / "uv.lock").is_file() else {}
+    for package in lock.get("package", []):
+        if package.get("name") == "uv" and package.get("version") == version:
+            hashes = sorted(w["hash"] for w in package.get("wheels", []) if w["url"].rsplit("/", 1)[-1].find("linux") > 0)
+            return f"uv=={version} " + " ".join(f"--hash={h}" for h in hashes)
+    return f"uv=={version}"
+
+
 def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) -> Layer:
     images = catalog.root / "images"
     python = "/usr/bin/python3" if config.python == "system" else config.python
@@ -107,7 +122,13 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
         flavour=base.name,
         dockerfile=images / "base.Dockerfile",
         context=images,
-        build_args={"ROOT_IMAGE": root.ref, "UV_VERSION": config.uv_version, "PYTHON": python},
+        build_args={
+            "ROOT_IMAGE": root.ref,
+            "UV_VERSION": config.uv_version,
+            "UV_REQUIREMENT": uv_requirement(catalog.root, config.uv_version),
+            "PYTHON": python,
+            "APT_PACKAGES": " ".join(debian_lock.load(catalog.root).pins(f"{base.name}/base", base.apt_packages)),
+        },
         inputs=tuple(sorted(p for p in (images / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts)),
         root=root,
     )
@@ -115,6 +136,7 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
 
 def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) -> list[Layer]:
     """[base, stack, topic] (or [base, topic] for a topic with no stack)."""
+    topic_key = f"{base.flavour}/topic/{topic.name}"
     env_dockerfile = catalog.root / "images" / "env.Dockerfile"
     layers = [base]
     parent = base
@@ -141,7 +163,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             flavour=base.flavour,
             dockerfile=env_dockerfile,
             context=topic.path,
-            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(topic.apt_packages)},
+            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(debian_lock.load(catalog.root).pins(topic_key, topic.apt_packages))},
             inputs=(topic.path / "pyproject.toml", topic.lock_path),
             parent=parent,
             lock=topic.lock_path,

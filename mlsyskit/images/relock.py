@@ -8,10 +8,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from mlsyskit import LABEL_PREFIX
+from mlsyskit.data import debian_lock
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import load_config
 from mlsyskit.data.lockfile import disagreements, uv_binary
-from mlsyskit.errors import LockError
+from mlsyskit.engine import ContainerSpec, Engine
+from mlsyskit.errors import KitError, LockError
 
 
 def _uv_lock(folder: Path, check: bool) -> subprocess.CompletedProcess[str]:
@@ -60,3 +63,84 @@ def lock(catalog: Catalog, topics: list[Topic], *, check: bool, log: Callable[[s
             f"{len(stale)} lock(s) stale or drifting from their stack: {', '.join(stale)}",
             fix="run `invoke lock` (and pin the stack's version in the topic's pyproject.toml if it drifts)",
         )
+
+
+# --- Debian packages (images/debian-lock.toml) ---------------------------------------------
+
+
+def debian_asks(catalog: Catalog, base_name: str) -> dict[str, tuple[str, ...]]:
+    """{lock key: what the files ask apt for}, for the base layer and each topic with apt packages."""
+    asks = {f"{base_name}/base": tuple(sorted(catalog.base(base_name).apt_packages))}
+    for topic in catalog.select([]):
+        if topic.apt_packages:
+            asks[f"{base_name}/topic/{topic.name}"] = tuple(sorted(topic.apt_packages))
+    return asks
+
+
+def check_debian(catalog: Catalog, base_name: str, log: Callable[[str], None] = print) -> list[str]:
+    """Lock keys whose recorded asks differ from the files' (or that are not recorded)."""
+    lock = debian_lock.load(catalog.root)
+    stale = []
+    for key, asks in debian_asks(catalog, base_name).items():
+        entry = lock.entries.get(key)
+        if entry is None or entry.asks != asks:
+            stale.append(key)
+            log(f"stale  {debian_lock.FILE} [{key}]: the files ask for {' '.join(asks)}; the lock records {' '.join(entry.asks) if entry else 'nothing'}")
+        else:
+            log(f"fresh  {debian_lock.FILE} [{key}] ({len(entry.packages)} packages)")
+    return stale
+
+
+def dpkg_versions(engine: Engine, image: str) -> dict[str, str]:
+    fmt = "${Package}\t${Version}\n"
+    proc = engine.run(ContainerSpec(image=image, command=("dpkg-query", "-W", "-f", fmt), network="none"), timeout=120)
+    if proc.returncode != 0:
+        raise KitError(f"cannot list the Debian packages in {image}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return dict(line.split("\t", 1) for line in proc.stdout.splitlines() if "\t" in line)
+
+
+def record_debian(engine: Engine, catalog: Catalog, base_name: str, log: Callable[[str], None] = print) -> Path:
+    """Record what apt installed in the built images: the root filesystem, the base layer's
+    closure over it, and each topic's over its parent. An image that is not built, or not
+    built from today's asks, is left as it was recorded."""
+    from mlsyskit.images.plan import topic_alias
+    from mlsyskit.images.sbom import PARENT_LABEL, ROOT_LABEL
+
+    lock = debian_lock.load(catalog.root)
+    asks = debian_asks(catalog, base_name)
+    wrote = False
+    for topic in catalog.select([]):
+        info = engine.image(topic_alias(topic.name, base_name))
+        if info is None:
+            continue
+        chain = [info]
+        while parent_ref := chain[-1].labels.get(PARENT_LABEL, ""):
+            parent = engine.image(parent_ref)
+            if parent is None:
+                break
+            chain.append(parent)
+        base_image = next((i for i in chain if i.labels.get(f"{LABEL_PREFIX}.kind") == "base"), chain[-1])
+        root_ref = base_image.labels.get(ROOT_LABEL, "")
+        base_key = f"{base_name}/base"
+        base_fresh = base_key in lock.entries and lock.entries[base_key].asks == asks[base_key]
+        if not base_fresh and root_ref:
+            rootfs, base = dpkg_versions(engine, root_ref), dpkg_versions(engine, base_image.id)
+            if set(asks[base_key]) <= set(base):
+                lock.entries[f"{base_name}/rootfs"] = debian_lock.Entry(asks=(), packages=rootfs)
+                lock.entries[base_key] = debian_lock.Entry(asks=asks[base_key], packages=debian_lock.closure(rootfs, base))
+                log(f"recorded {base_name}/rootfs ({len(rootfs)} packages) and {base_name}/base from {root_ref} and {base_image.tags[0]}")
+                wrote = True
+        key = f"{base_name}/topic/{topic.name}"
+        if key in asks and (lock.entries.get(key) is None or lock.entries[key].asks != asks[key]):
+            mine, parent_versions = dpkg_versions(engine, info.id), dpkg_versions(engine, chain[1].id)
+            if set(asks[key]) <= set(mine):
+                lock.entries[key] = debian_lock.Entry(asks=asks[key], packages=debian_lock.closure(parent_versions, mine))
+                log(f"recorded {key} from {topic_alias(topic.name, base_name)}")
+                wrote = True
+    missing = [k for k in asks if k not in lock.entries or lock.entries[k].asks != asks[k]]
+    for key in missing:
+        log(f"not recorded: {key} (build it first: `invoke build`, then `invoke lock` again)")
+    if wrote:
+        lock.recorded = debian_lock.now_stamp()
+        lock.path.write_text(debian_lock.dump(lock))
+    return lock.path

@@ -58,6 +58,27 @@ def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[
     return bootstrap(engine, base, config, log)
 
 
+def _check_locked(base: Base, target: str, mirror: str) -> None:
+    """The root filesystem must hold the packages images/debian-lock.toml records for it."""
+    from mlsyskit import REPO_ROOT
+    from mlsyskit.data import debian_lock
+
+    lock = debian_lock.load(REPO_ROOT)
+    entry = lock.entries.get(f"{base.name}/rootfs")
+    if entry is None:
+        return
+    with open(os.path.join(target, "var", "lib", "dpkg", "status")) as status:
+        found = debian_lock.read_dpkg_status(status.read())
+    differ = debian_lock.differences(entry.packages, found)
+    if differ:
+        raise UsageError(
+            f"debootstrap from {mirror} gave other packages than {debian_lock.FILE} records for the root filesystem "
+            f"({len(differ)} differ, e.g. {differ[0]})",
+            fix=f"set network.apt_mirror in kit.toml to a snapshot of the day it was recorded ({lock.snapshot_url()}), "
+            f"or delete its [layer.\"{base.name}/rootfs\"] and [layer.\"{base.name}/base\"] tables and run `invoke build`, then `invoke lock`",
+        )
+
+
 def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
     debootstrap = shutil.which("debootstrap") or shutil.which("mmdebstrap")
     if not debootstrap:
@@ -74,6 +95,7 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise UsageError(f"debootstrap failed: {' | '.join(tail)}", fix="check network.apt_mirror in kit.toml")
+        _check_locked(base, target, mirror)
         # Downloaded .debs and package lists are not part of the OS.
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             subprocess.run(["find", os.path.join(target, leftover), "-type", "f", "-delete"], check=False)

@@ -166,11 +166,14 @@ def parents(engine: Engine, image: ImageInfo) -> list[ImageInfo]:
     return chain
 
 
-def _created(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")[:26] + ("+00:00" if value.endswith("Z") else ""))
-    except ValueError:
+def image_time(value: str) -> datetime | None:
+    """Docker's creation time (nanoseconds, `Z`) as an aware datetime."""
+    import re
+
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(?:Z|[+-]00:00)", value.strip())
+    if not match:
         return None
+    return datetime.fromisoformat(f"{match[1]}.{(match[2] or '0')[:6].ljust(6, '0')}+00:00")
 
 
 def build_bom(image: ImageInfo, chain: list[ImageInfo], inventory: Inventory, locked: Mapping[tuple[str, str], list[LockedFile]], name: str = "") -> Any:
@@ -192,7 +195,7 @@ def build_bom(image: ImageInfo, chain: list[ImageInfo], inventory: Inventory, lo
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"mlsyskit-sbom:{image.id}"))
     bom.metadata.component = root
     bom.metadata.tools.components.add(Component(type=ComponentType.APPLICATION, name="mlsyskit", version=KIT_VERSION))
-    bom.metadata.timestamp = _created(image.created) or bom.metadata.timestamp
+    bom.metadata.timestamp = image_time(image.created) or bom.metadata.timestamp
     top: list[Component] = []
 
     previous = root

@@ -6,6 +6,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import testinfra
@@ -70,6 +71,17 @@ def build_topic(engine: Engine):
         return _built[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def nccl_2node_bundle(build_topic, tmp_path_factory) -> Path:
+    """`invoke bundle nccl-2node`, written once per session (the distributed image and its
+    parents, ~6 GB): the bundle tests load it, the Slurm tests take the image from it."""
+    build_topic("distributed")
+    path = tmp_path_factory.mktemp("stack-bundle") / "nccl-2node.bundle"
+    proc = run_kit("bundle", "nccl-2node", "-o", str(path), timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,20 @@ def test_nccl_2node_cpu_all_reduces_across_the_two_slurm_nodes(slurm: Slurm, bui
     assert re.search(r"^nccl: PASSED", out, re.M), out
 
 
+def test_the_image_comes_from_a_bundle_where_there_is_no_registry(slurm: Slurm, nccl_2node_bundle: Path):
+    """`--bundle`: the nodes make the image file from an `invoke bundle` file (no daemon needed
+    by Apptainer; the stand-in loads the archive into one)."""
+    script = slurm.export("nccl-2node", "--cpu", "--runtime", "apptainer", "--bundle", str(nccl_2node_bundle))
+    text = script.read_text()
+    assert f"KIT_BUNDLE=${{KIT_BUNDLE:-{nccl_2node_bundle}}}" in text and "docker-archive:" in text
+    job = slurm.sbatch(script, env={"KIT_IMAGE_DIR": str(slurm.folder / "images-from-bundle")})
+    out = job.text
+    assert job.returncode == 0, out
+    assert "importing the image to" in out and "Build complete" in out and "images-from-bundle" in out
+    assert "all-reduce passed: backend gloo, world size 2, exact sums at every size: True" in out
+    assert not list((slurm.folder / "images-from-bundle").glob("*.images.tar")), "the extracted archive was left"
+
+
 def test_verl_cpu_runs_a_ray_cluster_across_the_two_slurm_nodes(slurm: Slurm, build_topic):
     build_topic("verl")
     script = slurm.export("verl", "--cpu", "--runtime", "apptainer")

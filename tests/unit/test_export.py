@@ -470,3 +470,56 @@ def test_every_pattern_a_stack_may_declare_exports_to_every_target():
 
     assert set(export.PATTERNS) == set(stacks.PATTERNS)
     assert set(export.TARGETS) == {"k8s", "slurm"}
+
+
+# --- --bundle: the image from an `invoke bundle` file ------------------------------------------
+
+
+def fake_bundle(path: Path, tags: list[str]) -> Path:
+    """A tar with just the manifest the export reads (the loader's checks are tested elsewhere)."""
+    import io
+    import tarfile
+
+    data = json.dumps({"images": [{"id": "sha256:x", "tags": tags}]}).encode()
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo("mlsyskit-bundle/manifest.json")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_slurm_bundle_makes_the_image_file_from_the_archive(tmp_path):
+    bundle = fake_bundle(tmp_path / "b.bundle", ["mlsyskit/distributed:pypi"])
+    text = slurm_script(load_stack("nccl-2node"), ExportOptions(cpu=True, runtime="apptainer", bundle=str(bundle)))
+    assert f"KIT_BUNDLE=${{KIT_BUNDLE:-{bundle}}}" in text
+    assert 'tar -xOf "$KIT_BUNDLE" mlsyskit-bundle/images.tar > "$IMAGE_FILE.images.tar"' in text
+    assert 'apptainer build "$IMAGE_FILE" "docker-archive:$IMAGE_FILE.images.tar:mlsyskit/distributed:pypi"' in text
+    assert 'rm -f "$IMAGE_FILE.images.tar"' in text and "docker-daemon://" not in text
+    script = tmp_path / "s.sbatch"
+    script.write_text(text)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if SHELLCHECK:
+        result = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"runtime": "pyxis"}, "--bundle needs --runtime apptainer"),
+        ({"runtime": "apptainer", "image_registry": "ghcr.io/me"}, "--bundle and --image-registry name two image sources"),
+        ({"runtime": "apptainer", "tags": ["mlsyskit/docs:pypi"]}, "does not hold mlsyskit/distributed:pypi"),
+        ({"runtime": "apptainer", "not_a_bundle": True}, "not a readable kit bundle"),
+    ],
+)
+def test_slurm_bundle_errors_are_one_line_with_the_fix(tmp_path, options, message):
+    bundle = tmp_path / "b.bundle"
+    if options.pop("not_a_bundle", False):
+        bundle.write_bytes(b"not a tar")
+    else:
+        fake_bundle(bundle, options.pop("tags", ["mlsyskit/distributed:pypi"]))
+    with pytest.raises(UsageError, match=re.escape(message)) as caught:
+        slurm_script(load_stack("nccl-2node"), ExportOptions(bundle=str(bundle), **options))
+    assert caught.value.fix and "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match="--bundle is for `invoke export slurm`"):
+        k8s_objects(load_stack("nccl-2node"), ExportOptions(bundle=str(bundle)))
