@@ -97,7 +97,7 @@ def main() -> None:
         rows = [measure(engine, name, Path(folder)) for name in args.names]
     date = datetime.date.today().isoformat()
     (out / "bundle_sizes.json").write_text(json.dumps({"date": date, "rows": rows}, indent=1) + "\n")
-    header = "| bundle | images | images' summed size | `docker save` each | bundle file | bundle / summed | write | check | load |"
+    header = "| bundle | images | images' summed size | `docker save` each | bundle file | bundle / summed | write | check | load (parents there) |"
     lines = [header, "|---" * 9 + "|"]
     for r in rows:
         lines.append(
