@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
 import time
@@ -167,6 +168,12 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
     newest = max(int(t.timestamp()) if (t := sbom.image_time(info.created)) else 0 for info in images.values())
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out.parent).free
+    if free < estimate * 1.05:
+        raise KitError(
+            f"not enough space for the bundle in {out.parent}: it needs about {human_size(estimate)}, {human_size(free)} is free",
+            fix="free space there, or write it elsewhere with -o",
+        )
     with tempfile.TemporaryDirectory(prefix="mlsyskit-sbom-") as scratch:
         sboms = {}
         for topic in contents.topics:
@@ -197,6 +204,9 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
                 handle.write(b"\0" * (2 * BLOCK))
                 handle.write(b"\0" * (-handle.tell() % RECORD))
             partial.replace(out)
+        except OSError as exc:  # a full disk, a lost mount: one line, no half-written file
+            partial.unlink(missing_ok=True)
+            raise KitError(f"cannot write {out}: {exc.strerror or exc}", fix="free space there, or write it elsewhere with -o") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

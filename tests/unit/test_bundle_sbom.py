@@ -151,3 +151,24 @@ def test_bundle_of_nothing_or_of_an_unknown_name_is_a_usage_error():
         bundle.resolve(load_catalog(), ["nope"], "pypi")
     contents = bundle.resolve(load_catalog(), ["nccl-2node"], "pypi")
     assert contents.stack == "nccl-2node" and [t.name for t in contents.topics] == ["distributed"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    """ENOSPC half-way through images.tar: one line naming the fix, no partial file left."""
+    from mlsyskit.data.catalog import load_catalog
+
+    class FullDisk:
+        def image(self, ref):
+            return ImageInfo(id="sha256:" + "c" * 64, tags=(ref,), labels={}, size=10, created="2026-11-30T00:00:00Z")
+
+        def save(self, refs):
+            yield b"x" * 1000
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sbom, "write_sbom", lambda *a, **k: Path(a[4]).write_text("{}"))
+    catalog = load_catalog()
+    out = tmp_path / "x.bundle"
+    with pytest.raises(KitError, match=r"cannot write .*x.bundle: No space left on device") as caught:
+        bundle.write_bundle(FullDisk(), catalog, bundle.Contents([catalog.topic("docs")], "", "pypi"), out, lambda _: None)  # type: ignore[arg-type]
+    assert "free space" in caught.value.fix
+    assert list(tmp_path.iterdir()) == []
