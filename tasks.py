@@ -22,6 +22,14 @@ from mlsyskit.compose import stacks as kit_stacks
 from mlsyskit.errors import KitError
 from mlsyskit.runtime import shell as kit_shell
 
+ARCH_HELP = "amd64 or arm64 (default: this host's; arm64 on x86_64 runs under qemu: `invoke doctor --fix`)"
+
+
+def with_arch(base: str | None, arch: str) -> str:
+    """`--arch` folded into the base name the commands take: `pypi` + arm64 -> `pypi-arm64`
+    (`-arm64` alone: kit.toml's base); checked, with its one-line error, by Context.resolve."""
+    return f"{base or ''}-{arch}" if arch else (base or "")
+
 
 def say(line: str) -> None:
     print(line, flush=True)
@@ -60,16 +68,16 @@ def doctor(c: Context, fix: bool = False) -> None:
     positional=["topics"],
     help={
         "topics": "topic names, comma-separated, or `all`",
-        "base": "base flavour: pypi (no registry needed) or nvidia",
+        "base": "base flavour: pypi (no registry needed) or nvidia", "arch": ARCH_HELP,
         "no-cache": "rebuild every layer from scratch",
         "verbose": "show every line of the build log",
         "dry-run": "print each layer's tag, parent, inputs and build args, and whether it would be built or reused; build nothing",
     },
 )
 @kit_errors
-def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False, dry_run: bool = False) -> None:
+def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False, dry_run: bool = False, arch: str = "") -> None:
     """Build base -> stack -> topic, only what is missing or changed."""
-    say(commands.build(topics, base, no_cache, verbose, say, dry_run=dry_run))
+    say(commands.build(topics, with_arch(base, arch), no_cache, verbose, say, dry_run=dry_run))
 
 
 @task
@@ -86,45 +94,45 @@ def lock(c: Context, topics: str = "", check: bool = False) -> None:
     commands.lock(topics, check, say)
 
 
-@task(positional=["topic"], help={"topic": "the topic to check", "base": "base flavour"})
+@task(positional=["topic"], help={"topic": "the topic to check", "base": "base flavour", "arch": ARCH_HELP})
 @kit_errors
-def check(c: Context, topic: str, base: str | None = None) -> None:
+def check(c: Context, topic: str, base: str | None = None, arch: str = "") -> None:
     """CPU check inside a built topic image: imports and key versions."""
-    say(commands.check(topic, base, say))
+    say(commands.check(topic, with_arch(base, arch), say))
 
 
-@task(help={"base": "base flavour: pypi or nvidia (default: kit.toml's)"})
+@task(help={"base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP})
 @kit_errors
-def topics(c: Context, base: str | None = None) -> None:
+def topics(c: Context, base: str | None = None, arch: str = "") -> None:
     """Every topic: its stack, key versions, GPU needs and whether its image is built."""
-    say(commands.topics(base))
+    say(commands.topics(with_arch(base, arch)))
 
 
-@task(positional=["topic"], help={"topic": "the topic", "base": "base flavour: pypi or nvidia (default: kit.toml's)"})
+@task(positional=["topic"], help={"topic": "the topic", "base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP})
 @kit_errors
-def versions(c: Context, topic: str, base: str | None = None) -> None:
+def versions(c: Context, topic: str, base: str | None = None, arch: str = "") -> None:
     """A topic's key packages (torch, CUDA, NCCL, sglang, ...) as locked, beside those in its image."""
-    say(commands.versions(topic, base))
+    say(commands.versions(topic, with_arch(base, arch)))
 
 
 @task(
     positional=["topic"],
-    help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "output": "file to write (default: .kit/sbom/TOPIC-BASE.cdx.json)"},
+    help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP, "output": "file to write (default: .kit/sbom/)"},
 )
 @kit_errors
-def sbom(c: Context, topic: str, base: str | None = None, output: str = "") -> None:
+def sbom(c: Context, topic: str, base: str | None = None, output: str = "", arch: str = "") -> None:
     """Write the topic image's SBOM (CycloneDX JSON): Python, Debian and CUDA packages, parents."""
-    say(commands.sbom(topic, base, output, say))
+    say(commands.sbom(topic, with_arch(base, arch), output, say))
 
 
 @task(
     positional=["names"],
-    help={"names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)"},
+    help={"names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP},
 )
 @kit_errors
-def bundle(c: Context, names: str, output: str = "", base: str | None = None) -> None:
+def bundle(c: Context, names: str, output: str = "", base: str | None = None, arch: str = "") -> None:
     """One file with the images, SBOMs and locks of topics (or a stack) for a machine with no network."""
-    say(commands.bundle(names, output, base, say))
+    say(commands.bundle(names, output, with_arch(base, arch), say))
 
 
 @task(positional=["file"], help={"file": "a bundle from `invoke bundle`", "to": "where to unpack locks, SBOMs and stack files"})
@@ -134,11 +142,14 @@ def load(c: Context, file: str, to: str = "") -> None:
     say(commands.load(file, to, say))
 
 
-@task(positional=["topic"], help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "keep": "keep the rebuild as mlsyskit/verify-TOPIC:BASE"})
+@task(
+    positional=["topic"],
+    help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP, "keep": "keep the rebuild as mlsyskit/verify-TOPIC:BASE"},
+)
 @kit_errors
-def verify(c: Context, topic: str, base: str | None = None, keep: bool = False) -> None:
+def verify(c: Context, topic: str, base: str | None = None, keep: bool = False, arch: str = "") -> None:
     """Rebuild a topic from nothing (no layer or package cache) and compare every file with its image."""
-    text, same = commands.verify(topic, base, keep, say)
+    text, same = commands.verify(topic, with_arch(base, arch), keep, say)
     say(text)
     if not same:
         raise Exit("error: the rebuild differs outside the documented paths (README: Rebuilds that match)", code=1)
@@ -162,7 +173,7 @@ def say_err(line: str) -> None:
     iterable=["mount", "env", "port"],
     help={
         "topic": "the topic whose image to run (built first if missing); optional with --name",
-        "base": "base flavour: pypi or nvidia (default: kit.toml's)",
+        "base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
         "workspace": "host directory mounted at /workspace, the working directory (default: the current one)",
         "gpus": "all (default where there are GPUs), none, N (the N least-used), or devices: 0,1 / 3, / GPU-uuid",
         "shm-size": "a private /dev/shm of this size (e.g. 16g) instead of --ipc=host",
@@ -178,12 +189,12 @@ def say_err(line: str) -> None:
 def shell(
     c: Context, topic: str | None = None, base: str = "", workspace: str = "", gpus: str = "", shm_size: str = "",
     mount: list[str] | None = None, env: list[str] | None = None, port: list[str] | None = None, name: str = "",
-    network: str = "", root: bool = False,
+    network: str = "", root: bool = False, arch: str = "",
 ) -> None:  # fmt: skip
     """Shell (or `-- CMD ARGS...`, exit code kept) in a topic's container: GPUs, shm, HF cache, your UID."""
     options = kit_shell.ShellOptions(
         topic=topic or "",
-        base=base,
+        base=with_arch(base, arch),
         command=kit_shell.command_from_argv(c.remainder, sys.argv),
         workspace=workspace,
         gpus=gpus,
@@ -213,13 +224,13 @@ def ps(c: Context) -> None:
         "cpu": "the CPU variant (gloo, Ray without GPUs), where the stack has one",
         "wait": "seconds to wait for healthy services and finished jobs (default: the stack's)",
         "model": "a Hugging Face model id from the HF cache for the SGLang stacks (default: a tiny random-weight model)",
-        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
+        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
     },
 )
 @kit_errors
-def up(c: Context, stack: str, gpus: str = "", cpu: bool = False, wait: int = 0, model: str = "", base: str = "") -> None:
+def up(c: Context, stack: str, gpus: str = "", cpu: bool = False, wait: int = 0, model: str = "", base: str = "", arch: str = "") -> None:
     """Start a compose stack and wait until every service is healthy and every job has finished."""
-    say(kit_stacks.up(stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=base, log=say).text)
+    say(kit_stacks.up(stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=with_arch(base, arch), log=say).text)
 
 
 @task(positional=["stack"], help={"stack": "the stack to stop"})
@@ -266,7 +277,7 @@ def stacks(c: Context) -> None:
         "gpus-per-node": "GPUs per node (router workers: 1); default: the stack's own",
         "image-registry": "registry the kit's images were pushed to, e.g. ghcr.io/me (default: the local names)",
         "runtime": "slurm: pyxis (enroot .sqsh) or apptainer (.sif)",
-        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
+        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
         "model": "SGLang stacks: a Hugging Face model id, or tiny (a random-weight model written in the pod)",
         "namespace": "k8s: the namespace of every object",
         "host-ipc": "k8s: hostIPC on GPU pods",
@@ -286,12 +297,12 @@ def export(
     c: Context, target: str, stack: str, output: str = "", nodes: str | None = None, gpus_per_node: str | None = None,
     image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
     host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
-    hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "", bundle: str = "",
+    hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "", bundle: str = "", arch: str = "",
 ) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
-        runtime=runtime, base=base, model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
+        runtime=runtime, base=with_arch(base, arch), model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
         rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc, cpu=cpu, image_file=image_file,
         kit_root=kit_root, bundle=bundle,
     ):  # fmt: skip
@@ -308,7 +319,7 @@ def export(
         "timeout": "seconds each test may take (default: each test's own)",
         "tests": "comma-separated smoke tests to run in the topic's image instead of its list",
         "model": "a Hugging Face model id (from the HF cache) for the SGLang test (default: a tiny random model)",
-        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)",
+        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
         "no-stacks": "skip the multi-container variants (nccl-2node)",
         "require-gpu": "no GPU visible is a failure, not a skip (always so on a host with GPUs unless --cpu)",
     },
@@ -316,11 +327,11 @@ def export(
 @kit_errors
 def smoke(
     c: Context, topics: str, cpu: bool = False, gpus: str = "", json: str = "", timeout: float = 0, tests: str = "",
-    model: str = "", base: str = "", no_stacks: bool = False, require_gpu: bool = False,
+    model: str = "", base: str = "", no_stacks: bool = False, require_gpu: bool = False, arch: str = "",
 ) -> None:  # fmt: skip
     """Run the topics' smoke tests in their containers; one table; exit 1 if any failed."""
     options = kit_smoke.SmokeOptions(
-        topics=topics, cpu=cpu, gpus=gpus, json_path=json, timeout=float(timeout), tests=tests, model=model, base=base,
+        topics=topics, cpu=cpu, gpus=gpus, json_path=json, timeout=float(timeout), tests=tests, model=model, base=with_arch(base, arch),
         stacks=not no_stacks, require_gpu=require_gpu,
     )  # fmt: skip
     report = kit_smoke.smoke(options, say)

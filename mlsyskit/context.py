@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.data.catalog import Base, Catalog, load_catalog
+from mlsyskit.data.catalog import ARCHES, Base, Catalog, Topic, host_arch, load_catalog
 from mlsyskit.data.config import Config, load_config
 from mlsyskit.engine import Engine
 
@@ -23,11 +23,28 @@ class Context:
     _engine: Engine | None = field(default=None, repr=False)
 
     @classmethod
-    def resolve(cls, base: str = "", root: Path = REPO_ROOT, *, connect: Callable[[], Engine] = Engine.connect) -> Context:
-        """`base` as given (`--base`), else kit.toml's; `connect` is how the engine is
+    def resolve(cls, base: str = "", root: Path = REPO_ROOT, *, connect: Callable[[], Engine] = Engine.connect, arch: str = "") -> Context:
+        """`base` as given (`--base`), else kit.toml's, for `arch` (`--arch`; default: the
+        base name's own, `pypi-arm64`, else this host's); `connect` is how the engine is
         reached (`Engine.for_running` where only containers are run)."""
         config, catalog = load_config(root), load_catalog(root)
-        return cls(config=config, catalog=catalog, base=catalog.base(base or config.base), connect=connect)
+        name = base or config.base
+        if name.startswith("-"):  # `--arch` without `--base`: kit.toml's base for that architecture
+            name = config.base + name
+        implied = name.rpartition("-")[2] if name.rpartition("-")[2] in ARCHES else ""
+        return cls(config=config, catalog=catalog, base=catalog.base(name, arch or implied or host_arch()), connect=connect)
+
+    @property
+    def arch(self) -> str:
+        return self.base.arch
+
+    def topics_for_arch(self, topics: list[Topic]) -> list[Topic]:
+        """The topics, each checked to have an image for this architecture (one line if not),
+        and this host able to run that architecture's code."""
+        for topic in topics:
+            topic.check_arch(self.arch)
+        require_arch(self.arch)
+        return topics
 
     @property
     def base_name(self) -> str:
@@ -38,3 +55,28 @@ class Context:
         if self._engine is None:
             self._engine = self.connect()
         return self._engine
+
+
+def binfmt_state(arch: str, root: Path = Path("/proc/sys/fs/binfmt_misc")) -> str:
+    """'native', 'ready' (a qemu handler with the F flag: it works inside containers and
+    BuildKit), or what is missing."""
+    if arch == host_arch():
+        return "native"
+    handler = root / f"qemu-{ARCHES[arch]}"
+    if not (root / "status").exists():
+        return "binfmt_misc is not mounted"
+    if not handler.exists():
+        return f"no qemu-{ARCHES[arch]} handler registered"
+    text = handler.read_text()
+    if not text.startswith("enabled"):
+        return f"qemu-{ARCHES[arch]} is registered but disabled"
+    flags = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("flags:")), "")
+    return "ready" if "F" in flags else f"qemu-{ARCHES[arch]} has no F flag (containers cannot use it)"
+
+
+def require_arch(arch: str) -> None:
+    state = binfmt_state(arch)
+    if state not in ("native", "ready"):
+        from mlsyskit.errors import UsageError
+
+        raise UsageError(f"this host cannot run {arch} code: {state}", fix="`invoke doctor --fix` sets up qemu emulation (qemu-user-static, binfmt)")

@@ -98,6 +98,19 @@ def check_memlock() -> Check:
     )
 
 
+def check_emulation() -> Check:
+    """Can this host build and run the other architecture's images (qemu through binfmt_misc,
+    with the F flag so that containers and BuildKit find the interpreter)?"""
+    from mlsyskit.context import binfmt_state
+    from mlsyskit.data.catalog import ARCHES, host_arch
+
+    other = next(a for a in ARCHES if a != host_arch()) if host_arch() in ARCHES else "arm64"
+    state = binfmt_state(other)
+    if state == "ready":
+        return Check(f"{other} emulation", "ok", f"qemu-{ARCHES[other]} registered with the F flag: `--arch {other}` builds and runs here")
+    return Check(f"{other} emulation", "warn", f"{state}: `--arch {other}` cannot build or run here", "invoke doctor --fix (qemu-user-static, binfmt)")
+
+
 def parse_nvidia_smi(text: str) -> tuple[str, str]:
     """(driver version, highest CUDA version) from `nvidia-smi`'s header."""
     driver = re.search(r"Driver Version:\s*([\d.]+)", text)
@@ -146,6 +159,7 @@ def run_checks(catalog: Catalog) -> list[Check]:
     checks.append(check_disk(engine))
     checks.append(check_bootstrap())
     checks.append(check_memlock())
+    checks.append(check_emulation())
     checks.extend(check_gpus(catalog, engine))
     return checks
 
@@ -177,6 +191,9 @@ def fix(checks: list[Check], log: Callable[[str], None]) -> list[str]:
         packages.append("docker-compose")
     if "rootfs bootstrap" in failing:
         packages.append("debootstrap")
+    emulation = next((c.name for c in checks if c.name.endswith(" emulation") and c.status == "warn"), "")
+    if emulation and not shutil.which("qemu-aarch64-static" if emulation.startswith("arm64") else "qemu-x86_64-static"):
+        packages += ["qemu-user-static", "binfmt-support"]
     if packages:
         log(f"installing {' '.join(packages)} from the distribution's packages")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -184,10 +201,28 @@ def fix(checks: list[Check], log: Callable[[str], None]) -> list[str]:
             if subprocess.run(_privileged(cmd), env=env).returncode != 0:
                 raise KitError(f"`{' '.join(cmd[:2])}` failed (see above)", fix="install the packages by hand")
         done.append(f"installed {' '.join(packages)}")
+    if emulation:
+        done.append(enable_binfmt(emulation.split()[0], log))
     _, engine = check_engine()
     if engine is None:
         done.append(start_dockerd(log))
     return done
+
+
+def enable_binfmt(arch: str, log: Callable[[str], None]) -> str:
+    """Register qemu for `arch` with the F flag. Nothing registers it where no init runs
+    (containers, CI machines): binfmt_misc is mounted and the handler enabled here."""
+    from mlsyskit.context import binfmt_state
+    from mlsyskit.data.catalog import ARCHES
+
+    if not os.path.exists("/proc/sys/fs/binfmt_misc/status"):
+        subprocess.run(_privileged(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]), check=False)
+    subprocess.run(_privileged(["update-binfmts", "--enable", f"qemu-{ARCHES[arch]}"]), check=False)
+    state = binfmt_state(arch)
+    if state != "ready":
+        raise KitError(f"{arch} emulation is still not ready: {state}", fix="register it as root on the host (not in a container)")
+    log(f"qemu-{ARCHES[arch]} registered with the F flag")
+    return f"enabled {arch} emulation (qemu-{ARCHES[arch]}, F flag)"
 
 
 def start_dockerd(log: Callable[[str], None], wait_s: float = 60) -> str:

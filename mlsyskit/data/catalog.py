@@ -24,10 +24,38 @@ class Base:
     bootstrap_suite: str = ""
     bootstrap_mirror: str = ""
     apt_packages: tuple[str, ...] = ()  # installed by the base layer (pinned by images/debian-lock.toml)
+    arch: str = "amd64"  # the CPU architecture of every image built on it
+    flavour: str = ""  # bases.toml's name; `name` adds "-arm64" for arm64 images ("" = name)
 
     @property
     def can_bootstrap(self) -> bool:
         return bool(self.bootstrap_suite)
+
+    @property
+    def platform(self) -> str:
+        return f"linux/{self.arch}"
+
+
+# Docker's architecture names and the kernel's (uname -m, platform_machine).
+ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    import platform
+
+    machine = platform.machine()
+    return next((arch for arch, kernel in ARCHES.items() if kernel == machine), machine)
+
+
+def with_arch(base: Base, arch: str) -> Base:
+    """The base for images of `arch`: named `pypi` for amd64 and `pypi-arm64` for arm64, so
+    that every tag, label, root filesystem and Debian lock entry says its architecture."""
+    from dataclasses import replace
+
+    if arch not in ARCHES:
+        raise UsageError(f"unknown architecture '{arch}'", fix=f"use one of: {', '.join(ARCHES)}")
+    flavour = base.flavour or base.name
+    return replace(base, name=flavour if arch == "amd64" else f"{flavour}-{arch}", arch=arch, flavour=flavour)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +86,13 @@ class Topic:
     ports: tuple[int, ...] = ()
     smoke_tests: tuple[str, ...] = ()
     stacks: tuple[str, ...] = ()
+    arches: tuple[str, ...] = ("amd64", "arm64")
+    arch_note: str = ""  # why an architecture is missing
+
+    def check_arch(self, arch: str) -> None:
+        if arch not in self.arches:
+            raise UsageError(f"topic '{self.name}' has no {arch} image: {self.arch_note or 'its topic.toml lists ' + ', '.join(self.arches)}",
+                             fix=f"use --arch {self.arches[0]}")  # fmt: skip
 
     @property
     def lock_path(self) -> Path:
@@ -71,10 +106,17 @@ class Catalog:
     stacks: dict[str, Stack]
     topics: dict[str, Topic] = field(default_factory=dict)
 
-    def base(self, name: str) -> Base:
+    def base(self, name: str, arch: str = "") -> Base:
+        """A base by name (`pypi`, or `pypi-arm64`: the flavour for one architecture); `arch`
+        overrides the architecture the name implies."""
+        flavour, _, suffix = name.rpartition("-")
+        if flavour in self.bases and suffix in ARCHES:
+            return with_arch(self.bases[flavour], arch or suffix)
+        if flavour in self.bases and name not in self.bases:
+            raise UsageError(f"unknown architecture '{suffix}'", fix=f"use one of: {', '.join(ARCHES)}")
         if name not in self.bases:
             raise UsageError(f"unknown base '{name}'", fix=f"use one of: {', '.join(sorted(self.bases))}")
-        return self.bases[name]
+        return with_arch(self.bases[name], arch or "amd64")
 
     def topic(self, name: str) -> Topic:
         if name not in self.topics:
@@ -134,10 +176,18 @@ def load_stack(path: Path) -> Stack:
     )
 
 
+def _arches(f: Fields) -> tuple[str, ...]:
+    arches = f.str_list("arches") or ("amd64", "arm64")
+    for arch in arches:
+        if arch not in ARCHES:
+            raise f.fail("arches", f"a list of {', '.join(ARCHES)}")
+    return arches
+
+
 def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
     data_file = path / "topic.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run"})
+    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note"})
     stack = f.str("stack", "")
     if stack and stack not in stacks:
         raise UsageError(
@@ -157,6 +207,8 @@ def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
         apt_packages=f.str_list("apt_packages"),
         key_packages=f.str_list("key_packages"),
         imports=f.str_list("imports"),
+        arches=_arches(f),
+        arch_note=f.str("arch_note", ""),
         gpus_min=gpus.int("min", 0),
         gpus_recommended=gpus.int("recommended", 0),
         ports=run.int_list("ports"),

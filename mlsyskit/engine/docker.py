@@ -333,10 +333,14 @@ class Engine:
         secrets: dict[str, Path],
         no_cache: bool = False,
         on_line: Callable[[str], None] | None = None,
+        platform: str = "",
     ) -> None:
         """Build with BuildKit, streaming plain progress to `on_line`. On failure raise
-        BuildError carrying the last lines of the log (the failing step)."""
+        BuildError carrying the last lines of the log (the failing step). `platform`
+        (`linux/arm64`) builds for another architecture, through qemu where it is not native."""
         args = ["build", "--progress=plain", "-f", str(dockerfile), "-t", tag]
+        if platform:
+            args += ["--platform", platform]
         if self.client.buildx:
             args = ["buildx", *args, "--load"]
         for key, value in sorted(build_args.items()):

@@ -43,6 +43,7 @@ class ImageInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     size: int = 0  # bytes
     created: str = ""
+    architecture: str = ""  # the image config's: amd64, arm64
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ImageInfo:
@@ -52,6 +53,7 @@ class ImageInfo:
             labels=_labels(data),
             size=int(data.get("Size") or 0),
             created=str(data.get("Created", "")),
+            architecture=str(data.get("Architecture", "")),
         )
 
 

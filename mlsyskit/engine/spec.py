@@ -35,6 +35,7 @@ class ContainerSpec:
     interactive: bool = False  # -i
     tty: bool = False  # -t
     entrypoint: str | None = None
+    platform: str = ""  # linux/arm64: an image of another architecture, run under qemu
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ def run_call(spec: ContainerSpec, *, detach: bool = False) -> DockerCall:
     args += _named_env(spec)
     if spec.entrypoint is not None:
         args += ["--entrypoint", spec.entrypoint]
+    if spec.platform:
+        args += ["--platform", spec.platform]
     return DockerCall((*args, spec.image, *spec.command), dict(spec.env_by_name))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.data import debian_lock
-from mlsyskit.data.catalog import Catalog, Topic
+from mlsyskit.data.catalog import Catalog, Topic, host_arch
 from mlsyskit.data.config import Config
 from mlsyskit.engine import Engine
 from mlsyskit.errors import BuildError
@@ -86,6 +86,7 @@ def build_layers(
                         secrets=secrets,
                         no_cache=no_cache,
                         on_line=show,
+                        platform="" if layer.arch == host_arch() else f"linux/{layer.arch}",
                     )
                 except BuildError as exc:
                     # a locked Debian version the mirror no longer serves: say so in one line
@@ -113,7 +114,12 @@ def build_topics(
     verbose: bool = False,
     tag_aliases: bool = True,
 ) -> list[LayerResult]:
+    from mlsyskit.context import require_arch
+
     base = catalog.base(base_name)
+    for topic in topics:  # before anything is built: a topic without this architecture
+        topic.check_arch(base.arch)
+    require_arch(base.arch)
     root: RootImage = ensure_root_image(engine, base, config, log)
     layers = plan(catalog, config, topics, base, root)
     results: list[LayerResult] = []

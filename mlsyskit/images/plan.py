@@ -44,6 +44,7 @@ class Layer:
     lock: Path | None = None
     key_packages: tuple[str, ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
+    arch: str = "amd64"  # Docker's name: the layer is built with --platform linux/ARCH
 
     @cached_property
     def inputs_hash(self) -> str:
@@ -53,7 +54,7 @@ class Layer:
         digest.update(
             json.dumps(
                 [self.kind, self.name, self.flavour, sorted(self.build_args.items()),
-                 sorted(self.extra_labels.items()), list(self.key_packages)]
+                 sorted(self.extra_labels.items()), list(self.key_packages), self.arch]
             ).encode()
         )
         digest.update(self.parent.inputs_hash.encode() if self.parent else b"")
@@ -84,6 +85,7 @@ class Layer:
             f"{LABEL_PREFIX}.kind": self.kind,
             f"{LABEL_PREFIX}.name": self.name,
             f"{LABEL_PREFIX}.base": self.flavour,
+            f"{LABEL_PREFIX}.arch": self.arch,
             f"{LABEL_PREFIX}.inputs-hash": self.inputs_hash,
             f"{LABEL_PREFIX}.parent": self.parent_ref,
             **self.extra_labels,
@@ -131,6 +133,7 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
         },
         inputs=tuple(sorted(p for p in (images / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts)),
         root=root,
+        arch=base.arch,
     )
 
 
@@ -151,6 +154,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             build_args={"PARENT_IMAGE": base.tag, "APT_PACKAGES": ""},
             inputs=(stack.path / "pyproject.toml", stack.lock_path),
             parent=base,
+            arch=base.arch,
             lock=stack.lock_path,
             key_packages=stack.key_packages,
             extra_labels={f"{LABEL_PREFIX}.cuda": stack.cuda},
@@ -166,6 +170,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(debian_lock.load(catalog.root).pins(topic_key, topic.apt_packages))},
             inputs=(topic.path / "pyproject.toml", topic.lock_path),
             parent=parent,
+            arch=base.arch,
             lock=topic.lock_path,
             key_packages=topic.key_packages,
             extra_labels={f"{LABEL_PREFIX}.topic": topic.name, f"{LABEL_PREFIX}.stack": topic.stack},

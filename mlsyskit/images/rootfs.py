@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
 from mlsyskit.data.catalog import Base
@@ -32,7 +33,8 @@ def _found(engine: Engine, ref: str, origin: str) -> RootImage | None:
 def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | None:
     """The root image already in the engine, if any (never pulls or builds)."""
     candidates = []
-    if config.rootfs in ("auto", "registry") or not base.can_bootstrap:
+    # another architecture's root filesystem is bootstrapped: the registry path pulls the host's
+    if (config.rootfs in ("auto", "registry") or not base.can_bootstrap) and base.arch == "amd64":
         candidates.append((base.registry_image, "registry"))
     if config.rootfs in ("auto", "bootstrap") and base.can_bootstrap:
         candidates.append((bootstrap_ref(base), "bootstrap"))
@@ -45,6 +47,8 @@ def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | N
 def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
     if found := find_root_image(engine, base, config):
         return found
+    if base.arch != "amd64" and base.can_bootstrap:
+        return bootstrap(engine, base, config, log)
     if config.rootfs in ("auto", "registry") or not base.can_bootstrap:
         log(f"pulling {base.registry_image} (up to {PULL_TIMEOUT_S}s)")
         if engine.pull(base.registry_image, PULL_TIMEOUT_S):
@@ -79,6 +83,20 @@ def _check_locked(base: Base, target: str, mirror: str) -> None:
         )
 
 
+def _import_foreign(engine: Engine, base: Base, target: str, ref: str, mirror: str, tmp: str) -> None:
+    """Another architecture's root filesystem, imported by BuildKit (`FROM scratch` + `ADD` of
+    its tar, built with --platform) so that the image's config says its architecture: Debian's
+    engine 20.10 ignores `docker import --platform` and labels every import amd64 (moby#42813)."""
+    context = Path(tmp) / "context"
+    context.mkdir()
+    subprocess.run(["tar", "-C", target, "--numeric-owner", "-cf", str(context / "rootfs.tar"), "."], check=True)
+    (context / "Dockerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["/bin/bash"]\n')
+    engine.build(
+        dockerfile=context / "Dockerfile", context=context, tag=ref, build_args={}, secrets={}, platform=base.platform,
+        labels={f"{LABEL_PREFIX}.kind": "rootfs", f"{LABEL_PREFIX}.mirror": mirror, f"{LABEL_PREFIX}.arch": base.arch},
+    )  # fmt: skip
+
+
 def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
     debootstrap = shutil.which("debootstrap") or shutil.which("mmdebstrap")
     if not debootstrap:
@@ -89,8 +107,9 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
     ref = bootstrap_ref(base)
     with tempfile.TemporaryDirectory(prefix="mlsyskit-rootfs-") as tmp:
         target = os.path.join(tmp, "root")
-        log(f"bootstrapping Debian {base.bootstrap_suite} from {mirror} (about a minute)")
-        cmd = [debootstrap, "--variant=minbase", base.bootstrap_suite, target, mirror]
+        foreign = base.arch != "amd64"
+        log(f"bootstrapping Debian {base.bootstrap_suite} ({base.arch}) from {mirror} ({'a few minutes under emulation' if foreign else 'about a minute'})")
+        cmd = [debootstrap, "--variant=minbase", *([f"--arch={base.arch}"] if foreign else []), base.bootstrap_suite, target, mirror]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
@@ -99,6 +118,10 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
         # Downloaded .debs and package lists are not part of the OS.
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             subprocess.run(["find", os.path.join(target, leftover), "-type", "f", "-delete"], check=False)
+        if foreign:
+            _import_foreign(engine, base, target, ref, mirror, tmp)
+            log(f"imported {ref} ({base.platform})")
+            return _found(engine, ref, "bootstrap")  # type: ignore[return-value]
         with subprocess.Popen(["tar", "-C", target, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE) as tar:
             assert tar.stdout is not None
             engine.import_tar(

@@ -286,7 +286,18 @@ def container_spec(
         env=who.env,
         network=opts.network,
         ports=port_values(opts.ports),
+        platform=platform_of(base),
     )
+
+
+def platform_of(base: str) -> str:
+    """`linux/arm64` for an image of another architecture than this host's (run under qemu);
+    "" for the host's own, so docker's default applies."""
+    from mlsyskit.data.catalog import ARCHES, host_arch
+
+    suffix = base.rpartition("-")[2]
+    arch = suffix if suffix in ARCHES else "amd64"
+    return "" if arch == host_arch() else f"linux/{arch}"
 
 
 def one_off_spec(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> ContainerSpec:
@@ -357,6 +368,7 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         if topic is None:
             raise UsageError(f"no container named '{opts.name}'", fix=f"create it with `invoke shell TOPIC --name {opts.name}`")
     assert topic is not None
+    ctx.topics_for_arch([topic])  # no image for this architecture, or no emulation: one line
     workspace = resolve_workspace(opts, host)
     parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
     gpus = choose_gpus(opts.gpus)

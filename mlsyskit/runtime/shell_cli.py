@@ -23,6 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="./kit shell", description="A shell (or one command) in a topic's container.")
     p.add_argument("topic", nargs="?", default="", help="the topic (leave out with --name to re-enter a container)")
     p.add_argument("--base", default="", help="base flavour: pypi or nvidia (default: kit.toml's)")
+    p.add_argument("--arch", default="", help="amd64 or arm64 (default: this host's; another runs under qemu)")
     p.add_argument("--workspace", default="", help="folder mounted at /workspace (default: the current one)")
     p.add_argument("--gpus", default="", help="all (default where there are GPUs), none, N (least used) or 0,1")
     p.add_argument("--shm-size", default="", help="a /dev/shm of this size instead of the host's IPC namespace")
@@ -44,7 +45,7 @@ def options(argv: Sequence[str]) -> ShellOptions:
         argv, command = argv[:at], argv[at + 1 :]
     args = parser().parse_args(argv)
     return ShellOptions(
-        topic=args.topic, base=args.base, command=tuple(command), workspace=args.workspace, gpus=args.gpus,
+        topic=args.topic, base=f"{args.base}-{args.arch}" if args.arch else args.base, command=tuple(command), workspace=args.workspace, gpus=args.gpus,
         shm_size=args.shm_size, mounts=tuple(args.mount), env=tuple(args.env), ports=tuple(args.port),
         network=args.network, name=args.name, root=args.root,
     )  # fmt: skip

@@ -92,7 +92,11 @@ def topic_container(engine: Engine, build_topic):
 
         def start(name: str, base: str = "pypi") -> testinfra.host.Host:
             build_topic(name, base)
-            spec = ContainerSpec(image=topic_alias(name, base), command=("sleep", "infinity"), name=f"mlsyskit-test-{name}-{uuid.uuid4().hex[:8]}")
+            from mlsyskit.runtime.shell import platform_of
+
+            spec = ContainerSpec(
+                image=topic_alias(name, base), command=("sleep", "infinity"), name=f"mlsyskit-test-{name}-{uuid.uuid4().hex[:8]}", platform=platform_of(base)
+            )
             container = owned.enter_context(engine.container(spec))
             return testinfra.get_host(f"docker://{container.name}")
 

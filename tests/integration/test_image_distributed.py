@@ -1,4 +1,5 @@
-"""The `distributed` image on the pypi base, checked from inside with testinfra."""
+"""The `distributed` image on the pypi base, for amd64 and for arm64 (built and run under qemu
+on an x86_64 machine: GH200/GB200's architecture), checked from inside with testinfra."""
 
 import json
 
@@ -12,9 +13,23 @@ from mlsyskit.images.plan import topic_alias
 TOPIC = "distributed"
 
 
+@pytest.fixture(scope="module", params=["pypi", "pypi-arm64"])
+def base(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def host(topic_container):
-    return topic_container(TOPIC)
+def host(topic_container, base):
+    return topic_container(TOPIC, base)
+
+
+def test_the_image_is_of_its_architecture(host, base, engine):
+    machine, arch = ("aarch64", "arm64") if base.endswith("-arm64") else ("x86_64", "amd64")
+    assert host.check_output("uname -m") == machine
+    assert host.check_output("python -c 'import platform; print(platform.machine())'") == machine
+    info = engine.image(topic_alias(TOPIC, base))
+    assert info.architecture == arch and info.labels["org.mlsyskit.arch"] == arch
+    assert host.check_output("dpkg --print-architecture") == arch
 
 
 def test_python_is_the_distributions(host):

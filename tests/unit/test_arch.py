@@ -1,0 +1,91 @@
+"""--arch: base names per architecture, tags and labels that differ by architecture, topics
+without arm64, and whether this host can emulate the other architecture (binfmt_misc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlsyskit.context import Context, binfmt_state
+from mlsyskit.data.catalog import load_catalog
+from mlsyskit.data.config import load_config
+from mlsyskit.errors import UsageError
+from mlsyskit.images.plan import RootImage, base_layer, topic_alias, topic_layers
+
+ROOT = RootImage(ref="mlsyskit/rootfs-pypi:bookworm", image_id="sha256:" + "0" * 64, origin="bootstrap")
+
+
+def test_base_names_carry_the_architecture():
+    catalog = load_catalog()
+    assert (catalog.base("pypi").name, catalog.base("pypi").arch) == ("pypi", "amd64")
+    arm = catalog.base("pypi-arm64")
+    assert (arm.name, arm.arch, arm.flavour, arm.platform) == ("pypi-arm64", "arm64", "pypi", "linux/arm64")
+    assert catalog.base("pypi", "arm64") == arm and catalog.base("pypi-amd64").name == "pypi"
+    assert topic_alias("distributed", arm.name) == "mlsyskit/distributed:pypi-arm64"
+
+
+@pytest.mark.parametrize(("name", "message"), [("pypi-x86", "unknown architecture 'x86'"), ("nope", "unknown base 'nope'")])
+def test_unknown_architecture_or_base_is_one_line(name, message):
+    with pytest.raises(UsageError, match=message) as caught:
+        load_catalog().base(name)
+    assert caught.value.fix
+
+
+def test_arch_alone_takes_the_configured_base():
+    ctx = Context.resolve("-arm64")
+    assert ctx.base.name == f"{load_config().base}-arm64" and ctx.arch == "arm64"
+
+
+def test_tags_and_labels_differ_by_architecture():
+    catalog, config = load_catalog(), load_config()
+    amd = topic_layers(catalog, config, catalog.topic("distributed"), base_layer(catalog, config, catalog.base("pypi"), ROOT))
+    arm = topic_layers(catalog, config, catalog.topic("distributed"), base_layer(catalog, config, catalog.base("pypi-arm64"), ROOT))
+    assert all(a.tag != b.tag for a, b in zip(amd, arm))
+    assert [layer.labels()["org.mlsyskit.arch"] for layer in arm] == ["arm64"] * 3
+    assert arm[0].repository == "mlsyskit/base-pypi-arm64" and arm[1].repository == amd[1].repository  # stacks share a repository
+
+
+def test_a_topic_without_arm64_says_why_before_anything_is_built():
+    topic = load_catalog().topic("openrlhf")
+    assert topic.arches == ("amd64",)
+    with pytest.raises(UsageError, match="has no arm64 image: flash-attn 2.8.3") as caught:
+        topic.check_arch("arm64")
+    assert caught.value.fix == "use --arch amd64"
+    assert load_catalog().topic("distributed").arches == ("amd64", "arm64")
+
+
+def handler(folder: Path, text: str) -> Path:
+    (folder / "status").write_text("enabled\n")
+    (folder / "qemu-aarch64").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("text", "state"),
+    [
+        ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n", "ready"),
+        ("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: \n", "qemu-aarch64 has no F flag (containers cannot use it)"),
+        ("disabled\nflags: F\n", "qemu-aarch64 is registered but disabled"),
+    ],
+)
+def test_binfmt_states(tmp_path, text, state, monkeypatch):
+    monkeypatch.setattr("mlsyskit.context.host_arch", lambda: "amd64")
+    assert binfmt_state("arm64", handler(tmp_path, text)) == state
+
+
+def test_binfmt_not_mounted_or_not_registered(tmp_path, monkeypatch):
+    monkeypatch.setattr("mlsyskit.context.host_arch", lambda: "amd64")
+    assert binfmt_state("arm64", tmp_path) == "binfmt_misc is not mounted"
+    (tmp_path / "status").write_text("enabled\n")
+    assert binfmt_state("arm64", tmp_path) == "no qemu-aarch64 handler registered"
+    assert binfmt_state("amd64", tmp_path) == "native"
+
+
+def test_a_host_that_cannot_emulate_is_told_to_run_doctor(monkeypatch):
+    from mlsyskit.context import require_arch
+
+    monkeypatch.setattr("mlsyskit.context.binfmt_state", lambda arch: "binfmt_misc is not mounted")
+    with pytest.raises(UsageError, match="this host cannot run arm64 code: binfmt_misc is not mounted") as caught:
+        require_arch("arm64")
+    assert "invoke doctor --fix" in caught.value.fix
