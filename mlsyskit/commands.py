@@ -12,7 +12,7 @@ from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.checks import doctor as doctor_mod
 from mlsyskit.checks import versions as topics_mod
 from mlsyskit.context import Context
-from mlsyskit.data.catalog import Topic, load_catalog
+from mlsyskit.data.catalog import ARCHES, Topic, load_catalog
 from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
@@ -110,8 +110,10 @@ def lock(topics: str, check: bool, log: Log) -> None:
     ctx = Context.resolve()
     catalog = ctx.catalog
     lock_all(catalog, catalog.select(split_names(topics)), check=check, log=log)
+    # the Debian lock per architecture: pypi (amd64) and pypi-arm64
+    base_names = [catalog.base(ctx.base.flavour or ctx.base_name, arch).name for arch in ARCHES]
     if check:
-        stale = check_debian(catalog, ctx.base_name, log)
+        stale = [key for name in base_names for key in check_debian(catalog, name, log)]
         if stale:
             raise LockError(f"images/debian-lock.toml is stale for {', '.join(stale)}", fix="build them (`invoke build`), then run `invoke lock`")
         return
@@ -120,7 +122,8 @@ def lock(topics: str, check: bool, log: Log) -> None:
     except EngineError as exc:
         log(f"Debian packages not recorded: {exc}")
         return
-    record_debian(engine, catalog, ctx.base_name, log)
+    for name in base_names:
+        record_debian(engine, catalog, name, log)
 
 
 def check(topic_name: str, base: str | None, log: Log) -> str:

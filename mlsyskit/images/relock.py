@@ -70,10 +70,11 @@ def lock(catalog: Catalog, topics: list[Topic], *, check: bool, log: Callable[[s
 
 def debian_asks(catalog: Catalog, base_name: str) -> dict[str, tuple[str, ...]]:
     """{lock key: what the files ask apt for}, for the base layer and each topic with apt packages."""
-    asks = {f"{base_name}/base": tuple(sorted(catalog.base(base_name).apt_packages))}
+    base = catalog.base(base_name)
+    asks = {f"{base.name}/base": tuple(sorted(base.apt_packages))}
     for topic in catalog.select([]):
-        if topic.apt_packages:
-            asks[f"{base_name}/topic/{topic.name}"] = tuple(sorted(topic.apt_packages))
+        if topic.apt_packages and base.arch in topic.arches:
+            asks[f"{base.name}/topic/{topic.name}"] = tuple(sorted(topic.apt_packages))
     return asks
 
 
