@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlsyskit import LABEL_PREFIX
-from mlsyskit.data.catalog import Base, Catalog, Topic
+from mlsyskit.data.catalog import ARCHES, Base, Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
 from mlsyskit.engine import ContainerSpec, Engine
@@ -75,12 +75,13 @@ def key_packages(catalog: Catalog, topic: Topic) -> list[str]:
 
 def base_environment(base: Base) -> dict[str, str]:
     """The marker environment of a base's Python when no image exists to ask: a lock that
-    forks by Python version (numpy for 3.11 and for 3.12+) is read for the base's Python."""
+    forks by Python version (numpy for 3.11 and for 3.12+) or by machine (aarch64's own
+    wheels) is read for the base's Python and architecture."""
     return {
         "implementation_name": "cpython",
         "implementation_version": f"{base.python}.0",
         "os_name": "posix",
-        "platform_machine": "x86_64",
+        "platform_machine": ARCHES[base.arch],
         "platform_release": "",
         "platform_system": "Linux",
         "platform_version": "",

@@ -81,6 +81,12 @@ def debian_asks(catalog: Catalog, base_name: str) -> dict[str, tuple[str, ...]]:
 def check_debian(catalog: Catalog, base_name: str, log: Callable[[str], None] = print) -> list[str]:
     """Lock keys whose recorded asks differ from the files' (or that are not recorded)."""
     lock = debian_lock.load(catalog.root)
+    base = catalog.base(base_name)
+    if not any(key.startswith(f"{base.name}/") for key in lock.entries):
+        # a flavour the lock has never recorded (e.g. nvidia on this machine): its builds take
+        # the mirror's versions until `invoke lock` records them; nothing here has gone stale
+        log(f"unrecorded  {debian_lock.FILE} [{base.name}]: build it, then `invoke lock` pins its packages")
+        return []
     stale = []
     for key, asks in debian_asks(catalog, base_name).items():
         entry = lock.entries.get(key)

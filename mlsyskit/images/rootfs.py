@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
-from mlsyskit.data.catalog import Base
+from mlsyskit.data.catalog import Base, host_arch
 from mlsyskit.data.config import Config
 from mlsyskit.engine import Engine
 from mlsyskit.errors import EngineError, UsageError
@@ -33,8 +33,8 @@ def _found(engine: Engine, ref: str, origin: str) -> RootImage | None:
 def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | None:
     """The root image already in the engine, if any (never pulls or builds)."""
     candidates = []
-    # another architecture's root filesystem is bootstrapped: the registry path pulls the host's
-    if (config.rootfs in ("auto", "registry") or not base.can_bootstrap) and base.arch == "amd64":
+    # another architecture's root filesystem is bootstrapped: a pull gives the host's
+    if (config.rootfs in ("auto", "registry") or not base.can_bootstrap) and base.arch == host_arch():
         candidates.append((base.registry_image, "registry"))
     if config.rootfs in ("auto", "bootstrap") and base.can_bootstrap:
         candidates.append((bootstrap_ref(base), "bootstrap"))
@@ -47,7 +47,7 @@ def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | N
 def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
     if found := find_root_image(engine, base, config):
         return found
-    if base.arch != "amd64" and base.can_bootstrap:
+    if base.arch != host_arch() and base.can_bootstrap:
         return bootstrap(engine, base, config, log)
     if config.rootfs in ("auto", "registry") or not base.can_bootstrap:
         log(f"pulling {base.registry_image} (up to {PULL_TIMEOUT_S}s)")
@@ -107,7 +107,7 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
     ref = bootstrap_ref(base)
     with tempfile.TemporaryDirectory(prefix="mlsyskit-rootfs-") as tmp:
         target = os.path.join(tmp, "root")
-        foreign = base.arch != "amd64"
+        foreign = base.arch != host_arch()
         log(f"bootstrapping Debian {base.bootstrap_suite} ({base.arch}) from {mirror} ({'a few minutes under emulation' if foreign else 'about a minute'})")
         cmd = [debootstrap, "--variant=minbase", *([f"--arch={base.arch}"] if foreign else []), base.bootstrap_suite, target, mirror]
         proc = subprocess.run(cmd, capture_output=True, text=True)

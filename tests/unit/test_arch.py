@@ -89,3 +89,22 @@ def test_a_host_that_cannot_emulate_is_told_to_run_doctor(monkeypatch):
     with pytest.raises(UsageError, match="this host cannot run arm64 code: binfmt_misc is not mounted") as caught:
         require_arch("arm64")
     assert "invoke doctor --fix" in caught.value.fix
+
+
+def test_lock_markers_follow_the_architecture():
+    from mlsyskit.checks.versions import base_environment, locked_versions
+
+    catalog = load_catalog()
+    amd, arm = (base_environment(catalog.base(name)) for name in ("pypi", "pypi-arm64"))
+    assert (amd["platform_machine"], arm["platform_machine"]) == ("x86_64", "aarch64")
+    # sglang's lock forks by machine: decord2 (video decoding) is asked for on aarch64 only
+    assert "decord2" not in locked_versions(catalog, catalog.topic("sglang"), amd)
+    assert "decord2" in locked_versions(catalog, catalog.topic("sglang"), arm)
+
+
+def test_a_flavour_the_debian_lock_never_recorded_is_not_stale():
+    from mlsyskit.images.relock import check_debian
+
+    lines: list[str] = []
+    assert check_debian(load_catalog(), "nvidia", log=lines.append) == []
+    assert lines and lines[0].startswith("unrecorded  images/debian-lock.toml [nvidia]")
