@@ -37,6 +37,7 @@ def copy_tree(target: Path, marker: str) -> Path:
     for name in ("images", "envs"):
         shutil.copytree(REPO_ROOT / name, target / name)
     shutil.copy(REPO_ROOT / "kit.toml", target / "kit.toml")
+    shutil.copy(REPO_ROOT / "uv.lock", target / "uv.lock")  # the base's uv is hash-pinned from the kit's lock
     # A new input to the base layer: every tag in this copy is new.
     base = target / "images/base.Dockerfile"
     base.write_text(base.read_text() + f"\n# benchmark run {marker}\n")

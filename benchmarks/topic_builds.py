@@ -39,6 +39,7 @@ def copy_tree(target: Path, marker: str) -> Path:
     for name in ("images", "envs"):
         shutil.copytree(REPO_ROOT / name, target / name)
     shutil.copy(REPO_ROOT / "kit.toml", target / "kit.toml")
+    shutil.copy(REPO_ROOT / "uv.lock", target / "uv.lock")  # the base's uv is hash-pinned from the kit's lock
     env = target / "images/env.Dockerfile"
     text = env.read_text()
     # Its own uv cache (cold: no wheel downloaded or built before) and a marker in the

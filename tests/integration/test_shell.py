@@ -346,6 +346,7 @@ def tiny_tree(user: KitUser, topic: str, apt_packages: list[str]) -> Path:
     root = shared_dir(user, "mlsyskit-tree-")
     shutil.copytree(REPO_ROOT / "images", root / "images")
     shutil.copy(REPO_ROOT / "kit.toml", root / "kit.toml")
+    shutil.copy(REPO_ROOT / "uv.lock", root / "uv.lock")  # the base's uv is hash-pinned from it: the same base layer
     if (REPO_ROOT / "kit.local.toml").exists():  # the same mirrors and build choices: the same base layer
         shutil.copy(REPO_ROOT / "kit.local.toml", root / "kit.local.toml")
     env = root / "envs" / topic
