@@ -14,6 +14,7 @@ Nothing here imports torch at module level, so the unit tests run without it.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -267,6 +268,10 @@ def no_gpu(require_gpu: bool, what: str) -> Exception:
 _CHILDREN: set[subprocess.Popen[str]] = set()
 _CHILDREN_LOCK = threading.Lock()
 
+# A smoke test that hangs can be asked where: `kill -USR1 PID` prints every thread's stack.
+if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
 
 def kill_process_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
     """SIGTERM the child's whole process group, then SIGKILL whatever is left after ``grace`` s.
@@ -315,7 +320,14 @@ def remove_cleanup(fn: Callable[[], None]) -> None:
 
 
 def kill_children() -> None:
-    with _CHILDREN_LOCK:
+    # Ctrl-C can land between a `with _CHILDREN_LOCK:` acquiring the lock and entering its
+    # block, leaving the lock held for good: never wait on it for long when cleaning up.
+    if _CHILDREN_LOCK.acquire(timeout=2):
+        try:
+            children = list(_CHILDREN)
+        finally:
+            _CHILDREN_LOCK.release()
+    else:
         children = list(_CHILDREN)
     for proc in children:
         kill_process_group(proc, grace=5.0)

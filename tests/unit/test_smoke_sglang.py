@@ -298,10 +298,18 @@ def test_ctrl_c_and_sigterm_stop_the_server(tmp_path, sig, reason):
         pids = wait_for(pid_file)
         time.sleep(0.5)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # where is it stuck? (faulthandler in _result.py)
+            time.sleep(2)
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"still running 60 s after {sig.name}; its stacks and output:\n{out[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     result = json.loads((tmp_path / "result.json").read_text())
     assert proc.returncode == 1, out
     assert result["status"] == "failed" and result["reason"] == reason
