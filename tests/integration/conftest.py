@@ -74,14 +74,16 @@ def build_topic(engine: Engine):
 
 
 @pytest.fixture(scope="session")
-def nccl_2node_bundle(build_topic, tmp_path_factory) -> Path:
+def nccl_2node_bundle(build_topic, tmp_path_factory) -> Iterator[Path]:
     """`invoke bundle nccl-2node`, written once per session (the distributed image and its
-    parents, ~6 GB): the bundle tests load it, the Slurm tests take the image from it."""
+    parents, ~6 GB): the bundle tests load it, the Slurm tests take the image from it (the
+    last user, which deletes it: pytest keeps its temporary folders, and CI's disk counts)."""
     build_topic("distributed")
     path = tmp_path_factory.mktemp("stack-bundle") / "nccl-2node.bundle"
     proc = run_kit("bundle", "nccl-2node", "-o", str(path), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
-    return path
+    yield path
+    path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def last_line(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def docs_bundle(engine: Engine, build_topic, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def docs_bundle(engine: Engine, build_topic, tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     """The docs topic bundled once; returns the file and {tag: image id} before bundling."""
     build_topic("docs")
     path = tmp_path_factory.mktemp("bundle") / "docs.bundle"
@@ -56,7 +57,8 @@ def docs_bundle(engine: Engine, build_topic, tmp_path_factory) -> tuple[Path, di
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     assert "bundle: " in proc.stdout and "written: " in proc.stdout  # progress, then the result
     ids = {tag: image["id"] for image in manifest_of(path)["images"] for tag in image["tags"]}
-    return path, ids
+    yield path, ids
+    path.unlink(missing_ok=True)  # pytest keeps its temporary folders: CI's disk counts
 
 
 def test_a_topic_bundle_loads_back_with_the_same_ids_and_runs_with_no_network(engine: Engine, docs_bundle, tmp_path):
@@ -153,6 +155,8 @@ def test_damaged_truncated_foreign_and_missing_bundles_are_one_line_errors(engin
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
             assert not any(engine.image_exists(t) for t in tags), f"{file.name} left an image tagged"
     finally:
+        for copy in tmp_path.glob("*.bundle"):
+            copy.unlink()
         proc = run_kit("load", str(path), timeout=1200)
         assert proc.returncode == 0, proc.stderr
 
