@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.data.catalog import ARCHES, Base, Catalog, Topic, host_arch, load_catalog
+from mlsyskit.data.catalog import ARCHES, Base, Catalog, Topic, arch_of, host_arch, load_catalog
 from mlsyskit.data.config import Config, load_config
 from mlsyskit.engine import Engine
 
@@ -31,8 +31,7 @@ class Context:
         name = base or config.base
         if name.startswith("-"):  # `--arch` without `--base`: kit.toml's base for that architecture
             name = config.base + name
-        implied = name.rpartition("-")[2] if name.rpartition("-")[2] in ARCHES else ""
-        return cls(config=config, catalog=catalog, base=catalog.base(name, arch or implied or host_arch()), connect=connect)
+        return cls(config=config, catalog=catalog, base=catalog.base(name, arch or arch_of(name) or host_arch()), connect=connect)
 
     @property
     def arch(self) -> str:

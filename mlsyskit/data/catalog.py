@@ -40,6 +40,12 @@ class Base:
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
+def arch_of(base_name: str) -> str:
+    """The architecture a base name says (`pypi-arm64` -> arm64), "" when it says none."""
+    suffix = base_name.rpartition("-")[2]
+    return suffix if suffix in ARCHES else ""
+
+
 def host_arch() -> str:
     import platform
 

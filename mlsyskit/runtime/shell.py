@@ -293,10 +293,9 @@ def container_spec(
 def platform_of(base: str) -> str:
     """`linux/arm64` for an image of another architecture than this host's (run under qemu);
     "" for the host's own, so docker's default applies."""
-    from mlsyskit.data.catalog import ARCHES, host_arch
+    from mlsyskit.data.catalog import arch_of, host_arch
 
-    suffix = base.rpartition("-")[2]
-    arch = suffix if suffix in ARCHES else "amd64"
+    arch = arch_of(base) or "amd64"
     return "" if arch == host_arch() else f"linux/{arch}"
 
 
