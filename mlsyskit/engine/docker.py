@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,9 @@ from mlsyskit.engine.clients import (
 from mlsyskit.engine.records import COMPOSE_PROJECT, ContainerInfo, ImageInfo
 from mlsyskit.engine.spec import ContainerSpec, DockerCall, run_call
 from mlsyskit.errors import BuildError, EngineError, KitError
+
+# a line of BuildKit's plain progress: its step number, and ERROR when that step failed
+BUILD_STEP = re.compile(r"^#(\d+) (ERROR\b)?")
 
 
 class ComposeRun:
@@ -357,6 +361,12 @@ class Engine:
         if no_cache:
             args.append("--no-cache")
         tail: deque[str] = deque(maxlen=25)
+        # BuildKit's plain progress prefixes each line with its step ("#7 12.3 error: ..."), and
+        # its closing summary on Debian's engine 20.10 repeats no output: keep each step's own
+        # last lines, so that the error can show what the failing step said (uv's or apt's
+        # message), not only that it failed.
+        by_step: dict[str, deque[str]] = {}
+        failed_step = ""
         with subprocess.Popen(
             self._cmd(*args, str(context)),
             stdout=subprocess.PIPE,
@@ -369,13 +379,17 @@ class Engine:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
+                if step := BUILD_STEP.match(line):
+                    by_step.setdefault(step[1], deque(maxlen=20)).append(line)
+                    if step[2] == "ERROR" and not failed_step:
+                        failed_step = step[1]
                 if on_line:
                     on_line(line)
             returncode = proc.wait()
         if returncode != 0:
-            text = "\n".join(tail)
-            if "Cannot connect to the Docker daemon" in text:
+            if "Cannot connect to the Docker daemon" in "\n".join(tail):
                 raise EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+            text = "\n".join(by_step[failed_step] if failed_step else tail)
             raise BuildError(f"building {tag} failed", fix="see the failing step's output above", log_tail=text)
 
     # --- containers -------------------------------------------------------------------

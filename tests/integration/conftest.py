@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,10 +13,11 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from mlsyskit import LABEL_PREFIX
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.config import load_config
 from mlsyskit.engine import ContainerSpec, Engine
-from mlsyskit.errors import EngineError
+from mlsyskit.errors import BuildError, EngineError
 from mlsyskit.images.build import LayerResult, build_topics
 from mlsyskit.images.plan import topic_alias
 from tests.conftest import IN_CI, need
@@ -29,6 +32,41 @@ def engine() -> Engine:
     except EngineError as exc:
         need(False, f"no Docker engine: {exc}")
         raise
+
+
+# Measured: a cold run of the whole suite peaks at 61 GB above an empty engine (BENCHMARKS.md,
+# "CI: .ci/run cold"), plus a margin for the locks growing between runs.
+SUITE_DISK_GB = 65
+
+
+@pytest.fixture(scope="session", autouse=True)
+def enough_disk_for_the_suite(no_stack_left_from_before: None) -> None:  # leftover containers go first
+    """A CI machine that holds an earlier run's images (the kit's own, from a run on the same
+    disk) fails late and obscurely: uv or dockerd run out of space in a build half an hour in.
+    In CI, when the engine's disk has less than the suite needs, the kit's images and the build
+    cache go first (they are caches: every test rebuilds what it needs); a disk still too
+    small stops the run at once with one line. Elsewhere they may be the user's: only a warning."""
+    try:
+        engine = Engine.connect()
+    except EngineError:
+        return
+    root = engine.daemon().root_dir or "/var/lib/docker"
+
+    def free_gb() -> float:
+        return shutil.disk_usage(root).free / 1e9
+
+    if free_gb() >= SUITE_DISK_GB:
+        return
+    if not IN_CI:
+        warnings.warn(f"{free_gb():.0f} GB free under {root}; a cold run of the whole suite needs about {SUITE_DISK_GB} GB (`invoke clean` frees the kit's images)", stacklevel=2)
+        return
+    before = free_gb()
+    images = engine.images(f"{LABEL_PREFIX}.kind")
+    engine.remove_images(image.id for image in images)
+    engine.prune_build_cache()
+    print(f"only {before:.0f} GB free under {root}: removed {len(images)} image(s) of the kit and the build cache, now {free_gb():.0f} GB free")
+    if free_gb() < SUITE_DISK_GB:
+        pytest.exit(f"{free_gb():.0f} GB free under {root}, the suite needs about {SUITE_DISK_GB} GB: free disk space and run again", returncode=3)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +105,10 @@ def build_topic(engine: Engine):
         key = f"{name}:{base}"
         if key not in _built:
             catalog, config = load_catalog(), load_config()
-            _built[key] = build_topics(engine, catalog, config, [catalog.topic(name)], base_name=base, log=print)
+            try:
+                _built[key] = build_topics(engine, catalog, config, [catalog.topic(name)], base_name=base, log=print)
+            except BuildError as exc:  # the failing step's own lines, not only "it failed"
+                pytest.fail(f"{exc}\n{exc.log_tail}", pytrace=False)
         return _built[key]
 
     return build
