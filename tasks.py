@@ -225,12 +225,21 @@ def ps(c: Context) -> None:
         "wait": "seconds to wait for healthy services and finished jobs (default: the stack's)",
         "model": "a Hugging Face model id from the HF cache for the SGLang stacks (default: a tiny random-weight model)",
         "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+        "option": "NAME=VALUE, one of the stack's options (`invoke stacks` lists them; repeatable)",
+        "rdma": "give the GPU services /dev/infiniband and IPC_LOCK (NCCL and UCX over InfiniBand/RoCE)",
     },
+    iterable=["option"],
 )
 @kit_errors
-def up(c: Context, stack: str, gpus: str = "", cpu: bool = False, wait: int = 0, model: str = "", base: str = "", arch: str = "") -> None:
+def up(
+    c: Context, stack: str, gpus: str = "", cpu: bool = False, wait: int = 0, model: str = "", base: str = "", arch: str = "",
+    option: list[str] | None = None, rdma: bool = False,
+) -> None:  # fmt: skip
     """Start a compose stack and wait until every service is healthy and every job has finished."""
-    say(kit_stacks.up(stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=with_arch(base, arch), log=say).text)
+    result = kit_stacks.up(
+        stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=with_arch(base, arch), settings=option or (), rdma=rdma, log=say
+    )
+    say(result.text)
 
 
 @task(positional=["stack"], help={"stack": "the stack to stop"})
@@ -282,7 +291,8 @@ def stacks(c: Context) -> None:
         "namespace": "k8s: the namespace of every object",
         "host-ipc": "k8s: hostIPC on GPU pods",
         "host-network": "k8s: hostNetwork on GPU pods",
-        "rdma": "k8s: mount /dev/infiniband and add IPC_LOCK for NCCL over RDMA",
+        "rdma": "k8s: mount /dev/infiniband and add IPC_LOCK for NCCL and UCX over RDMA",
+        "option": "NAME=VALUE, one of the stack's options (`invoke stacks` lists them; repeatable)",
         "ifname": "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME (default: eth0 in pods; on Slurm NCCL's ^lo,docker0 and Gloo the default route's)",
         "cpu": "slurm: the stack's CPU variant (gloo all-reduce, a CPU Ray cluster); no GPUs asked for",
         "image-file": "slurm: the image file on shared storage (default: made on first use under $KIT_IMAGE_DIR)",
@@ -291,6 +301,7 @@ def stacks(c: Context) -> None:
         "shm-size": "k8s: size of the memory-backed /dev/shm (default 16Gi)",
         "hf-cache-pvc": "k8s: a PersistentVolumeClaim holding the HF cache (default: an emptyDir)",
     },
+    iterable=["option"],
 )
 @kit_errors
 def export(
@@ -298,13 +309,14 @@ def export(
     image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
     host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
     hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "", bundle: str = "", arch: str = "",
+    option: list[str] | None = None,
 ) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
         runtime=runtime, base=with_arch(base, arch), model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
         rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc, cpu=cpu, image_file=image_file,
-        kit_root=kit_root, bundle=bundle,
+        kit_root=kit_root, bundle=bundle, settings=tuple(option or ()),
     ):  # fmt: skip
         say(f"wrote {path}")
 

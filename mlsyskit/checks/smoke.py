@@ -55,7 +55,7 @@ PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 #: kit removes it: container start-up, torchrun's own margins, writing the result.
 MARGIN = 180
 #: Tests that take a model (`invoke smoke --model`).
-TAKES_MODEL = ("sglang_serve",)
+TAKES_MODEL = ("sglang_serve", "sglang_pd")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.compose.stacks import HF_TARGET, ComposeStack, load_stack, stack_names
+from mlsyskit.compose.stacks import HF_TARGET, ComposeStack, load_stack, option_values, stack_names
 from mlsyskit.context import Context
 from mlsyskit.data.fields import rel_path
 from mlsyskit.data.lockfile import key_versions
@@ -62,6 +62,7 @@ class ExportOptions:
     cpu: bool = False  # Slurm: the stack's CPU variant (gloo, a CPU Ray cluster), no GPUs asked for
     image_file: str = ""  # Slurm: the image file on shared storage ("" = made on first use under $KIT_IMAGE_DIR)
     bundle: str = ""  # Slurm: an `invoke bundle` file on shared storage, the image source (no daemon, no registry)
+    settings: tuple[str, ...] = ()  # --option NAME=VALUE: the stack's options (compose/stacks.py option_values)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def default_shape(stack: ComposeStack) -> Shape:
     split = len(stack.split_services())
     if stack.pattern == "router":
         return Shape(stack.gpus_default, 1)
+    if stack.pattern == "pd":
+        return Shape(1, stack.gpus_default)  # the pair shares one node's GPUs (CUDA IPC between them)
     if split:
         return Shape(split, max(1, stack.gpus_default // split))
     return Shape(1, stack.gpus_default)
@@ -116,6 +119,14 @@ def shape_for(stack: ComposeStack, opts: ExportOptions) -> Shape:
         raise UsageError(f"--gpus-per-node {gpus}: {stack.name} can use at most {limit} GPU(s) per node ({why})")
     if stack.pattern == "nodes" and nodes * gpus < 2:
         raise UsageError(f"{stack.name} all-reduces over at least 2 GPUs: got {nodes} node(s) x {gpus} GPU(s)")
+    if stack.pattern == "pd":
+        if nodes > 2:
+            raise UsageError(f"--nodes {nodes}: {stack.name} runs on 1 node (prefill and decode share its GPUs) or 2 (one server each)")
+        if nodes == 1 and gpus % 2:
+            raise UsageError(
+                f"--gpus-per-node {gpus}: on one node {stack.name} gives half of the GPUs to prefill and half to decode",
+                fix=f"give an even count (`--gpus-per-node {gpus + 1}`), or --nodes 2 for one server per node",
+            )
     return Shape(nodes, gpus)
 
 
@@ -379,8 +390,10 @@ class K8s:
 
     def gpu_env(self, service: str, extra: Mapping[str, str]) -> dict[str, str]:
         base = {"KIT_DEVICE": "cuda", "KIT_GPUS": str(self.shape.gpus_per_node), "KIT_NNODES": str(self.shape.nodes)}
-        if "KIT_MODEL" in (self.stack.compose["services"][service].get("environment") or {}):
+        declared = self.stack.compose["services"][service].get("environment") or {}
+        if "KIT_MODEL" in declared:
             base["KIT_MODEL"] = self.opts.model
+        base.update({k: v for k, v in option_values(self.stack, self.opts.settings).items() if k in declared})
         return service_env(self.stack, service, {**base, **extra}, self.opts.ifname or "eth0")
 
     def server(self) -> list[dict[str, Any]]:
@@ -579,6 +592,57 @@ class K8s:
             },
         ]
 
+    def pd(self) -> list[dict[str, Any]]:
+        """Prefill and decode as Deployments of their own (one pod each, half of a node's GPUs
+        each on one node, a node's GPUs each on two), the router in PD mode in front. Pods do
+        not share GPUs, so UCX moves the KV over the network (TCP, or InfiniBand with --rdma),
+        not CUDA IPC."""
+        stack, shape = self.stack, self.shape
+        prefill, decode, router = one(stack, "prefill"), one(stack, "decode"), one(stack, "router")
+        gpus = shape.gpus_per_node // 2 if shape.nodes == 1 else shape.gpus_per_node
+        port = stack.services[prefill].port
+        router_port = stack.services[router].port
+        bootstrap = int(interpolate(str((stack.compose["services"][prefill].get("environment") or {}).get("KIT_BOOTSTRAP_PORT", "8998")), {}))
+        objects: list[dict[str, Any]] = []
+        for service in (prefill, decode):
+            name, labels = f"{stack.name}-{service}", self.labels(service)
+            env = self.gpu_env(service, {"KIT_GPUS": str(gpus), "KIT_NNODES": "1", "KIT_NODE_RANK": "0", "KIT_PD_TP": str(gpus), "KIT_PD_BASE_GPU": "0"})
+            ports = [("http", port), *([("bootstrap", bootstrap)] if service == prefill else [])]
+            pod = self.pod([self.container(service, gpus=gpus, env=env, ports=ports)], init=self.prep_init(service))
+            objects.append(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": self.meta(name, service),
+                    "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": pod}},
+                }
+            )
+            objects.append(self.service_object(name, service, labels, ports))
+        # the router gives the decode pod this host name for the bootstrap: the prefill Service
+        router_env = service_env(
+            stack,
+            router,
+            {
+                "KIT_PREFILL_URL": f"http://{stack.name}-{prefill}:{port}",
+                "KIT_DECODE_URL": f"http://{stack.name}-{decode}:{port}",
+                "KIT_BOOTSTRAP_PORT": str(bootstrap),
+            },
+            self.opts.ifname or "eth0",
+        )
+        router_labels = self.labels("router")
+        router_pod = self.pod([self.container(router, gpus=0, env=router_env)])
+        objects += [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": self.meta(f"{stack.name}-router", "router"),
+                "spec": {"replicas": 1, "selector": {"matchLabels": router_labels}, "template": {"metadata": {"labels": router_labels}, "spec": router_pod}},
+            },
+            self.service_object(f"{stack.name}-router", "router", router_labels, [("http", router_port)]),
+            *self.client_job(f"{stack.name}-router", router_port),
+        ]
+        return objects
+
     def objects(self) -> list[dict[str, Any]]:
         body = PATTERNS[self.stack.pattern].k8s(self)  # first: it decides which scripts the ConfigMap ships
         return self.configmap_objects() + body
@@ -689,6 +753,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     if opts.image_file and not Path(opts.image_file).is_file():
         raise UsageError(f"--image-file {opts.image_file}: no such file", fix="make it first (apptainer build / enroot import), or leave --image-file out")
     shape = shape_for(stack, opts)
+    options = option_values(stack, opts.settings)
     main = stack.by_role(PATTERNS[stack.pattern].slurm_role)[0].name
     image = image_ref(stack, main, opts)
     kit_root = opts.kit_root or str(REPO_ROOT)
@@ -751,6 +816,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
         "export PYTHONPATH=/opt/mlsyskit",
         f"export KIT_DEVICE={device} KIT_NNODES={shape.nodes} KIT_GPUS={shape.gpus_per_node} KIT_MODEL=${{KIT_MODEL:-{opts.model}}}",
+        *(f"export {env}=${{{env}:-{value}}}  # --option" for env, value in options.items()),
         f'MOUNTS="{mount_spec}"',
         'mkdir -p "$IMAGE_DIR" "$WORK_DIR" "$HF_HOME"',
         "",
@@ -922,6 +988,63 @@ def _slurm_router(stack: ComposeStack, shape: Shape) -> list[str]:
     ]
 
 
+def _slurm_pd(stack: ComposeStack, shape: Shape) -> list[str]:
+    prefill = one(stack, "prefill")
+    one(stack, "decode")
+    port = stack.services[prefill].port
+    bootstrap = interpolate(str((stack.compose["services"][prefill].get("environment") or {}).get("KIT_BOOTSTRAP_PORT", "8998")), {})
+    lines = [
+        "# --- the model, then the prefill and decode servers, then the router in PD mode ---------",
+        'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
+        'mkdir -p "$WORK_DIR/models"',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+        f"export KIT_BOOTSTRAP_PORT=${{KIT_BOOTSTRAP_PORT:-{bootstrap}}} UCX_PROTO_INFO=${{UCX_PROTO_INFO:-y}}",
+    ]
+    if shape.nodes == 1:
+        lines += [
+            "# One node: the pair shares its GPUs (prefill the first half, decode the second) and its",
+            "# network, so they serve on two ports; both see every GPU, which CUDA IPC between them needs.",
+            f"PREFILL_NODE=$HEAD PREFILL_ADDR=$KIT_HEAD PREFILL_PORT={port}",
+            f"DECODE_NODE=$HEAD DECODE_ADDR=$KIT_HEAD DECODE_PORT={port + 1}",
+            "PREFILL_ENV=(KIT_NNODES=1 KIT_PD_ROLE=prefill)",
+            "DECODE_ENV=(KIT_NNODES=1 KIT_PD_ROLE=decode)",
+            "DECODE_STEP=(--overlap)  # a second step on the node whose GPUs the prefill step holds",
+        ]
+    else:
+        lines += [
+            "# Two nodes: one server on each, with every GPU of its node.",
+            f"PREFILL_NODE=$HEAD PREFILL_ADDR=$KIT_HEAD PREFILL_PORT={port}",
+            'DECODE_NODE=${NODES[1]}',
+            'DECODE_ADDR=$(node_addr "$DECODE_NODE")',
+            f"DECODE_ADDR=${{DECODE_ADDR:-$DECODE_NODE}} DECODE_PORT={port}",
+            'PREFILL_ENV=(KIT_NNODES=1 KIT_PD_ROLE=prefill KIT_PD_TP="$KIT_GPUS" KIT_PD_BASE_GPU=0)',
+            'DECODE_ENV=(KIT_NNODES=1 KIT_PD_ROLE=decode KIT_PD_TP="$KIT_GPUS" KIT_PD_BASE_GPU=0)',
+            "DECODE_STEP=()",
+        ]
+    lines += [
+        "# each server's own NCCL port: on one node they share the network",
+        'PREFILL_ENV+=(KIT_SERVE_PORT="$PREFILL_PORT" KIT_NCCL_PORT=30100)',
+        'DECODE_ENV+=(KIT_SERVE_PORT="$DECODE_PORT" KIT_NCCL_PORT=30200)',
+        f'in_container --nodes=1 --ntasks=1 -w "$PREFILL_NODE" -- env "${{PREFILL_ENV[@]}}" bash {SCRIPTS_TARGET}/sglang_server.sh &',
+        'started $! "the prefill server on $PREFILL_NODE"',
+        f'in_container "${{DECODE_STEP[@]}}" --nodes=1 --ntasks=1 -w "$DECODE_NODE" -- env "${{DECODE_ENV[@]}}" bash {SCRIPTS_TARGET}/sglang_server.sh &',
+        "DECODE=$!",
+        'started "$DECODE" "the decode server on $DECODE_NODE"',
+        'wait_for "the prefill server at $PREFILL_ADDR:$PREFILL_PORT" 3600 curl -fsS "http://$PREFILL_ADDR:$PREFILL_PORT/health"',
+        'wait_for "the decode server at $DECODE_ADDR:$DECODE_PORT" 3600 curl -fsS "http://$DECODE_ADDR:$DECODE_PORT/health"',
+        "# The router hands the decode server the prefill URL's host as the bootstrap host: an address.",
+        "ROUTER_PORT=${ROUTER_PORT:-8000}",
+        'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_SERVE_PORT="$ROUTER_PORT" \\',
+        f'  KIT_PREFILL_URL="http://$PREFILL_ADDR:$PREFILL_PORT" KIT_DECODE_URL="http://$DECODE_ADDR:$DECODE_PORT" bash {SCRIPTS_TARGET}/sglang_router.sh &',
+        'started $! "the router"',
+        'wait_for "the router on $HEAD:$ROUTER_PORT" 600 curl -fsS "http://$KIT_HEAD:$ROUTER_PORT/health"',
+        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:$ROUTER_PORT" python {SCRIPTS_TARGET}/sglang_client.py',
+        'echo "routing prefill/decode at http://$KIT_HEAD:$ROUTER_PORT until the time limit (scancel $SLURM_JOB_ID stops it)"',
+        'finish "$DECODE"',
+    ]
+    return lines
+
+
 # --- the command ------------------------------------------------------------------------
 
 
@@ -941,6 +1064,7 @@ PATTERNS: dict[str, Pattern] = {
     "router": Pattern(K8s.router, _slurm_router, "worker"),
     "ray": Pattern(K8s.ray, _slurm_ray, "head"),
     "nodes": Pattern(K8s.nodes, _slurm_nodes, "node"),
+    "pd": Pattern(K8s.pd, _slurm_pd, "prefill"),
 }
 
 

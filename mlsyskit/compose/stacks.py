@@ -46,15 +46,16 @@ from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
-from mlsyskit.runtime.host import ensure_image, memlock_allowed, read_host
+from mlsyskit.runtime.host import ensure_image, memlock_allowed, port_taken, published_ports, read_host
 
 Log = Callable[[str], None]
 
-PATTERNS = ("server", "router", "ray", "nodes")
-ROLES = ("prep", "server", "client", "worker", "router", "head", "driver", "node")
+PATTERNS = ("server", "router", "ray", "nodes", "pd")
+ROLES = ("prep", "server", "client", "worker", "router", "head", "driver", "node", "prefill", "decode")
 RUNS = ("service", "job")
 GPU_MODES = ("all", "split", "each", "none")
-STACK_FIELDS = {"description", "pattern", "topic", "cpu", "gpus", "wait"}
+STACK_FIELDS = {"description", "pattern", "topic", "cpu", "gpus", "wait", "options"}
+OPTION_FIELDS = {"env", "default", "choices", "help"}
 SERVICE_FIELDS = {"role", "run", "gpus", "group", "port", "topic"}
 HF_TARGET = "/root/.cache/huggingface"
 MEMLOCK_UNLIMITED = -1
@@ -81,6 +82,18 @@ class ComposeService:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StackOption:
+    """A choice the stack offers (`invoke up|export STACK --option NAME=VALUE`), passed to the
+    services that declare its environment variable."""
+
+    name: str
+    env: str
+    default: str
+    choices: tuple[str, ...]
+    help: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ComposeStack:
     name: str
     path: Path
@@ -92,6 +105,8 @@ class ComposeStack:
     gpus_min: int
     wait: int
     services: dict[str, ComposeService]  # in file order
+    gpus_multiple: int = 1  # the GPU count must be a multiple of this (prefill + decode: 2)
+    options: dict[str, StackOption] = field(default_factory=dict)
     compose: dict[str, Any] = field(repr=False)  # the file as loaded (anchors resolved)
 
     @property
@@ -151,7 +166,15 @@ def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
     top = Fields(path, data.get("x-mlsyskit"), "x-mlsyskit.")
     top.reject_unknown(STACK_FIELDS)
     gpus = Fields(path, top.table.get("gpus", {}), "x-mlsyskit.runtime.gpus.")
-    gpus.reject_unknown({"default", "min"})
+    gpus.reject_unknown({"default", "min", "multiple"})
+    options: dict[str, StackOption] = {}
+    for option_name in top.table.get("options") or {}:
+        fields = Fields(path, top.table["options"][option_name], f"x-mlsyskit.options.{option_name}.")
+        fields.reject_unknown(OPTION_FIELDS)
+        choices = fields.str_list("choices")
+        options[option_name] = StackOption(
+            name=option_name, env=fields.str("env"), default=fields.str("default", choices=choices), choices=choices, help=fields.str("help", "")
+        )
     services: dict[str, ComposeService] = {}
     for service_name, body in data["services"].items():
         if not isinstance(body, dict):
@@ -187,6 +210,8 @@ def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
         gpus_min=gpus.int("min", 1, minimum=1),
         wait=top.int("wait", 600, minimum=1),
         services=services,
+        gpus_multiple=gpus.int("multiple", 1, minimum=1),
+        options=options,
         compose=data,
     )
     for service_name, body in data["services"].items():
@@ -199,6 +224,8 @@ def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
                 raise UsageError(
                     f"{rel_path(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck"
                 )
+    if stack.gpus_default % stack.gpus_multiple or stack.gpus_min % stack.gpus_multiple:
+        raise gpus.fail("multiple", f"a divisor of x-mlsyskit.gpus.default and .min ({stack.gpus_default}, {stack.gpus_min})")
     if stack.gpus_min > stack.gpus_default:
         raise gpus.fail("min", f"at most x-mlsyskit.runtime.gpus.default ({stack.gpus_default})")
     for group, members in stack.groups().items():
@@ -226,7 +253,12 @@ def check_layout(stack: ComposeStack, gpus: Sequence[str]) -> None:
     """One clear error when the stack cannot use this many GPUs."""
     count = len(gpus)
     if count < stack.gpus_min:
-        raise UsageError(f"{stack.name} needs at least {stack.gpus_min} GPU(s), got {count}")
+        raise UsageError(f"{stack.name} needs at least {stack.gpus_min} GPU(s), got {count}", fix=f"give `--gpus {stack.gpus_min}` or more")
+    if count % stack.gpus_multiple:
+        raise UsageError(
+            f"{stack.name} needs a multiple of {stack.gpus_multiple} GPUs, got {count}",
+            fix=f"give {count - count % stack.gpus_multiple or stack.gpus_multiple} or {count + stack.gpus_multiple - count % stack.gpus_multiple}",
+        )
     split = stack.split_services()
     if split and count % len(split):
         raise UsageError(
@@ -273,6 +305,48 @@ def choose_devices(stack: ComposeStack, gpus: str, cpu: bool, host_gpus: Callabl
     return Devices(gpus=tuple(chosen))
 
 
+def option_values(stack: ComposeStack, given: Sequence[str]) -> dict[str, str]:
+    """`--option NAME=VALUE ...` checked against the stack's options: {env var: value}, every
+    option present (its default where not given)."""
+    chosen = {name: option.default for name, option in stack.options.items()}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--option {item}: expected NAME=VALUE", fix=f"e.g. --option {next(iter(stack.options), 'NAME')}=VALUE")
+        if name not in stack.options:
+            known = ", ".join(stack.options) or "none"
+            raise UsageError(f"--option {item}: {stack.name} has no option '{name}'", fix=f"its options: {known}")
+        option = stack.options[name]
+        if value not in option.choices:
+            raise UsageError(f"--option {item}: {name} is one of {', '.join(option.choices)}", fix=f"e.g. --option {name}={option.default}")
+        chosen[name] = value
+    return {stack.options[name].env: value for name, value in chosen.items()}
+
+
+RDMA_DEVICES = Path("/dev/infiniband")
+
+
+def check_rdma(rdma: bool, devices: Path = RDMA_DEVICES) -> None:
+    if rdma and not devices.is_dir():
+        raise UsageError(
+            f"--rdma: this host has no {devices} (no RDMA device or driver)",
+            fix="leave --rdma out: UCX then moves KV by CUDA IPC within a host, or TCP",
+        )
+
+
+def check_ports_free(stack: ComposeStack, rendered: Mapping[str, Any], taken: Callable[[str, int, str], bool] = port_taken) -> None:
+    """Refuse before anything starts when a port the stack publishes is in use on this host
+    (compose would create half the stack and stop at that container)."""
+    for name, body in rendered["services"].items():
+        for address, port, proto in published_ports([str(p) for p in body.get("ports") or []]):
+            if taken(address, port, proto):
+                where = f"{address}:{port}" if address else str(port)
+                raise EngineError(
+                    f"{stack.name}: port {where}/{proto} of service {name} is already in use on this host",
+                    fix="stop what holds it (`invoke stacks` shows the kit's own stacks)",
+                )
+
+
 # --- rendering --------------------------------------------------------------------------
 
 
@@ -284,6 +358,8 @@ class RenderOptions:
     memlock: bool = True  # the engine lets containers set memlock=-1
     hf_cache: Path = Path("~/.cache/huggingface")
     environment: Mapping[str, str] = field(default_factory=dict)  # added to every service
+    options: Mapping[str, str] = field(default_factory=dict)  # option_values(): to the services that declare them
+    rdma: bool = False  # GPU services get /dev/infiniband and IPC_LOCK (UCX, NCCL over InfiniBand/RoCE)
 
 
 def _escape(value: str) -> str:
@@ -353,13 +429,16 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
         if isinstance(body.get("environment"), list):
             raise UsageError(f"{rel_path(stack.path)}: services.{spec.name}.environment must be a mapping")
         env = {k: "" if v is None else str(v) for k, v in (body.get("environment") or {}).items()}
-        env.update({k: _escape(v) for k, v in common.items() if k in env})
+        env.update({k: _escape(v) for k, v in {**common, **opts.options}.items() if k in env})
         if spec.gpus != "none":
             env.update(KIT_DEVICE=common["KIT_DEVICE"], KIT_GPUS=str(len(mine)))
         env.update({k: _escape(v) for k, v in extra.items()})
         env.update({k: _escape(v) for k, v in opts.environment.items()})
         body["environment"] = dict(sorted(env.items()))
         _render_gpus(body, mine)
+        if opts.rdma and spec.gpus != "none":
+            body["devices"] = [*(body.get("devices") or []), f"{RDMA_DEVICES}:{RDMA_DEVICES}"]
+            body["cap_add"] = sorted({*(body.get("cap_add") or []), "IPC_LOCK"})
         _render_limits(body, opts.memlock)
         _render_volumes(body, stack.path.parent, opts.hf_cache)
         body["depends_on"] = _render_depends(body.get("depends_on"), group_members, stack)
@@ -381,6 +460,8 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
             "base": opts.base,
             "model": opts.model,
             "memlock": "unlimited" if opts.memlock else "engine default",
+            **({"options": dict(opts.options)} if opts.options else {}),
+            **({"rdma": True} if opts.rdma else {}),
         },
     }
     plain: dict[str, Any] = json.loads(json.dumps(rendered))  # plain data: no YAML aliases in the output
@@ -550,11 +631,15 @@ def up(
     wait: int = 0,
     model: str = "",
     base: str = "",
+    settings: Sequence[str] = (),
+    rdma: bool = False,
     log: Log = print,
     root: Path = REPO_ROOT,
 ) -> UpResult:
 
     stack = load_stack(name, root)
+    options = option_values(stack, settings)
+    check_rdma(rdma)
     ctx = Context.resolve(base, root)
     catalog, config, base_name = ctx.catalog, ctx.config, ctx.base_name
     devices = choose_devices(stack, gpus, cpu, query_gpus, host_has_gpus())
@@ -577,9 +662,11 @@ def up(
     hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     environment = {"HF_ENDPOINT": config.hf_endpoint} if config.hf_endpoint else {}
     opts = RenderOptions(
-        devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment
-    )
+        devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
+        options=options, rdma=rdma,
+    )  # fmt: skip
     rendered = render(stack, opts)
+    check_ports_free(stack, rendered)
     path = rendered_file(stack.name, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rendered_yaml(rendered, stack))
@@ -726,7 +813,7 @@ def status(root: Path = REPO_ROOT) -> str:
         engine = Engine.connect()
     except Exception:  # the table still says what the stacks are
         engine = None
-    rows = []
+    rows, notes = [], []
     for name in stack_names(root):
         stack = load_stack(name, root)
         if engine is None:
@@ -742,4 +829,7 @@ def status(root: Path = REPO_ROOT) -> str:
                 state = f"up: {running} running, {done} done" + (f", {bad} failed" if bad else "")
         gpus = f"{stack.gpus_default} (min {stack.gpus_min})"
         rows.append((name, stack.topic, gpus, "yes" if stack.cpu else "no", state, stack.description))
-    return table(("stack", "topic", "gpus", "--cpu", "state", "what"), rows)
+        for option in stack.options.values():
+            notes.append(f"  {name} --option {option.name}={'|'.join(option.choices)} (default {option.default}): {option.help}")
+    text = table(("stack", "topic", "gpus", "--cpu", "state", "what"), rows)
+    return text + ("\noptions (invoke up|export STACK --option NAME=VALUE):\n" + "\n".join(notes) if notes else "")

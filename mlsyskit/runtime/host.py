@@ -11,7 +11,7 @@ import json
 import os
 import pwd
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -176,3 +176,38 @@ def choose_gpus(request: str) -> GpuSelection:
             fix="install nvidia-container-toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker`, or use --gpus none",
         )
     return selection
+
+
+# --- ports -----------------------------------------------------------------------------
+
+
+def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
+    """(host address, host port, protocol) of each `-p` value: `8000`, `8080:80`,
+    `127.0.0.1:8000:8000`, `8000/udp`. A range or an unpublished port gives nothing."""
+    found = []
+    for port in ports:
+        spec, _, proto = port.partition("/")
+        parts = spec.rsplit(":", 2) if not spec.startswith("[") else [spec]
+        if len(parts) == 3:
+            address, host_port = parts[0], parts[1]
+        else:
+            address, host_port = "", parts[0]
+        if host_port.isdigit():
+            found.append((address, int(host_port), proto or "tcp"))
+    return found
+
+
+def port_taken(address: str, port: int, proto: str = "tcp") -> bool:
+    """Whether something on this host already holds the port docker would publish on."""
+    import socket
+
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+        try:
+            sock.bind((address or "0.0.0.0", port))
+        except PermissionError:
+            return False  # a privileged port: docker binds it, we may not; let docker decide
+        except OSError:
+            return True
+    return False

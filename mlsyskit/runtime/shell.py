@@ -49,6 +49,8 @@ from mlsyskit.runtime.host import (
     ensure_image,
     forget_memlock,
     memlock_allowed,
+    port_taken,
+    published_ports,
     read_host,
 )
 
@@ -151,38 +153,6 @@ def parse_mounts(specs: Sequence[str], cwd: Path) -> tuple[tuple[str, ...], tupl
             raise UsageError(f"--mount '{spec}': the container path must be absolute")
         volumes.append(":".join([str(source), target, *parts[2:3]]))
     return tuple(volumes), tuple(mounts)
-
-
-def published_ports(ports: Sequence[str]) -> list[tuple[str, int, str]]:
-    """(host address, host port, protocol) of each `-p` value: `8000`, `8080:80`,
-    `127.0.0.1:8000:8000`, `8000/udp`. A range or an unpublished port gives nothing."""
-    found = []
-    for port in ports:
-        spec, _, proto = port.partition("/")
-        parts = spec.rsplit(":", 2) if not spec.startswith("[") else [spec]
-        if len(parts) == 3:
-            address, host_port = parts[0], parts[1]
-        else:
-            address, host_port = "", parts[0]
-        if host_port.isdigit():
-            found.append((address, int(host_port), proto or "tcp"))
-    return found
-
-
-def port_taken(address: str, port: int, proto: str = "tcp") -> bool:
-    """Whether something on this host already holds the port docker would publish on."""
-    import socket
-
-    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
-        try:
-            sock.bind((address or "0.0.0.0", port))
-        except PermissionError:
-            return False  # a privileged port: docker binds it, we may not; let docker decide
-        except OSError:
-            return True
-    return False
 
 
 def check_ports_free(opts: ShellOptions, taken: Callable[[str, int, str], bool] = port_taken) -> None:

@@ -135,6 +135,8 @@ CASES = [
     ("verl", {"nodes": 1}),
     ("nccl-2node", {}),
     ("nccl-2node", {"nodes": 4, "gpus_per_node": 8, "host_ipc": True, "host_network": True, "rdma": True, "ifname": "ib0"}),
+    ("sglang-pd", {}),
+    ("sglang-pd", {"nodes": 2, "gpus_per_node": 4, "rdma": True, "settings": ("transfer-backend=nixl",)}),
 ]
 
 
@@ -368,6 +370,47 @@ def test_slurm_image_file_is_taken_as_given(tmp_path):
     assert "exit 2" in text and "the image file $IMAGE_FILE is missing and could not be made" in text
 
 
+def test_sglang_pd_is_a_prefill_and_a_decode_deployment_behind_a_pd_router():
+    objects = k8s_objects(load_stack("sglang-pd"), ExportOptions())  # one node of 2 GPUs: one each
+    prefill, decode = by_kind(objects, "Deployment", "sglang-pd-prefill"), by_kind(objects, "Deployment", "sglang-pd-decode")
+    (p,) = prefill["spec"]["template"]["spec"]["containers"]
+    (d,) = decode["spec"]["template"]["spec"]["containers"]
+    assert p["resources"]["limits"]["nvidia.com/gpu"] == d["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert env_of(p)["KIT_PD_ROLE"] == "prefill" and env_of(d)["KIT_PD_ROLE"] == "decode"
+    # a pod sees only its own GPUs: each server is tensor parallel over all of them, from GPU 0
+    assert env_of(p)["KIT_PD_TP"] == env_of(d)["KIT_PD_TP"] == "1" and env_of(d)["KIT_PD_BASE_GPU"] == "0"
+    assert env_of(p)["KIT_PD_BACKEND"] == "nixl"
+    service = by_kind(objects, "Service", "sglang-pd-prefill")
+    assert {x["name"]: x["port"] for x in service["spec"]["ports"]} == {"http": 30000, "bootstrap": 8998}
+    (router,) = by_kind(objects, "Deployment", "sglang-pd-router")["spec"]["template"]["spec"]["containers"]
+    env = env_of(router)
+    # the decode pod is given the prefill URL's host for the bootstrap: the prefill Service's name
+    assert env["KIT_PREFILL_URL"] == "http://sglang-pd-prefill:30000" and env["KIT_DECODE_URL"] == "http://sglang-pd-decode:30000"
+    assert env["KIT_BOOTSTRAP_PORT"] == "8998" and "resources" not in router
+    (client,) = by_kind(objects, "Job")["spec"]["template"]["spec"]["containers"]
+    assert env_of(client)["KIT_TARGET"] == "http://sglang-pd-router:30000"
+    two = k8s_objects(load_stack("sglang-pd"), ExportOptions(nodes=2, gpus_per_node=4))
+    (p2,) = by_kind(two, "Deployment", "sglang-pd-prefill")["spec"]["template"]["spec"]["containers"]
+    assert p2["resources"]["limits"]["nvidia.com/gpu"] == 4 and env_of(p2)["KIT_PD_TP"] == "4"
+
+
+@pytest.mark.parametrize("target", ["k8s", "slurm"])
+def test_an_unknown_stack_option_is_one_clear_error(target):
+    render = k8s_objects if target == "k8s" else slurm_script
+    with pytest.raises(UsageError) as err:
+        render(load_stack("sglang-pd"), ExportOptions(settings=("transfer-backend=mooncake",)))
+    assert str(err.value) == "--option transfer-backend=mooncake: transfer-backend is one of nixl (fix: e.g. --option transfer-backend=nixl)"
+
+
+def test_sglang_pd_slurm_shares_one_node_or_takes_one_node_each():
+    one_node = slurm_script(load_stack("sglang-pd"), ExportOptions(kit_root="/k"))
+    assert "#SBATCH --nodes=1" in one_node and "#SBATCH --gpus-per-node=2" in one_node
+    assert "DECODE_STEP=(--overlap)" in one_node and "DECODE_PORT=30001" in one_node
+    assert "export KIT_PD_BACKEND=${KIT_PD_BACKEND:-nixl}  # --option" in one_node
+    two_nodes = slurm_script(load_stack("sglang-pd"), ExportOptions(kit_root="/k", nodes=2, gpus_per_node=4))
+    assert "DECODE_NODE=${NODES[1]}" in two_nodes and 'KIT_PD_TP="$KIT_GPUS"' in two_nodes and "DECODE_STEP=()" in two_nodes
+
+
 # --- golden files -----------------------------------------------------------------------
 
 GOLDEN_CASES = [
@@ -379,6 +422,8 @@ GOLDEN_CASES = [
     ("slurm", "sglang-serve", {"nodes": 2, "gpus_per_node": 8}),
     ("slurm", "sglang-router", {"nodes": 2}),
     ("slurm", "verl", {"nodes": 2, "gpus_per_node": 8, "runtime": "apptainer"}),
+    ("k8s", "sglang-pd", {}),
+    ("slurm", "sglang-pd", {}),
 ]
 
 
@@ -418,6 +463,8 @@ def test_golden(target, name, options):
         ("nccl-2node", {"gpus_per_node": 0}, "needs at least 1 GPU per node"),
         ("nccl-2node", {"nodes": 1, "gpus_per_node": 1}, "all-reduces over at least 2 GPUs"),
         ("nccl-2node", {"nodes": 1, "cpu": True}, "--nodes 1: nccl-2node on CPU all-reduces across at least 2 nodes"),
+        ("sglang-pd", {"nodes": 3}, "--nodes 3: sglang-pd runs on 1 node (prefill and decode share its GPUs) or 2 (one server each)"),
+        ("sglang-pd", {"gpus_per_node": 3}, "--gpus-per-node 3: on one node sglang-pd gives half of the GPUs to prefill and half to decode"),
         ("nccl-2node", {"cpu": True, "gpus_per_node": 2}, "give either --cpu or --gpus-per-node, not both"),
         ("sglang-serve", {"cpu": True}, "--cpu: sglang-serve has no CPU variant: it needs GPUs"),
     ],

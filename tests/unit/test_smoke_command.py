@@ -19,7 +19,7 @@ from mlsyskit.errors import UsageError
 from smoke_tests._result import validate_result
 
 GPU_RESULTS = REPO_ROOT / "benchmarks" / "gpu" / "2026-11-27-h100x2"
-KNOWN = ["cuda_graph", "gpu_health", "nccl", "sglang_serve", "verl_grpo", "verl_sft"]
+KNOWN = ["cuda_graph", "gpu_health", "nccl", "sglang_pd", "sglang_serve", "verl_grpo", "verl_sft"]
 
 
 def topic(name: str, tests=(), stacks=()) -> Topic:

@@ -16,9 +16,12 @@ from mlsyskit.compose.stacks import (
     Devices,
     RenderOptions,
     assess,
+    check_ports_free,
+    check_rdma,
     choose_devices,
     device_requests,
     load_stack,
+    option_values,
     parse_stack,
     render,
     stack_names,
@@ -30,7 +33,7 @@ from mlsyskit.runtime.gpus import parse_query
 from mlsyskit.runtime.shell import STACK_BYTES  # the limit every GPU container gets, stacks included
 
 DATA = Path(__file__).parent / "data"
-STACKS = ["nccl-2node", "sglang-router", "sglang-serve", "verl"]
+STACKS = ["nccl-2node", "sglang-pd", "sglang-router", "sglang-serve", "verl"]
 
 
 def loaded_gpus():
@@ -115,6 +118,8 @@ def test_explicit_devices_and_counts():
         ("nccl-2node", "0,7", False, "GPU 7 does not exist"),
         ("nccl-2node", "2", True, "either --cpu or --gpus"),
         ("sglang-serve", "", True, "sglang-serve has no CPU variant"),
+        ("sglang-pd", "1,", False, "sglang-pd needs at least 2 GPU(s), got 1"),
+        ("sglang-pd", "3", False, "sglang-pd needs a multiple of 2 GPUs, got 3"),
     ],
 )
 def test_impossible_requests_are_one_clear_error(name, gpus, cpu, message):
@@ -193,6 +198,64 @@ def test_server_takes_every_gpu_given_for_tensor_parallel():
     assert gpu_ids(server) == [["2", "3"]] and server["environment"]["KIT_GPUS"] == "2"
     assert server["environment"]["KIT_MODEL"] == "org/model"
     assert "KIT_GPUS" not in out["services"]["client"]["environment"]
+
+
+def test_pd_servers_both_see_every_gpu_and_take_the_chosen_backend():
+    stack = load_stack("sglang-pd")
+    out = render(stack, opts(devices=Devices(gpus=("2", "3")), options=option_values(stack, ["transfer-backend=nixl"])))
+    services = out["services"]
+    for role in ("prefill", "decode"):
+        server = services[role]
+        # CUDA IPC between the two needs both GPUs visible in both, and the host's IPC and PIDs
+        assert gpu_ids(server) == [["2", "3"]] and server["environment"]["KIT_GPUS"] == "2"
+        assert server["ipc"] == "host" and server["pid"] == "host"
+        assert server["environment"]["KIT_PD_ROLE"] == role and server["environment"]["KIT_PD_BACKEND"] == "nixl"
+        assert "devices" not in server and "cap_add" not in server
+    assert services["prefill"]["environment"]["KIT_NCCL_PORT"] != services["decode"]["environment"]["KIT_NCCL_PORT"]
+    router = services["router"]
+    assert router["environment"]["KIT_PREFILL_URL"] == "http://prefill:30000" and router["environment"]["KIT_DECODE_URL"] == "http://decode:30000"
+    assert set(router["depends_on"]) == {"prefill", "decode"} and "deploy" not in router
+    assert out["x-mlsyskit"]["rendered"]["options"] == {"KIT_PD_BACKEND": "nixl"}
+    rdma = render(stack, opts(devices=Devices(gpus=("0", "1")), rdma=True))["services"]
+    assert rdma["decode"]["devices"] == ["/dev/infiniband:/dev/infiniband"] and rdma["decode"]["cap_add"] == ["IPC_LOCK"]
+    assert "devices" not in rdma["router"] and "cap_add" not in rdma["client"]
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["transfer-backend=mooncake"], "--option transfer-backend=mooncake: transfer-backend is one of nixl"),
+        (["colour=red"], "--option colour=red: sglang-pd has no option 'colour'"),
+        (["transfer-backend"], "--option transfer-backend: expected NAME=VALUE"),
+    ],
+)
+def test_bad_stack_options_are_one_clear_error(given, message):
+    with pytest.raises(UsageError) as err:
+        option_values(load_stack("sglang-pd"), given)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="its options: none"):
+        option_values(load_stack("sglang-serve"), ["transfer-backend=nixl"])
+
+
+def test_rdma_needs_the_hosts_infiniband_devices(tmp_path):
+    with pytest.raises(UsageError, match="--rdma: this host has no .* \\(no RDMA device or driver\\)"):
+        check_rdma(True, tmp_path / "infiniband")
+    (tmp_path / "infiniband").mkdir()
+    check_rdma(True, tmp_path / "infiniband")
+    check_rdma(False, tmp_path / "missing")
+
+
+def test_a_published_port_in_use_is_refused_before_anything_starts():
+    from mlsyskit.errors import EngineError
+
+    stack = load_stack("sglang-pd")
+    rendered = render(stack, opts(devices=Devices(gpus=("0", "1"))))
+    seen = []
+    check_ports_free(stack, rendered, taken=lambda address, port, proto: seen.append((address, port, proto)) or False)
+    assert seen == [("127.0.0.1", 30000, "tcp")]
+    with pytest.raises(EngineError) as err:
+        check_ports_free(stack, rendered, taken=lambda *_: True)
+    assert str(err.value).startswith("sglang-pd: port 127.0.0.1:30000/tcp of service router is already in use on this host")
 
 
 def test_images_paths_labels_and_escaping():

@@ -1,8 +1,10 @@
 """A stand-in for an SGLang server and for `sglang.bench_serving`, to test the SGLang smoke
 test's harness on a CPU (tests/unit/test_smoke_sglang.py). Standard library only.
 
-    fake_sglang.py serve --port P [--mode ok|never|crash] [--ready-after S] [--pid-file F] [--ignore-term]
+    fake_sglang.py serve --port P [--mode ok|never|crash|differ] [--ready-after S] [--pid-file F] [--ignore-term]
+                         [--transport cuda_ipc/cuda] [--requests-file F] [SGLang's PD flags, recorded]
     fake_sglang.py bench --base-url URL --output-file F --num-prompts N [--output-len N] [--mode ok|fail|hang|short]
+    fake_sglang.py router --port P --prefill URL [BOOTSTRAP_PORT] --decode URL
 
 `serve` answers /health with 503 until --ready-after seconds have passed (then 200; never
 with --mode never; --mode crash exits 3 at that time instead), and /generate, /v1/models,
@@ -10,6 +12,13 @@ with --mode never; --mode crash exits 3 at that time instead), and /generate, /v
 in its own process group and writes both PIDs to --pid-file, so a test can check that the
 whole group was stopped. `bench` sends /generate requests and appends one JSON line with
 bench_serving's result keys to --output-file.
+
+For prefill/decode disaggregation (the sglang_pd harness, and the real router in PD mode):
+`serve` accepts SGLang's --disaggregation-* and --base-gpu-id/--nccl-port flags, answers
+/generate with a text made from the prompt (--mode differ: another one on the decode side), appends every
+/generate body (with the bootstrap fields the router adds) to --requests-file, and prints a
+line as UCX_PROTO_INFO would for --transport. `router` stands in for the PD router: /health
+when both servers are healthy, /generate sent to both, the decode server's answer returned.
 """
 
 from __future__ import annotations
@@ -38,10 +47,12 @@ def serve(args: argparse.Namespace) -> int:
             json.dump({"server": os.getpid(), "grandchild": grandchild.pid}, out)
         os.replace(args.pid_file + ".tmp", args.pid_file)
     started = time.monotonic()
-    print(f"fake sglang: serving {args.model} on port {args.port}, mode {args.mode}", flush=True)
+    print(f"fake sglang: serving {args.model} on port {args.port}, mode {args.mode}, {args.disaggregation_mode or 'plain'}", flush=True)
+    if args.transport:
+        print(f"[1764500000.000000] [fake:{os.getpid()}:0]   | 0..inf | zero-copy | {args.transport} |", flush=True)
 
     def ready() -> bool:
-        return args.mode == "ok" and time.monotonic() - started >= args.ready_after
+        return args.mode in ("ok", "differ") and time.monotonic() - started >= args.ready_after
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a: object) -> None:  # quiet
@@ -70,9 +81,14 @@ def serve(args: argparse.Namespace) -> int:
             if not ready():
                 self.reply(503)
             elif self.path == "/generate":
+                if args.requests_file:
+                    with open(args.requests_file, "a") as out:
+                        out.write(json.dumps({"port": args.port, "mode": args.disaggregation_mode, "body": body}) + "\n")
                 n = body.get("sampling_params", {}).get("max_new_tokens", 16)
                 time.sleep(0.005)
-                self.reply(200, {"text": " x" * n, "meta_info": {"prompt_tokens": 7, "completion_tokens": n, "finish_reason": {"type": "length", "length": n}}})
+                differ = args.mode == "differ" and args.disaggregation_mode == "decode"
+                word = " z" if differ else f" {len(str(body.get('text', '')))}"
+                self.reply(200, {"text": word * n, "meta_info": {"prompt_tokens": 7, "completion_tokens": n, "finish_reason": {"type": "length", "length": n}}})
             elif self.path == "/v1/chat/completions":
                 n = body.get("max_tokens", 16)
                 message = {"role": "assistant", "content": " y" * n}
@@ -132,24 +148,69 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def router(args: argparse.Namespace) -> int:
+    prefill, decode = args.prefill[0], args.decode
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def call(url: str, body: object = None) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            with opener.open(urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}), timeout=30) as resp:
+                return resp.status, resp.read()
+        except Exception:
+            return 503, b""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def reply(self, code: int, data: bytes = b"") -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            ok = self.path == "/health" and all(call(u + "/health")[0] == 200 for u in (prefill, decode))
+            self.reply(200 if ok else 503)
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            call(prefill + self.path, body)
+            code, data = call(decode + self.path, body)
+            self.reply(code, data)
+
+    print(f"fake router: prefill {prefill}, decode {decode}", flush=True)
+    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--model", default="fake-model")
-    s.add_argument("--mode", choices=["ok", "never", "crash"], default="ok")
+    s.add_argument("--mode", choices=["ok", "never", "crash", "differ"], default="ok")
     s.add_argument("--ready-after", type=float, default=1.0)
     s.add_argument("--pid-file")
     s.add_argument("--ignore-term", action="store_true")
+    s.add_argument("--transport", default="")
+    s.add_argument("--requests-file", default="")
+    for flag in ("--disaggregation-mode", "--disaggregation-transfer-backend", "--disaggregation-bootstrap-port", "--base-gpu-id", "--nccl-port"):
+        s.add_argument(flag, default="")
     b = sub.add_parser("bench")
     b.add_argument("--base-url", required=True)
     b.add_argument("--output-file", required=True)
     b.add_argument("--num-prompts", type=int, default=4)
     b.add_argument("--output-len", type=int, default=4)
     b.add_argument("--mode", choices=["ok", "fail", "hang", "short", "early"], default="ok")
+    r = sub.add_parser("router")
+    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--prefill", nargs="+", required=True)
+    r.add_argument("--decode", required=True)
     args = parser.parse_args()
-    return serve(args) if args.command == "serve" else bench(args)
+    return {"serve": serve, "bench": bench, "router": router}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,379 @@
+"""Prefill/decode disaggregation smoke test: the same greedy prompts through a plain SGLang
+server and through a prefill server + decode server behind the SGLang router in PD mode
+must give the same text; the transport that carried the KV is named from the transfer
+backend's own log; a short ``bench_serving`` load runs through both, side by side.
+
+    python -m smoke_tests.sglang_pd [--json pd.json] [--model ORG/NAME|PATH] [--transfer-backend nixl]
+                                    [--expect-transport cuda_ipc|rdma|tcp]
+
+Two GPUs at least: the plain server and the prefill server on the first, the decode server
+on the second (``--base-gpu-id``; every process sees both GPUs, which CUDA IPC between them
+needs). The plain server runs first and is stopped before the pair starts. Both pair
+servers get ``UCX_PROTO_INFO=y``, so UCX (under NIXL) prints the protocol it chose for each
+transfer (``cuda_ipc/cuda``, ``tcp/eth0``, ``rc_mlx5/mlx5_0:1``...); the test reports every
+transport named there and, with ``--expect-transport``, fails when the KV did not move over
+that kind of link (``cuda_ipc``: GPU to GPU within the host; ``rdma``: InfiniBand/RoCE;
+``tcp``: sockets). Without a GPU (or with ``--cpu``) the test writes and checks the tiny model,
+then reports skipped (failed with ``--require-gpu``), never passed.
+
+``--server-cmd``, ``--router-cmd`` and ``--bench-cmd`` replace the SGLang commands (words with
+``{python} {model} {host} {port}``; ``{python} {host} {port} {prefill_url} {bootstrap_port}
+{decode_url}``; as in sglang_serve): the kit's CPU tests run the harness against stand-ins,
+and the real router against stand-in servers, that way. A result then records
+``"server": "custom"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from smoke_tests import sglang_serve, tiny_model
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_command, run_test, start_child, stop_child, tail_text
+from smoke_tests.sglang_serve import HOST, command_words, free_port, judge_bench, parse_bench_output, request, wait_healthy
+
+TEST = "sglang_pd"
+#: The transfer backends this test knows how to read; the sglang topic locks NIXL.
+BACKENDS = ("nixl", "mooncake")
+#: Greedy prompts of different lengths (the tiny model's tokenizer is byte-level).
+PROMPTS = (
+    "What is 12 + 30?",
+    "Prefill reads the whole prompt at once; decode writes one token at a time.",
+    "The KV cache of a long prompt is moved from the prefill GPU to the decode GPU. " * 4,
+    "a",
+)
+
+SERVER_CMD = (
+    "{python} -m sglang.launch_server --model-path {model} --host {host} --port {port} --tp-size 1 --mem-fraction-static {mem_fraction} --random-seed 0"
+)
+ROUTER_CMD = (
+    "{python} -m sglang_router.launch_router --host {host} --port {port} --pd-disaggregation --prefill {prefill_url} {bootstrap_port} --decode {decode_url}"
+)
+#: The flags each server of the pair gets on top of SERVER_CMD; the integration tests check
+#: every one against `launch_server --help` of the image's SGLang.
+PD_FLAGS = ("--disaggregation-mode", "--disaggregation-transfer-backend", "--disaggregation-bootstrap-port", "--base-gpu-id", "--nccl-port")
+
+
+def pair_args(role: str, backend: str, gpu: int, bootstrap_port: int, nccl_port: int) -> list[str]:
+    """The launch_server arguments that make a server one half of the pair."""
+    args = ["--disaggregation-mode", role, "--disaggregation-transfer-backend", backend, "--base-gpu-id", str(gpu), "--nccl-port", str(nccl_port)]
+    if role == "prefill":
+        args += ["--disaggregation-bootstrap-port", str(bootstrap_port)]
+    return args
+
+
+# ---------------------------------------------------------------------------- transports
+
+#: A UCX transport/device pair as UCX_PROTO_INFO prints it ("cuda_ipc/cuda", "tcp/eth0",
+#: "rc_mlx5/mlx5_0:1"), or a mooncake engine line naming its protocol.
+_UCX_TRANSPORT = re.compile(r"(?<![\w/.-])(cuda_ipc|cuda_copy|gdr_copy|rc_mlx5|rc_verbs|dc_mlx5|ud_mlx5|ud_verbs|tcp|sysv|posix|cma|xpmem)/[\w.:-]+")
+_MOONCAKE_PROTOCOL = re.compile(r"\b[Pp]rotocol[:= ]+\"?(rdma|tcp|nvlink)\b")
+#: What each transport is, for --expect-transport.
+KIND = {
+    "cuda_ipc": "cuda_ipc", "nvlink": "cuda_ipc",
+    "rc_mlx5": "rdma", "rc_verbs": "rdma", "dc_mlx5": "rdma", "ud_mlx5": "rdma", "ud_verbs": "rdma", "rdma": "rdma", "gdr_copy": "rdma",
+    "tcp": "tcp",
+    "sysv": "host memory", "posix": "host memory", "cma": "host memory", "xpmem": "host memory", "cuda_copy": "host memory",
+}  # fmt: skip
+EXPECT = ("cuda_ipc", "rdma", "tcp")
+
+
+def transports(text: str) -> dict[str, int]:
+    """Each transport the backend's log names, with how many lines named it."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        names = {m[1] for m in _UCX_TRANSPORT.finditer(line)} | {m[1].lower() for m in _MOONCAKE_PROTOCOL.finditer(line)}
+        for name in names:
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+def kv_link(found: Mapping[str, int]) -> str:
+    """The fastest kind of link among the transports found: what carried the KV."""
+    kinds = {KIND.get(name, name) for name in found}
+    for kind in ("cuda_ipc", "rdma", "tcp", "host memory"):
+        if kind in kinds:
+            return kind
+    return "unknown"
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def greedy_outputs(base_url: str, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Each prompt's greedy continuation (temperature 0, EOS ignored), in order."""
+    texts = []
+    for prompt in prompts:
+        body = {"text": prompt, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True}}
+        answer = request(base_url + "/generate", body, timeout=120)
+        if answer.status != 200:
+            raise Fail(f"/generate at {base_url} answered {answer.describe()}: {answer.body[:200]!r}")
+        data = answer.json()
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str):
+            raise Fail(f"/generate at {base_url} returned no text: {str(data)[:200]}")
+        texts.append(text)
+    return texts
+
+
+def first_difference(expected: Sequence[str], got: Sequence[str]) -> str | None:
+    for i, (a, b) in enumerate(zip(expected, got, strict=True)):
+        if a != b:
+            return f"prompt {i}: the plain server said {a[:60]!r}, prefill/decode said {b[:60]!r}"
+    return None
+
+
+def key_figure(figures: Mapping[str, Any]) -> str:
+    pd, single = figures.get("pd_bench") or {}, figures.get("single_bench") or {}
+    if not pd:
+        return "-"
+    text = f"{fmt(pd.get('output_throughput'), 0)} tok/s out via PD ({fmt(single.get('output_throughput'), 0)} single)"
+    return text + f", KV over {figures.get('kv_link', '?')}"
+
+
+SMOKE = SmokeTest(TEST, timeout=1500, key_figure=key_figure)
+
+
+# ---------------------------------------------------------------------------- the test
+
+
+class Servers:
+    """The processes of one phase, stopped together (each its whole process group)."""
+
+    def __init__(self, stop_grace: float) -> None:
+        self.children: list[tuple[str, Any, Path]] = []
+        self.stop_grace = stop_grace
+
+    def start(self, name: str, cmd: list[str], log_path: Path, env: Mapping[str, str]) -> Any:
+        print("+", shlex.join(cmd), f"> {log_path}", flush=True)
+        child = start_child(cmd, log_path=log_path, env=dict(env))
+        self.children.append((name, child, log_path))
+        return child
+
+    def stop(self) -> dict[str, int | None]:
+        return {name: stop_child(child, grace=self.stop_grace) for name, child, _ in reversed(self.children)}
+
+    def tails(self, lines: int = 12) -> list[str]:
+        return [f"{name} log ({path}), last lines:\n{tail}" for name, _, path in self.children if (tail := tail_text(path, lines))]
+
+
+def bench(args: argparse.Namespace, base_url: str, model: str, tokenizer: str, output: Path, env: Mapping[str, str], left: float) -> dict[str, Any]:
+    values = {
+        "python": sys.executable, "base_url": base_url, "model": model, "tokenizer": tokenizer, "output": str(output),
+        "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
+    }  # fmt: skip
+    cmd = command_words(args.bench_cmd or sglang_serve.BENCH_CMD, values)
+    print("+", shlex.join(cmd), flush=True)
+    run = run_command(cmd, timeout=max(10.0, min(args.bench_timeout, left)), env=dict(env), cwd=str(output.parent))
+    if run.timed_out:
+        raise Fail(f"bench_serving against {base_url} ran past {run.seconds:.0f} s and was killed")
+    if run.returncode != 0:
+        last = [line for line in run.output.splitlines() if line.strip()][-1:] or ["no output"]
+        raise Fail(f"bench_serving against {base_url} exited with {run.returncode}: {last[0][:300]}")
+    try:
+        data = parse_bench_output(output.read_text() if output.exists() else "")
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+    figures, verdict = judge_bench(data, args.num_prompts, args.output_len)
+    if verdict:
+        raise Fail(f"through {base_url}: {verdict}")
+    return figures
+
+
+def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: str, tokenizer: str) -> None:
+    start = time.monotonic()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    pair_env = {**env, "UCX_PROTO_INFO": "y"}
+    prompts = list(PROMPTS[: args.prompts])
+    rows: list[list[str]] = []
+    report.table_headers, report.table_rows = ["step", "result", "figure"], rows
+    values = {"python": sys.executable, "model": model, "host": HOST, "mem_fraction": args.mem_fraction}
+
+    def left() -> float:
+        return args.timeout - (time.monotonic() - start) - 40  # time to stop everything and report
+
+    # 1. the plain server: the reference outputs and the single-server load
+    single = Servers(args.stop_grace)
+    try:
+        port = free_port()
+        url = f"http://{HOST}:{port}"
+        child = single.start(
+            "single", command_words(args.server_cmd or SERVER_CMD, {**values, "port": port}) + ["--base-gpu-id", "0"], workdir / "single.log", env
+        )
+        ready = wait_healthy(url, min(args.startup_timeout, left()), child.poll)
+        rows.append(["plain server /health", "200", f"ready after {ready:.1f} s"])
+        reference = greedy_outputs(url, prompts, args.max_new_tokens)
+        report.figures["single_bench"] = bench(args, url, model, tokenizer, workdir / "single-bench.jsonl", env, left())
+        rows.append(["plain server load", "ok", sglang_serve.key_figure({"bench": report.figures["single_bench"]})])
+    except Fail:
+        report.notes += single.tails()
+        raise
+    finally:
+        report.figures["single_exit"] = single.stop()
+
+    # 2. the pair behind the router: the same outputs, the load, the transport
+    pair = Servers(args.stop_grace)
+    try:
+        ports = {name: free_port() for name in ("prefill", "decode", "router", "bootstrap", "nccl_prefill", "nccl_decode")}
+        if args.bootstrap_port:
+            ports["bootstrap"] = args.bootstrap_port
+        urls = {name: f"http://{HOST}:{ports[name]}" for name in ("prefill", "decode", "router")}
+        children, commands = {}, {}
+        for role, gpu in (("prefill", 0), ("decode", 1)):
+            cmd = command_words(args.server_cmd or SERVER_CMD, {**values, "port": ports[role]})
+            cmd += pair_args(role, args.transfer_backend, gpu, ports["bootstrap"], ports[f"nccl_{role}"]) + list(args.server_arg)
+            commands[role] = shlex.join(cmd)
+            children[role] = pair.start(role, cmd, workdir / f"{role}.log", pair_env)
+        report.figures["pair_commands"] = commands
+        for role in ("prefill", "decode"):
+            ready = wait_healthy(urls[role], min(args.startup_timeout, left()), children[role].poll)
+            rows.append([f"{role} server /health", "200", f"ready after {ready:.1f} s"])
+        router_values = {
+            "python": sys.executable, "host": HOST, "port": ports["router"], "prefill_url": urls["prefill"],
+            "bootstrap_port": ports["bootstrap"], "decode_url": urls["decode"],
+        }  # fmt: skip
+        router_cmd = command_words(args.router_cmd or ROUTER_CMD, router_values)
+        report.figures["router_command"] = shlex.join(router_cmd)
+        router = pair.start("router", router_cmd, workdir / "router.log", env)
+        ready = wait_healthy(urls["router"], min(120.0, left()), router.poll)
+        rows.append(["router (PD mode) /health", "200", f"ready after {ready:.1f} s"])
+
+        got = greedy_outputs(urls["router"], prompts, args.max_new_tokens)
+        difference = first_difference(reference, got)
+        report.figures["greedy"] = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "identical": difference is None}
+        rows.append(["greedy outputs", "identical" if difference is None else "DIFFER", f"{len(prompts)} prompts x {args.max_new_tokens} tokens"])
+        if difference:
+            raise Fail(f"prefill/decode changed the greedy output: {difference}")
+
+        report.figures["pd_bench"] = bench(args, urls["router"], model, tokenizer, workdir / "pd-bench.jsonl", env, left())
+        pd, one = report.figures["pd_bench"], report.figures["single_bench"]
+        ratios = {
+            key: pd[key] / one[key]
+            for key in ("output_throughput", "median_ttft_ms", "median_tpot_ms")
+            if isinstance(pd.get(key), (int, float)) and one.get(key)
+        }
+        report.figures["pd_vs_single"] = ratios
+        rows.append([
+            "PD load via router", "ok",
+            f"{sglang_serve.key_figure({'bench': pd})}; "
+            f"x{fmt(ratios.get('output_throughput'), 2)} tok/s, x{fmt(ratios.get('median_ttft_ms'), 2)} TTFT of one server",
+        ])  # fmt: skip
+
+        found: dict[str, int] = {}
+        for role in ("prefill", "decode"):
+            for name, count in transports(tail_text(workdir / f"{role}.log", 100_000) or "").items():
+                found[name] = found.get(name, 0) + count
+        link = kv_link(found)
+        report.figures["transports"], report.figures["kv_link"] = found, link
+        named = ", ".join(f"{k} ({v})" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none named in the servers' logs"
+        rows.append(["KV transport", link, named])
+        if args.expect_transport and link != args.expect_transport:
+            raise Fail(f"the KV moved over {link} ({named}), --expect-transport {args.expect_transport}")
+        if link == "unknown":
+            report.notes.append(f"{args.transfer_backend} named no transport in the servers' logs (UCX_PROTO_INFO=y was set)")
+    except Fail:
+        report.notes += pair.tails()
+        raise
+    finally:
+        report.figures["pair_exit"] = pair.stop()
+
+
+def port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def body_for(args: argparse.Namespace) -> Any:
+    def body(report: Report) -> None:
+        custom = bool(args.server_cmd)
+        report.figures["server"] = "custom" if custom else "sglang"
+        report.figures["transfer_backend"] = args.transfer_backend
+        gpus = sglang_serve.gpu_count()
+        keep = args.workdir is not None
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-sglang-pd-")).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not custom:
+                installed = sglang_serve.sglang_version()
+                if installed is None:
+                    raise Fail("sglang is not installed in this environment")
+                report.environment["sglang"] = installed
+            model, tokenizer = sglang_serve.prepare_model(args, workdir, report)
+            if not custom and (args.cpu or gpus == 0):
+                if not args.model:
+                    sglang_serve.check_tiny_model(model, report)
+                what = "prefill/decode disaggregation needs two GPUs (the tiny model was written and loaded on the CPU)"
+                if args.cpu:
+                    raise Skip(f"--cpu given: {what}")
+                raise no_gpu(args.require_gpu, what)
+            if not custom and gpus < 2:
+                raise Skip(f"prefill and decode need a GPU each; {gpus} visible")
+            # a taken bootstrap port shows only as a decode server that never gets its KV: say it first
+            if args.bootstrap_port and port_taken(args.bootstrap_port):
+                raise Fail(f"--bootstrap-port {args.bootstrap_port} is already in use on this host: pick a free one or leave it out")
+            run_phases(args, report, workdir, model, tokenizer)
+        finally:
+            if not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    return body
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_common_args(parser, timeout=SMOKE.timeout)
+    parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
+    parser.add_argument("--transfer-backend", default="nixl", choices=BACKENDS, help="SGLang's --disaggregation-transfer-backend")
+    parser.add_argument("--expect-transport", choices=EXPECT, help="fail unless the KV moved over this kind of link")
+    parser.add_argument("--bootstrap-port", type=int, help="the prefill server's bootstrap port (default: a free one)")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), choices=range(1, len(PROMPTS) + 1), metavar=f"1..{len(PROMPTS)}")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens of each greedy output compared")
+    parser.add_argument("--mem-fraction", type=float, default=0.35, help="--mem-fraction-static of each server (two share GPU 0 in turn)")
+    parser.add_argument("--startup-timeout", type=float, default=600, help="seconds for each server's /health to answer 200")
+    parser.add_argument("--bench-timeout", type=float, default=300, help="seconds for each load")
+    parser.add_argument("--stop-grace", type=float, default=15, help="seconds between SIGTERM and SIGKILL when stopping a server")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep the model, logs and bench output here (default: a temp dir, removed)")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra launch_server argument for the pair (repeatable)")
+    parser.add_argument("--server-cmd", help="replace the server command (tests); see the module doc")
+    parser.add_argument("--router-cmd", help="replace the router command (tests); see the module doc")
+    parser.add_argument("--bench-cmd", help="replace the bench_serving command (tests); see the module doc")
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.startup_timeout >= args.timeout:
+        parser.error("--startup-timeout must be shorter than --timeout")
+    context = tiny_model.SERVE_CONFIG.max_position_embeddings
+    if args.input_len + args.output_len > context and not args.model:
+        parser.error(f"the tiny model holds {context} positions: --input-len + --output-len must fit")
+    if args.bootstrap_port is not None and not 1 <= args.bootstrap_port <= 65535:
+        parser.error(f"--bootstrap-port {args.bootstrap_port}: not a port")
+    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

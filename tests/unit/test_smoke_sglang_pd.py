@@ -1,0 +1,145 @@
+"""The prefill/decode smoke test's harness on a CPU, against stand-ins (tests/unit/data/fake_sglang.py):
+the plain server first, then the pair behind a router, the greedy outputs compared, the load
+through both, the transport read from the servers' logs, and every process stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoke_tests import sglang_pd
+from smoke_tests._result import validate_result
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE = Path(__file__).resolve().parent / "data" / "fake_sglang.py"
+
+
+# ---------------------------------------------------------------------------- pure logic
+
+
+def test_pair_args_put_the_bootstrap_port_on_the_prefill_side_only():
+    prefill = sglang_pd.pair_args("prefill", "nixl", 0, 8998, 30100)
+    decode = sglang_pd.pair_args("decode", "nixl", 1, 8998, 30200)
+    assert prefill[prefill.index("--disaggregation-bootstrap-port") + 1] == "8998"
+    assert "--disaggregation-bootstrap-port" not in decode
+    assert decode[decode.index("--base-gpu-id") + 1] == "1" and decode[decode.index("--disaggregation-mode") + 1] == "decode"
+    # every flag the pair gets is one the integration tests check against launch_server --help
+    assert {w for w in prefill + decode if w.startswith("--")} == set(sglang_pd.PD_FLAGS)
+
+
+UCX_LINES = """\
+[1764500000.101] [h200:4242:0]   +---------------------------+-------------------------------------------+
+[1764500000.101] [h200:4242:0]   | nixl ucp_context_0 intra-node cfg#2 | remote memory write by ucp_put* to cuda |
+[1764500000.101] [h200:4242:0]   +---------------------------+-------------------------------------------+
+[1764500000.101] [h200:4242:0]   |                   0..inf | zero-copy                    | cuda_ipc/cuda |
+[1764500000.102] [h200:4242:0]   |                   0..8K | eager short                   | tcp/eth0 |
+[1764500000.102] [h200:4242:0]   |                   0..inf | zero-copy                    | cuda_ipc/cuda |
+"""
+
+
+def test_transports_counts_each_ucx_transport_named():
+    assert sglang_pd.transports(UCX_LINES) == {"cuda_ipc": 2, "tcp": 1}
+    assert sglang_pd.kv_link({"cuda_ipc": 2, "tcp": 1}) == "cuda_ipc"  # the fastest link named
+    assert sglang_pd.kv_link({"tcp": 3, "sysv": 1}) == "tcp"
+    assert sglang_pd.kv_link({"rc_mlx5": 1, "tcp": 1}) == "rdma"
+    assert sglang_pd.kv_link({}) == "unknown"
+    assert sglang_pd.transports("Mooncake transfer engine: protocol=tcp, device none") == {"tcp": 1}
+    assert sglang_pd.transports("INFO: loading weights from /models/tcp/eth0-model") == {}  # a path is no transport
+
+
+def test_first_difference_names_the_prompt():
+    assert sglang_pd.first_difference(["a", "b"], ["a", "b"]) is None
+    assert sglang_pd.first_difference(["a", "b"], ["a", "c"]) == "prompt 1: the plain server said 'b', prefill/decode said 'c'"
+
+
+# ---------------------------------------------------------------------------- the whole test, as a process
+
+
+def run_pd(tmp_path: Path, decode_mode: str = "ok", transport: str = "cuda_ipc/cuda", extra: tuple[str, ...] = ()):
+    requests = tmp_path / "requests.jsonl"
+    # --mode differ changes the answers of the decode side only (--disaggregation-mode decode)
+    server = (
+        f"{{python}} {FAKE} serve --port {{port}} --model {{model}} --ready-after 0.3 --transport {transport} "
+        f"--requests-file {requests} --mode {decode_mode}"
+    )
+    router = f"{{python}} {FAKE} router --port {{port}} --prefill {{prefill_url}} {{bootstrap_port}} --decode {{decode_url}}"
+    bench = f"{{python}} {FAKE} bench --base-url {{base_url}} --output-file {{output}} --num-prompts {{num_prompts}} --output-len {{output_len}}"
+    cmd = [
+        sys.executable, "-m", "smoke_tests.sglang_pd", "--model", "fake-model", "--json", str(tmp_path / "result.json"),
+        "--server-cmd", server, "--router-cmd", router, "--bench-cmd", bench, "--num-prompts", "6", "--output-len", "4",
+        "--max-new-tokens", "5", "--startup-timeout", "20", "--timeout", "90", *extra,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert validate_result(result) == [], result
+    bodies = [json.loads(line) for line in requests.read_text().splitlines()] if requests.exists() else []
+    return proc, result, bodies
+
+
+def test_passes_with_identical_outputs_and_names_the_transport(tmp_path):
+    proc, result, bodies = run_pd(tmp_path, extra=("--expect-transport", "cuda_ipc"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result["status"] == "passed", result["reason"]
+    figures = result["figures"]
+    assert figures["greedy"] == {"prompts": 4, "max_new_tokens": 5, "identical": True}
+    assert figures["kv_link"] == "cuda_ipc" and figures["transports"]["cuda_ipc"] >= 2  # both servers' logs
+    assert figures["single_bench"]["completed"] == 6 and figures["pd_bench"]["completed"] == 6
+    assert set(figures["pd_vs_single"]) >= {"output_throughput", "median_ttft_ms"}
+    assert "--disaggregation-mode prefill" in figures["pair_commands"]["prefill"]
+    assert "--base-gpu-id 1" in figures["pair_commands"]["decode"]
+    # the router sent each greedy prompt to both servers of the pair
+    modes = [b["mode"] for b in bodies]
+    assert modes.count("prefill") >= 4 and modes.count("decode") >= 4
+    assert "KV transport" in proc.stdout and "greedy outputs" in proc.stdout
+
+
+def test_a_pair_that_changes_the_output_fails(tmp_path):
+    proc, result, _ = run_pd(tmp_path, decode_mode="differ")
+    assert proc.returncode == 1 and result["status"] == "failed"
+    assert result["reason"].startswith("prefill/decode changed the greedy output: prompt 0:"), result["reason"]
+
+
+def test_the_wrong_transport_fails_when_one_is_expected(tmp_path):
+    proc, result, _ = run_pd(tmp_path, transport="tcp/eth0", extra=("--expect-transport", "cuda_ipc"))
+    assert proc.returncode == 1 and result["status"] == "failed"
+    assert result["reason"] == "the KV moved over tcp (tcp (2)), --expect-transport cuda_ipc", result["reason"]
+
+
+def test_a_taken_bootstrap_port_fails_before_anything_starts(tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc, result, bodies = run_pd(tmp_path, extra=("--bootstrap-port", str(port)))
+    assert proc.returncode == 1 and result["reason"] == f"--bootstrap-port {port} is already in use on this host: pick a free one or leave it out"
+    assert bodies == [] and "single_bench" not in result["figures"]
+
+
+def test_no_gpu_is_skipped_never_passed(tmp_path, monkeypatch):
+    monkeypatch.setattr(sglang_pd.sglang_serve, "gpu_count", lambda: 0)
+    monkeypatch.setattr(sglang_pd.sglang_serve, "sglang_version", lambda: "0.5.23")
+    code = sglang_pd.main(["--model", "org/m", "--json", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0 and result["status"] == "skipped" and "needs two GPUs" in result["reason"]
+    code = sglang_pd.main(["--model", "org/m", "--json", str(tmp_path / "r.json"), "--require-gpu"])
+    assert code == 1 and json.loads((tmp_path / "r.json").read_text())["status"] == "failed"
+
+
+def test_one_gpu_is_not_enough(tmp_path, monkeypatch):
+    monkeypatch.setattr(sglang_pd.sglang_serve, "gpu_count", lambda: 1)
+    monkeypatch.setattr(sglang_pd.sglang_serve, "sglang_version", lambda: "0.5.23")
+    sglang_pd.main(["--model", "org/m", "--json", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["status"] == "skipped" and result["reason"] == "prefill and decode need a GPU each; 1 visible"
+
+
+def test_an_unknown_backend_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        sglang_pd.main(["--transfer-backend", "carrier-pigeon"])
+    assert exc.value.code == 2 and "invalid choice: 'carrier-pigeon'" in capsys.readouterr().err
