@@ -196,6 +196,7 @@ def test_a_missing_image_file_stops_the_job_with_one_line(slurm: Slurm):
         ("verl", ("--nodes", "2", "--gpus-per-node", "1")),
         ("sglang-serve", ("--nodes", "2", "--gpus-per-node", "1")),
         ("sglang-router", ("--nodes", "2")),
+        ("sglang-pd", ("--nodes", "2", "--gpus-per-node", "1")),
     ],
 )
 @pytest.mark.parametrize("runtime", ["apptainer", "pyxis"])
@@ -253,3 +254,22 @@ def test_sglang_router_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     for address in NODES.values():
         assert f"ready: the worker at {address}:30000" in out
     assert steps[-1]["env"]["KIT_TARGET"] == f"http://{NODES['n1']}:8000" and "rehearsal reply from router on n1" in out
+
+
+def test_sglang_pd_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
+    """Two nodes: prefill on the head, decode on the other, each with its node's GPU; the
+    router on the head only once both answered /health, pointed at both by address."""
+    script = slurm.export("sglang-pd", "--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1")
+    out, steps = _rehearse(slurm, script, "routing prefill/decode at")
+    order = [s["step"] for s in steps]
+    assert order[0] == "prepare_model" and order[-2:] == ["router", "client"] and order.count("server") == 2, order
+    servers = {s["env"]["KIT_PD_ROLE"]: s for s in steps if s["step"] == "server"}
+    assert servers["prefill"]["node"] == "n1" and servers["decode"]["node"] == "n2"
+    for server in servers.values():
+        assert server["env"]["KIT_PD_TP"] == "1" and server["env"]["KIT_PD_BASE_GPU"] == "0" and server["env"]["KIT_NNODES"] == "1"
+        assert server["env"]["KIT_PD_BACKEND"] == "nixl" and server["env"]["KIT_BOOTSTRAP_PORT"] == "8998"
+    assert servers["prefill"]["env"]["KIT_NCCL_PORT"] != servers["decode"]["env"]["KIT_NCCL_PORT"]
+    router = steps[-2]
+    assert router["node"] == "n1" and router["t"] - max(s["t"] for s in servers.values()) >= 2
+    assert router["env"]["KIT_PREFILL_URL"] == f"http://{NODES['n1']}:30000" and router["env"]["KIT_DECODE_URL"] == f"http://{NODES['n2']}:30000"
+    assert f"ready: the decode server at {NODES['n2']}:30000" in out and "rehearsal reply from router on n1" in out

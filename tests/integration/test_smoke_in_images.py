@@ -141,3 +141,83 @@ def test_cuda_jit_fails_with_the_old_toolkit_layout(engine: Engine, build_topic)
     result = json.loads(body)
     assert head == "rc=1" and result["status"] == "failed"
     assert "cannot find -lcudart" in result["reason"]
+
+
+# --- prefill/decode disaggregation in the sglang image --------------------------------------
+
+
+def test_pd_flags_exist_in_the_installed_sglang(engine: Engine, build_topic):
+    """Every flag the PD smoke test and compose/scripts/sglang_server.sh give the pair, and the
+    transfer backends the stack offers, against `launch_server --help` of the image's SGLang."""
+    from smoke_tests.sglang_pd import PD_FLAGS
+
+    need(has_topic("sglang"), "envs/sglang/topic.toml is missing")
+    build_topic("sglang")
+    proc = engine.run(ContainerSpec(image=topic_alias("sglang", "pypi"), command=("python", "-m", "sglang.launch_server", "--help")), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    defined = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", proc.stdout))
+    script = (REPO_ROOT / "compose" / "scripts" / "sglang_server.sh").read_text()
+    used = set(PD_FLAGS) | set(re.findall(r"(--disaggregation-[a-z-]+|--base-gpu-id|--nccl-port)", script))
+    assert sorted(used - defined) == []
+    from mlsyskit.compose.stacks import load_stack
+
+    backends = load_stack("sglang-pd").options["transfer-backend"].choices
+    choices = re.search(r"--disaggregation-transfer-backend \{([^}]*)\}", proc.stdout)
+    assert choices is not None and set(backends) <= set(choices[1].split(",")), proc.stdout[-3000:]
+
+
+def test_the_real_pd_router_gives_both_servers_one_bootstrap_room(engine: Engine, build_topic, tmp_path):
+    """On a CPU: SGLang's own router (sglang_router 0.3.2) in PD mode in front of two stand-in
+    servers, driven by the PD smoke test's harness. What is real: the router, its PD routing,
+    the harness, the wiring of ports; what is played: the servers (they record what they get)."""
+    need(has_topic("sglang"), "envs/sglang/topic.toml is missing")
+    build_topic("sglang")
+    fake = "/opt/mlsyskit/fakes/fake_sglang.py"
+    server = f"{{python}} {fake} serve --port {{port}} --model {{model}} --ready-after 0.5 --transport tcp/eth0 --requests-file /out/requests.jsonl"
+    bench = f"{{python}} {fake} bench --base-url {{base_url}} --output-file {{output}} --num-prompts {{num_prompts}} --output-len {{output_len}}"
+    script = (
+        "python -m smoke_tests.sglang_pd --model fake-model --json /out/result.json --bootstrap-port 8998 "
+        f"--server-cmd '{server}' --bench-cmd '{bench}' --num-prompts 4 --output-len 4 --max-new-tokens 3 "
+        "--startup-timeout 60 --timeout 300 > /out/log 2>&1; echo rc=$?"
+    )
+    spec = ContainerSpec(
+        image=topic_alias("sglang", "pypi"),
+        command=("bash", "-c", script),
+        volumes=(
+            f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",
+            f"{REPO_ROOT / 'tests' / 'unit' / 'data'}:/opt/mlsyskit/fakes:ro",
+            f"{tmp_path}:/out",
+        ),
+        env=("PYTHONPATH=/opt/mlsyskit",),
+    )
+    proc = engine.run(spec, timeout=600)
+    log = (tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""
+    assert proc.stdout.strip() == "rc=0", log[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "passed", result["reason"] + log[-3000:]
+    assert "sglang_router.launch_router" in result["figures"]["router_command"]  # the real router, not a stand-in
+    assert result["figures"]["greedy"]["identical"] and result["figures"]["kv_link"] == "tcp"
+    bodies = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    through_router = [b for b in bodies if b["mode"] in ("prefill", "decode")]
+    rooms: dict[object, set[str]] = {}
+    for entry in through_router:
+        body = entry["body"]
+        # the router tells both servers where the prefill side's bootstrap server is
+        assert body.get("bootstrap_host") == "127.0.0.1" and body.get("bootstrap_port") == 8998, body
+        rooms.setdefault(body["bootstrap_room"], set()).add(entry["mode"])
+    # one room per request, and each room reached both halves of the pair
+    assert len(rooms) >= 4 and all(modes == {"prefill", "decode"} for modes in rooms.values()), rooms
+
+
+def test_nixl_loads_its_cuda13_build_in_the_sglang_image(engine: Engine, build_topic):
+    """The transfer backend the stack uses is importable as SGLang imports it (nixl._api),
+    from the CUDA 13 build (the CUDA 12 one is not installed)."""
+    need(has_topic("sglang"), "envs/sglang/topic.toml is missing")
+    build_topic("sglang")
+    script = (
+        "import json, importlib.util, nixl, nixl._api as api\n"
+        "print(json.dumps([nixl._pkg.__name__, hasattr(api, 'nixl_agent'), importlib.util.find_spec('nixl_cu12') is None]))\n"
+    )
+    proc = engine.run(ContainerSpec(image=topic_alias("sglang", "pypi"), command=("python", "-c", script)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["nixl_cu13", True, True]

@@ -17,7 +17,9 @@ from mlsyskit.engine import ContainerSpec, Engine, find_compose
 from tests.conftest import need
 from tests.integration.conftest import run_kit
 
-GPU_REQUEST = {"sglang-serve": ("0", "1"), "sglang-router": ("0", "1", "2"), "verl": ("0", "1"), "nccl-2node": ("0", "1")}
+GPU_REQUEST = {
+    "sglang-serve": ("0", "1"), "sglang-router": ("0", "1", "2"), "verl": ("0", "1"), "nccl-2node": ("0", "1"), "sglang-pd": ("0", "1"),
+}  # fmt: skip
 
 
 def nothing_left(engine: Engine, project: str) -> None:
