@@ -44,7 +44,10 @@ def doctor(fix: bool, log: Log) -> tuple[str, bool]:
 
 def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log, dry_run: bool = False) -> str:
     ctx = Context.resolve(base or "")
-    selected = ctx.catalog.select(split_names(topics))
+    names = split_names(topics)
+    selected = ctx.catalog.select(names)
+    if not names:  # every topic: those of another architecture only are left out, named
+        selected = ctx.every_topic_for_arch(selected, log)
     base_name = ctx.base_name
     if dry_run:
         return build_plan(ctx, selected)

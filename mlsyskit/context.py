@@ -37,6 +37,15 @@ class Context:
     def arch(self) -> str:
         return self.base.arch
 
+    def every_topic_for_arch(self, topics: list[Topic], log: Callable[[str], None]) -> list[Topic]:
+        """`all`: the topics that have an image for this architecture; each left out is named
+        with its reason (a topic named explicitly goes through topics_for_arch: an error)."""
+        kept = [t for t in topics if self.arch in t.arches]
+        for topic in topics:
+            if topic not in kept:
+                log(f"note: {topic.name} left out: it has no {self.arch} image ({topic.arch_note or 'its topic.toml lists ' + ', '.join(topic.arches)})")
+        return self.topics_for_arch(kept)
+
     def topics_for_arch(self, topics: list[Topic]) -> list[Topic]:
         """The topics, each checked to have an image for this architecture (one line if not),
         and this host able to run that architecture's code."""

@@ -447,7 +447,8 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
         raise UsageError("give either --cpu or --require-gpu, not both")
     ctx = Context.resolve(opts.base)
     catalog, config, base = ctx.catalog, ctx.config, ctx.base_name
-    topics = ctx.topics_for_arch(select_topics(opts.topics, catalog.topics, opts.tests))
+    selected = select_topics(opts.topics, catalog.topics, opts.tests)
+    topics = ctx.every_topic_for_arch(selected, log) if split(opts.topics) == ["all"] else ctx.topics_for_arch(selected)
     shell_opts = ShellOptions(
         topic=topics[0].name,
         gpus="none" if opts.cpu else opts.gpus,

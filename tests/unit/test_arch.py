@@ -55,6 +55,19 @@ def test_a_topic_without_arm64_says_why_before_anything_is_built():
     assert load_catalog().topic("distributed").arches == ("amd64", "arm64")
 
 
+def test_all_topics_for_arm64_leave_out_those_without_it_and_say_why(monkeypatch):
+    import mlsyskit.context as context
+
+    monkeypatch.setattr(context, "require_arch", lambda arch: None)  # emulation is another test's
+    ctx = Context.resolve("-arm64")
+    said: list[str] = []
+    kept = ctx.every_topic_for_arch(list(ctx.catalog.topics.values()), said.append)
+    assert "openrlhf" not in {t.name for t in kept} and {"distributed", "sglang", "verl"} <= {t.name for t in kept}
+    assert len(said) == 1 and said[0].startswith("note: openrlhf left out: it has no arm64 image (flash-attn 2.8.3")
+    with pytest.raises(UsageError, match="topic 'openrlhf' has no arm64 image"):  # named explicitly: an error
+        ctx.topics_for_arch([ctx.catalog.topic("openrlhf")])
+
+
 def handler(folder: Path, text: str) -> Path:
     (folder / "status").write_text("enabled\n")
     (folder / "qemu-aarch64").write_text(text)
