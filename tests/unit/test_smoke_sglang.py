@@ -293,7 +293,12 @@ def test_server_that_ignores_sigterm_is_killed(tmp_path):
 @pytest.mark.parametrize("sig, reason", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")])
 def test_ctrl_c_and_sigterm_stop_the_server(tmp_path, sig, reason):
     cmd, pid_file = smoke_cmd(tmp_path, mode="never", extra=("--startup-timeout", "60"))
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # As a terminal starts it: SIGINT at its default. A test run started in the background by
+    # a non-interactive shell (CI) inherits SIGINT ignored, and Python then keeps ignoring it.
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         pids = wait_for(pid_file)
         time.sleep(0.5)
