@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), choices=range(1, len(PROMPTS) + 1), metavar=f"1..{len(PROMPTS)}")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens of each greedy output compared")
     parser.add_argument("--mem-fraction", type=float, default=0.35, help="--mem-fraction-static of each server (two share GPU 0 in turn)")
-    parser.add_argument("--startup-timeout", type=float, default=600, help="seconds for each server's /health to answer 200")
+    parser.add_argument("--startup-timeout", type=float, help="seconds for each server's /health to answer 200 (default: 600, within --timeout)")
     parser.add_argument("--bench-timeout", type=float, default=300, help="seconds for each load")
     parser.add_argument("--stop-grace", type=float, default=15, help="seconds between SIGTERM and SIGKILL when stopping a server")
     parser.add_argument("--num-prompts", type=int, default=64)
@@ -365,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.startup_timeout >= args.timeout:
+    if args.startup_timeout is None:
+        args.startup_timeout = min(600.0, 0.4 * args.timeout)  # two starts (the plain server, then the pair) fit
+    elif args.startup_timeout >= args.timeout:
         parser.error("--startup-timeout must be shorter than --timeout")
     context = tiny_model.SERVE_CONFIG.max_position_embeddings
     if args.input_len + args.output_len > context and not args.model:

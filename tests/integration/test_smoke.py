@@ -218,8 +218,11 @@ def verl_image(build_topic):
 
 def test_sglang_cpu_path_writes_and_loads_the_tiny_model(engine: Engine, sglang_image, tmp_path):
     out = tmp_path / "smoke.json"
-    proc = run_kit("smoke", "sglang", "--cpu", "--tests", "sglang_serve", "--json", str(out), timeout=1800)
+    proc = run_kit("smoke", "sglang", "--cpu", "--tests", "sglang_serve,sglang_pd", "--json", str(out), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    pd = by_where(read(out))[("sglang_pd", "container")]
+    assert pd["status"] == "skipped" and pd["figures"]["transfer_backend"] == "nixl"
+    assert pd["reason"] == "--cpu given: prefill/decode disaggregation needs two GPUs (the tiny model was written and loaded on the CPU)"
     result = by_where(read(out))[("sglang_serve", "container")]
     assert result["status"] == "skipped"
     assert result["reason"] == "--cpu given: an SGLang server needs a GPU (the tiny model was written and loaded on the CPU)"
@@ -295,7 +298,7 @@ def _two_json(text: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize(
     "topic, module",
-    [("sglang", "sglang_serve"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl"),
+    [("sglang", "sglang_serve"), ("sglang", "sglang_pd"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl"),
      ("verl", "cuda_jit")],
 )
 def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic, module):
