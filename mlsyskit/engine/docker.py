@@ -29,6 +29,7 @@ from mlsyskit.engine.clients import (
     find_compose,
     pick_builder,
 )
+from mlsyskit.engine.emulation import foreign_platform
 from mlsyskit.engine.records import COMPOSE_PROJECT, ContainerInfo, ImageInfo
 from mlsyskit.engine.spec import ContainerSpec, DockerCall, run_call
 from mlsyskit.errors import BuildError, EngineError, KitError
@@ -394,11 +395,21 @@ class Engine:
 
     # --- containers -------------------------------------------------------------------
 
+    def _with_platform(self, spec: ContainerSpec) -> ContainerSpec:
+        """The spec with the platform of its image where that is another architecture than
+        this host's: docker would run it under qemu anyway, and the spec then carries what
+        such a container needs (emulation.py)."""
+        if spec.platform:
+            return spec
+        info = self.image(spec.image)
+        platform = foreign_platform(info.architecture) if info else ""
+        return replace(spec, platform=platform) if platform else spec
+
     def run(self, spec: ContainerSpec, *, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """A throw-away container of the spec, its output captured. It is named, so that one
         that outlives `timeout` is removed too, never left running."""
         name = spec.name or f"mlsyskit-run-{os.urandom(6).hex()}"
-        call = run_call(replace(spec, name=name, remove=True, interactive=False, tty=False))
+        call = run_call(replace(self._with_platform(spec), name=name, remove=True, interactive=False, tty=False))
         try:
             return subprocess.run(
                 self._cmd(*call.args), capture_output=True, text=True, timeout=timeout, env={**self._env(), **call.env}
@@ -549,7 +560,7 @@ class Engine:
         is removed before the error is raised: nothing is left behind."""
         if not spec.name:
             spec = replace(spec, name=f"mlsyskit-{os.urandom(6).hex()}")
-        call = run_call(replace(spec, remove=False, interactive=False, tty=False), detach=True)
+        call = run_call(replace(self._with_platform(spec), remove=False, interactive=False, tty=False), detach=True)
         proc = subprocess.run(self._cmd(*call.args), capture_output=True, text=True, env={**self._env(), **call.env})
         if proc.returncode != 0:
             error = self.failure(("run", "-d"), proc.stderr)

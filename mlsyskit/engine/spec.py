@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mlsyskit.engine.emulation import emulation_volumes
+
 
 @dataclass(frozen=True, kw_only=True)
 class ContainerSpec:
@@ -75,7 +77,7 @@ def run_call(spec: ContainerSpec, *, detach: bool = False) -> DockerCall:
     args += ["--shm-size", spec.shm_size] if spec.shm_size else ["--ipc=host"]
     for ulimit in spec.ulimits:
         args += ["--ulimit", ulimit]
-    for volume in spec.volumes:
+    for volume in (*spec.volumes, *emulation_volumes(spec.platform)):
         args += ["-v", volume]
     if spec.workdir:
         args += ["-w", spec.workdir]

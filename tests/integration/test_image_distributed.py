@@ -8,6 +8,7 @@ import pytest
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256
+from mlsyskit.engine import ContainerSpec
 from mlsyskit.images.plan import topic_alias
 
 TOPIC = "distributed"
@@ -30,6 +31,21 @@ def test_the_image_is_of_its_architecture(host, base, engine):
     info = engine.image(topic_alias(TOPIC, base))
     assert info.architecture == arch and info.labels["org.mlsyskit.arch"] == arch
     assert host.check_output("dpkg --print-architecture") == arch
+
+
+def test_an_emulated_arm64_container_sees_an_arm64_cpu(host, base, engine):
+    """Under qemu the host's x86 /proc/cpuinfo would show through, and torch 2.14's aarch64
+    oneDNN segfaults on it at import (the sglang image): every arm64 container the kit starts
+    on an x86 host sees an arm64 cpuinfo, whether the spec names the platform (shell, smoke,
+    this fixture) or not (`engine.run` of an arm64 image: check, versions, sbom)."""
+    cpuinfo = host.file("/proc/cpuinfo").content_string
+    plain = engine.run(ContainerSpec(image=topic_alias(TOPIC, base), command=("cat", "/proc/cpuinfo")), timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    for text in (cpuinfo, plain.stdout):
+        if base.endswith("-arm64"):
+            assert "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd4f" in text and "vendor_id" not in text
+        else:
+            assert "CPU part" not in text  # the host's own, untouched
 
 
 def test_python_is_the_distributions(host):

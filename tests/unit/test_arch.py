@@ -121,3 +121,23 @@ def test_a_flavour_the_debian_lock_never_recorded_is_not_stale():
     lines: list[str] = []
     assert check_debian(load_catalog(), "nvidia", log=lines.append) == []
     assert lines and lines[0].startswith("unrecorded  images/debian-lock.toml [nvidia]")
+
+
+def test_an_arm64_container_under_qemu_gets_an_arm64_cpuinfo(tmp_path, monkeypatch):
+    """torch 2.14's aarch64 oneDNN segfaults at import on the x86 /proc/cpuinfo that qemu-user
+    passes through: an emulated arm64 container sees an arm64 one instead (engine/emulation.py)."""
+    from mlsyskit.engine import ContainerSpec, emulation
+    from mlsyskit.engine.spec import run_call
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(emulation, "host_arch", lambda: "amd64")
+    args = run_call(ContainerSpec(image="mlsyskit/sglang:pypi-arm64", platform="linux/arm64")).args
+    volume = args[args.index("-v") + 1]
+    path, target = volume.split(":")[:2]
+    assert target == "/proc/cpuinfo" and volume.endswith(":ro")
+    text = Path(path).read_text()
+    assert text.count("CPU part\t: 0xd4f") == text.count("processor\t:") >= 1  # Neoverse V2 (Grace), one per CPU
+    assert "-v" not in run_call(ContainerSpec(image="mlsyskit/sglang:pypi")).args  # the host's own architecture
+    monkeypatch.setattr(emulation, "host_arch", lambda: "arm64")  # an arm64 host runs arm64 natively
+    assert emulation.emulation_volumes("linux/arm64") == ()
+    assert emulation.foreign_platform("amd64") == "linux/amd64" and emulation.foreign_platform("arm64") == ""
