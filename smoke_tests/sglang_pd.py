@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests import sglang_serve, tiny_model
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_command, run_test, start_child, stop_child, tail_text
-from smoke_tests.sglang_serve import HOST, command_words, free_port, judge_bench, parse_bench_output, request, wait_healthy
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test, start_child, stop_child, tail_text
+from smoke_tests.sglang_serve import HOST, command_words, free_port, request, wait_healthy
 
 TEST = "sglang_pd"
 #: The transfer backends this test knows how to read; the sglang topic locks NIXL.
@@ -167,23 +167,7 @@ class Servers:
 
 
 def bench(args: argparse.Namespace, base_url: str, model: str, tokenizer: str, output: Path, env: Mapping[str, str], left: float) -> dict[str, Any]:
-    values = {
-        "python": sys.executable, "base_url": base_url, "model": model, "tokenizer": tokenizer, "output": str(output),
-        "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
-    }  # fmt: skip
-    cmd = command_words(args.bench_cmd or sglang_serve.BENCH_CMD, values)
-    print("+", shlex.join(cmd), flush=True)
-    run = run_command(cmd, timeout=max(10.0, min(args.bench_timeout, left)), env=dict(env), cwd=str(output.parent))
-    if run.timed_out:
-        raise Fail(f"bench_serving against {base_url} ran past {run.seconds:.0f} s and was killed")
-    if run.returncode != 0:
-        last = [line for line in run.output.splitlines() if line.strip()][-1:] or ["no output"]
-        raise Fail(f"bench_serving against {base_url} exited with {run.returncode}: {last[0][:300]}")
-    try:
-        data = parse_bench_output(output.read_text() if output.exists() else "")
-    except ValueError as exc:
-        raise Fail(str(exc)) from None
-    figures, verdict = judge_bench(data, args.num_prompts, args.output_len)
+    figures, verdict, _ = sglang_serve.run_bench(args, base_url, model, tokenizer, output, env, left)
     if verdict:
         raise Fail(f"through {base_url}: {verdict}")
     return figures

@@ -398,27 +398,9 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         report.figures["chat"] = {**chat, "model": name}
         rows.append(["/v1/chat/completions", "ok", f"{chat['completion_tokens']} tokens, prompt {chat['prompt_tokens']}"])
 
-        output = workdir / "bench.jsonl"
-        bench_values = {
-            "python": sys.executable, "base_url": base_url, "model": model, "tokenizer": tokenizer,
-            "output": str(output), "num_prompts": args.num_prompts, "input_len": args.input_len,
-            "output_len": args.output_len, "concurrency": args.concurrency,
-        }  # fmt: skip
-        bench_cmd = command_words(args.bench_cmd or BENCH_CMD, bench_values)
-        report.figures["bench_command"] = shlex.join(bench_cmd)
-        print("+", shlex.join(bench_cmd), flush=True)
         left = args.timeout - (time.monotonic() - start) - 30  # keep time to stop the server and report
-        run = run_command(bench_cmd, timeout=max(10.0, min(args.bench_timeout, left)), env=env, cwd=str(workdir))
-        if run.timed_out:
-            raise Fail(f"bench_serving ran past {run.seconds:.0f} s and was killed")
-        if run.returncode != 0:
-            last = [line for line in run.output.splitlines() if line.strip()][-1:] or ["no output"]
-            raise Fail(f"bench_serving exited with {run.returncode}: {last[0][:300]}")
-        try:
-            data = parse_bench_output(output.read_text() if output.exists() else "")
-        except ValueError as exc:
-            raise Fail(str(exc)) from None
-        figures, verdict = judge_bench(data, args.num_prompts, args.output_len)
+        figures, verdict, bench_cmd = run_bench(args, base_url, model, tokenizer, workdir / "bench.jsonl", env, left)
+        report.figures["bench_command"] = shlex.join(bench_cmd)
         report.figures["bench"] = figures
         report.figures["bench"].update(num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len, concurrency=args.concurrency)
         rows.append([
@@ -437,6 +419,32 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         code = stop_child(server, grace=args.stop_grace)
         report.figures["server_exit"] = code
         report.figures["server_seconds"] = time.monotonic() - start
+
+
+def run_bench(
+    args: argparse.Namespace, base_url: str, model: str, tokenizer: str, output: Path, env: Mapping[str, str], left: float
+) -> tuple[dict[str, Any], str | None, list[str]]:
+    """One ``bench_serving`` load against ``base_url`` (``args``: its sizes, ``--bench-cmd``,
+    ``--bench-timeout``; ``left``: seconds the test may still spend): (figures, verdict, the
+    command). A load that did not run to its end raises Fail; a verdict says what it got wrong."""
+    values = {
+        "python": sys.executable, "base_url": base_url, "model": model, "tokenizer": tokenizer, "output": str(output),
+        "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
+    }  # fmt: skip
+    cmd = command_words(args.bench_cmd or BENCH_CMD, values)
+    print("+", shlex.join(cmd), flush=True)
+    run = run_command(cmd, timeout=max(10.0, min(args.bench_timeout, left)), env=dict(env), cwd=str(output.parent))
+    if run.timed_out:
+        raise Fail(f"bench_serving ran past {run.seconds:.0f} s and was killed")
+    if run.returncode != 0:
+        last = [line for line in run.output.splitlines() if line.strip()][-1:] or ["no output"]
+        raise Fail(f"bench_serving exited with {run.returncode}: {last[0][:300]}")
+    try:
+        data = parse_bench_output(output.read_text() if output.exists() else "")
+    except ValueError as exc:
+        raise Fail(str(exc)) from None
+    figures, verdict = judge_bench(data, args.num_prompts, args.output_len)
+    return figures, verdict, cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
