@@ -938,14 +938,20 @@ def _slurm_ray(stack: ComposeStack, shape: Shape) -> list[str]:
     ]
 
 
+#: The SGLang stacks' model, made once on the head in the job's folder and mounted at /models.
+_SLURM_MODEL = (
+    'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
+    'mkdir -p "$WORK_DIR/models"',
+    f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+)
+
+
 def _slurm_server(stack: ComposeStack, shape: Shape) -> list[str]:
     server = one(stack, "server")
     port = stack.services[server].port
     return [
         "# --- the model (the tiny one is written from a config, no hub), then SGLang on every node ---",
-        'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
-        'mkdir -p "$WORK_DIR/models"',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+        *_SLURM_MODEL,
         f"export KIT_SERVE_PORT={port} KIT_DIST_PORT=20000",
         "# shellcheck disable=SC2016 # $SLURM_NODEID expands inside each task, not here",
         'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
@@ -965,9 +971,7 @@ def _slurm_router(stack: ComposeStack, shape: Shape) -> list[str]:
     port = stack.services[worker].port
     return [
         "# --- the model, then one SGLang worker per node (one GPU each), then the router --------",
-        'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
-        'mkdir -p "$WORK_DIR/models"',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+        *_SLURM_MODEL,
         f'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- env KIT_NNODES=1 KIT_GPUS=1 KIT_SERVE_PORT={port} bash {SCRIPTS_TARGET}/sglang_server.sh &',
         "WORKERS=$!",
         'started "$WORKERS" "the SGLang workers"',
@@ -995,9 +999,7 @@ def _slurm_pd(stack: ComposeStack, shape: Shape) -> list[str]:
     bootstrap = interpolate(str((stack.compose["services"][prefill].get("environment") or {}).get("KIT_BOOTSTRAP_PORT", "8998")), {})
     lines = [
         "# --- the model, then the prefill and decode servers, then the router in PD mode ---------",
-        'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
-        'mkdir -p "$WORK_DIR/models"',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
+        *_SLURM_MODEL,
         f"export KIT_BOOTSTRAP_PORT=${{KIT_BOOTSTRAP_PORT:-{bootstrap}}} UCX_PROTO_INFO=${{UCX_PROTO_INFO:-y}}",
     ]
     if shape.nodes == 1:
