@@ -46,7 +46,7 @@ from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
-from mlsyskit.runtime.host import ensure_image, memlock_allowed, port_taken, published_ports, read_host
+from mlsyskit.runtime.host import ensure_image, first_taken_port, memlock_allowed, port_taken, read_host
 
 Log = Callable[[str], None]
 
@@ -338,13 +338,12 @@ def check_ports_free(stack: ComposeStack, rendered: Mapping[str, Any], taken: Ca
     """Refuse before anything starts when a port the stack publishes is in use on this host
     (compose would create half the stack and stop at that container)."""
     for name, body in rendered["services"].items():
-        for address, port, proto in published_ports([str(p) for p in body.get("ports") or []]):
-            if taken(address, port, proto):
-                where = f"{address}:{port}" if address else str(port)
-                raise EngineError(
-                    f"{stack.name}: port {where}/{proto} of service {name} is already in use on this host",
-                    fix="stop what holds it (`invoke stacks` shows the kit's own stacks)",
-                )
+        if found := first_taken_port([str(p) for p in body.get("ports") or []], taken):
+            where, _, proto = found
+            raise EngineError(
+                f"{stack.name}: port {where}/{proto} of service {name} is already in use on this host",
+                fix="stop what holds it (`invoke stacks` shows the kit's own stacks)",
+            )
 
 
 # --- rendering --------------------------------------------------------------------------

@@ -211,3 +211,12 @@ def port_taken(address: str, port: int, proto: str = "tcp") -> bool:
         except OSError:
             return True
     return False
+
+
+def first_taken_port(ports: Sequence[str], taken: Callable[[str, int, str], bool] = port_taken) -> tuple[str, int, str] | None:
+    """The first of these `-p` values whose host port is in use here: ("ADDRESS:PORT" or
+    "PORT", port, protocol), or None."""
+    for address, port, proto in published_ports(ports):
+        if taken(address, port, proto):
+            return (f"{address}:{port}" if address else str(port)), port, proto
+    return None

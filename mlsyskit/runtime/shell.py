@@ -47,10 +47,10 @@ from mlsyskit.runtime.host import (
     Host,
     choose_gpus,
     ensure_image,
+    first_taken_port,
     forget_memlock,
     memlock_allowed,
     port_taken,
-    published_ports,
     read_host,
 )
 
@@ -161,12 +161,9 @@ def check_ports_free(opts: ShellOptions, taken: Callable[[str, int, str], bool] 
     run that has become docker, nobody would remove what it left."""
     if opts.network == "host":
         return
-    for address, port, proto in published_ports(opts.ports):
-        if taken(address, port, proto):
-            where = f"{address}:{port}" if address else str(port)
-            raise EngineError(
-                f"port {where}/{proto} is already in use on this host", fix=f"pick another (-p {port + 1}:...) or stop what holds it"
-            )
+    if found := first_taken_port(opts.ports, taken):
+        where, port, proto = found
+        raise EngineError(f"port {where}/{proto} is already in use on this host", fix=f"pick another (-p {port + 1}:...) or stop what holds it")
 
 
 def port_values(ports: Sequence[str]) -> tuple[str, ...]:

@@ -255,7 +255,7 @@ def test_host_hf_cache(tmp_path):
     ],
 )
 def test_published_ports(spec, found):
-    assert shell.published_ports([spec]) == found
+    assert host.published_ports([spec]) == found
 
 
 def test_a_taken_port_is_refused_before_any_container_exists():
@@ -278,5 +278,5 @@ def test_port_taken_reads_the_host():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        assert shell.port_taken("127.0.0.1", port)
-    assert not shell.port_taken("127.0.0.1", port)
+        assert host.port_taken("127.0.0.1", port)
+    assert not host.port_taken("127.0.0.1", port)
