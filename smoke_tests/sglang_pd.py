@@ -77,6 +77,8 @@ def pair_args(role: str, backend: str, gpu: int, bootstrap_port: int, nccl_port:
 #: "rc_mlx5/mlx5_0:1"), or a mooncake engine line naming its protocol.
 _UCX_TRANSPORT = re.compile(r"(?<![\w/.-])(cuda_ipc|cuda_copy|gdr_copy|rc_mlx5|rc_verbs|dc_mlx5|ud_mlx5|ud_verbs|tcp|sysv|posix|cma|xpmem)/[\w.:-]+")
 _MOONCAKE_PROTOCOL = re.compile(r"\b[Pp]rotocol[:= ]+\"?(rdma|tcp|nvlink)\b")
+#: One row of a UCX_PROTO_INFO table: "[time] [host:pid:thread]   | cell | cell |".
+_UCX_TABLE_ROW = re.compile(r"^\[[\d.]+\]\s+\[([^\]]+)\]\s+\|(.*)\|\s*$")
 #: What each transport is, for --expect-transport.
 KIND = {
     "cuda_ipc": "cuda_ipc", "nvlink": "cuda_ipc",
@@ -87,14 +89,52 @@ KIND = {
 EXPECT = ("cuda_ipc", "rdma", "tcp")
 
 
-def transports(text: str) -> dict[str, int]:
-    """Each transport the backend's log names, with how many lines named it."""
-    found: dict[str, int] = {}
+def ucx_protocols(text: str) -> list[tuple[str, set[str]]]:
+    """Each protocol table UCX_PROTO_INFO=y printed: its title ("a intra-node cfg#1 / remote
+    memory write by ucp_put* from cuda memory to cuda") and the transports its rows chose.
+    A table is a border, one-cell title rows, a header row ("Range | Description | Config")
+    and one row per message-size range; lines of different processes/threads may interleave."""
+    tables: list[tuple[list[str], set[str]]] = []
+    open_tables: dict[str, tuple[list[str], set[str], list[bool]]] = {}  # per [host:pid:thread]
     for line in text.splitlines():
-        names = {m[1] for m in _UCX_TRANSPORT.finditer(line)} | {m[1].lower() for m in _MOONCAKE_PROTOCOL.finditer(line)}
-        for name in names:
-            found[name] = found.get(name, 0) + 1
+        match = _UCX_TABLE_ROW.match(line.strip())
+        if not match:
+            continue
+        key, cells = match[1], [cell.strip() for cell in match[2].split("|")]
+        current = open_tables.get(key)
+        if len(cells) == 1:  # a title row; after rows of ranges it starts the next table
+            if current is None or current[2][0]:
+                current = open_tables[key] = ([], set(), [False])
+                tables.append((current[0], current[1]))
+            current[0].append(cells[0])
+        elif current is not None and cells[0] != "Range":
+            current[2][0] = True
+            current[1].update(m[1] for m in _UCX_TRANSPORT.finditer(cells[-1]))
+    return [(" / ".join(title), names) for title, names in tables]
+
+
+def kv_tables(text: str) -> list[tuple[str, set[str]]]:
+    """The tables of remote memory writes/reads between two agents (not an agent to itself)."""
+    return [(title, chosen) for title, chosen in ucx_protocols(text) if "remote memory" in title and " self cfg#" not in f" {title}"]
+
+
+def transports(text: str) -> dict[str, int]:
+    """The transports that carried KV, each with how many protocol tables chose it. For NIXL:
+    those UCX chose for remote memory writes and reads (the KV copies; active messages, which
+    carry NIXL's notifications and metadata, are not the KV). For Mooncake: its protocol lines."""
+    found: dict[str, int] = {}
+    names = [name for title, chosen in kv_tables(text) for name in chosen]
+    names += [m[1].lower() for m in _MOONCAKE_PROTOCOL.finditer(text)]
+    for name in names:
+        found[name] = found.get(name, 0) + 1
     return found
+
+
+def kv_protocols(text: str) -> list[str]:
+    """The remote-memory protocol tables, one line each ("remote memory write by ucp_put* from
+    cuda memory to cuda: cuda_ipc"), for the report."""
+    rows = {f"{title.split(' / ')[-1]}: {', '.join(sorted(chosen))}" for title, chosen in kv_tables(text)}
+    return sorted(rows)
 
 
 def kv_link(found: Mapping[str, int]) -> str:
@@ -254,11 +294,14 @@ def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: s
         ])  # fmt: skip
 
         found: dict[str, int] = {}
+        protocols: set[str] = set()
         for role in ("prefill", "decode"):
-            for name, count in transports(tail_text(workdir / f"{role}.log", 100_000) or "").items():
+            log = tail_text(workdir / f"{role}.log", 100_000) or ""
+            protocols.update(kv_protocols(log))
+            for name, count in transports(log).items():
                 found[name] = found.get(name, 0) + count
         link = kv_link(found)
-        report.figures["transports"], report.figures["kv_link"] = found, link
+        report.figures["transports"], report.figures["kv_link"], report.figures["kv_protocols"] = found, link, sorted(protocols)
         named = ", ".join(f"{k} ({v})" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none named in the servers' logs"
         rows.append(["KV transport", link, named])
         if args.expect_transport and link != args.expect_transport:

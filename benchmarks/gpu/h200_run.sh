@@ -3,10 +3,11 @@
 # no network (the 2 x H200 verification machine), with the verl topic's locked wheels:
 #
 #   benchmarks/gpu/h200_run.sh setup PIECES_DIR               # join and unpack (see GPU.md)
-#   benchmarks/gpu/h200_run.sh base|serve|cause|grpo OUTDIR   # a group of tests, results in OUTDIR
+#   benchmarks/gpu/h200_run.sh base|serve|cause|grpo|pd OUTDIR  # a group of tests, results in OUTDIR
 #
 # PIECES_DIR holds closure.tar.zst split in pieces (closure.part-*), which travel one per
-# call, and a zstandard wheel for machines without the zstd tool. The archive holds `site/` (the verl lock's packages that machine lacks, installed with
+# call, a zstandard wheel for machines without the zstd tool, and any other wheels to add (for
+# the PD stage: nixl 1.5.1, nixl-cu13 1.5.1 and sglang-router 0.3.2, the sglang topic's). The archive holds `site/` (the verl lock's packages that machine lacks, installed with
 # `pip install --no-deps --target`, plus transformers/tokenizers at the lock's versions) and
 # `cudasite/` (nvcc, cccl, crt, nvvm and the runtime: the stack lock's CUDA toolkit wheels).
 # The CUDA toolkit JIT compilers see is the one those wheels make (images/scripts/link_cuda.py,
@@ -14,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROOT=/tmp/kitgpu
-stage=${1:?setup, base, serve, cause or grpo}
+stage=${1:?setup, base, serve, cause, grpo, pd or nixl}
 
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH="$ROOT/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -29,6 +30,9 @@ if [ "$stage" = setup ]; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/zstandard "$pieces"/zstandard-*.whl
     cat "$pieces"/closure.part-* | PYTHONPATH=/tmp/zstandard python3 -c "import sys, tarfile, zstandard; tarfile.open(fileobj=zstandard.ZstdDecompressor(max_window_size=2**27).stream_reader(sys.stdin.buffer), mode='r|').extractall(sys.argv[1])" "$ROOT"
   fi
+  extra=()
+  for wheel in "$pieces"/*.whl; do [[ -e $wheel && $wheel != */zstandard-* ]] && extra+=("$wheel"); done
+  [ ${#extra[@]} -eq 0 ] || python3 -m pip install -q --no-index --no-deps --no-compile --target "$ROOT/site" "${extra[@]}" || exit
   # In an image every CUDA wheel unpacks into one site-packages/nvidia/cu13; here torch's
   # (cublas, cusparse, ...) sit in the machine's venv. Their headers and libraries join the
   # carried toolkit's folder as links, so the JIT sees what it sees in an image (flashinfer's
@@ -76,6 +80,20 @@ PY
     # ... and with SGLang's defaults (capture up to 8192 tokens on an H200) it dies in cuBLAS.
     run old_model_default python3 -m smoke_tests.sglang_serve --require-gpu --model "$out/old/model" --num-prompts 16 \
       --timeout 400 --workdir "$out/serve_old_default" --json "$out/old_model_default.json"
+    ;;
+  pd)
+    # Prefill on GPU 0, decode on GPU 1, SGLang's router in PD mode, NIXL (UCX) moving the KV;
+    # the servers' logs hold UCX's protocol tables (UCX_PROTO_INFO=y), the test reads them.
+    nvidia-smi topo -m > "$out/nvidia-smi.txt" 2>&1
+    run sglang_pd python3 -m smoke_tests.sglang_pd --require-gpu --expect-transport cuda_ipc --timeout 540 --startup-timeout 240 \
+      --workdir "$ROOT/pd" --json "$out/sglang_pd.json"
+    for log in single prefill decode router; do cp "$ROOT/pd/$log.log" "$out/pd_$log.log" 2>/dev/null; done
+    ;;
+  nixl)
+    # NIXL alone: GPU 0 writes 1 MiB to GPU 1 over UCX; the table UCX prints names the transport.
+    run nixl_probe env UCX_PROTO_INFO=y python3 tests/integration/data/nixl_ucx_probe.py cuda
+    python3 -c "import sglang_router, nixl; print('router', sglang_router.__file__, 'nixl', nixl._pkg.__name__)" 2>&1 | tee -a "$out/nixl_probe.log"
+    python3 -c "from smoke_tests import sglang_pd as s; t = open('$out/nixl_probe.log').read(); print(s.transports(t), s.kv_protocols(t))" 2>&1 | tee -a "$out/nixl_probe.log"
     ;;
   grpo)
     run verl_grpo python3 -m smoke_tests.verl_grpo --require-gpu --workdir "$out/grpo" --json "$out/verl_grpo.json"

@@ -18,6 +18,7 @@ from mlsyskit import REPO_ROOT
 from mlsyskit.data.lockfile import key_versions
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.images.plan import topic_alias
+from smoke_tests import sglang_pd
 from smoke_tests.sglang_serve import BENCH_FLAGS
 from tests.conftest import need
 
@@ -221,3 +222,26 @@ def test_nixl_loads_its_cuda13_build_in_the_sglang_image(engine: Engine, build_t
     proc = engine.run(ContainerSpec(image=topic_alias("sglang", "pypi"), command=("python", "-c", script)), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["nixl_cu13", True, True]
+
+
+def test_nixl_moves_memory_and_the_pd_test_reads_ucx_s_own_protocol_table(engine: Engine, build_topic):
+    """Two NIXL agents write memory to each other over UCX in the sglang image, with
+    UCX_PROTO_INFO=y as the PD test sets it: the bytes arrive, and the PD test's parser finds
+    the remote-write table UCX really printed (not one written for the test) and the link it
+    chose (host memory in a container: TCP). On a GPU host the same table names cuda_ipc."""
+    need(has_topic("sglang"), "envs/sglang/topic.toml is missing")
+    build_topic("sglang")
+    spec = ContainerSpec(
+        image=topic_alias("sglang", "pypi"),
+        command=("python", "/opt/probe/nixl_ucx_probe.py"),
+        volumes=(f"{REPO_ROOT / 'tests' / 'integration' / 'data'}:/opt/probe:ro",),
+        env=("UCX_PROTO_INFO=y",),
+    )
+    proc = engine.run(spec, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "state DONE equal True" in log, log[-3000:]
+    found = sglang_pd.transports(log)
+    assert found and sglang_pd.kv_link(found) in ("tcp", "host memory"), (found, log[-3000:])
+    assert any(row.startswith("remote memory write by ucp_put* from host memory") for row in sglang_pd.kv_protocols(log)), log[-3000:]
+    # notifications travel as active messages: the parser saw them and did not count them
+    assert any("active message" in title for title, _ in sglang_pd.ucx_protocols(log))

@@ -31,24 +31,51 @@ def test_pair_args_put_the_bootstrap_port_on_the_prefill_side_only():
     assert {w for w in prefill + decode if w.startswith("--")} == set(sglang_pd.PD_FLAGS)
 
 
-UCX_LINES = """\
-[1764500000.101] [h200:4242:0]   +---------------------------+-------------------------------------------+
-[1764500000.101] [h200:4242:0]   | nixl ucp_context_0 intra-node cfg#2 | remote memory write by ucp_put* to cuda |
-[1764500000.101] [h200:4242:0]   +---------------------------+-------------------------------------------+
-[1764500000.101] [h200:4242:0]   |                   0..inf | zero-copy                    | cuda_ipc/cuda |
-[1764500000.102] [h200:4242:0]   |                   0..8K | eager short                   | tcp/eth0 |
-[1764500000.102] [h200:4242:0]   |                   0..inf | zero-copy                    | cuda_ipc/cuda |
-"""
+#: What UCX_PROTO_INFO=y really printed for NIXL 1.5.1 agents writing host memory (captured in
+#: the sglang image; tests/integration re-runs the capture and the same checks every CI run).
+UCX_HOST_LOG = (Path(__file__).resolve().parent / "data" / "ucx_proto_info_nixl_host.log").read_text()
 
 
-def test_transports_counts_each_ucx_transport_named():
-    assert sglang_pd.transports(UCX_LINES) == {"cuda_ipc": 2, "tcp": 1}
-    assert sglang_pd.kv_link({"cuda_ipc": 2, "tcp": 1}) == "cuda_ipc"  # the fastest link named
+def gpu_table(pid: int, transport: str, peer: str = "intra-node") -> str:
+    """A remote-write table for GPU memory in the captured log's layout."""
+    rows = [
+        "+--------+-------------+-------------------+", f"| nixl {peer} cfg#2 |", "| remote memory write by ucp_put* from cuda memory to cuda |",
+        "+--------+-------------+-------------------+", "| Range  | Description | Config |", "+--------+-------------+-------------------+",
+        f"| 0..inf | zero-copy   | {transport} |", "+--------+-------------+-------------------+",
+    ]  # fmt: skip
+    return "".join(f"[1764500000.101] [h200:{pid}:0]   {row}\n" for row in rows)
+
+
+def test_the_kv_transport_comes_from_ucx_s_remote_write_tables_only():
+    tables = sglang_pd.ucx_protocols(UCX_HOST_LOG)
+    assert len(tables) == 31 and all(chosen == {"tcp"} for _, chosen in tables)
+    # 7 remote-write tables, 4 of them an agent writing to itself; 24 active-message tables
+    assert sglang_pd.transports(UCX_HOST_LOG) == {"tcp": 3}
+    assert sglang_pd.kv_protocols(UCX_HOST_LOG) == [
+        "remote memory write by ucp_put* from host memory to host: tcp", "remote memory write by ucp_put*(multi) from host memory to host: tcp",
+    ]  # fmt: skip
+    # the KV over cuda_ipc while notifications go over TCP: the KV's link is cuda_ipc
+    gpu_log = UCX_HOST_LOG.replace("[af3c90ef82f9:1    :0]", "[h200:7:0]") + gpu_table(4242, "cuda_ipc/cuda")
+    assert sglang_pd.transports(gpu_table(4242, "cuda_ipc/cuda")) == {"cuda_ipc": 1}
+    assert sglang_pd.kv_link(sglang_pd.transports(gpu_log)) == "cuda_ipc"
+    # an agent's write to itself is not the KV moving between servers
+    assert sglang_pd.transports(gpu_table(1, "cuda_ipc/cuda", peer="self")) == {}
+
+
+def test_tables_of_two_processes_may_interleave():
+    a, b = gpu_table(1, "cuda_ipc/cuda").splitlines(), gpu_table(2, "rc_mlx5/mlx5_0:1").splitlines()
+    mixed = "\n".join(line for pair in zip(a, b, strict=True) for line in pair)
+    assert sglang_pd.transports(mixed) == {"cuda_ipc": 1, "rc_mlx5": 1}
+
+
+def test_kv_link_is_the_fastest_kind_of_link_named():
+    assert sglang_pd.kv_link({"cuda_ipc": 2, "tcp": 1}) == "cuda_ipc"
     assert sglang_pd.kv_link({"tcp": 3, "sysv": 1}) == "tcp"
     assert sglang_pd.kv_link({"rc_mlx5": 1, "tcp": 1}) == "rdma"
     assert sglang_pd.kv_link({}) == "unknown"
     assert sglang_pd.transports("Mooncake transfer engine: protocol=tcp, device none") == {"tcp": 1}
     assert sglang_pd.transports("INFO: loading weights from /models/tcp/eth0-model") == {}  # a path is no transport
+    assert sglang_pd.transports("[1764500000.1] [h:1:0]   | 0..inf | zero-copy | tcp/eth0 |") == {}  # a row outside any table
 
 
 def test_first_difference_names_the_prompt():

@@ -48,8 +48,12 @@ def serve(args: argparse.Namespace) -> int:
         os.replace(args.pid_file + ".tmp", args.pid_file)
     started = time.monotonic()
     print(f"fake sglang: serving {args.model} on port {args.port}, mode {args.mode}, {args.disaggregation_mode or 'plain'}", flush=True)
-    if args.transport:
-        print(f"[1764500000.000000] [fake:{os.getpid()}:0]   | 0..inf | zero-copy | {args.transport} |", flush=True)
+    if args.transport:  # the KV write's table and a notification's, in UCX_PROTO_INFO's layout
+        prefix = f"[1764500000.000000] [fake:{os.getpid()}:0]  "
+        for title, chosen in (("remote memory write by ucp_put* from cuda memory to cuda", args.transport), ("active message by ucp_am_send* from host memory", "tcp/lo")):
+            rows = ["+--------+-------------+----+", "| fake intra-node cfg#1 |", f"| {title} |", "+--------+-------------+----+"]
+            rows += ["| Range  | Description | Config |", "+--------+-------------+----+", f"| 0..inf | zero-copy | {chosen} |", "+--------+-------------+----+"]
+            print("\n".join(f"{prefix} {row}" for row in rows), flush=True)
 
     def ready() -> bool:
         return args.mode in ("ok", "differ") and time.monotonic() - started >= args.ready_after
