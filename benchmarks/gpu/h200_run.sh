@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROOT=/tmp/kitgpu
-stage=${1:?setup, base, serve, cause, grpo, pd or nixl}
+stage=${1:?setup, base, serve, cause, grpo, pd, nixl or pair}
 
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH="$ROOT/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -94,6 +94,14 @@ PY
     run nixl_probe env UCX_PROTO_INFO=y python3 tests/integration/data/nixl_ucx_probe.py cuda
     python3 -c "import sglang_router, nixl; print('router', sglang_router.__file__, 'nixl', nixl._pkg.__name__)" 2>&1 | tee -a "$out/nixl_probe.log"
     python3 -c "from smoke_tests import sglang_pd as s; t = open('$out/nixl_probe.log').read(); print(s.transports(t), s.kv_protocols(t))" 2>&1 | tee -a "$out/nixl_probe.log"
+    ;;
+  pair)
+    # NIXL between two processes as SGLang's pair uses it (benchmarks/gpu/nixl_pair_probe.py):
+    # GPU 0 writes into GPU 1 with a notification; then variants that isolate a failure.
+    run pair_vram env UCX_PROTO_INFO=y timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory vram
+    run pair_vram_threads timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory vram --target-threads 8
+    run pair_vram_no_ipc env UCX_TLS=^cuda_ipc timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory vram
+    run pair_dram timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory dram
     ;;
   grpo)
     run verl_grpo python3 -m smoke_tests.verl_grpo --require-gpu --workdir "$out/grpo" --json "$out/verl_grpo.json"
