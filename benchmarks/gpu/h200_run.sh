@@ -85,6 +85,8 @@ PY
     # Prefill on GPU 0, decode on GPU 1, SGLang's router in PD mode, NIXL (UCX) moving the KV;
     # the servers' logs hold UCX's protocol tables (UCX_PROTO_INFO=y), the test reads them.
     nvidia-smi topo -m > "$out/nvidia-smi.txt" 2>&1
+    api=$(python3 -c "import nixl_cu13, os; print(os.path.join(os.path.dirname(nixl_cu13.__file__), '_api.py'))")
+    if [ "${KIT_NIXL_TRACE:-0}" = 1 ] && ! grep -q kit-nixl-trace "$api"; then cat benchmarks/gpu/nixl_trace.py >> "$api"; fi
     run sglang_pd python3 -m smoke_tests.sglang_pd --require-gpu --expect-transport cuda_ipc --timeout 540 --startup-timeout 240 \
       --workdir "$ROOT/pd" --json "$out/sglang_pd.json"
     for log in single prefill decode router; do cp "$ROOT/pd/$log.log" "$out/pd_$log.log" 2>/dev/null; done
