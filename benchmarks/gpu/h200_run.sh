@@ -87,7 +87,25 @@ PY
     nvidia-smi topo -m > "$out/nvidia-smi.txt" 2>&1
     api=$(python3 -c "import nixl_cu13, os; print(os.path.join(os.path.dirname(nixl_cu13.__file__), '_api.py'))")
     if [ "${KIT_NIXL_TRACE:-0}" = 1 ] && ! grep -q kit-nixl-trace "$api"; then cat benchmarks/gpu/nixl_trace.py >> "$api"; fi
-    run sglang_pd python3 -m smoke_tests.sglang_pd --require-gpu --expect-transport cuda_ipc --timeout 540 --startup-timeout 240 \
+    # SGLang 0.5.12's NIXL sender writes the request's aux data (the first output token and its
+    # metadata, which the decode side waits for) only for models with extra state (Mamba, SWA,
+    # NSA): for a dense model the decode side never finishes. 0.5.23 (the sglang topic's) sends
+    # it on every last chunk; KIT_SGLANG_AUX_FIX=1 applies that rule to the carried 0.5.12.
+    if [ "${KIT_SGLANG_AUX_FIX:-0}" = 1 ]; then
+      python3 - "$ROOT/site/sglang/srt/disaggregation/nixl/conn.py" <<'PY' || exit
+import sys
+path = sys.argv[1]
+text = open(path).read()
+old = "if kv_chunk.is_last and kv_chunk.state_indices:\n                        dst_info = self.decode_kv_args_table[req.agent_name]\n                        state_xfer_handles = self.maybe_send_extra("
+new = "if kv_chunk.is_last:\n                        dst_info = self.decode_kv_args_table[req.agent_name]\n                        state_xfer_handles = [] if not kv_chunk.state_indices else self.maybe_send_extra("
+if old in text:
+    open(path, "w").write(text.replace(old, new, 1))
+    print("aux rule of 0.5.23 applied to", path)
+elif new not in text:
+    sys.exit("the 0.5.12 aux rule was not found in " + path)
+PY
+    fi
+    run sglang_pd python3 -m smoke_tests.sglang_pd --require-gpu --expect-transport cuda_ipc --timeout 400 --startup-timeout 200 \
       --workdir "$ROOT/pd" --json "$out/sglang_pd.json"
     for log in single prefill decode router; do cp "$ROOT/pd/$log.log" "$out/pd_$log.log" 2>/dev/null; done
     ;;
