@@ -9,10 +9,11 @@ backend's own log; a short ``bench_serving`` load runs through both, side by sid
 Two GPUs at least: the plain server and the prefill server on the first, the decode server
 on the second (``--base-gpu-id``; every process sees both GPUs, which CUDA IPC between them
 needs). The plain server runs first and is stopped before the pair starts. Both pair
-servers get ``UCX_PROTO_INFO=y``, so UCX (under NIXL) prints the protocol it chose for each
-transfer (``cuda_ipc/cuda``, ``tcp/eth0``, ``rc_mlx5/mlx5_0:1``...); the test reports every
-transport named there and, with ``--expect-transport``, fails when the KV did not move over
-that kind of link (``cuda_ipc``: GPU to GPU within the host; ``rdma``: InfiniBand/RoCE;
+servers get ``UCX_PROTO_INFO=y``, so UCX (under NIXL) prints a table of the protocol it chose
+for each kind of transfer; the prefill side writes the KV into the decode side's GPU memory, and
+the test reads the transports of those remote writes (``cuda_ipc/cuda``, ``tcp/eth0``,
+``rc_mlx5/mlx5_0:1``...) from the prefill server's log. With ``--expect-transport`` it fails
+when the KV did not move over that kind of link (``cuda_ipc``: GPU to GPU within the host; ``rdma``: InfiniBand/RoCE;
 ``tcp``: sockets). Without a GPU (or with ``--cpu``) the test writes and checks the tiny model,
 then reports skipped (failed with ``--require-gpu``), never passed.
 
@@ -51,6 +52,48 @@ PROMPTS = (
     "The KV cache of a long prompt is moved from the prefill GPU to the decode GPU. " * 4,
     "a",
 )
+
+#: Known defects of a transfer backend in installed SGLang releases, found by the code the
+#: installed module holds (not by version number: a fixed or patched install passes):
+#: backend -> (module file in the sglang distribution, lines any one of which is the defect, why).
+KNOWN_DEFECTS = {
+    "nixl": (
+        "sglang/srt/disaggregation/nixl/conn.py",
+        (
+            "if kv_chunk.is_last and kv_chunk.state_indices:",  # the sender: aux only with extra state
+            "if state_indices is not None:\n            self.kv_mgr.transfer_statuses[self.bootstrap_room].expects_state = True",  # the receiver
+        ),
+        "its NIXL backend hangs every request of a dense model (no Mamba/SWA/NSA state): the prefill side never sends the aux data "
+        "and the decode side waits for state that never comes (sgl-project/sglang#25698, fixed by #25699); "
+        "use a release with the fix, such as the sglang topic's",
+    ),
+}
+
+
+def known_defect(backend: str, source: str | None) -> str | None:
+    """Why the installed SGLang cannot run the pair over ``backend``, given the source of the
+    module KNOWN_DEFECTS names (None when it is not installed), or None."""
+    entry = KNOWN_DEFECTS.get(backend)
+    if entry is None or source is None:
+        return None
+    _, lines, why = entry
+    return why if any(line in source for line in lines) else None
+
+
+def installed_source(backend: str) -> str | None:
+    """The installed sglang's source of the module KNOWN_DEFECTS names for ``backend``, read
+    without importing it (None when there is none)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    entry = KNOWN_DEFECTS.get(backend)
+    if entry is None:
+        return None
+    try:
+        path = Path(str(distribution("sglang").locate_file(entry[0])))
+        return path.read_text()
+    except (PackageNotFoundError, OSError):
+        return None
+
 
 SERVER_CMD = (
     "{python} -m sglang.launch_server --model-path {model} --host {host} --port {port} --tp-size 1 --mem-fraction-static {mem_fraction} --random-seed 0"
@@ -102,20 +145,24 @@ def ucx_protocols(text: str) -> list[tuple[str, set[str]]]:
             continue
         key, cells = match[1], [cell.strip() for cell in match[2].split("|")]
         current = open_tables.get(key)
-        if len(cells) == 1:  # a title row; after rows of ranges it starts the next table
+        if len(cells) == 1:  # a title row; after the header row it starts the next table
             if current is None or current[2][0]:
                 current = open_tables[key] = ([], set(), [False])
                 tables.append((current[0], current[1]))
             current[0].append(cells[0])
-        elif current is not None and cells[0] != "Range":
+        elif current is not None:  # the header row, or a row of ranges (a table may have none)
             current[2][0] = True
-            current[1].update(m[1] for m in _UCX_TRANSPORT.finditer(cells[-1]))
+            if cells[0] != "Range":
+                current[1].update(m[1] for m in _UCX_TRANSPORT.finditer(cells[-1]))
     return [(" / ".join(title), names) for title, names in tables]
 
 
 def kv_tables(text: str) -> list[tuple[str, set[str]]]:
-    """The tables of remote memory writes/reads between two agents (not an agent to itself)."""
-    return [(title, chosen) for title, chosen in ucx_protocols(text) if "remote memory" in title and " self cfg#" not in f" {title}"]
+    """The tables of the KV's remote writes/reads: between two agents (not an agent to itself),
+    from GPU memory where any is (the KV cache lives there; the aux data is in host memory)."""
+    rma = [(title, chosen) for title, chosen in ucx_protocols(text) if "remote memory" in title and " self cfg#" not in f" {title}"]
+    from_gpu = [(title, chosen) for title, chosen in rma if " from cuda" in title]
+    return from_gpu or rma
 
 
 def transports(text: str) -> dict[str, int]:
@@ -293,21 +340,17 @@ def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: s
             f"x{fmt(ratios.get('output_throughput'), 2)} tok/s, x{fmt(ratios.get('median_ttft_ms'), 2)} TTFT of one server",
         ])  # fmt: skip
 
-        found: dict[str, int] = {}
-        protocols: set[str] = set()
-        for role in ("prefill", "decode"):
-            log = tail_text(workdir / f"{role}.log", 100_000) or ""
-            protocols.update(kv_protocols(log))
-            for name, count in transports(log).items():
-                found[name] = found.get(name, 0) + count
+        # the prefill side writes the KV into the decode side's memory: its log holds the choice
+        log = tail_text(workdir / "prefill.log", 100_000) or ""
+        found = transports(log)
         link = kv_link(found)
-        report.figures["transports"], report.figures["kv_link"], report.figures["kv_protocols"] = found, link, sorted(protocols)
-        named = ", ".join(f"{k} ({v})" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none named in the servers' logs"
+        report.figures["transports"], report.figures["kv_link"], report.figures["kv_protocols"] = found, link, kv_protocols(log)
+        named = ", ".join(f"{k} ({v})" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none named in the prefill server's log"
         rows.append(["KV transport", link, named])
         if args.expect_transport and link != args.expect_transport:
             raise Fail(f"the KV moved over {link} ({named}), --expect-transport {args.expect_transport}")
         if link == "unknown":
-            report.notes.append(f"{args.transfer_backend} named no transport in the servers' logs (UCX_PROTO_INFO=y was set)")
+            report.notes.append(f"{args.transfer_backend} named no transport in the prefill server's log (UCX_PROTO_INFO=y was set)")
     except Fail:
         report.notes += pair.tails()
         raise
@@ -352,6 +395,9 @@ def body_for(args: argparse.Namespace) -> Any:
                 raise no_gpu(args.require_gpu, what)
             if not custom and gpus < 2:
                 raise Skip(f"prefill and decode need a GPU each; {gpus} visible")
+            defect = None if custom else known_defect(args.transfer_backend, installed_source(args.transfer_backend))
+            if defect:
+                raise Fail(f"SGLang {report.environment.get('sglang')}: {defect}")
             # a taken bootstrap port shows only as a decode server that never gets its KV: say it first
             if args.bootstrap_port and port_taken(args.bootstrap_port):
                 raise Fail(f"--bootstrap-port {args.bootstrap_port} is already in use on this host: pick a free one or leave it out")

@@ -87,22 +87,30 @@ PY
     nvidia-smi topo -m > "$out/nvidia-smi.txt" 2>&1
     api=$(python3 -c "import nixl_cu13, os; print(os.path.join(os.path.dirname(nixl_cu13.__file__), '_api.py'))")
     if [ "${KIT_NIXL_TRACE:-0}" = 1 ] && ! grep -q kit-nixl-trace "$api"; then cat benchmarks/gpu/nixl_trace.py >> "$api"; fi
-    # SGLang 0.5.12's NIXL sender writes the request's aux data (the first output token and its
-    # metadata, which the decode side waits for) only for models with extra state (Mamba, SWA,
-    # NSA): for a dense model the decode side never finishes. 0.5.23 (the sglang topic's) sends
-    # it on every last chunk; KIT_SGLANG_AUX_FIX=1 applies that rule to the carried 0.5.12.
-    if [ "${KIT_SGLANG_AUX_FIX:-0}" = 1 ]; then
+    # SGLang 0.5.12's NIXL backend hangs every request of a dense model (sgl-project/sglang#25698):
+    # the prefill side writes the aux data (the first output token, which the decode side waits
+    # for) only for models with extra state, and the decode side waits for state whenever it
+    # was given a list, even an empty one. KIT_SGLANG_NIXL_FIX=1 applies the two changes of the
+    # fix (#25699, in the sglang topic's 0.5.23) to the carried 0.5.12; smoke_tests.sglang_pd
+    # refuses an install that has either defect.
+    if [ "${KIT_SGLANG_NIXL_FIX:-0}" = 1 ]; then
       python3 - "$ROOT/site/sglang/srt/disaggregation/nixl/conn.py" <<'PY' || exit
 import sys
 path = sys.argv[1]
 text = open(path).read()
-old = "if kv_chunk.is_last and kv_chunk.state_indices:\n                        dst_info = self.decode_kv_args_table[req.agent_name]\n                        state_xfer_handles = self.maybe_send_extra("
-new = "if kv_chunk.is_last:\n                        dst_info = self.decode_kv_args_table[req.agent_name]\n                        state_xfer_handles = [] if not kv_chunk.state_indices else self.maybe_send_extra("
-if old in text:
-    open(path, "w").write(text.replace(old, new, 1))
-    print("aux rule of 0.5.23 applied to", path)
-elif new not in text:
-    sys.exit("the 0.5.12 aux rule was not found in " + path)
+fixes = [
+    ("if kv_chunk.is_last and kv_chunk.state_indices:\n                        dst_info = self.decode_kv_args_table[req.agent_name]\n                        state_xfer_handles = self.maybe_send_extra(",
+     "if kv_chunk.is_last:\n                        dst_info = self.decode_kv_args_table[req.agent_name]\n                        state_xfer_handles = [] if not kv_chunk.state_indices else self.maybe_send_extra("),
+    ("if state_indices is not None:\n            self.kv_mgr.transfer_statuses[self.bootstrap_room].expects_state = True",
+     "if state_indices:\n            self.kv_mgr.transfer_statuses[self.bootstrap_room].expects_state = True"),
+]
+for old, new in fixes:
+    if old in text:
+        text = text.replace(old, new, 1)
+    elif new not in text:
+        sys.exit("not found in " + path + ": " + old.splitlines()[0])
+open(path, "w").write(text)
+print("sgl-project/sglang#25699 applied to", path)
 PY
     fi
     run sglang_pd python3 -m smoke_tests.sglang_pd --require-gpu --expect-transport cuda_ipc --timeout 400 --startup-timeout 200 \

@@ -245,3 +245,23 @@ def test_nixl_moves_memory_and_the_pd_test_reads_ucx_s_own_protocol_table(engine
     assert any(row.startswith("remote memory write by ucp_put* from host memory") for row in sglang_pd.kv_protocols(log)), log[-3000:]
     # notifications travel as active messages: the parser saw them and did not count them
     assert any("active message" in title for title, _ in sglang_pd.ucx_protocols(log))
+
+
+@pytest.mark.parametrize(("topic", "hangs"), [("sglang", False), ("verl", True)])
+def test_the_pd_test_knows_which_installed_sglang_hangs_a_nixl_pair(engine: Engine, build_topic, topic, hangs):
+    """The verl topic's SGLang 0.5.12 hangs every NIXL prefill/decode request of a dense model
+    (seen on 2 x H200, sgl-project/sglang#25698); the sglang topic's release has the fix. The PD
+    test reads the installed code and refuses the first before starting anything."""
+    need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
+    build_topic(topic)
+    script = "import json; from smoke_tests import sglang_pd as s; print(json.dumps(s.known_defect('nixl', s.installed_source('nixl'))))"
+    spec = ContainerSpec(
+        image=topic_alias(topic, "pypi"),
+        command=("python", "-c", script),
+        volumes=(f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",),
+        env=("PYTHONPATH=/opt/mlsyskit",),
+    )
+    proc = engine.run(spec, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    defect = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (defect is not None and "sgl-project/sglang#25698" in defect) == hangs, defect
