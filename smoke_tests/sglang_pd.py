@@ -340,22 +340,30 @@ def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: s
             f"x{fmt(ratios.get('output_throughput'), 2)} tok/s, x{fmt(ratios.get('median_ttft_ms'), 2)} TTFT of one server",
         ])  # fmt: skip
 
-        # the prefill side writes the KV into the decode side's memory: its log holds the choice
-        log = tail_text(workdir / "prefill.log", 100_000) or ""
-        found = transports(log)
-        link = kv_link(found)
-        report.figures["transports"], report.figures["kv_link"], report.figures["kv_protocols"] = found, link, kv_protocols(log)
-        named = ", ".join(f"{k} ({v})" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none named in the prefill server's log"
+        link, named = record_transport(report, workdir)
         rows.append(["KV transport", link, named])
         if args.expect_transport and link != args.expect_transport:
             raise Fail(f"the KV moved over {link} ({named}), --expect-transport {args.expect_transport}")
         if link == "unknown":
             report.notes.append(f"{args.transfer_backend} named no transport in the prefill server's log (UCX_PROTO_INFO=y was set)")
     except Fail:
+        if "kv_link" not in report.figures and (workdir / "prefill.log").exists():
+            link, named = record_transport(report, workdir)  # a pair that hangs may still have moved KV
+            report.notes.append(f"the KV writes the prefill server chose before it failed: {link} ({named})")
         report.notes += pair.tails()
         raise
     finally:
         report.figures["pair_exit"] = pair.stop()
+
+
+def record_transport(report: Report, workdir: Path) -> tuple[str, str]:
+    """The link the KV moved over, from the prefill server's log (it writes the KV into the
+    decode side's memory), into the report's figures; with the transports named, for a line."""
+    log = tail_text(workdir / "prefill.log", 100_000) or ""
+    found = transports(log)
+    link = kv_link(found)
+    report.figures["transports"], report.figures["kv_link"], report.figures["kv_protocols"] = found, link, kv_protocols(log)
+    return link, ", ".join(f"{k} ({v})" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none named in the prefill server's log"
 
 
 def port_taken(port: int) -> bool:

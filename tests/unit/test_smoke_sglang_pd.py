@@ -128,6 +128,9 @@ def test_a_pair_that_changes_the_output_fails(tmp_path):
     proc, result, _ = run_pd(tmp_path, decode_mode="differ")
     assert proc.returncode == 1 and result["status"] == "failed"
     assert result["reason"].startswith("prefill/decode changed the greedy output: prompt 0:"), result["reason"]
+    # a pair that fails still says how its KV moved (on the H200s the KV moved and the decode side hung)
+    assert result["figures"]["kv_link"] == "cuda_ipc"
+    assert "the KV writes the prefill server chose before it failed: cuda_ipc (cuda_ipc (1))" in proc.stdout
 
 
 def test_the_wrong_transport_fails_when_one_is_expected(tmp_path):
