@@ -3,7 +3,7 @@
 # no network (the 2 x H200 verification machine), with the verl topic's locked wheels:
 #
 #   benchmarks/gpu/h200_run.sh setup PIECES_DIR               # join and unpack (see GPU.md)
-#   benchmarks/gpu/h200_run.sh base|serve|cause|grpo|pd OUTDIR  # a group of tests, results in OUTDIR
+#   benchmarks/gpu/h200_run.sh base|serve|cause|grpo|pd|pair OUTDIR  # a group of tests, results in OUTDIR
 #
 # PIECES_DIR holds closure.tar.zst split in pieces (closure.part-*), which travel one per
 # call, a zstandard wheel for machines without the zstd tool, and any other wheels to add (for
@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 ROOT=/tmp/kitgpu
-stage=${1:?setup, base, serve, cause, grpo, pd, nixl or pair}
+stage=${1:?setup, base, serve, cause, grpo, pd or pair}
 
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH="$ROOT/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -117,19 +117,13 @@ PY
       --workdir "$ROOT/pd" --json "$out/sglang_pd.json"
     for log in single prefill decode router; do cp "$ROOT/pd/$log.log" "$out/pd_$log.log" 2>/dev/null; done
     ;;
-  nixl)
-    # NIXL alone: GPU 0 writes 1 MiB to GPU 1 over UCX; the table UCX prints names the transport.
-    run nixl_probe env UCX_PROTO_INFO=y python3 tests/integration/data/nixl_ucx_probe.py cuda
-    python3 -c "import sglang_router, nixl; print('router', sglang_router.__file__, 'nixl', nixl._pkg.__name__)" 2>&1 | tee -a "$out/nixl_probe.log"
-    python3 -c "from smoke_tests import sglang_pd as s; t = open('$out/nixl_probe.log').read(); print(s.transports(t), s.kv_protocols(t))" 2>&1 | tee -a "$out/nixl_probe.log"
-    ;;
   pair)
-    # NIXL between two processes as SGLang's pair uses it (benchmarks/gpu/nixl_pair_probe.py):
+    # NIXL between two processes as SGLang's pair uses it (tests/integration/data/nixl_probe.py):
     # GPU 0 writes into GPU 1 with a notification; then variants that isolate a failure.
-    run pair_vram env UCX_PROTO_INFO=y timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory vram
-    run pair_vram_threads timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory vram --target-threads 8
-    run pair_vram_no_ipc env UCX_TLS=^cuda_ipc timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory vram
-    run pair_dram timeout 60 python3 benchmarks/gpu/nixl_pair_probe.py run --memory dram
+    run pair_vram env UCX_PROTO_INFO=y timeout 60 python3 tests/integration/data/nixl_probe.py run --memory vram
+    run pair_vram_threads timeout 60 python3 tests/integration/data/nixl_probe.py run --memory vram --target-threads 8
+    run pair_vram_no_ipc env UCX_TLS=^cuda_ipc timeout 60 python3 tests/integration/data/nixl_probe.py run --memory vram
+    run pair_dram timeout 60 python3 tests/integration/data/nixl_probe.py run --memory dram
     ;;
   grpo)
     run verl_grpo python3 -m smoke_tests.verl_grpo --require-gpu --workdir "$out/grpo" --json "$out/verl_grpo.json"

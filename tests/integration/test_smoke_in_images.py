@@ -225,21 +225,22 @@ def test_nixl_loads_its_cuda13_build_in_the_sglang_image(engine: Engine, build_t
 
 
 def test_nixl_moves_memory_and_the_pd_test_reads_ucx_s_own_protocol_table(engine: Engine, build_topic):
-    """Two NIXL agents write memory to each other over UCX in the sglang image, with
-    UCX_PROTO_INFO=y as the PD test sets it: the bytes arrive, and the PD test's parser finds
-    the remote-write table UCX really printed (not one written for the test) and the link it
-    chose (host memory in a container: TCP). On a GPU host the same table names cuda_ipc."""
+    """Two processes' NIXL agents, as the prefill and decode servers hold them, write memory
+    over UCX in the sglang image, with UCX_PROTO_INFO=y as the PD test sets it: the bytes and the
+    notification arrive, and the PD test's parser finds the remote-write table UCX really
+    printed (not one written for the test) and the link it chose (host memory in a container).
+    On 2 x H200 the same probe's table named cuda_ipc between the GPUs."""
     need(has_topic("sglang"), "envs/sglang/topic.toml is missing")
     build_topic("sglang")
     spec = ContainerSpec(
         image=topic_alias("sglang", "pypi"),
-        command=("python", "/opt/probe/nixl_ucx_probe.py"),
+        command=("python", "/opt/probe/nixl_probe.py", "run", "--memory", "dram", "--linger", "3"),
         volumes=(f"{REPO_ROOT / 'tests' / 'integration' / 'data'}:/opt/probe:ro",),
         env=("UCX_PROTO_INFO=y",),
     )
     proc = engine.run(spec, timeout=300)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "state DONE equal True" in log, log[-3000:]
+    assert proc.returncode == 0 and "probe memory=dram target_threads=0 UCX_TLS=: PASS" in log, log[-3000:]
     found = sglang_pd.transports(log)
     assert found and sglang_pd.kv_link(found) in ("tcp", "host memory"), (found, log[-3000:])
     assert any(row.startswith("remote memory write by ucp_put* from host memory") for row in sglang_pd.kv_protocols(log)), log[-3000:]

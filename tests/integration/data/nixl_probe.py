@@ -1,9 +1,12 @@
 """Two processes, as SGLang's prefill and decode servers use NIXL: the target registers a
 buffer and waits for a notification (its agent made with num_threads=0, as SGLang's decode
 side), the initiator (num_threads=8, as the prefill side) writes into it with a notification
-attached. Says whether the bytes and the notification arrived.
+attached. Says whether the bytes and the notification arrived (`...: PASS`). With
+UCX_PROTO_INFO=y, UCX prints the protocol table of that remote write, which the PD smoke test
+reads: CI runs it in the sglang image on host memory, the GPU runbook (benchmarks/gpu/
+h200_run.sh pair) from GPU 0 to GPU 1.
 
-    python benchmarks/gpu/nixl_pair_probe.py run [--memory vram|dram] [--target-threads N]
+    python tests/integration/data/nixl_probe.py run [--memory vram|dram] [--target-threads N]
 """
 
 import argparse
@@ -51,7 +54,8 @@ def target(args):
 def initiator(args):
     while not os.path.exists(args.exchange):
         time.sleep(0.05)
-    info = json.load(open(args.exchange))
+    with open(args.exchange) as exchange:
+        info = json.load(exchange)
     agent = make_agent("prefill", 8)
     src = buffer(args.memory, 0, 7)
     agent.register_memory(src)
@@ -81,10 +85,17 @@ def main():
     if args.role == "initiator":
         return initiator(args)
     exchange = os.path.join(tempfile.mkdtemp(), "target.json")
-    common = ["--memory", args.memory, "--target-threads", str(args.target_threads), "--exchange", exchange]
+    common = ["--memory", args.memory, "--target-threads", str(args.target_threads), "--exchange", exchange, "--wait", str(args.wait), "--linger", str(args.linger)]
     t = subprocess.Popen([sys.executable, __file__, "target", *common])
     i = subprocess.Popen([sys.executable, __file__, "initiator", *common])
-    rc_t, rc_i = t.wait(timeout=90), i.wait(timeout=90)
+    try:
+        rc_t, rc_i = t.wait(timeout=90), i.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        rc_t = rc_i = 1
+    finally:  # neither side outlives the probe (an initiator whose target died waits for ever)
+        for child in (t, i):
+            child.kill()
+            child.wait()
     print(f"probe memory={args.memory} target_threads={args.target_threads} UCX_TLS={os.environ.get('UCX_TLS', '')}: "
           f"{'PASS' if rc_t == rc_i == 0 else 'FAIL'}", flush=True)
     return rc_t or rc_i
