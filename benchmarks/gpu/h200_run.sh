@@ -85,8 +85,10 @@ PY
     # Prefill on GPU 0, decode on GPU 1, SGLang's router in PD mode, NIXL (UCX) moving the KV;
     # the servers' logs hold UCX's protocol tables (UCX_PROTO_INFO=y), the test reads them.
     nvidia-smi topo -m > "$out/nvidia-smi.txt" 2>&1
-    api=$(python3 -c "import nixl_cu13, os; print(os.path.join(os.path.dirname(nixl_cu13.__file__), '_api.py'))")
-    if [ "${KIT_NIXL_TRACE:-0}" = 1 ] && ! grep -q kit-nixl-trace "$api"; then cat benchmarks/gpu/nixl_trace.py >> "$api"; fi
+    if [ "${KIT_NIXL_TRACE:-0}" = 1 ]; then
+      api=$(python3 -c "import nixl_cu13, os; print(os.path.join(os.path.dirname(nixl_cu13.__file__), '_api.py'))") || exit
+      grep -q kit-nixl-trace "$api" || cat benchmarks/gpu/nixl_trace.py >> "$api"
+    fi
     # SGLang 0.5.12's NIXL backend hangs every request of a dense model (sgl-project/sglang#25698):
     # the prefill side writes the aux data (the first output token, which the decode side waits
     # for) only for models with extra state, and the decode side waits for state whenever it
