@@ -65,6 +65,10 @@ LABEL_SERVICE = f"{LABEL_PREFIX}.stack.service"
 LABEL_ROLE = f"{LABEL_PREFIX}.stack.role"
 COMPOSE_PROJECT = "com.docker.compose.project"
 LOG_LINES = 30
+# A service without a healthcheck counts as up only once it has stayed running this long:
+# a command that crashes at once under `restart: always` shows "running" for a moment
+# between restarts, and calling that ready would report a crash loop as up.
+SETTLE_S = 3.0
 
 
 # --- the stack definitions --------------------------------------------------------------
@@ -558,9 +562,10 @@ class Assessment:
         return not self.waiting and not self.failed
 
 
-def assess(expected: Mapping[str, str], states: Sequence[ContainerInfo], since: float) -> Assessment:
-    """Where each expected service (name -> "service" or "job") stands. A state older than
-    `since` (a job that ended in an earlier `up`) counts as not yet run."""
+def assess(expected: Mapping[str, str], states: Sequence[ContainerInfo], since: float, now: float) -> Assessment:
+    """Where each expected service (name -> "service" or "job") stands at `now`. A state older
+    than `since` (a job that ended in an earlier `up`) counts as not yet run; a service without
+    a healthcheck is ready once it has run SETTLE_S without a restart (the engine's StartedAt)."""
     by_service = {s.service: s for s in states}
     ready, waiting, failed = [], [], []
     for name, run in expected.items():
@@ -581,7 +586,7 @@ def assess(expected: Mapping[str, str], states: Sequence[ContainerInfo], since: 
         elif state.status == "running":
             if state.health == "unhealthy":
                 failed.append((name, "is unhealthy (its healthcheck failed)"))
-            elif run == "service" and state.health in ("", "healthy"):
+            elif run == "service" and (state.health == "healthy" or (not state.health and now - state.started_at >= SETTLE_S)):
                 ready.append(name)
             else:
                 waiting.append(name)
@@ -687,7 +692,7 @@ def up(
             while True:
                 states = project.containers()
                 by_service = {s.service: s for s in states}
-                verdict = assess(expected, states, since)
+                verdict = assess(expected, states, since, time.time())
                 for service in expected:
                     now = describe(by_service.get(service), expected[service])
                     if shown.get(service) != now:
@@ -704,7 +709,7 @@ def up(
                 if returncode not in (None, 0):
                     time.sleep(1)  # the container states may explain it better than compose does
                     states = project.containers()
-                    verdict = assess(expected, states, since)
+                    verdict = assess(expected, states, since, time.time())
                     if not verdict.done:
                         _fail(project, stack, verdict, compose_tail=starting.tail())
                     break

@@ -13,6 +13,7 @@ import yaml
 from mlsyskit import REPO_ROOT
 from mlsyskit.compose.stacks import (
     HF_TARGET,
+    SETTLE_S,
     Devices,
     RenderOptions,
     assess,
@@ -290,10 +291,19 @@ def test_assess_rules():
         state("svc-health", "running", health="starting"),
         state("old", "exited", 0, finished=10.0),  # finished in an earlier `up`
     ]
-    verdict = assess(expected, states, since=60.0)
+    verdict = assess(expected, states, since=60.0, now=120.0)
     assert verdict.ready == ("job-ok", "svc")
     assert verdict.waiting == ("svc-health", "later", "old")
     assert not verdict.failed and not verdict.done
+
+
+def test_a_service_without_healthcheck_is_ready_only_after_it_stayed_up():
+    """`running` for a moment between the restarts of a crash loop is not `up`."""
+    running_since_50 = [state("svc", "running")]
+    assert assess({"svc": "service"}, running_since_50, since=40.0, now=50.0 + SETTLE_S - 0.5).waiting == ("svc",)
+    assert assess({"svc": "service"}, running_since_50, since=40.0, now=50.0 + SETTLE_S).ready == ("svc",)
+    healthy = [state("svc", "running", health="healthy")]
+    assert assess({"svc": "service"}, healthy, since=40.0, now=50.1).ready == ("svc",)  # its healthcheck said so
 
 
 @pytest.mark.parametrize(
@@ -309,7 +319,7 @@ def test_assess_rules():
     ],
 )
 def test_assess_failures(run, st, why):
-    verdict = assess({"x": run}, [st], since=60.0)
+    verdict = assess({"x": run}, [st], since=60.0, now=120.0)
     assert verdict.failed and why in verdict.failed[0][1]
 
 
