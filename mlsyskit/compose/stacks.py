@@ -42,6 +42,7 @@ from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.context import Context
 from mlsyskit.data.fields import Fields, rel_path
 from mlsyskit.engine import ComposeProject, ContainerInfo, Engine
+from mlsyskit.engine.emulation import emulation_volumes, foreign_platform
 from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
@@ -363,6 +364,10 @@ class RenderOptions:
     environment: Mapping[str, str] = field(default_factory=dict)  # added to every service
     options: Mapping[str, str] = field(default_factory=dict)  # option_values(): to the services that declare them
     rdma: bool = False  # GPU services get /dev/infiniband and IPC_LOCK (UCX, NCCL over InfiniBand/RoCE)
+    # `linux/arm64` on an x86 host: every service runs under qemu and gets what such a
+    # container needs (emulation.py), as `invoke shell`/`smoke` containers do
+    platform: str = ""
+    emulation: tuple[str, ...] = ()  # bind mounts, from emulation_volumes(platform)
 
 
 def _escape(value: str) -> str:
@@ -444,6 +449,9 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
             body["cap_add"] = sorted({*(body.get("cap_add") or []), "IPC_LOCK"})
         _render_limits(body, opts.memlock)
         _render_volumes(body, stack.path.parent, opts.hf_cache)
+        if opts.platform:
+            body["platform"] = opts.platform
+            body["volumes"] = [*(body.get("volumes") or []), *(_escape(v) for v in opts.emulation)]
         body["depends_on"] = _render_depends(body.get("depends_on"), group_members, stack)
         if not body["depends_on"]:
             del body["depends_on"]
@@ -465,6 +473,7 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
             "memlock": "unlimited" if opts.memlock else "engine default",
             **({"options": dict(opts.options)} if opts.options else {}),
             **({"rdma": True} if opts.rdma else {}),
+            **({"platform": opts.platform} if opts.platform else {}),
         },
     }
     plain: dict[str, Any] = json.loads(json.dumps(rendered))  # plain data: no YAML aliases in the output
@@ -665,9 +674,10 @@ def up(
     hf_cache = read_host().hf_cache
     hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     environment = {"HF_ENDPOINT": config.hf_endpoint} if config.hf_endpoint else {}
+    platform = foreign_platform(ctx.arch)
     opts = RenderOptions(
         devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
-        options=options, rdma=rdma,
+        options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform),
     )  # fmt: skip
     rendered = render(stack, opts)
     check_ports_free(stack, rendered)

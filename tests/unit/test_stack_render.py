@@ -173,6 +173,18 @@ def test_cpu_drops_the_gpu_reservation_and_says_cpu():
     assert out["x-mlsyskit"]["rendered"]["devices"] == "cpu"
 
 
+def test_an_emulated_arm64_stack_names_its_platform_and_mounts_an_arm64_cpuinfo():
+    """`up --arch arm64` on an x86 host: each service as `invoke shell --arch arm64` runs it."""
+    cpuinfo = "/home/u/.cache/mlsyskit/cpuinfo-arm64-2:/proc/cpuinfo:ro"
+    out = render(load_stack("nccl-2node"), opts(devices=Devices(cpu=True), base="pypi-arm64", platform="linux/arm64", emulation=(cpuinfo,)))
+    for body in out["services"].values():
+        assert body["platform"] == "linux/arm64" and body["image"].endswith(":pypi-arm64")
+        assert body["volumes"][-1] == cpuinfo
+    assert out["x-mlsyskit"]["rendered"]["platform"] == "linux/arm64"
+    native = render(load_stack("nccl-2node"), opts(devices=Devices(cpu=True)))
+    assert not [b for b in native["services"].values() if "platform" in b or any("cpuinfo" in v for v in b.get("volumes", []))]
+
+
 def test_memlock_is_kept_where_allowed_and_dropped_where_the_engine_refuses():
     allowed = render(load_stack("verl"), opts(memlock=True))["services"]["ray-head"]
     refused = render(load_stack("verl"), opts(memlock=False))["services"]["ray-head"]
