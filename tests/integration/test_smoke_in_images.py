@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -256,13 +257,7 @@ def test_the_pd_test_knows_which_installed_sglang_hangs_a_nixl_pair(engine: Engi
     need(has_topic(topic), f"envs/{topic}/topic.toml is missing")
     build_topic(topic)
     script = "import json; from smoke_tests import sglang_pd as s; print(json.dumps(s.known_defect('nixl', s.installed_source('nixl'))))"
-    spec = ContainerSpec(
-        image=topic_alias(topic, "pypi"),
-        command=("python", "-c", script),
-        volumes=(f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",),
-        env=("PYTHONPATH=/opt/mlsyskit",),
-    )
-    proc = engine.run(spec, timeout=300)
+    proc = engine.run(with_smoke_tests(topic_alias(topic, "pypi"), f"python -c {shlex.quote(script)}"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     defect = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (defect is not None and "sgl-project/sglang#25698" in defect) == hangs, defect

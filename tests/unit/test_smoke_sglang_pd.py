@@ -177,7 +177,8 @@ def test_an_unknown_backend_is_refused_by_the_parser(capsys):
 
 # ---------------------------------------------------------------------------- what ran on the H200s
 
-H200_PREFILL_LOG = (Path(__file__).resolve().parent / "data" / "ucx_proto_info_sglang_prefill_h200.log").read_text()
+# The prefill server's whole log from the traced run on 2 x H200 (the run's record, read as the test reads it)
+H200_PREFILL_LOG = (Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "2026-11-30-h200x2-pd" / "traced.prefill.log").read_text()
 
 
 def test_the_h200_prefill_log_names_cuda_ipc_for_the_kv_write():
