@@ -38,3 +38,14 @@ RUN --mount=type=cache,id=mlsyskit-uv,target=/root/.cache/uv \
  && rm /tmp/requirements.txt \
  && uv cache prune --ci --quiet \
  && python3 /usr/local/lib/mlsyskit/link_cuda.py
+
+# A topic's patches/*.patch: fixes to the packages just installed (unified diffs against
+# site-packages, each named for the release it fixes, e.g. SGLang 0.5.12's JIT kernel that
+# g++ 12 cannot compile). A patch that does not apply fails the build; none for most layers.
+RUN --mount=type=bind,source=.,target=/tmp/ctx \
+    if [ -d /tmp/ctx/patches ]; then \
+      site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+      && for p in /tmp/ctx/patches/*.patch; do \
+           echo "applying $(basename "$p")" && patch --batch --forward --no-backup-if-mismatch -p1 -d "$site" < "$p" || exit 1; \
+         done; \
+    fi

@@ -20,6 +20,13 @@ which the NVIDIA container toolkit puts in the container, is the one loaded.
 
 A real /usr/local/cuda (the `nvidia` base) is left alone.
 
+The wheels' library folders (`nvidia/*/lib`) also go on the dynamic loader's path
+(/etc/ld.so.conf.d/mlsyskit-cuda-wheels.conf, then ldconfig), in every layer that adds
+some: torch finds them through its RPATH, but a library loaded before torch, or by a
+process that is not Python (SGLang's scheduler preloads torch_memory_saver's hook, which
+needs libcudart.so.13), finds nothing else. The NVIDIA container toolkit runs ldconfig
+again when it adds the driver, which keeps these entries.
+
     python3 link_cuda.py [PREFIX]    # default /usr/local/cuda; e.g. /tmp/cuda outside images
 """
 
@@ -75,8 +82,34 @@ def make_driver_stub(stubs: Path) -> bool:
         return False
 
 
+LD_CONF = Path("/etc/ld.so.conf.d/mlsyskit-cuda-wheels.conf")
+
+
+def wheel_library_dirs() -> list[Path]:
+    """Every `nvidia/<package>/lib` folder holding shared libraries, on sys.path."""
+    found: list[Path] = []
+    for entry in sys.path:
+        for lib in sorted(Path(entry or ".", "nvidia").glob("*/lib")):
+            if lib.is_dir() and any(lib.glob("*.so*")) and lib.resolve() not in found:
+                found.append(lib.resolve())
+    return found
+
+
+def register_libraries(conf: Path = LD_CONF) -> list[Path]:
+    """Write the loader's entry for the wheels' libraries and run ldconfig (as root, in an
+    image build); the folders written."""
+    dirs = wheel_library_dirs()
+    if not dirs or os.geteuid() != 0 or not conf.parent.is_dir():
+        return []
+    conf.write_text("# NVIDIA's CUDA wheels (images/scripts/link_cuda.py)\n" + "".join(f"{d}\n" for d in dirs))
+    subprocess.run(["ldconfig"], check=True)
+    return dirs
+
+
 def main(argv: list[str]) -> int:
     prefix = Path(argv[0]) if argv else DEFAULT_PREFIX
+    if prefix == DEFAULT_PREFIX and (dirs := register_libraries()):
+        print(f"loader path: {len(dirs)} wheel library folders in {LD_CONF}", file=sys.stderr)
     if prefix.exists() or prefix.is_symlink():
         return 0
     root = wheel_cuda_root()

@@ -4,6 +4,7 @@ name the file and the field; nothing about a particular topic is written in code
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +72,24 @@ class Stack:
     description: str
     cuda: str
     key_packages: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # stack.toml's [env]
 
     @property
     def lock_path(self) -> Path:
         return self.path / "uv.lock"
+
+    @property
+    def image_env(self) -> tuple[tuple[str, str], ...]:
+        """What the stack's image (and every topic on it) says to GPU runtimes, as NVIDIA's
+        CUDA images do: without NVIDIA_VISIBLE_DEVICES enroot/pyxis give no GPU and, without
+        NVIDIA_DRIVER_CAPABILITIES, only `utility` (NVIDIA/enroot#205, #258); the container
+        toolkit refuses a driver older than NVIDIA_REQUIRE_CUDA says. Then stack.toml's [env]."""
+        gpu = {
+            "NVIDIA_VISIBLE_DEVICES": "all",
+            "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+            "NVIDIA_REQUIRE_CUDA": f"cuda>={self.cuda}",
+        }
+        return tuple(sorted((gpu | dict(self.env)).items()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +109,7 @@ class Topic:
     stacks: tuple[str, ...] = ()
     arches: tuple[str, ...] = ("amd64", "arm64")
     arch_note: str = ""  # why an architecture is missing
+    env: tuple[tuple[str, str], ...] = ()  # topic.toml's [env]: baked into the topic image
 
     def check_arch(self, arch: str) -> None:
         if arch not in self.arches:
@@ -103,6 +119,13 @@ class Topic:
     @property
     def lock_path(self) -> Path:
         return self.path / "uv.lock"
+
+    @property
+    def patches(self) -> tuple[Path, ...]:
+        """envs/<topic>/patches/*.patch: fixes to installed packages, applied in the topic
+        layer after the lock is installed (images/env.Dockerfile), in name order."""
+        folder = self.path / "patches"
+        return tuple(sorted(folder.glob("*.patch"))) if folder.is_dir() else ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,14 +194,18 @@ def load_bases(root: Path) -> dict[str, Base]:
 def load_stack(path: Path) -> Stack:
     data_file = path / "stack.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "cuda", "key_packages"})
+    f.reject_unknown({"description", "cuda", "key_packages", "env"})
     _require_lock_inputs(path)
+    cuda = f.str("cuda")
+    if not re.fullmatch(r"\d+\.\d+", cuda):
+        raise f.fail("cuda", "a CUDA version such as \"13.0\"")
     return Stack(
         name=path.name,
         path=path,
         description=f.str("description"),
-        cuda=f.str("cuda"),
+        cuda=cuda,
         key_packages=f.str_list("key_packages"),
+        env=f.env_table("env"),
     )
 
 
@@ -193,7 +220,7 @@ def _arches(f: Fields) -> tuple[str, ...]:
 def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
     data_file = path / "topic.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note"})
+    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env"})
     stack = f.str("stack", "")
     if stack and stack not in stacks:
         raise UsageError(
@@ -215,6 +242,7 @@ def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
         imports=f.str_list("imports"),
         arches=_arches(f),
         arch_note=f.str("arch_note", ""),
+        env=f.env_table("env"),
         gpus_min=gpus.int("min", 0),
         gpus_recommended=gpus.int("recommended", 0),
         ports=run.int_list("ports"),

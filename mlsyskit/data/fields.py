@@ -4,12 +4,15 @@ tables), with errors that name the file and the field. Shared by catalog.py and 
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.errors import UsageError
+
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 def rel_path(path: Path) -> str:
@@ -62,6 +65,20 @@ class Fields:
         if not isinstance(value, list) or not all(isinstance(v, builtins.int) and 0 < v < 65536 for v in value):
             raise self.fail(key, "a list of port numbers")
         return tuple(value)
+
+    def env_table(self, key: builtins.str) -> tuple[tuple[builtins.str, builtins.str], ...]:
+        """A table of environment variables baked into an image (`ENV`): names in capitals,
+        values plain text (no quotes, backslashes, `$` or line breaks, which ENV would
+        interpret), sorted so that the same table always renders the same Dockerfile."""
+        value = self.table.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "a table of NAME = \"value\"")
+        for name, text in value.items():
+            if not ENV_NAME.fullmatch(name):
+                raise self.fail(f"{key}.{name}", "named in capitals, digits and _ (an environment variable)")
+            if not isinstance(text, builtins.str) or any(c in text for c in '"\\$\n\r'):
+                raise self.fail(f"{key}.{name}", "a string without quotes, backslashes, $ or line breaks")
+        return tuple(sorted(value.items()))
 
     def sub(self, key: builtins.str) -> Fields:
         value = self.table.get(key, {})

@@ -75,9 +75,13 @@ def build_layers(
                     if verbose or STEP_LINE.match(line):
                         log(f"    {line}")
 
+                dockerfile = layer.dockerfile
+                if layer.env:  # composed: the template plus the layer's ENV line
+                    dockerfile = Path(tmp) / f"{layer.kind}-{layer.name}.Dockerfile"
+                    dockerfile.write_text(layer.dockerfile_text())
                 try:
                     engine.build(
-                        dockerfile=layer.dockerfile,
+                        dockerfile=dockerfile,
                         context=layer.context,
                         tag=layer.tag,
                         build_args=layer.build_args,

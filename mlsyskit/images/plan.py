@@ -45,6 +45,7 @@ class Layer:
     key_packages: tuple[str, ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
     arch: str = "amd64"  # Docker's name: the layer is built with --platform linux/ARCH
+    env: tuple[tuple[str, str], ...] = ()  # ENV lines appended to the Dockerfile (stack/topic [env])
 
     @cached_property
     def inputs_hash(self) -> str:
@@ -55,6 +56,7 @@ class Layer:
             json.dumps(
                 [self.kind, self.name, self.flavour, sorted(self.build_args.items()),
                  sorted(self.extra_labels.items()), list(self.key_packages), self.arch]
+                + ([[list(kv) for kv in self.env]] if self.env else [])
             ).encode()
         )
         digest.update(self.parent.inputs_hash.encode() if self.parent else b"")
@@ -63,6 +65,16 @@ class Layer:
             digest.update(str(path.relative_to(self.context) if path.is_relative_to(self.context) else path.name).encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()
+
+    def dockerfile_text(self) -> str:
+        """The Dockerfile this layer is built from: its template, then one ENV line for the
+        layer's environment (composed as repo2docker composes its build packs, so that
+        one template serves every stack and topic). Values are validated plain text."""
+        text = self.dockerfile.read_text()
+        if not self.env:
+            return text
+        lines = " \\\n    ".join(f'{name}="{value}"' for name, value in self.env)
+        return f"{text.rstrip()}\n\n# The layer's environment (stack.toml / topic.toml [env]).\nENV {lines}\n"
 
     @property
     def repository(self) -> str:
@@ -158,6 +170,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             lock=stack.lock_path,
             key_packages=stack.key_packages,
             extra_labels={f"{LABEL_PREFIX}.cuda": stack.cuda},
+            env=stack.image_env,
         )
         layers.append(parent)
     layers.append(
@@ -168,12 +181,13 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             dockerfile=env_dockerfile,
             context=topic.path,
             build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(debian_lock.load(catalog.root).pins(topic_key, topic.apt_packages))},
-            inputs=(topic.path / "pyproject.toml", topic.lock_path),
+            inputs=(topic.path / "pyproject.toml", topic.lock_path, *topic.patches),
             parent=parent,
             arch=base.arch,
             lock=topic.lock_path,
             key_packages=topic.key_packages,
             extra_labels={f"{LABEL_PREFIX}.topic": topic.name, f"{LABEL_PREFIX}.stack": topic.stack},
+            env=topic.env,
         )
     )
     return layers

@@ -181,3 +181,44 @@ def test_dry_run_says_what_would_be_built_and_reused():
     assert root is not None and root.image_id == ROOT.image_id
     assert [(p.layer.kind, p.action) for p in planned] == [("base", "reuse"), ("stack", "reuse"), ("topic", "build")]
     assert [p.layer.tag for p in planned] == [layer.tag for layer in layers]  # the tags `invoke build` would use
+
+
+def test_gpu_stacks_say_they_want_the_gpu_and_which_cuda():
+    # enroot/pyxis give no GPU to an image without NVIDIA_VISIBLE_DEVICES, and only
+    # `utility` without NVIDIA_DRIVER_CAPABILITIES (NVIDIA/enroot#205, #258).
+    catalog = load_catalog()
+    for name, stack in catalog.stacks.items():
+        layers = plan(catalog, Config(), [t for t in catalog.topics.values() if t.stack == name][:1], catalog.base("pypi"), ROOT)
+        stack_layer = next(layer for layer in layers if layer.kind == "stack")
+        env = dict(stack_layer.env)
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+        assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={stack.cuda}"
+        text = stack_layer.dockerfile_text()
+        assert text.startswith(stack_layer.dockerfile.read_text().rstrip())
+        assert 'NVIDIA_REQUIRE_CUDA="cuda>=13.0"' in text.splitlines()[-3] + text.splitlines()[-2] + text.splitlines()[-1]
+    docs = plan(catalog, Config(), [catalog.topic("docs")], catalog.base("pypi"), ROOT)
+    assert all(not layer.env for layer in docs)  # no GPU image: no GPU variables
+
+
+def test_layer_env_and_patches_are_inputs(kit_tree):
+    before = tags()[0]
+    toml = kit_tree / "envs/distributed/topic.toml"
+    toml.write_text(toml.read_text().replace('[gpus]', '[env]\nFOO = "bar"\n\n[gpus]'))
+    with_env = tags(kit_tree)[0]
+    assert with_env["stack"] == before["stack"] and with_env["topic"] != before["topic"]
+    patches = kit_tree / "envs/distributed/patches"
+    patches.mkdir()
+    (patches / "fix.patch").write_text("--- a/x\n+++ b/x\n")
+    assert tags(kit_tree)[0]["topic"] not in (before["topic"], with_env["topic"])
+
+
+def test_env_values_that_env_would_interpret_are_refused(kit_tree):
+    import pytest
+
+    from mlsyskit.errors import UsageError
+
+    toml = kit_tree / "envs/distributed/topic.toml"
+    for bad in ('FOO = "$(id)"', 'lower = "x"', 'FOO = "a\\"b"'):
+        toml.write_text(toml.read_text().split("[env]")[0] + f"[env]\n{bad}\n")
+        with pytest.raises(UsageError, match="envs/distributed/topic.toml: field 'env."):
+            load_catalog(kit_tree)
