@@ -1,7 +1,12 @@
 """CUDA JIT smoke test: torch's JIT (``torch.utils.cpp_extension.load``) compiles, links
 and loads a small CUDA extension with the image's toolkit; on a GPU it also runs it
 and checks the result. Where flashinfer is installed (the sglang and verl topics), its own
-JIT builds one of its kernels (SiLU-and-mul) the same way, and on a GPU runs it too.
+JIT builds one of its kernels (SiLU-and-mul) the same way, and on a GPU runs it too. Where
+SGLang is installed, its own TVM-FFI JIT kernels (``jit_kernel``, which its CUDA-graph
+capture builds on first use: the activation kernel in bf16 and fp16) are compiled for the
+arch with the image's nvcc and host compiler, and on a GPU run against torch; a host
+compiler that cannot build them (SGLang 0.5.12's activation kernel under g++ 12) fails here,
+on CPU, instead of killing the scheduler on a GPU.
 
     python -m smoke_tests.cuda_jit [--json cuda_jit.json] [--arch 9.0]
     python -m smoke_tests.cuda_jit --cpu     # compile and link only; reported skipped
@@ -213,6 +218,75 @@ def run_flashinfer_silu() -> dict[str, Any]:
     return {"shape": list(x.shape), "max_abs_diff": diff}
 
 
+#: Where SGLang keeps its TVM-FFI JIT kernels, by release: the module that pins the target
+#: arch (``override_jit_cuda_arch``) and the activation kernel's module builder.
+SGLANG_JIT_LAYOUTS = (
+    ("sglang.kernels.jit.utils", "sglang.kernels.ops.activation.activation", "activation_module"),  # 0.5.2x
+    ("sglang.jit_kernel.utils", "sglang.jit_kernel.activation", "_jit_activation_module"),  # 0.5.12
+)
+
+
+def sglang_jit_layout() -> tuple[Any, Any] | None:
+    """(override_jit_cuda_arch, activation module builder) of the installed SGLang, or None
+    where SGLang is absent. An SGLang with neither layout is a failure: the test would
+    otherwise pass without building what the capture builds."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("sglang") is None:
+        return None
+    for utils_name, module_name, builder in SGLANG_JIT_LAYOUTS:
+        try:
+            utils = importlib.import_module(utils_name)
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        return utils.override_jit_cuda_arch, getattr(module, builder)
+    raise Fail(f"SGLang {_version('sglang')} has none of the JIT kernel layouts this test knows ({', '.join(m for _, m, _ in SGLANG_JIT_LAYOUTS)})")
+
+
+def build_sglang_kernels(arch: str, cache_dir: Path) -> dict[str, Any]:
+    """Compile SGLang's activation JIT kernel for ``arch`` in bf16 and fp16, into a fresh
+    TVM-FFI cache folder (so nothing comes from an earlier build)."""
+    import torch
+
+    layout = sglang_jit_layout()
+    if layout is None:
+        return {}
+    override, builder = layout
+    os.environ["TVM_FFI_CACHE_DIR"] = str(cache_dir)
+    major, minor = (int(x) for x in arch.split("."))
+    built: dict[str, Any] = {"version": _version("sglang"), "kernels": {}}
+    with override(major, minor):
+        for dtype in (torch.bfloat16, torch.float16):
+            start = time.monotonic()
+            try:
+                builder(dtype)
+            except Exception as exc:  # tvm_ffi raises RuntimeError with the compiler's output
+                raise Fail(f"SGLang {built['version']}'s JIT activation kernel ({dtype}) does not compile for sm_{major}{minor}: {build_error(str(exc))}") from None
+            built["kernels"][f"activation_{str(dtype).split('.')[-1]}"] = round(time.monotonic() - start, 1)
+    return built
+
+
+def run_sglang_silu() -> dict[str, Any]:
+    """SGLang's silu_and_mul (its JIT kernel) against torch, on the GPU, bf16."""
+    import torch
+
+    try:
+        from sglang.kernels.ops.activation.activation import silu_and_mul
+    except ImportError:
+        from sglang.jit_kernel.activation import silu_and_mul  # type: ignore[no-redef]
+    x = torch.randn(64, 2 * 512, device="cuda", dtype=torch.bfloat16)
+    got = silu_and_mul(x)
+    torch.cuda.synchronize()
+    d = x.shape[-1] // 2
+    want = (torch.nn.functional.silu(x[:, :d].float()) * x[:, d:].float()).to(torch.bfloat16)
+    diff = float((got.float() - want.float()).abs().max())
+    if not torch.allclose(got.float(), want.float(), rtol=2e-2, atol=2e-2):
+        raise Fail(f"SGLang's JIT-built silu_and_mul computed wrong numbers (max diff {diff:.3g})")
+    return {"shape": list(x.shape), "max_abs_diff": diff}
+
+
 # ---------------------------------------------------------------------------- the test
 
 
@@ -257,11 +331,23 @@ def body_for(args: argparse.Namespace) -> Any:
                     check = run_flashinfer_silu()
                     report.figures["flashinfer"].update(check)
                     row[2:] = ["yes", f"max diff {fmt(check['max_abs_diff'], 4)} (fp16)"]
+
+            sglang = build_sglang_kernels(arch, work / "tvm-ffi")
+            if sglang:
+                report.figures["sglang_jit"] = sglang
+                seconds = sum(sglang["kernels"].values())
+                row = ["SGLang jit activation (bf16, fp16)", f"{seconds:.1f} s", "-", "compiled and linked"]
+                rows.append(row)
+                if use_gpu:
+                    check = run_sglang_silu()
+                    sglang.update(check)
+                    row[2:] = ["yes", f"max diff {fmt(check['max_abs_diff'], 4)} (bf16)"]
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
         if not use_gpu:
             built = "the CUDA extension" + (" and flashinfer's kernel" if spec is not None else "")
+            built += " and SGLang's JIT kernels" if "sglang_jit" in report.figures else ""
             what = f"running the kernels needs a GPU ({built} compiled and linked for sm_{arch.replace('.', '')})"
             if args.cpu:
                 raise Skip(f"--cpu given: {what}")
@@ -292,6 +378,9 @@ def key_figure(figures: Mapping[str, Any]) -> str:
     flashinfer = figures.get("flashinfer")
     if isinstance(flashinfer, dict):
         text += ", flashinfer built" + (" and ran" if "max_abs_diff" in flashinfer else "")
+    sglang = figures.get("sglang_jit")
+    if isinstance(sglang, dict) and sglang:
+        text += ", SGLang JIT built" + (" and ran" if "max_abs_diff" in sglang else "")
     return text
 
 
