@@ -263,7 +263,8 @@ def build_sglang_kernels(arch: str, cache_dir: Path) -> dict[str, Any]:
             try:
                 builder(dtype)
             except Exception as exc:  # tvm_ffi raises RuntimeError with the compiler's output
-                raise Fail(f"SGLang {built['version']}'s JIT activation kernel ({dtype}) does not compile for sm_{major}{minor}: {build_error(str(exc))}") from None
+                what = f"SGLang {built['version']}'s JIT activation kernel ({dtype})"
+                raise Fail(f"{what} does not compile for sm_{major}{minor}: {build_error(str(exc))}") from None
             built["kernels"][f"activation_{str(dtype).split('.')[-1]}"] = round(time.monotonic() - start, 1)
     return built
 

@@ -341,9 +341,11 @@ def body_for(args: argparse.Namespace) -> Any:
                 rows.append([scheme, figures["format"], str(figures["linear_bytes"]), f"{seconds:.1f} s",
                              fmt(figures["relative_error"], 4), fmt(figures["top1_agreement"], 3)])  # fmt: skip
                 if figures["relative_error"] > tolerances[scheme]:
-                    raise Fail(f"{scheme}: reloaded logits are {figures['relative_error']:.3g} from the original's (relative; tolerance {tolerances[scheme]:g})")
+                    err, limit = figures["relative_error"], tolerances[scheme]
+                    raise Fail(f"{scheme}: reloaded logits are {err:.3g} from the original's (relative; tolerance {limit:g})")
                 if figures["top1_agreement"] < args.min_top1:
-                    raise Fail(f"{scheme}: greedy next tokens agree with the original's at {figures['top1_agreement']:.0%} of positions (minimum {args.min_top1:.0%})")
+                    agree = figures["top1_agreement"]
+                    raise Fail(f"{scheme}: greedy next tokens agree with the original's at {agree:.0%} of positions (minimum {args.min_top1:.0%})")
 
             task_dir = work / "lm_eval_tasks"
             write_lm_eval_task(task_dir, sums_task(args.eval_rows, args.seed + 11))
@@ -381,8 +383,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--calibration-samples", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--eval-rows", type=int, default=40, help="lm-eval questions per model")
-    parser.add_argument("--fp8-tolerance", type=float, default=0.10, help="relative L2 error of FP8 logits")
-    parser.add_argument("--w4-tolerance", type=float, default=0.35, help="relative L2 error of W4A16 logits")
+    parser.add_argument("--fp8-tolerance", type=float, default=0.15, help="relative L2 error of FP8 logits (0.072 measured on the CPU)")
+    parser.add_argument("--w4-tolerance", type=float, default=0.15, help="relative L2 error of W4A16 logits (0.025 measured on the CPU)")
     parser.add_argument("--min-top1", type=float, default=0.5, help="share of positions whose greedy token must agree")
     parser.add_argument("--max-size-ratio", type=float, default=0.6, help="quantized Linear bytes / original's")
     parser.add_argument("--workdir", default="", help="keep the models here (default: a temporary folder)")

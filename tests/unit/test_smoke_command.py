@@ -19,7 +19,7 @@ from mlsyskit.errors import UsageError
 from smoke_tests._result import validate_result
 
 GPU_RESULTS = REPO_ROOT / "benchmarks" / "gpu" / "2026-11-27-h100x2"
-KNOWN = ["cuda_graph", "gpu_health", "nccl", "sglang_pd", "sglang_serve", "verl_grpo", "verl_sft"]
+KNOWN = ["cuda_graph", "docs_site", "gpu_health", "memory_saver", "nccl", "openrlhf_sft", "quantize", "sglang_pd", "sglang_serve", "verl_grpo", "verl_sft", "vllm_serve"]
 
 
 def topic(name: str, tests=(), stacks=()) -> Topic:
@@ -36,7 +36,7 @@ TOPICS = {
 def test_every_smoke_test_script_is_known():
     assert smoke.available_tests() == sorted([*KNOWN, "cuda_jit"])
     # helpers and the benchmark reference are no smoke tests
-    assert not {"_result", "__init__", "tiny_model", "reference_allreduce"} & set(smoke.available_tests())
+    assert not {"_result", "__init__", "tiny_model", "reference_allreduce", "libs"} & set(smoke.available_tests())
 
 
 def test_each_test_declares_its_own_time_limit_and_the_kit_uses_it():

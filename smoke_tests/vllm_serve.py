@@ -1,0 +1,230 @@
+"""vLLM serving smoke test (the openrlhf topic's rollout engine): start vLLM's OpenAI server
+on a tiny random model, wait for /health, check /v1/completions and /v1/chat/completions,
+run ``vllm bench serve`` with exact token counts, and stop the server whatever happens.
+
+    python -m smoke_tests.vllm_serve [--json vllm.json] [--model ORG/NAME|PATH]
+    python -m smoke_tests.vllm_serve --cpu    # writes the tiny model, checks the flags; skipped
+
+The harness is ``sglang_serve``'s (the same model, health polling, chat check, load judged
+the same way): every request of the load must complete with exactly ``--output-len`` tokens
+(``--ignore-eos``), and the figures are vLLM's own (``--save-result --save-detailed``).
+Without a GPU the tiny model is written and loaded on the CPU and the server's and the
+load's flags are checked against their ``--help``; vLLM's CUDA build serves nothing there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from smoke_tests import sglang_serve as harness
+from smoke_tests._result import (
+    Fail,
+    Report,
+    Skip,
+    SmokeTest,
+    add_common_args,
+    fmt,
+    no_gpu,
+    run_command,
+    run_test,
+    start_child,
+    stop_child,
+    tail_text,
+)
+
+TEST = "vllm_serve"
+SERVER_CMD = (
+    "{python} -m vllm.entrypoints.openai.api_server --model {model} --host {host} --port {port} "
+    "--tensor-parallel-size {tp} --gpu-memory-utilization {mem_fraction} --seed 0 --max-model-len 4096"
+)
+BENCH_CMD = (
+    "{python} -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url {base_url} --model {model} "
+    "--tokenizer {tokenizer} --dataset-name random --num-prompts {num_prompts} --random-input-len {input_len} "
+    "--random-output-len {output_len} --random-range-ratio 0 --ignore-eos --request-rate inf "
+    "--max-concurrency {concurrency} --seed 0 --disable-tqdm --save-result --save-detailed "
+    "--result-dir {result_dir} --result-filename {result_name}"
+)
+
+
+def flags(template: str) -> list[str]:
+    return [w for w in template.split() if w.startswith("--")]
+
+
+def unknown_flags(help_text: str, wanted: Iterable[str]) -> list[str]:
+    listed = set(re.findall(r"--[\w\-]+", help_text))
+    return [f for f in wanted if f not in listed]
+
+
+def key_figure(figures: Mapping[str, Any]) -> str:
+    bench = figures.get("bench") or {}
+    if bench.get("output_throughput"):
+        return f"{bench['output_throughput']:.0f} tok/s out, TTFT median {bench.get('median_ttft_ms', float('nan')):.1f} ms"
+    if figures.get("flags_checked"):
+        return f"tiny model loads, {figures['flags_checked']} server/bench flags checked"
+    return "-"
+
+
+SMOKE = SmokeTest(TEST, timeout=900, key_figure=key_figure)
+
+
+def check_completion(base_url: str, model: str, max_tokens: int) -> dict[str, Any]:
+    """/v1/completions: text back and exactly ``max_tokens`` tokens (EOS ignored)."""
+    start = time.monotonic()
+    body = {"model": model, "prompt": harness.PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    answer = harness.request(base_url + "/v1/completions", body)
+    if answer.status != 200:
+        raise Fail(f"/v1/completions answered {answer.describe()}: {answer.body[:200]!r}")
+    data = answer.json() or {}
+    choices = data.get("choices") or []
+    if not choices or not isinstance(choices[0].get("text"), str):
+        raise Fail(f"/v1/completions returned no text: {str(data)[:200]}")
+    tokens = (data.get("usage") or {}).get("completion_tokens")
+    if tokens != max_tokens:
+        raise Fail(f"/v1/completions made {tokens} tokens, {max_tokens} asked for (EOS ignored)")
+    return {"completion_tokens": tokens, "seconds": time.monotonic() - start, "text": choices[0]["text"][:80]}
+
+
+def check_flags(python: str) -> int:
+    """The server's and the load's flags against their --help: a renamed flag fails on CPU."""
+    checked = 0
+    for template, cmd in ((SERVER_CMD, [python, "-m", "vllm.entrypoints.openai.api_server", "--help"]),
+                          (BENCH_CMD, [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--help"])):  # fmt: skip
+        run = run_command(cmd, timeout=180, echo=False)
+        if run.returncode != 0:
+            raise Fail(f"{' '.join(cmd[2:])} exited {run.returncode}: {run.output.strip().splitlines()[-1:]}")
+        unknown = unknown_flags(run.output, flags(template))
+        if unknown:
+            raise Fail(f"{cmd[2]} does not take {', '.join(unknown)}")
+        checked += len(flags(template))
+    return checked
+
+
+def body_for(args: argparse.Namespace) -> Any:
+    def body(report: Report) -> None:
+        from importlib.metadata import version
+
+        report.environment["vllm"] = version("vllm")
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-vllm-")).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            model, tokenizer = harness.prepare_model(args, workdir, report)
+            report.figures["flags_checked"] = check_flags(sys.executable)
+            if args.cpu or harness.gpu_count() == 0:
+                if not args.model:
+                    harness.check_tiny_model(model, report)
+                what = "vLLM's CUDA build needs a GPU to serve (the tiny model loads on the CPU, the flags check out)"
+                if args.cpu:
+                    raise Skip(f"--cpu given: {what}")
+                raise no_gpu(args.require_gpu, what)
+            if harness.gpu_count() < args.tp:
+                raise Skip(f"--tp {args.tp} needs {args.tp} GPUs; {harness.gpu_count()} visible")
+            serve(args, report, workdir, model, tokenizer)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    return body
+
+
+def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, tokenizer: str) -> None:
+    port = args.port or harness.free_port()
+    base_url = f"http://{harness.HOST}:{port}"
+    values = {"python": sys.executable, "model": model, "host": harness.HOST, "port": port, "tp": args.tp, "mem_fraction": args.mem_fraction}
+    cmd = harness.command_words(SERVER_CMD, values) + list(args.server_arg)
+    report.figures["server_command"] = shlex.join(cmd)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    log_path = workdir / "server.log"
+    print("+", shlex.join(cmd), f"> {log_path}", flush=True)
+    start = time.monotonic()
+    server = start_child(cmd, log_path=log_path, env=env)
+    rows: list[list[str]] = []
+    report.table_headers, report.table_rows = ["check", "result", "figure"], rows
+    try:
+        ready = harness.wait_healthy(base_url, args.startup_timeout, server.poll)
+        report.figures["ready_seconds"] = ready
+        rows.append(["/health", "200", f"ready after {ready:.1f} s"])
+        name = harness.served_model(base_url)
+        completion = check_completion(base_url, name, args.check_tokens)
+        report.figures["completion"] = completion
+        rows.append(["/v1/completions", "ok", f"{completion['completion_tokens']} tokens in {completion['seconds'] * 1000:.0f} ms"])
+        chat = harness.check_chat(base_url, name, args.check_tokens)
+        report.figures["chat"] = {**chat, "model": name}
+        rows.append(["/v1/chat/completions", "ok", f"{chat['completion_tokens']} tokens, prompt {chat['prompt_tokens']}"])
+
+        result = workdir / "bench.json"
+        bench_values = {
+            "python": sys.executable, "base_url": base_url, "model": name, "tokenizer": tokenizer,
+            "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
+            "concurrency": args.concurrency, "result_dir": str(workdir), "result_name": result.name,
+        }  # fmt: skip
+        bench_cmd = harness.command_words(BENCH_CMD, bench_values)
+        report.figures["bench_command"] = shlex.join(bench_cmd)
+        left = args.timeout - (time.monotonic() - start) - 30
+        run = run_command(bench_cmd, timeout=max(10.0, min(args.bench_timeout, left)), env=env, cwd=str(workdir))
+        if run.timed_out or run.returncode != 0:
+            last = [line for line in run.output.splitlines() if line.strip()][-1:] or ["no output"]
+            raise Fail(f"vllm bench serve {'ran past its time' if run.timed_out else f'exited {run.returncode}'}: {last[0][:300]}")
+        try:
+            data = json.loads(result.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise Fail(f"vllm bench serve wrote no readable result: {exc}") from None
+        figures, verdict = harness.judge_bench(data, args.num_prompts, args.output_len)
+        sizes = {"num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency}
+        report.figures["bench"] = {**figures, **sizes}
+        rows.append([
+            "vllm bench serve", "ok" if verdict is None else "FAILED",
+            f"{figures.get('completed')}/{args.num_prompts} req, {fmt(figures.get('output_throughput'), 1)} tok/s out, "
+            f"TTFT median {fmt(figures.get('median_ttft_ms'), 1)} ms",
+        ])  # fmt: skip
+        if verdict:
+            raise Fail(verdict)
+    except Fail:
+        tail = tail_text(log_path, 15)
+        if tail:
+            report.notes.append(f"server log ({log_path}), last lines:\n{tail}")
+        raise
+    finally:
+        report.figures["server_exit"] = stop_child(server, grace=args.stop_grace)
+        report.figures["server_seconds"] = time.monotonic() - start
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_common_args(parser, timeout=SMOKE.timeout)
+    parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--mem-fraction", type=float, default=0.4, help="--gpu-memory-utilization for the server")
+    parser.add_argument("--startup-timeout", type=float, help="seconds for /health to answer 200 (default: 600, within --timeout)")
+    parser.add_argument("--bench-timeout", type=float, default=300)
+    parser.add_argument("--stop-grace", type=float, default=15)
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--check-tokens", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep the model, server log and bench output here")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra server argument (repeatable)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.startup_timeout is None:
+        args.startup_timeout = min(600.0, 0.8 * args.timeout)
+    elif args.startup_timeout >= args.timeout:
+        parser.error("--startup-timeout must be shorter than --timeout")
+    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
