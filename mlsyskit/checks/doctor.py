@@ -9,9 +9,10 @@ import resource
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from mlsyskit import LABEL_PREFIX
 from mlsyskit.checks import gpu_state
 from mlsyskit.data.catalog import Catalog
 from mlsyskit.engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
@@ -144,7 +145,51 @@ def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
             "" if toolkit else "install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`",
         )
     )
+    checks.extend(check_image_requirements(catalog, engine, driver, cuda))
     checks.extend(Check(f.name, f.status, f.detail, f.fix) for f in gpu_state.findings(_stdout))
+    return checks
+
+
+def load_cuda_drivers(catalog: Catalog) -> dict[str, dict[str, str]]:
+    import tomllib
+
+    path = catalog.root / "images" / "cuda-drivers.toml"
+    return {k: {kk: str(vv) for kk, vv in v.items()} for k, v in tomllib.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def required_cuda(env: Mapping[str, str]) -> str:
+    """The CUDA version an image's NVIDIA_REQUIRE_CUDA asks for ("cuda>=13.0" -> "13.0")."""
+    found = re.search(r"cuda>=\s*([\d.]+)", env.get("NVIDIA_REQUIRE_CUDA", ""))
+    return found.group(1) if found else ""
+
+
+def judge_driver(driver: str, driver_cuda: str, needed: str, table: Mapping[str, Mapping[str, str]]) -> tuple[str, str, str]:
+    """(status, detail, fix) for a driver against an image's CUDA: fine, needs forward
+    compatibility, or too old."""
+    if version_tuple(driver_cuda)[:2] >= version_tuple(needed)[:2]:
+        return "ok", f"needs CUDA {needed}, driver {driver} offers {driver_cuda}", ""
+    row = table.get(needed, {})
+    minimum, compat = row.get("min_driver", "?"), row.get("forward_compatible_from", "")
+    if compat and version_tuple(driver)[:1] >= version_tuple(compat)[:1]:
+        return ("warn", f"needs CUDA {needed} (driver >= {minimum}); driver {driver} offers {driver_cuda}: runs only with forward compatibility",
+                f"install NVIDIA's cuda-compat package for CUDA {needed} (data-center GPUs), or a driver >= {minimum}")  # fmt: skip
+    return "fail", f"needs CUDA {needed} (driver >= {minimum}); driver {driver} offers {driver_cuda}: too old", f"upgrade the NVIDIA driver to >= {minimum}"
+
+
+def check_image_requirements(catalog: Catalog, engine: Engine | None, driver: str, driver_cuda: str) -> list[Check]:
+    """One line per built GPU image: what its NVIDIA_REQUIRE_CUDA asks of this driver."""
+    if engine is None:
+        return []
+    table = load_cuda_drivers(catalog)
+    checks = []
+    for image in engine.images(f"{LABEL_PREFIX}.kind=topic"):
+        needed = required_cuda(image.environment)
+        if not needed:
+            continue  # no GPU image (docs)
+        labels = image.labels
+        name = f"{labels.get(f'{LABEL_PREFIX}.topic', '?')}:{labels.get(f'{LABEL_PREFIX}.base', '?')} ({image.id.removeprefix('sha256:')[:12]})"
+        status, detail, fix = judge_driver(driver, driver_cuda, needed, table)
+        checks.append(Check(f"image {name}", status, detail, fix))
     return checks
 
 

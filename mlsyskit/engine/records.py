@@ -44,6 +44,11 @@ class ImageInfo:
     size: int = 0  # bytes
     created: str = ""
     architecture: str = ""  # the image config's: amd64, arm64
+    env: tuple[str, ...] = ()  # the image config's environment, NAME=VALUE each
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return dict(item.partition("=")[::2] for item in self.env)
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ImageInfo:
@@ -54,6 +59,7 @@ class ImageInfo:
             size=int(data.get("Size") or 0),
             created=str(data.get("Created", "")),
             architecture=str(data.get("Architecture", "")),
+            env=tuple(str(e) for e in (data.get("Config") or {}).get("Env") or ()),
         )
 
 

@@ -57,3 +57,18 @@ def test_export_takes_the_readmes_short_output_flag(tmp_path):
     helptext = subprocess.run([sys.executable, "-m", "invoke", "--help", "export"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert "-o STRING, --output=STRING" in helptext.stdout
     assert "--host-ipc" in helptext.stdout and "-h, --host-ipc" not in helptext.stdout
+
+
+def test_the_driver_is_judged_against_each_images_cuda():
+    from mlsyskit.checks.doctor import judge_driver, load_cuda_drivers, required_cuda
+    from mlsyskit.data.catalog import load_catalog
+
+    table = load_cuda_drivers(load_catalog())
+    assert required_cuda({"NVIDIA_REQUIRE_CUDA": "cuda>=13.0"}) == "13.0" and required_cuda({}) == ""
+    assert judge_driver("580.159.04", "13.0", "13.0", table)[0] == "ok"  # the H100/H200 machines
+    status, detail, fix = judge_driver("550.54.15", "12.4", "13.0", table)
+    assert status == "warn" and "forward compatibility" in detail and "cuda-compat" in fix and "580.65.06" in fix
+    status, detail, fix = judge_driver("470.256.02", "11.4", "13.0", table)
+    assert status == "fail" and "too old" in detail and fix == "upgrade the NVIDIA driver to >= 580.65.06"
+    # every stack's CUDA has a row: a new stack cannot go unjudged
+    assert {stack.cuda for stack in load_catalog().stacks.values()} <= set(table)
