@@ -311,7 +311,7 @@ def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic,
     build_topic(topic)
     script = (
         f"python -m smoke_tests.{module} --cpu --timeout 1 --json /tmp/r.json >/tmp/out 2>&1; echo rc=$?; "
-        "sleep 1; cat /tmp/r.json; echo; ps -eo args | grep -E 'python|torchrun|ray|sglang' | grep -v grep || true"
+        "sleep 1; cat /tmp/r.json; echo; ps -eo args | grep -E 'python|torchrun|ray|sglang|vllm|mkdocs' | grep -v grep || true"
     )
     proc = in_image(engine, topic_alias(topic, "pypi"), script)
     assert proc.returncode == 0, proc.stderr[-2000:]
