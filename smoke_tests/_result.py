@@ -195,7 +195,11 @@ def environment(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": platform.node(),
+        "uid": os.getuid(),  # invoke shell and smoke run as the caller's UID, not root
+        "home": os.environ.get("HOME", ""),
     }
+    if os.environ.get("KIT_IMAGE_ID"):  # set by invoke smoke and the GPU runbook: the image it ran in
+        env["image_id"] = os.environ["KIT_IMAGE_ID"]
     try:
         import torch
 

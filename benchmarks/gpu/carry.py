@@ -349,7 +349,7 @@ def run(root: Path, command: list[str], uid: int | None, home: str, binds: list[
     home_dir.mkdir(parents=True, exist_ok=True)
     if uid is not None:
         os.chown(home_dir, uid, uid)
-    env = [*meta["env"], f"HOME={home}", "PYTHONPATH=/opt/mlsyskit", "PYTHONUNBUFFERED=1", "HF_HUB_OFFLINE=1",
+    env = [*meta["env"], f"KIT_IMAGE_ID={meta['id']}", f"HOME={home}", "PYTHONPATH=/opt/mlsyskit", "PYTHONUNBUFFERED=1", "HF_HUB_OFFLINE=1",
            "NCCL_NVLS_ENABLE=0", "TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "NVSHMEM_DISABLE_NVLS=1",
            f"USER={'root' if uid is None else 'kit'}", f"LOGNAME={'root' if uid is None else 'kit'}", *extra_env]  # fmt: skip
     chroot = ["chroot"] + ([f"--userspec={uid}:{uid}"] if uid is not None else []) + [str(root)]

@@ -490,8 +490,10 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
             start = time.monotonic()
             if run.where == "container":
                 facts = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
+                found = engine.image(image)  # the result records which image it ran in
+                run_env = (*shell_opts.env, f"KIT_IMAGE_ID={found.id}") if found else shell_opts.env
                 spec = one_off_spec(
-                    replace(shell_opts, topic=run.topic, command=run.command), facts, config, gpus,
+                    replace(shell_opts, topic=run.topic, command=run.command, env=run_env), facts, config, gpus,
                     workspace=workspace, topic=run.topic, base=base, image=image,
                 )  # fmt: skip
                 result = run_in_container(engine, run, spec, workspace, run_id, log)
