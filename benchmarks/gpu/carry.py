@@ -197,11 +197,15 @@ def zstd_reader(pieces_dir: Path) -> IO[bytes]:
     try:
         import zstandard
     except ImportError:
-        wheel = next(pieces_dir.glob("zstandard-*.whl"), None)
+        tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+        wheel = next(pieces_dir.glob(f"zstandard-*-{tag}-{tag}-*.whl"), None)
         if wheel is None:
-            raise SystemExit("no zstandard module and no zstandard wheel beside the pieces") from None
+            raise SystemExit(f"no zstandard module and no zstandard wheel for {tag} beside the pieces") from None
         target = Path(tempfile.mkdtemp(prefix="zstandard-"))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target), str(wheel)], check=True)
+        import zipfile
+
+        with zipfile.ZipFile(wheel) as whl:  # a wheel is a zip: no pip needed
+            whl.extractall(target)
         sys.path.insert(0, str(target))
         import zstandard
     pieces = sorted(pieces_dir.glob("pack.part-*"))
@@ -262,7 +266,10 @@ def materialize(root: Path, image: dict[str, Any], store: Path) -> int:
                 blob = store / digest
                 if not blob.exists() and size == 0:
                     blob.touch()
-                shutil.copyfile(blob, keyed)
+                if blob.stat().st_nlink == 1:  # the first use of this content: the blob itself
+                    os.link(blob, keyed)
+                else:  # the same content with another mode or owner: its own inode
+                    shutil.copyfile(blob, keyed)
                 os.chown(keyed, uid, gid)
                 os.chmod(keyed, mode)
                 os.utime(keyed, (mtime, mtime))
@@ -379,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--home", default="/root")
     r.add_argument("--bind", action="append", default=[], metavar="SRC:DST")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    r.add_argument("command", nargs=argparse.REMAINDER)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:  # run's command: everything after the first --
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1 :]
     args = parser.parse_args(argv)
     if args.verb == "pack":
         summary = pack(args.images, args.out, args.level)
@@ -391,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "setup":
         setup(args.root, args.smoke_tests)
         return 0
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("run needs a command after --")
     return run(args.root, command, args.uid, args.home, args.bind, args.env)
 
 
