@@ -45,16 +45,18 @@ def describe(exc: BaseException, what: str) -> EngineError:
 
 
 @contextmanager
-def errors(what: str) -> Iterator[None]:
-    """SDK and transport errors as EngineError (NotFound is left to the caller, which
-    usually means "there is none")."""
+def errors(what: str, *, lookup: bool = False) -> Iterator[None]:
+    """SDK and transport errors as EngineError; in a `lookup`, NotFound is left to the
+    caller, for whom it means "there is none"."""
     import docker.errors
     import requests.exceptions
 
     try:
         yield
-    except docker.errors.NotFound:
-        raise
+    except docker.errors.NotFound as exc:
+        if lookup:
+            raise
+        raise describe(exc, what) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise describe(exc, what) from None
 

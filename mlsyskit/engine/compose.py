@@ -152,7 +152,7 @@ class ComposePart(ContainersPart):
         for remove, names in ((self.api.remove_network, found["networks"]), (lambda v: self.api.remove_volume(v, force=True), found["volumes"])):
             for name in names:
                 try:
-                    with api.errors("docker network/volume rm"):
+                    with api.errors("docker network/volume rm", lookup=True):
                         remove(name)
                 except EngineError:
                     pass  # what is still there is reported by ComposeProject.down

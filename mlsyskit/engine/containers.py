@@ -51,7 +51,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
             data = self._inspect_cli("container", name)
             return ContainerInfo.from_inspect(data) if data is not None else None
         try:
-            with api.errors("docker container inspect"):
+            with api.errors("docker container inspect", lookup=True):
                 return ContainerInfo.from_inspect(self.api.inspect_container(name))
         except Exception as exc:
             if api.not_found(exc):
@@ -72,7 +72,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
     def published_port(self, container: str, private: str) -> int | None:
         """The host port docker published a container port on (`80/tcp`), or None."""
         try:
-            with api.errors("docker port"):
+            with api.errors("docker port", lookup=True):
                 bound = self.api.port(container_ref(container), private)
         except Exception as exc:
             if api.not_found(exc):
@@ -87,7 +87,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
             return
         for container in ids:
             try:
-                with api.errors("docker rm"):
+                with api.errors("docker rm", lookup=True):
                     self.api.remove_container(container, v=True, force=True)
             except EngineError:
                 pass  # as `docker rm --force`: a removal already under way is not an error here
@@ -98,7 +98,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
     def container_logs(self, container: str, tail: int = 30) -> str:
         """The container's last lines, its stdout and stderr interleaved as written."""
         try:
-            with api.errors("docker logs"):
+            with api.errors("docker logs", lookup=True):
                 data = self.api.logs(container_ref(container), stdout=True, stderr=True, tail=tail)
         except Exception as exc:
             if api.not_found(exc):
@@ -129,7 +129,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
         """`docker cp CONTAINER:SOURCE DEST` of one regular file (also from a stopped
         container); False when there is no such file or container."""
         try:
-            with api.errors("docker cp"):
+            with api.errors("docker cp", lookup=True):
                 chunks, _ = self.api.get_archive(container_ref(container), source)
                 data = b"".join(chunks)
         except Exception as exc:

@@ -30,7 +30,7 @@ class ImagesPart(EngineBase):
             data = self._inspect_cli("image", ref)
             return ImageInfo.from_inspect(data) if data is not None else None
         try:
-            with api.errors("docker image inspect"):
+            with api.errors("docker image inspect", lookup=True):
                 return ImageInfo.from_inspect(self.api.inspect_image(ref))
         except Exception as exc:
             if api.not_found(exc):
@@ -64,7 +64,7 @@ class ImagesPart(EngineBase):
 
     def _remove_container(self, container: str) -> None:
         try:
-            with api.errors("docker rm"):
+            with api.errors("docker rm", lookup=True):
                 self.api.remove_container(container, v=True, force=True)
         except EngineError:
             pass  # as `docker rm --force`: a removal already under way is not an error here
@@ -82,7 +82,7 @@ class ImagesPart(EngineBase):
         for ref in refs:
             name = image_ref(ref)
             try:
-                with api.errors("docker rmi"):
+                with api.errors("docker rmi", lookup=True):
                     self.api.remove_image(name, force=True)
             except EngineError:
                 pass  # as `docker rmi --force`: an image in use by a container stays
@@ -110,7 +110,7 @@ class ImagesPart(EngineBase):
         repository, tag = split_tag(ref)
         deadline = time.monotonic() + timeout
         try:
-            with api.errors("docker pull"):
+            with api.errors("docker pull", lookup=True):
                 saved, self.api.timeout = self.api.timeout, timeout
                 try:
                     for chunk in self.api.pull(repository, tag, stream=True, decode=True):
