@@ -5,6 +5,7 @@ engine asks the docker CLI it runs anyway, docker.py `Engine.for_running`)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,9 +17,23 @@ from mlsyskit.errors import EngineError
 TIMEOUT_S = 120
 
 
+def _load_sdk() -> None:
+    """Import the SDK; under `python -S` (`./kit shell`, stdlib only) site-packages are added
+    first: only a build the shell starts gets here, and it takes minutes, not milliseconds."""
+    try:
+        import docker  # noqa: F401
+    except ModuleNotFoundError:
+        if not sys.flags.no_site:
+            raise
+        import site
+
+        site.main()
+
+
 def connect() -> Any:
     """An `APIClient` for the daemon the docker CLI would use (DOCKER_HOST, else the current
     docker context, else the local socket), speaking the daemon's own API version."""
+    _load_sdk()
     import docker
 
     with errors("connect to the Docker daemon"):
@@ -26,6 +41,7 @@ def connect() -> Any:
 
 
 def not_found(exc: BaseException) -> bool:
+    _load_sdk()
     import docker.errors
 
     return isinstance(exc, docker.errors.NotFound)
@@ -48,6 +64,7 @@ def describe(exc: BaseException, what: str) -> EngineError:
 def errors(what: str, *, lookup: bool = False) -> Iterator[None]:
     """SDK and transport errors as EngineError; in a `lookup`, NotFound is left to the
     caller, for whom it means "there is none"."""
+    _load_sdk()
     import docker.errors
     import requests.exceptions
 

@@ -19,6 +19,7 @@ class RecordingDaemon:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.received: list[bytes] = []
+        self.accepted = self.handled = 0
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(16)
@@ -31,8 +32,10 @@ class RecordingDaemon:
                 conn, _ = self.server.accept()
             except OSError:
                 return
+            self.accepted += 1
             with conn:
                 self.answer(conn)
+            self.handled += 1
 
     def answer(self, conn: socket.socket) -> None:
         data = b""
@@ -64,8 +67,21 @@ class RecordingDaemon:
             pass
         self.received.append(data)
 
+    def settle(self, timeout: float = 10) -> None:
+        """Wait until every connection accepted so far is answered and recorded."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.handled < self.accepted and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def clear(self) -> None:
+        self.settle()
+        self.received.clear()
+
     def requests(self) -> list[tuple[str, str]]:
-        """(method, path) of every request line received, in order."""
+        """(method, path) of every request line received, in order (once all are in)."""
+        self.settle()
         return [(m.decode(), p.decode()) for data in self.received for m, p in REQUEST_LINE.findall(data)]
 
     def close(self) -> None:

@@ -146,6 +146,7 @@ def test_a_hostile_bundle_is_refused_in_one_line_and_touches_nothing(python, key
     assert sorted(p.name for p in work.iterdir()) == ["hostile.bundle"], "something was written beside the bundle"
     assert list(target.iterdir()) == [], "something was written where the bundle aimed"
     assert not (tmp_path / "escaped.txt").exists() and not (REPO_ROOT.parent / "escaped.txt").exists()
+    daemon.settle()
     assert daemon.received == [], "a refused bundle reached the engine's socket"
 
 
@@ -162,6 +163,7 @@ def test_a_truncated_bundle_is_refused_the_same_way(python, tmp_path):
         daemon.close()
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "is truncated or not a kit bundle" in proc.stderr
+    daemon.settle()
     assert sorted(p.name for p in work.iterdir()) == ["cut.bundle"] and daemon.received == []
 
 

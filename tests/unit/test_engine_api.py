@@ -54,7 +54,7 @@ def lookups(daemon: RecordingDaemon) -> list[tuple[str, str]]:
 def test_a_hostile_ref_is_refused_before_any_request(daemon, what):
     engine = Engine(Client("docker", "", buildx=False))
     engine.server_version()  # the SDK connects (GET /version) before the count starts
-    daemon.received.clear()
+    daemon.clear()
     ref = HOSTILE[what]
     for ask in (engine.image, engine.image_exists, lambda r: engine.tag("mlsyskit/docs:pypi", r), lambda r: engine.remove_images([r])):
         with pytest.raises(UsageError) as caught:
@@ -62,14 +62,14 @@ def test_a_hostile_ref_is_refused_before_any_request(daemon, what):
         assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
     with pytest.raises(UsageError):
         engine.container_info(ref)
-    assert daemon.requests() == [], daemon.received
+    assert daemon.requests() == [] and daemon.received == [], daemon.received
 
 
 @pytest.mark.parametrize("ref", VALID)
 def test_a_lookup_is_exactly_one_request_with_the_ref_escaped(daemon, ref):
     engine = Engine(Client("docker", "", buildx=False))
     engine.server_version()
-    daemon.received.clear()
+    daemon.clear()
     assert engine.image(ref) is None  # the recording daemon has no images
     assert daemon.requests() == [("GET", f"/v1.41/images/{quote(ref, safe='/:')}/json")]
 
@@ -109,3 +109,16 @@ def test_the_shells_engine_does_not_import_the_sdk():
     proc = subprocess.run([sys.executable, "-S", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_build_started_from_the_shells_fast_path_still_finds_the_sdk():
+    """`./kit shell` runs with `python -S` (no site-packages); when its image is missing it
+    builds, and the build's engine needs the SDK: it is found then, and only then."""
+    import subprocess
+    import sys
+
+    from mlsyskit import REPO_ROOT
+
+    script = "import sys; from mlsyskit.engine import api; api._load_sdk(); import docker; print(docker.__version__)"
+    proc = subprocess.run([sys.executable, "-S", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0 and proc.stdout.startswith("7."), proc.stderr
