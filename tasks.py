@@ -127,19 +127,29 @@ def sbom(c: Context, topic: str, base: str | None = None, output: str = "", arch
 
 @task(
     positional=["names"],
-    help={"names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP},
-)
+    help={
+        "names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP,
+        "sign": "an ed25519 private key (PEM or OpenSSH) to sign the bundle with (README: Signed bundles)",
+    },
+)  # fmt: skip
 @kit_errors
-def bundle(c: Context, names: str, output: str = "", base: str | None = None, arch: str = "") -> None:
+def bundle(c: Context, names: str, output: str = "", base: str | None = None, arch: str = "", sign: str = "") -> None:
     """One file with the images, SBOMs and locks of topics (or a stack) for a machine with no network."""
-    say(commands.bundle(names, output, with_arch(base, arch), say))
+    say(commands.bundle(names, output, with_arch(base, arch), say, sign=sign))
 
 
-@task(positional=["file"], help={"file": "a bundle from `invoke bundle`", "to": "where to unpack locks, SBOMs and stack files"})
+@task(
+    positional=["file"],
+    help={
+        "file": "a bundle from `invoke bundle`", "to": "where to unpack locks, SBOMs and stack files",
+        "require-signature": "the signer's ed25519 public key: refuse the bundle unless it is signed by it (kit.toml's bundles.trusted_key does it always)",
+        "allow-tags": "tags outside mlsyskit/ the bundle may set, comma-separated (refused otherwise)",
+    },
+)  # fmt: skip
 @kit_errors
-def load(c: Context, file: str, to: str = "") -> None:
-    """Check a bundle's checksums and load its images (same IDs, tags and labels)."""
-    say(commands.load(file, to, say))
+def load(c: Context, file: str, to: str = "", require_signature: str = "", allow_tags: str = "") -> None:
+    """Check a bundle (members, sizes, checksums, signature, tags) and load its images (same IDs, tags and labels)."""
+    say(commands.load(file, to, say, require_signature=require_signature, allow_tags=allow_tags))
 
 
 @task(

@@ -198,7 +198,7 @@ def sbom(topic_name: str, base: str | None, out: str, log: Log) -> str:
     return table(("components", "count"), list(counts.items())) + f"\nwritten: {rel_path(path)} ({SCHEMA}, schema-valid)"
 
 
-def bundle(names: str, output: str, base: str | None, log: Log) -> str:
+def bundle(names: str, output: str, base: str | None, log: Log, *, sign: str = "") -> str:
     """`invoke bundle TOPIC[,TOPIC]|STACK -o FILE`: images, SBOMs, locks (and a stack's files)
     in one file for a machine with no network."""
     from mlsyskit.images import bundle as bundle_mod
@@ -208,19 +208,23 @@ def bundle(names: str, output: str, base: str | None, log: Log) -> str:
     ctx = Context.resolve(base or "")
     contents = bundle_mod.resolve(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
     out = Path(output).absolute()
-    manifest = bundle_mod.write_bundle(ctx.engine, ctx.catalog, contents, out, log)
+    manifest = bundle_mod.write_bundle(ctx.engine, ctx.catalog, contents, out, log, sign_with=Path(sign) if sign else None)
     rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
     rows += [(f["name"].removeprefix(bundle_mod.ROOT + "/"), size(f["size"])) for f in manifest["files"]]
     return table(("in the bundle", "id / size"), rows) + f"\nwritten: {out} ({size(out.stat().st_size)}); on the other machine: invoke load {out.name}"
 
 
-def load(file: str, to: str, log: Log) -> str:
-    """`invoke load FILE`: check every checksum, then restore the images as bundled."""
+def load(file: str, to: str, log: Log, *, require_signature: str = "", allow_tags: str = "") -> str:
+    """`invoke load FILE`: check the whole bundle (and its signature where one is required),
+    then restore the images as bundled."""
+    from mlsyskit.data.config import load_config
     from mlsyskit.images import bundle as bundle_mod
 
     path = Path(file).absolute()
     unpack_to = Path(to).absolute() if to else bundle_mod.default_unpack_dir(path)
-    manifest = bundle_mod.load_bundle(Engine.connect(), path, unpack_to, log)
+    keys = bundle_mod.trusted_keys(require_signature, load_config().trusted_key)  # a bad key: before the engine is asked
+    allowed = frozenset(split_names(allow_tags)) if allow_tags else frozenset()
+    manifest = bundle_mod.load_bundle(Engine.connect, path, unpack_to, log, keys=keys, allowed_tags=allowed)
     rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
     return table(("image", "id"), rows) + f"\nlocks, SBOMs and stack files: {rel_path(unpack_to)}"
 

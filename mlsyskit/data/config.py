@@ -29,6 +29,7 @@ class Config:
     rootfs: str = "auto"
     python: str = "system"
     uv_version: str = "0.13.9"
+    trusted_key: str = ""  # bundles.trusted_key: set, every `invoke load` needs a bundle signed by it
 
     def proxy_env(self) -> dict[str, str]:
         """Proxy variables for builds (as Docker's predefined proxy args, which stay out of
@@ -43,6 +44,7 @@ class Config:
 
 _NETWORK = {"pypi_index", "apt_mirror", "hf_endpoint", "ca_bundle", "http_proxy", "https_proxy", "no_proxy"}
 _BUILD = {"base", "rootfs", "python", "uv_version"}
+_BUNDLES = {"trusted_key"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None
     merged: dict[str, Any] = {}
-    for table, allowed in (("network", _NETWORK), ("build", _BUILD)):
+    for table, allowed in (("network", _NETWORK), ("build", _BUILD), ("bundles", _BUNDLES)):
         section = data.get(table, {})
         if not isinstance(section, dict):
             raise UsageError(f"{path}: '{table}' must be a table ([{table}])")
@@ -63,9 +65,9 @@ def _read(path: Path) -> dict[str, Any]:
             if not isinstance(value, str):
                 raise UsageError(f"{path}: field '{table}.{key}' must be a string")
             merged[key] = value
-    unknown = sorted(set(data) - {"network", "build"})
+    unknown = sorted(set(data) - {"network", "build", "bundles"})
     if unknown:
-        raise UsageError(f"{path}: unknown table '[{unknown[0]}]'", fix="use [network] and [build]")
+        raise UsageError(f"{path}: unknown table '[{unknown[0]}]'", fix="use [network], [build] and [bundles]")
     return merged
 
 
@@ -89,6 +91,12 @@ def load_config(root: Path = REPO_ROOT, environ: dict[str, str] | None = None) -
         if not values.get(key):
             values[key] = environ.get(key.upper()) or environ.get(key) or ""
     values["ca_bundle"] = _resolve_ca(values.get("ca_bundle", "auto"))
+    if values.get("trusted_key"):
+        key_path = root / Path(values["trusted_key"]).expanduser()  # relative: to the checkout
+        if not key_path.is_file():
+            fix = "give the path of the public key bundles must be signed with, or ''"
+            raise UsageError(f"bundles.trusted_key: '{values['trusted_key']}' is not a file", fix=fix)
+        values["trusted_key"] = str(key_path)
     if "@" in values.get("apt_mirror", "").split("//", 1)[-1].split("/", 1)[0]:
         # debootstrap writes the mirror into the root filesystem's sources.list and so into
         # every image: a user:password there would be a secret in a layer.

@@ -119,7 +119,11 @@ def uv_requirement(root: Path, version: str) -> str:
     lock holds another uv version than kit.toml asks for."""
     import tomllib
 
-    lock = tomllib.loads((root / "uv.lock").read_text()) if (root / "uv.lock").is_file() else {}
+    text = (root / "uv.lock").read_text() if (root / "uv.lock").is_file() else ""
+    # Only uv's own entry is parsed, not the whole lock: `invoke shell` asks this on every
+    # start (image freshness), and parsing every package of the kit's lock costs ~0.1 s.
+    blocks = [b for b in text.split("\n[[package]]\n")[1:] if b.startswith('name = "uv"\n')]
+    lock = tomllib.loads("".join(f"[[package]]\n{b}\n" for b in blocks)) if blocks else tomllib.loads(text)
     for package in lock.get("package", []):
         if package.get("name") == "uv" and package.get("version") == version:
             hashes = sorted(w["hash"] for w in package.get("wheels", []) if w["url"].rsplit("/", 1)[-1].find("linux") > 0)

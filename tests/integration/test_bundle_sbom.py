@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, normal
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.images import bundle, sbom
 from mlsyskit.images.plan import topic_alias
+from tests.conftest import IN_CI, need
 from tests.integration.conftest import run_kit
 
 BASE = "pypi"
@@ -49,11 +52,23 @@ def last_line(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def docs_bundle(engine: Engine, build_topic, tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
-    """The docs topic bundled once; returns the file and {tag: image id} before bundling."""
+def signing_key(tmp_path_factory) -> dict[str, Path]:
+    """An ed25519 pair made as the README says (openssl)."""
+    need(shutil.which("openssl") is not None, "no openssl to make a signing key")
+    folder = tmp_path_factory.mktemp("key")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(folder / "key.pem")], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(folder / "key.pem"), "-pubout", "-out", str(folder / "key.pub.pem")], check=True, capture_output=True)
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(folder / "other.pem")], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(folder / "other.pem"), "-pubout", "-out", str(folder / "other.pub.pem")], check=True, capture_output=True)
+    return {"private": folder / "key.pem", "public": folder / "key.pub.pem", "other": folder / "other.pub.pem"}
+
+
+@pytest.fixture(scope="module")
+def docs_bundle(engine: Engine, build_topic, signing_key, tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The docs topic bundled once, signed; returns the file and {tag: image id} before bundling."""
     build_topic("docs")
     path = tmp_path_factory.mktemp("bundle") / "docs.bundle"
-    proc = run_kit("bundle", "docs", "-o", str(path), timeout=1200)
+    proc = run_kit("bundle", "docs", "-o", str(path), "--sign", str(signing_key["private"]), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     assert "bundle: " in proc.stdout and "written: " in proc.stdout  # progress, then the result
     ids = {tag: image["id"] for image in manifest_of(path)["images"] for tag in image["tags"]}
@@ -61,7 +76,12 @@ def docs_bundle(engine: Engine, build_topic, tmp_path_factory) -> Iterator[tuple
     path.unlink(missing_ok=True)  # pytest keeps its temporary folders: CI's disk counts
 
 
-def test_a_topic_bundle_loads_back_with_the_same_ids_and_runs_with_no_network(engine: Engine, docs_bundle, tmp_path):
+def test_a_topic_bundle_loads_back_with_the_same_ids_and_runs_with_no_network(engine: Engine, docs_bundle, signing_key, tmp_path):
+    """A signed bundle, loaded with the signature required, by the kit's Python: in CI that is
+    Debian 12's own /usr/bin/python3 (3.11.2, no tarfile `filter=`; .ci/run builds the
+    kit's environment on it)."""
+    if IN_CI:
+        assert Path(sys._base_executable).resolve() == Path("/usr/bin/python3").resolve(), sys._base_executable
     path, ids = docs_bundle
     manifest = manifest_of(path)
     assert manifest["topics"] == ["docs"] and manifest["kit_version"] and manifest["format"] == bundle.FORMAT
@@ -72,9 +92,12 @@ def test_a_topic_bundle_loads_back_with_the_same_ids_and_runs_with_no_network(en
 
     tags = topic_tags(engine, "docs")
     remove_tags(engine, tags)
-    proc = run_kit("load", str(path), "--to", str(tmp_path / "unpacked"), timeout=1200)
+    refused = run_kit("load", str(path), "--require-signature", str(signing_key["other"]), timeout=600)
+    assert refused.returncode == 2 and "is not signed by a trusted key" in refused.stderr, refused.stderr
+    assert not any(engine.image_exists(t) for t in tags)
+    proc = run_kit("load", str(path), "--to", str(tmp_path / "unpacked"), "--require-signature", str(signing_key["public"]), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
-    assert "checked 4 files" in proc.stdout and "loading: " in proc.stdout
+    assert "checked 4 files" in proc.stdout and "loading: " in proc.stdout and "signed by sha256:" in proc.stdout
     for image in manifest["images"]:
         info = engine.image(image["id"])
         assert info is not None and set(image["tags"]) <= set(info.tags)
@@ -143,13 +166,13 @@ def test_damaged_truncated_foreign_and_missing_bundles_are_one_line_errors(engin
             truncated: "is truncated or not a kit bundle",
             damaged: "is damaged: mlsyskit-bundle/images.tar does not match its sha256",
             foreign: "was written by mlsyskit 0.0.1; this kit is",
-            extra: "was changed after it was written: mlsyskit-bundle/extra.txt is not in its manifest",
+            extra: "holds an unexpected member 'mlsyskit-bundle/extra.txt'",
             no_sbom: "is truncated or damaged: mlsyskit-bundle/sbom/docs-pypi.cdx.json is missing",
             tmp_path / "nowhere.bundle": "no bundle at",
         }
         for file, message in cases.items():
             proc = run_kit("load", str(file), timeout=600)
-            assert proc.returncode != 0, (file, proc.stdout)
+            assert proc.returncode == 2, (file, proc.stdout, proc.stderr)
             error = last_line(proc.stderr)
             assert error.startswith("error: ") and message in error and "(fix: " in error, (file, proc.stderr)
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -157,6 +180,41 @@ def test_damaged_truncated_foreign_and_missing_bundles_are_one_line_errors(engin
     finally:
         for copy in tmp_path.glob("*.bundle"):
             copy.unlink()
+        proc = run_kit("load", str(path), timeout=1200)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_load_that_fails_puts_every_moved_tag_back(engine: Engine, docs_bundle, tmp_path):
+    """A bundle whose manifest disagrees with its images (labels) passes the checks, is loaded,
+    and then fails: the topic's alias, pointed at another image beforehand, is back on that
+    image, and the tags the load added are gone."""
+    path, _ = docs_bundle
+    tags = topic_tags(engine, "docs")
+    alias = topic_alias("docs", BASE)
+    other = engine.image("mlsyskit/rootfs-pypi:bookworm")
+    assert other is not None
+    remove_tags(engine, tags)
+    engine.tag(other.id, alias)
+    lying = tmp_path / "lying.bundle"
+
+    def other_labels(name: str, data: bytes) -> bytes:
+        if name != bundle.MANIFEST:
+            return data
+        manifest = json.loads(data)
+        for image in manifest["images"]:
+            image["labels"]["org.mlsyskit.kind"] = "tampered"
+        return json.dumps(manifest).encode()
+
+    try:
+        rewrite(path, lying, other_labels)
+        proc = run_kit("load", str(lying), "--to", str(tmp_path / "out"), timeout=1200)
+        assert proc.returncode != 0 and "is not as bundled" in proc.stderr, proc.stdout[-1000:] + proc.stderr
+        assert engine.image(alias).id == other.id, "the alias was not put back on its image"  # type: ignore[union-attr]
+        assert not any(engine.image_exists(t) for t in tags if t != alias), "a tag the failed load added is still there"
+        assert not (tmp_path / "out").exists()
+    finally:
+        lying.unlink(missing_ok=True)
+        engine.remove_images([alias])
         proc = run_kit("load", str(path), timeout=1200)
         assert proc.returncode == 0, proc.stderr
 

@@ -18,19 +18,24 @@ from mlsyskit import KIT_VERSION, REPO_ROOT
 from mlsyskit.engine import ImageInfo
 from mlsyskit.errors import KitError, UsageError
 from mlsyskit.images import bundle, sbom
+from tests.unit.hostile_bundles import TAG, docker_archive
 
-IMAGE_BYTES = bytes(range(256)) * 4099  # not a multiple of 512: padding is exercised
+# a docker archive of one empty image, then bytes docker ignores after its end: not a
+# multiple of 512, so padding is exercised
+ARCHIVE, IMAGE_ID = docker_archive([TAG])
+IMAGE_BYTES = ARCHIVE + bytes(range(256)) * 4099
 
 
 def write_fake_bundle(path: Path, *, kit_version: str = KIT_VERSION, images: bytes = IMAGE_BYTES) -> dict:
-    """A bundle written by the same member writers `invoke bundle` uses, with a fake image archive."""
+    """A bundle written by the same member writers `invoke bundle` uses, with a small image archive."""
     log: list[str] = []
     with path.open("wb") as out:
         progress = bundle.Progress(log.append, "bundle", len(images))
         chunks = (images[i : i + 100_000] for i in range(0, len(images), 100_000))
         files = [bundle._stream_member(out, bundle.IMAGES, chunks, 1_700_000_000, progress)]
         files.append(bundle._write_member(out, f"{bundle.ROOT}/locks/uv.lock", b"lock", 1_700_000_000))
-        manifest = {"format": bundle.FORMAT, "kit_version": kit_version, "images": [], "files": files}
+        images_list = [{"id": IMAGE_ID, "tags": [TAG], "labels": {}}]
+        manifest = {"format": bundle.FORMAT, "kit_version": kit_version, "images": images_list, "files": files}
         bundle._write_member(out, bundle.MANIFEST, json.dumps(manifest).encode(), 1_700_000_000)
         out.write(b"\0" * 1024)
     return manifest
@@ -66,7 +71,7 @@ def corrupt(path: Path, offset: int) -> None:
     [
         ("truncate", KitError, "is truncated or not a kit bundle"),
         ("flip", KitError, "is damaged: mlsyskit-bundle/images.tar does not match its sha256"),
-        ("no-manifest", KitError, "no mlsyskit-bundle/manifest.json at its end"),
+        ("no-manifest", KitError, "is truncated or not a kit bundle"),
         ("version", UsageError, "was written by mlsyskit 0.0.1"),
         ("not-tar", KitError, "is truncated or not a kit bundle"),
     ],

@@ -1,0 +1,72 @@
+"""What every part of the engine shares: the docker CLI it runs (BuildKit builds, compose,
+containers made from a spec) and the Docker API client (everything else), connected on
+first use. Which one a call takes is the engine's choice, never its caller's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from mlsyskit.engine import api
+from mlsyskit.engine.clients import DAEMON_FIX, PERMISSION_FIX, Client
+from mlsyskit.errors import EngineError
+
+
+class EngineBase:
+    def __init__(self, client: Client, *, cli_lookups: bool = False) -> None:
+        self.client = client
+        # `invoke shell`'s engine: its few lookups go through the docker CLI, which it runs
+        # anyway, so that its start-up does not import the SDK (docker.py `for_running`).
+        self.cli_lookups = cli_lookups
+        self._api: Any = None
+
+    @property
+    def api(self) -> Any:
+        """The SDK's `APIClient`, connected on first use."""
+        if self._api is None:
+            self._api = api.connect()
+        return self._api
+
+    # --- the CLI ------------------------------------------------------------------------
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [self.client.path, *args]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.client.buildx:
+            env["DOCKER_BUILDKIT"] = "1"
+        return env
+
+    def _cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self._cmd(*args), capture_output=True, text=input is None, input=input, env=self._env())
+        if check and proc.returncode != 0:
+            stderr = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+            raise self.failure(args, stderr)
+        return proc
+
+    @staticmethod
+    def failure(args: Sequence[str], stderr: str) -> EngineError:
+        """The one-line error for a failed CLI call: the daemon being down gets its fix."""
+        if "Cannot connect to the Docker daemon" in stderr or "Is the docker daemon running" in stderr:
+            return EngineError("the Docker daemon is not reachable", fix=DAEMON_FIX)
+        if "permission denied while trying to connect to the Docker daemon" in stderr:
+            return EngineError("no permission to use the Docker daemon", fix=PERMISSION_FIX)
+        lines = [line for line in stderr.strip().splitlines() if line.strip() and not line.startswith("Run 'docker")]
+        return EngineError(f"`docker {' '.join(args[:2])}` failed: {(lines or ['(no output)'])[-1]}")
+
+    def _inspect_cli(self, kind: str, ref: str) -> dict[str, Any] | None:
+        """`docker KIND inspect REF` (the shell's lookups), or None when there is no such
+        object; a daemon that is down raises (with the fix) instead of reading as "not there"."""
+        import json
+
+        args = (kind, "inspect", ref)  # checked refs: none starts with "-"
+        proc = self._cli(*args, check=False)
+        if proc.returncode == 0:
+            found: dict[str, Any] = json.loads(proc.stdout)[0]
+            return found
+        if "No such" in proc.stderr:
+            return None
+        raise self.failure(args, proc.stderr)
