@@ -11,13 +11,13 @@
 #   images_run.sh tests OUT NAME...      # NAME = image:test[:uid]; all of them at once, then wait
 #   images_run.sh collect OUT            # every result and log of the roots into OUT/results.tgz
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 R=/tmp/roots
 C=(python3 benchmarks/gpu/carry.py)
 
 case ${1:?stage|unpack|tests|collect} in
   stage)
-    mkdir -p /tmp/pieces && cp -n .img/* /tmp/pieces/ 2>/dev/null; ls /tmp/pieces | wc -l; du -sh /tmp/pieces ;;
+    mkdir -p /tmp/pieces && cp -n .img/* /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
   unpack)
     start=$(date +%s)
     "${C[@]}" unpack /tmp/pieces "$R" || exit 1
@@ -52,6 +52,7 @@ case ${1:?stage|unpack|tests|collect} in
   collect)
     out=${2:?OUT}; mkdir -p "$out"
     nvidia-smi > /tmp/nvidia-smi.txt 2>&1; nvidia-smi -q >> /tmp/nvidia-smi.txt 2>&1
-    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' $(cd "$R" && ls -d ./*/tmp/results) -C /tmp nvidia-smi.txt
+    mapfile -t folders < <(cd "$R" && find . -mindepth 3 -maxdepth 3 -path './*/tmp/results')
+    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt
     ls -la "$out" ;;
 esac
