@@ -91,19 +91,29 @@ def image_name(ref: str) -> str:
     return ref.split("/")[-1].replace(":", "-")
 
 
-def pack(refs: list[str], out: Path, level: int) -> dict[str, Any]:
+def known_contents(folders: list[Path]) -> set[str]:
+    """The contents earlier packs carried (their manifest.json): not carried again."""
+    known: set[str] = set()
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for image in manifest["images"].values():
+            known.update(e[7] for e in image["entries"] if e[1] in ("0", "\x00") and len(e) > 7)
+    return known
+
+
+def pack(refs: list[str], out: Path, level: int, prefix: str = "pack", known: set[str] | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(KIT_ROOT))
     from mlsyskit.engine import Engine
 
     engine = Engine.connect()
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("pack.part-*"):
+    for old in out.glob(f"{prefix}.part-*"):
         old.unlink()
     zstd = subprocess.Popen(["zstd", "-q", "-T0", f"-{level}", "--long=27", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    split = subprocess.Popen(["split", "-b", str(PIECE_BYTES), "-d", "-a", "3", "-", str(out / "pack.part-")], stdin=zstd.stdout)
+    split = subprocess.Popen(["split", "-b", str(PIECE_BYTES), "-d", "-a", "3", "-", str(out / f"{prefix}.part-")], stdin=zstd.stdout)
     assert zstd.stdin is not None and zstd.stdout is not None
     zstd.stdout.close()
-    seen: set[str] = set()
+    seen: set[str] = set(known or ())  # carried by an earlier pack: its unpack left them in the store
     manifest: dict[str, Any] = {"format": 1, "images": {}}
     totals = {"files": 0, "bytes": 0, "unique_bytes": 0}
     start = time.monotonic()
@@ -136,13 +146,14 @@ def pack(refs: list[str], out: Path, level: int) -> dict[str, Any]:
             print(f"packed {ref} ({info.id[:19]}): {len(entries)} paths; so far {totals['unique_bytes'] / 1e9:.2f} GB unique "
                   f"of {totals['bytes'] / 1e9:.2f} GB, {time.monotonic() - start:.0f} s", flush=True)  # fmt: skip
         data = json.dumps(manifest).encode()
+        (out / "manifest.json").write_bytes(data)  # for a later pack's --known
         member = tarfile.TarInfo("manifest.json")
         member.size = len(data)
         blobs.addfile(member, io.BytesIO(data))
     zstd.stdin.close()
     if zstd.wait() != 0 or split.wait() != 0:
         raise SystemExit("zstd or split failed")
-    pieces = sorted(out.glob("pack.part-*"))
+    pieces = sorted(out.glob(f"{prefix}.part-*"))
     summary = {
         "images": {name: {"ref": m["ref"], "id": m["id"], "paths": len(m["entries"])} for name, m in manifest["images"].items()},
         **totals,
@@ -150,7 +161,7 @@ def pack(refs: list[str], out: Path, level: int) -> dict[str, Any]:
         "pieces": [p.name for p in pieces],
         "seconds": round(time.monotonic() - start, 1),
     }
-    (out / "pack.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{prefix}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -193,7 +204,7 @@ class PiecesReader(io.RawIOBase):
             self._file = None
 
 
-def zstd_reader(pieces_dir: Path) -> IO[bytes]:
+def zstd_reader(pieces_dir: Path, prefix: str) -> IO[bytes]:
     try:
         import zstandard
     except ImportError:
@@ -208,21 +219,21 @@ def zstd_reader(pieces_dir: Path) -> IO[bytes]:
             whl.extractall(target)
         sys.path.insert(0, str(target))
         import zstandard
-    pieces = sorted(pieces_dir.glob("pack.part-*"))
+    pieces = sorted(pieces_dir.glob(f"{prefix}.part-*"))
     if not pieces:
-        raise SystemExit(f"no pack.part-* pieces in {pieces_dir}")
+        raise SystemExit(f"no {prefix}.part-* pieces in {pieces_dir}")
     raw = io.BufferedReader(PiecesReader(pieces), 1 << 20)
     reader: IO[bytes] = zstandard.ZstdDecompressor(max_window_size=2**27).stream_reader(raw)
     return reader
 
 
-def unpack(pieces_dir: Path, roots: Path) -> dict[str, Any]:
+def unpack(pieces_dir: Path, roots: Path, prefix: str = "pack") -> dict[str, Any]:
     start = time.monotonic()
     store = roots / ".store"
     store.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] | None = None
     written = 0
-    with tarfile.open(fileobj=zstd_reader(pieces_dir), mode="r|") as stream:
+    with tarfile.open(fileobj=zstd_reader(pieces_dir, prefix), mode="r|") as stream:
         for member in stream:
             source = stream.extractfile(member)
             assert source is not None
@@ -373,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pack")
     p.add_argument("--out", type=Path, default=Path(".img"))
     p.add_argument("--level", type=int, default=10)
+    p.add_argument("--prefix", default="pack", help="the pieces' name (PREFIX.part-NNN)")
+    p.add_argument("--known", type=Path, action="append", default=[], help="an earlier pack's folder: its contents are not carried again")
     p.add_argument("images", nargs="+")
     u = sub.add_parser("unpack")
     u.add_argument("pieces", type=Path)
     u.add_argument("roots", type=Path)
+    u.add_argument("--prefix", default="pack")
     s = sub.add_parser("setup")
     s.add_argument("root", type=Path)
     s.add_argument("--smoke-tests", type=Path, default=KIT_ROOT / "smoke_tests")
@@ -393,11 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:at], argv[at + 1 :]
     args = parser.parse_args(argv)
     if args.verb == "pack":
-        summary = pack(args.images, args.out, args.level)
+        summary = pack(args.images, args.out, args.level, args.prefix, known_contents(args.known))
         print(json.dumps({k: v for k, v in summary.items() if k != "pieces"}, indent=2), f"\n{len(summary['pieces'])} pieces")
         return 0
     if args.verb == "unpack":
-        unpack(args.pieces, args.roots)
+        unpack(args.pieces, args.roots, args.prefix)
         return 0
     if args.verb == "setup":
         setup(args.root, args.smoke_tests)

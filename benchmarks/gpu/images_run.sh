@@ -7,7 +7,7 @@
 #   .venv/bin/python benchmarks/gpu/carry.py pack --out .img mlsyskit/verl:pypi ...   (+ zstandard wheels in .img/)
 # Then one device call per piece (carry [".img/pack.part-NNN"]): `bash benchmarks/gpu/images_run.sh stage`,
 # and the runs, each stage one call (their output under $OUT):
-#   images_run.sh unpack                 # /tmp/pieces -> /tmp/roots/<image>, each set up with the GPU
+#   images_run.sh unpack [PREFIX...]     # /tmp/pieces -> /tmp/roots/<image>, each set up with the GPU
 #   images_run.sh tests OUT NAME...      # NAME = image:test[:uid]; all of them at once, then wait
 #   images_run.sh collect OUT            # every result and log of the roots into OUT/results.tgz
 set -uo pipefail
@@ -17,10 +17,10 @@ C=(python3 benchmarks/gpu/carry.py)
 
 case ${1:?stage|unpack|tests|collect} in
   stage)
-    mkdir -p /tmp/pieces && cp -n .img/* /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
-  unpack)
-    start=$(date +%s)
-    "${C[@]}" unpack /tmp/pieces "$R" || exit 1
+    mkdir -p /tmp/pieces && cp -n .img/*.part-* .img/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
+  unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
+    start=$(date +%s); shift
+    for prefix in "${@:-pack}"; do "${C[@]}" unpack /tmp/pieces "$R" --prefix "$prefix" || exit 1; done
     for root in "$R"/*/; do "${C[@]}" setup "${root%/}" || exit 1; done
     rm -rf /tmp/pieces
     echo "unpacked and set up in $(( $(date +%s) - start )) s"; df -h /tmp | tail -1 ;;
