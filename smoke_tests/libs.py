@@ -55,17 +55,17 @@ def parse_ldd(text: str) -> list[str]:
 
 
 #: Packages whose own libraries are loaded when they are imported, before the extensions
-#: built against them: torch (libc10, libtorch) and TVM-FFI (libtvm_ffi, for DeepGEMM and
-#: SGLang's JIT kernels).
-PRELOADED_BY_IMPORT = ("torch", "tvm_ffi")
+#: built against them, and the folder those libraries are in: torch (libc10, libtorch),
+#: TVM-FFI (libtvm_ffi, for DeepGEMM and SGLang's JIT kernels), Triton (libtriton, for its plugins).
+PRELOADED_BY_IMPORT = {"torch": "lib", "tvm_ffi": "lib", "triton": "_C"}
 
 
 def preloaded_lib_dirs() -> list[str]:
     dirs = []
-    for package in PRELOADED_BY_IMPORT:
+    for package, folder in PRELOADED_BY_IMPORT.items():
         spec = importlib.util.find_spec(package)
-        if spec is not None and spec.origin is not None and (Path(spec.origin).parent / "lib").is_dir():
-            dirs.append(str(Path(spec.origin).parent / "lib"))
+        if spec is not None and spec.origin is not None and (Path(spec.origin).parent / folder).is_dir():
+            dirs.append(str(Path(spec.origin).parent / folder))
     return dirs
 
 
