@@ -44,10 +44,23 @@ from smoke_tests._result import (
 )
 
 TEST = "vllm_serve"
+# `vllm serve` (vllm.entrypoints.openai.api_server is deprecated in 0.29).
 SERVER_CMD = (
-    "{python} -m vllm.entrypoints.openai.api_server --model {model} --host {host} --port {port} "
+    "{python} -m vllm.entrypoints.cli.main serve {model} --host {host} --port {port} "
     "--tensor-parallel-size {tp} --gpu-memory-utilization {mem_fraction} --seed 0 --max-model-len 4096"
 )
+#: The server's options, read from vLLM's own dataclasses: building its parser needs a
+#: device (on a CPU it raises "Failed to infer device type"), reading the fields does not.
+SERVER_OPTIONS_SCRIPT = """
+import dataclasses, json
+from vllm.engine.arg_utils import AsyncEngineArgs
+names = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+from vllm.entrypoints.launchers import cli_args
+for value in vars(cli_args).values():
+    if dataclasses.is_dataclass(value) and isinstance(value, type):
+        names |= {f.name for f in dataclasses.fields(value)}
+print(json.dumps(sorted("--" + n.replace("_", "-") for n in names)))
+"""
 BENCH_CMD = (
     "{python} -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url {base_url} --model {model} "
     "--tokenizer {tokenizer} --dataset-name random --num-prompts {num_prompts} --random-input-len {input_len} "
@@ -96,16 +109,20 @@ def check_completion(base_url: str, model: str, max_tokens: int) -> dict[str, An
 
 
 def check_flags(python: str) -> int:
-    """The server's and the load's flags against their --help: a renamed flag fails on CPU."""
+    """The server's and the load's flags against what this vLLM takes: a renamed flag fails
+    on CPU. The load's from `vllm bench serve --help=all`, the server's from its dataclasses."""
+    checks = (
+        (SERVER_CMD, [python, "-c", SERVER_OPTIONS_SCRIPT], "vllm serve"),
+        (BENCH_CMD, [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--help=all"], "vllm bench serve"),
+    )
     checked = 0
-    for template, cmd in ((SERVER_CMD, [python, "-m", "vllm.entrypoints.openai.api_server", "--help"]),
-                          (BENCH_CMD, [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--help"])):  # fmt: skip
-        run = run_command(cmd, timeout=180, echo=False)
+    for template, cmd, what in checks:
+        run = run_command(cmd, timeout=300, echo=False)
         if run.returncode != 0:
-            raise Fail(f"{' '.join(cmd[2:])} exited {run.returncode}: {run.output.strip().splitlines()[-1:]}")
+            raise Fail(f"reading {what}'s options exited {run.returncode}: {run.output.strip().splitlines()[-1:]}")
         unknown = unknown_flags(run.output, flags(template))
         if unknown:
-            raise Fail(f"{cmd[2]} does not take {', '.join(unknown)}")
+            raise Fail(f"{what} does not take {', '.join(unknown)}")
         checked += len(flags(template))
     return checked
 
