@@ -17,7 +17,7 @@ C=(python3 benchmarks/gpu/carry.py)
 
 case ${1:?stage|unpack|tests|collect} in
   stage)
-    mkdir -p /tmp/pieces && cp -n .img/*.part-* .img/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
+    mkdir -p /tmp/pieces && cp -n .img*/*.part-* .img*/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
   unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
     start=$(date +%s); shift
     for prefix in "${@:-pack}"; do "${C[@]}" unpack /tmp/pieces "$R" --prefix "$prefix" || exit 1; done
