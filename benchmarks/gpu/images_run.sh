@@ -9,6 +9,8 @@
 # and the runs, each stage one call (their output under $OUT):
 #   images_run.sh unpack [PREFIX...]     # /tmp/pieces -> /tmp/roots/<image>, each set up with the GPU
 #   images_run.sh tests OUT NAME...      # NAME = image:test[:uid]; all of them at once, then wait
+#   images_run.sh bg WAVE NAME...        # `tests` in the background (it outlives the device call); log /tmp/wave-WAVE.log
+#   images_run.sh status                 # what the waves have finished so far
 #   images_run.sh collect OUT            # every result and log of the roots into OUT/results.tgz
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -49,6 +51,14 @@ case ${1:?stage|unpack|tests|collect} in
         [ -e "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"{sys.argv[1].split('/')[-1]:<40} {d['status']:<8} {d['seconds']:7.1f}s  {d['reason'][:150]}\")" "$f"
       done
     done ;;
+  bg)
+    wave=${2:?WAVE}; shift 2
+    setsid nohup bash "$0" tests /tmp/out "$@" > "/tmp/wave-$wave.log" 2>&1 < /dev/null &
+    echo "wave $wave started: $*" ;;
+  status)
+    for log in /tmp/wave-*.log; do [ -e "$log" ] && { echo "== $log"; grep -E "exit|passed|failed|skipped" "$log" | tail -30; }; done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+    pgrep -fa "smoke_tests\." | grep -v pgrep | cut -c1-160 | head -20 ;;
   collect)
     out=${2:?OUT}; mkdir -p "$out"
     nvidia-smi > /tmp/nvidia-smi.txt 2>&1; nvidia-smi -q >> /tmp/nvidia-smi.txt 2>&1
