@@ -219,53 +219,66 @@ def run_flashinfer_silu() -> dict[str, Any]:
 
 
 #: Where SGLang keeps its TVM-FFI JIT kernels, by release: the module that pins the target
-#: arch (``override_jit_cuda_arch``) and the activation kernel's module builder.
-SGLANG_JIT_LAYOUTS = (
-    ("sglang.kernels.jit.utils", "sglang.kernels.ops.activation.activation", "activation_module"),  # 0.5.2x
-    ("sglang.jit_kernel.utils", "sglang.jit_kernel.activation", "_jit_activation_module"),  # 0.5.12
-)
+#: arch (``override_jit_cuda_arch``), then the kernels a dense model's serving and CUDA-graph
+#: capture build on first use, as (name, module, builder, arguments): the tiny serving model's
+#: shapes (hidden 256, head_dim 64, 2 KV heads, bf16), activations in fp16 too.
+SGLANG_JIT_LAYOUTS: tuple[tuple[str, tuple[tuple[str, str, str, tuple[Any, ...]], ...]], ...] = (
+    ("sglang.kernels.jit.utils", (  # 0.5.2x
+        ("activation_bfloat16", "sglang.kernels.ops.activation.activation", "activation_module", ("bfloat16",)),
+        ("activation_float16", "sglang.kernels.ops.activation.activation", "activation_module", ("float16",)),
+    )),
+    ("sglang.jit_kernel.utils", (  # 0.5.12 (the verl topic's)
+        ("activation_bfloat16", "sglang.jit_kernel.activation", "_jit_activation_module", ("bfloat16",)),
+        ("activation_float16", "sglang.jit_kernel.activation", "_jit_activation_module", ("float16",)),
+        ("fused_rope", "sglang.jit_kernel.rope", "_jit_fused_rope_module", (True, 64, "bfloat16")),
+        ("store_kvcache", "sglang.jit_kernel.kvcache", "_jit_kvcache_module", (256,)),
+        ("rmsnorm_hf", "sglang.jit_kernel.rmsnorm_hf", "_jit_rmsnorm_hf_module", (256, "bfloat16")),
+        ("clamp_position", "sglang.jit_kernel.clamp_position", "_jit_clamp_position_module", ("int64",)),
+    )),
+)  # fmt: skip
 
 
-def sglang_jit_layout() -> tuple[Any, Any] | None:
-    """(override_jit_cuda_arch, activation module builder) of the installed SGLang, or None
-    where SGLang is absent. An SGLang with neither layout is a failure: the test would
-    otherwise pass without building what the capture builds."""
+def sglang_jit_layout() -> tuple[Any, list[tuple[str, Any, tuple[Any, ...]]]] | None:
+    """(override_jit_cuda_arch, [(kernel, module builder, arguments)]) of the installed
+    SGLang, or None where SGLang is absent. An SGLang with no layout this test knows is a
+    failure: the test would otherwise pass without building what the capture builds."""
     import importlib
     import importlib.util
 
+    import torch
+
     if importlib.util.find_spec("sglang") is None:
         return None
-    for utils_name, module_name, builder in SGLANG_JIT_LAYOUTS:
+    for utils_name, kernels in SGLANG_JIT_LAYOUTS:
         try:
             utils = importlib.import_module(utils_name)
-            module = importlib.import_module(module_name)
-        except ImportError:
+            builders = [(name, getattr(importlib.import_module(module), builder), args) for name, module, builder, args in kernels]
+        except (ImportError, AttributeError):
             continue
-        return utils.override_jit_cuda_arch, getattr(module, builder)
-    raise Fail(f"SGLang {_version('sglang')} has none of the JIT kernel layouts this test knows ({', '.join(m for _, m, _ in SGLANG_JIT_LAYOUTS)})")
+        typed = [(name, fn, tuple(getattr(torch, a) if a in ("bfloat16", "float16", "int64") else a for a in args)) for name, fn, args in builders]
+        return utils.override_jit_cuda_arch, typed
+    raise Fail(f"SGLang {_version('sglang')} has none of the JIT kernel layouts this test knows ({', '.join(u for u, _ in SGLANG_JIT_LAYOUTS)})")
 
 
 def build_sglang_kernels(arch: str, cache_dir: Path) -> dict[str, Any]:
-    """Compile SGLang's activation JIT kernel for ``arch`` in bf16 and fp16, into a fresh
-    TVM-FFI cache folder (so nothing comes from an earlier build)."""
-    import torch
-
+    """Compile SGLang's JIT kernels for ``arch`` into a fresh TVM-FFI cache folder (so
+    nothing comes from an earlier build)."""
     layout = sglang_jit_layout()
     if layout is None:
         return {}
-    override, builder = layout
+    override, kernels = layout
     os.environ["TVM_FFI_CACHE_DIR"] = str(cache_dir)
     major, minor = (int(x) for x in arch.split("."))
     built: dict[str, Any] = {"version": _version("sglang"), "kernels": {}}
     with override(major, minor):
-        for dtype in (torch.bfloat16, torch.float16):
+        for name, builder, args in kernels:
             start = time.monotonic()
             try:
-                builder(dtype)
+                builder(*args)
             except Exception as exc:  # tvm_ffi raises RuntimeError with the compiler's output
-                what = f"SGLang {built['version']}'s JIT activation kernel ({dtype})"
+                what = f"SGLang {built['version']}'s JIT {name} kernel"
                 raise Fail(f"{what} does not compile for sm_{major}{minor}: {build_error(str(exc))}") from None
-            built["kernels"][f"activation_{str(dtype).split('.')[-1]}"] = round(time.monotonic() - start, 1)
+            built["kernels"][name] = round(time.monotonic() - start, 1)
     return built
 
 
@@ -337,7 +350,7 @@ def body_for(args: argparse.Namespace) -> Any:
             if sglang:
                 report.figures["sglang_jit"] = sglang
                 seconds = sum(sglang["kernels"].values())
-                row = ["SGLang jit activation (bf16, fp16)", f"{seconds:.1f} s", "-", "compiled and linked"]
+                row = [f"SGLang jit ({len(sglang['kernels'])} kernels)", f"{seconds:.1f} s", "-", "compiled and linked"]
                 rows.append(row)
                 if use_gpu:
                     check = run_sglang_silu()

@@ -74,7 +74,7 @@ def test_sglang_jit_kernels_compile_in_the_verl_image_and_fail_without_the_patch
     build_topic("verl")
     result = smoke("verl", "cuda_jit", tmp_path / "j.json")[("cuda_jit", "container")]
     assert result["status"] == "skipped" and "SGLang's JIT kernels compiled and linked for sm_90" in result["reason"]
-    assert set(result["figures"]["sglang_jit"]["kernels"]) == {"activation_bfloat16", "activation_float16"}
+    assert set(result["figures"]["sglang_jit"]["kernels"]) == {"activation_bfloat16", "activation_float16", "fused_rope", "store_kvcache", "rmsnorm_hf", "clamp_position"}
     patch = "/opt/patches/sglang-0.5.12-activation-gcc12.patch"
     script = (
         f"cd /opt/venv/lib/python3.11/site-packages && patch -R -p1 < {patch} >/dev/null && cd /tmp && "
