@@ -4,65 +4,95 @@
 # the NVIDIA container toolkit gives it (benchmarks/gpu/carry.py says exactly how, and
 # what differs from `docker run --gpus all`), once as root and once as UID 1000 with an
 # empty HOME (as `invoke shell` runs). Here, first:
-#   .venv/bin/python benchmarks/gpu/carry.py pack --out .img mlsyskit/verl:pypi ...   (+ zstandard wheels in .img/)
+#   .venv/bin/python benchmarks/gpu/carry.py pack --out .img mlsyskit/verl:pypi ...   (+ the zstandard wheels)
 # Then one device call per piece (carry [".img/pack.part-NNN"]): `bash benchmarks/gpu/images_run.sh stage`,
-# and the runs, each stage one call (their output under $OUT):
+# and the runs, each stage one call:
 #   images_run.sh unpack [PREFIX...]     # /tmp/pieces -> /tmp/roots/<image>, each set up with the GPU
-#   images_run.sh tests OUT NAME...      # NAME = image:test[:uid]; all of them at once, then wait
-#   images_run.sh bg WAVE NAME...        # `tests` in the background (it outlives the device call); log /tmp/wave-WAVE.log
-#   images_run.sh status                 # what the waves have finished so far
-#   images_run.sh collect OUT            # every result and log of the roots into OUT/results.tgz
+#   images_run.sh one IMAGE TEST UID CACHE [ARGS...]   # one test, waits (CACHE: a kernel-cache key or -)
+#   images_run.sh lanes                  # the session's plan (below) in the background; log /tmp/lanes.log
+#   images_run.sh status                 # what has finished so far
+#   images_run.sh collect OUT            # every result and log into OUT/results.tgz
+#
+# Kernel caches (issue 23): a test given a CACHE key gets the kit's kernel cache for its
+# image, GPU architecture and user (python3 -m mlsyskit.runtime.caches), bound at the place
+# and with the variables `invoke shell` gives; the same key twice is a warm start.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
+KIT=$PWD
 R=/tmp/roots
 C=(python3 benchmarks/gpu/carry.py)
 
-case ${1:?stage|unpack|tests|collect} in
+one() {  # IMAGE TEST UID CACHE [ARGS...]: run one test in the image's root, wait for it
+  local image=$1 test=$2 uid=$3 cache=$4; shift 4
+  local root="$R/$image" name="$test-${image%-pypi}-$uid" n=2
+  [ "$cache" != - ] && name="$name-$cache"
+  mkdir -p "$root/tmp/results" && chmod 1777 "$root/tmp/results"
+  while [ -e "$root/tmp/results/$name.json" ] || [ -e "$root/tmp/results/$name.log" ]; do name="${name%-run*}-run$n"; n=$((n + 1)); done
+  local user=() extra=()
+  [ "$uid" != 0 ] && user=(--uid "$uid")
+  if [ "$cache" != - ]; then
+    # the cache home lives in the root's own filesystem (/kc/KEY), kept from run to run
+    local id key=(--topic "${image%-pypi}" --arch sm_90 --uid "$uid")
+    id=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['id'])" "$root/.kit-image.json")
+    PYTHONPATH=$KIT python3 -m mlsyskit.runtime.caches dir "${key[@]}" --image-id "$id" --root "$root/kc/$cache" --mkdir > /dev/null || return 1
+    while IFS= read -r line; do [ -n "$line" ] && extra+=(--env "$line"); done < <(
+      PYTHONPATH=$KIT python3 -m mlsyskit.runtime.caches env "${key[@]}" --image-id "$id" --root "/kc/$cache")
+  fi
+  local start=$SECONDS
+  # an empty HOME of its own, as invoke shell gives (a tmpfs there, a fresh folder here)
+  "${C[@]}" run "$root" "${user[@]}" "${extra[@]}" --home "/tmp/home-$name-$$" -- \
+    python -m "smoke_tests.$test" --require-gpu --json "/tmp/results/$name.json" "$@" > "$root/tmp/results/$name.log" 2>&1
+  echo "$(date +%T) $name: exit $? in $((SECONDS - start)) s"
+}
+
+summary() {
+  for f in "$R"/*/tmp/results/*.json; do
+    [ -e "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"{sys.argv[1].split('/')[-1]:<46} {d['status']:<8} {d['seconds']:7.1f}s  {d['reason'][:140]}\")" "$f"
+  done
+}
+
+case ${1:?stage|unpack|one|lanes|status|collect} in
   stage)
     mkdir -p /tmp/pieces && cp -n .img*/*.part-* .img*/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
   unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
     start=$(date +%s); shift
     for prefix in "${@:-pack}"; do "${C[@]}" unpack /tmp/pieces "$R" --prefix "$prefix" || exit 1; done
     for root in "$R"/*/; do "${C[@]}" setup "${root%/}" || exit 1; done
-    rm -rf /tmp/pieces
     echo "unpacked and set up in $(( $(date +%s) - start )) s"; df -h /tmp | tail -1 ;;
-  tests)
-    out=${2:?OUT}; shift 2
-    mkdir -p "$out"
-    pids=()
-    for spec in "$@"; do
-      IFS=: read -r image test uid args <<<"$spec"
-      name="$test-${image%-pypi}-${uid:-0}"
-      root="$R/$image"
-      mkdir -p "$root/tmp/results" && chmod 1777 "$root/tmp/results"
-      user=(); [ -n "${uid:-}" ] && [ "$uid" != 0 ] && user=(--uid "$uid")
-      # an empty HOME of its own, as invoke shell gives (a tmpfs there, a fresh folder here)
-      home="/tmp/home-$name-$$"
-      # shellcheck disable=SC2086 # args: extra words for the test, split on purpose
-      ( "${C[@]}" run "$root" "${user[@]}" --home "$home" -- \
-          python -m "smoke_tests.$test" --require-gpu --json "/tmp/results/$name.json" ${args//,/ } \
-          > "$root/tmp/results/$name.log" 2>&1
-        echo "$name: exit $? after $SECONDS s" ) &
-      pids+=($!)
-    done
-    for pid in "${pids[@]}"; do wait "$pid"; done
-    for root in "$R"/*/; do
-      for f in "$root"tmp/results/*.json; do
-        [ -e "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"{sys.argv[1].split('/')[-1]:<40} {d['status']:<8} {d['seconds']:7.1f}s  {d['reason'][:150]}\")" "$f"
-      done
-    done ;;
-  bg)
-    wave=${2:?WAVE}; shift 2
-    setsid nohup bash "$0" tests /tmp/out "$@" > "/tmp/wave-$wave.log" 2>&1 < /dev/null &
-    echo "wave $wave started: $*" ;;
+  one)
+    shift; one "$@" ;;
+  refresh)  # the checkout's smoke_tests/ into every root again (after an edit)
+    for root in "$R"/*/; do rm -rf "${root}opt/mlsyskit/smoke_tests" && cp -r smoke_tests "${root}opt/mlsyskit/smoke_tests"; done; echo refreshed ;;
+  lanes)
+    # Lane 1 holds SGLang starts (SGLang sizes its memory from what is free when it starts:
+    # two starting at once on one GPU starve each other): verl GRPO as root, then as UID
+    # 1000, then SGLang serving cold and warm with one kernel cache. Lane 2 waits for lane
+    # 1's first server, then vLLM (it asks only that its share be free) and OpenRLHF's
+    # trainer, root then UID 1000. Lane 3: the small tests, all at once. GPU health runs
+    # last, alone on the GPU (it measures peaks).
+    S="bash $KIT/benchmarks/gpu/images_run.sh one"
+    setsid nohup bash -c "
+      ( $S verl-pypi verl_grpo 0 k; $S verl-pypi verl_grpo 1000 k;
+        $S verl-pypi sglang_serve 0 s; $S verl-pypi sglang_serve 0 s ) &
+      ( sleep 150; $S openrlhf-pypi vllm_serve 0 -; $S openrlhf-pypi vllm_serve 1000 -;
+        $S openrlhf-pypi openrlhf_sft 0 -; $S openrlhf-pypi openrlhf_sft 1000 - ) &
+      ( for u in 0 1000; do
+          $S quantization-pypi quantize \$u - & $S cuda-graph-pypi memory_saver \$u - &
+          $S cuda-graph-pypi cuda_graph \$u - & $S verl-pypi verl_sft \$u - & $S verl-pypi cuda_jit \$u - &
+        done; wait ) &
+      wait
+      $S distributed-pypi gpu_health 0 -; $S distributed-pypi gpu_health 1000 -
+      echo ALL DONE
+    " > /tmp/lanes.log 2>&1 < /dev/null &
+    echo "lanes started" ;;
   status)
-    for log in /tmp/wave-*.log; do [ -e "$log" ] && { echo "== $log"; grep -E "exit|passed|failed|skipped" "$log" | tail -30; }; done
-    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-    pgrep -fa "smoke_tests\." | grep -v pgrep | cut -c1-160 | head -20 ;;
+    cat /tmp/lanes.log 2>/dev/null; summary
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader ;;
   collect)
     out=${2:?OUT}; mkdir -p "$out"
     nvidia-smi > /tmp/nvidia-smi.txt 2>&1; nvidia-smi -q >> /tmp/nvidia-smi.txt 2>&1
+    cp /tmp/lanes.log /tmp/unpack.log /tmp/ 2>/dev/null
     mapfile -t folders < <(cd "$R" && find . -mindepth 3 -maxdepth 3 -path './*/tmp/results')
-    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt
-    ls -la "$out" ;;
+    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt lanes.log
+    summary; ls -la "$out" ;;
 esac
