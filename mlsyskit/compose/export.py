@@ -721,10 +721,20 @@ def k8s_yaml(stack: ComposeStack, opts: ExportOptions) -> str:
 # --- Slurm ------------------------------------------------------------------------------
 
 
-BUNDLE_IMAGES = "mlsyskit-bundle/images.tar"  # images/bundle.py's member
+BUNDLE_IMAGES = "mlsyskit-bundle/images.tar"  # images/bundle.py's members
+BUNDLE_MANIFEST = "mlsyskit-bundle/manifest.json"
+MANIFEST_LIMIT = 16 << 20  # a manifest lists a few images and files: anything larger is not one
 
 
-def check_bundle(opts: ExportOptions, image: str, stack: str) -> None:
+@dataclass(frozen=True)
+class BundleFacts:
+    """What the export takes from a bundle: the sha256 its manifest gives images.tar, which
+    the nodes check before they build the image file from it."""
+
+    images_sha256: str
+
+
+def check_bundle(opts: ExportOptions, image: str, stack: str) -> BundleFacts:
     """--bundle: a file from `invoke bundle` that holds the stack's image, for Apptainer."""
     import json
     import tarfile
@@ -733,23 +743,97 @@ def check_bundle(opts: ExportOptions, image: str, stack: str) -> None:
         raise UsageError("--bundle needs --runtime apptainer", fix="enroot (pyxis) imports from a registry or a Docker daemon only; use --runtime apptainer")
     if opts.image_registry:
         raise UsageError("--bundle and --image-registry name two image sources", fix="give one of them")
+    unreadable = f"--bundle {opts.bundle}: not a readable kit bundle"
+    fix = "write it with `invoke bundle STACK -o FILE`"
     try:
         with tarfile.open(opts.bundle, "r:") as archive:
-            stream = archive.extractfile("mlsyskit-bundle/manifest.json")
-            tags = {t for i in json.load(stream)["images"] for t in i["tags"]} if stream else set()
-    except (OSError, KeyError, tarfile.TarError, ValueError) as exc:
-        raise UsageError(f"--bundle {opts.bundle}: not a readable kit bundle ({exc})", fix="write it with `invoke bundle STACK -o FILE`") from None
+            member = archive.getmember(BUNDLE_MANIFEST)
+            if not member.isfile() or member.size > MANIFEST_LIMIT:
+                raise UsageError(f"{unreadable} (its manifest is not a file of at most {MANIFEST_LIMIT >> 20} MiB)", fix=fix)
+            stream = archive.extractfile(member)
+            manifest = json.load(stream) if stream else {}
+        tags = {t for i in manifest["images"] for t in i["tags"]}
+        sums = [f["sha256"] for f in manifest["files"] if f["name"] == BUNDLE_IMAGES]
+    except (OSError, KeyError, TypeError, tarfile.TarError, ValueError) as exc:
+        raise UsageError(f"{unreadable} ({exc})", fix=fix) from None
+    if len(sums) != 1 or not isinstance(sums[0], str) or not re.fullmatch(r"[0-9a-f]{64}", sums[0]):
+        raise UsageError(f"{unreadable} (its manifest gives {BUNDLE_IMAGES} no sha256)", fix=fix)
     if image not in tags:
         raise UsageError(f"--bundle {opts.bundle} does not hold {image}", fix=f"write one that does: `invoke bundle {stack} -o FILE`")
+    return BundleFacts(images_sha256=sums[0])
+
+
+# Characters that would split a path in the runtime's bind list (`SRC:DST[:ro],...`) or a
+# `docker-archive:PATH:REF` source: refused rather than mangled.
+_BIND_SEPARATORS = re.compile(r"[,:\n\r]")
+# A registry prefix as image references write it: host[:port][/path].
+_REGISTRY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*/?")
+
+
+def check_script_inputs(opts: ExportOptions) -> None:
+    """Values that reach the batch script are quoted there (whatever they hold, a job runs
+    none of it); what would break the runtime's own syntax is refused here, in one line."""
+    for flag, value in (("--kit-root", opts.kit_root), ("--image-file", opts.image_file), ("--bundle", opts.bundle)):
+        if value and _BIND_SEPARATORS.search(value):
+            raise UsageError(
+                f"{flag} {value!r}: a path with ',' or ':' (or a line break) cannot be handed to the container runtime",
+                fix="move or link it to a path without them",
+            )
+    if opts.image_registry and not _REGISTRY.fullmatch(opts.image_registry):
+        raise UsageError(f"--image-registry {opts.image_registry!r} is not a registry", fix="e.g. --image-registry ghcr.io/me or registry.local:5000/ml")
 
 
 def image_file_name(ref: str, runtime: str) -> str:
     return re.sub(r"[/:]", "+", ref) + (".sqsh" if runtime == "pyxis" else ".sif")
 
 
+def _default(name: str, value: str) -> str:
+    """`NAME=${NAME:-VALUE}`-style default for a value from outside: shell-quoted, so that
+    whatever it holds (`$(...)`, `}`, quotes, spaces) stays a value and runs nothing."""
+    return "${" + name + ":-" + shlex.quote(value) + "}"
+
+
+def _import_function(build: str, *, bundle: str = "", image: str = "") -> list[str]:
+    """`import_image`: make the image file under a temporary name and rename it when whole,
+    so that a job killed halfway leaves no file that a later job takes for the image. With a
+    bundle, images.tar is checked against the sha256 recorded at export before it is read."""
+    lines = [
+        "# Made under a temporary name and renamed when whole: a job killed halfway leaves no image file.",
+        "import_image() {",
+        "  rm -f \"$IMAGE_FILE\".part-*  # halves left by killed jobs (the lock is held: no other import runs)",
+        '  local part="$IMAGE_FILE.part-${SLURM_JOB_ID:-$$}" status',
+    ]
+    if bundle:
+        lines += [
+            "  local sum",
+            f'  tar -xOf "$KIT_BUNDLE" {BUNDLE_IMAGES} > "$part.images.tar" || {{ rm -f "$part.images.tar"; return 1; }}',
+            "  sum=$(sha256sum \"$part.images.tar\" | cut -d ' ' -f 1)",
+            '  if [ "$sum" != "$BUNDLE_SHA256" ]; then',
+            '    rm -f "$part.images.tar"',
+            f'    echo "error: {BUNDLE_IMAGES} in $KIT_BUNDLE has sha256 $sum, not the $BUNDLE_SHA256 recorded at export:" \\',
+            '      "the bundle was changed or damaged; copy it again and export again (or set KIT_BUNDLE_SHA256)" >&2',
+            "    return 3",
+            "  fi",
+            "  # Apptainer reads one image of a multi-image `docker save` archive by its tag.",
+            f'  apptainer build "$part" "docker-archive:$part.images.tar:"{shlex.quote(image)} && mv -f "$part" "$IMAGE_FILE"',
+            "  status=$?",
+            '  rm -f "$part.images.tar" "$part"',
+            '  return "$status"',
+        ]
+    else:
+        lines += [
+            f'  {build} && mv -f "$part" "$IMAGE_FILE"',
+            "  status=$?",
+            '  rm -f "$part"',
+            '  return "$status"',
+        ]
+    return [*lines, "}"]
+
+
 def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     if opts.runtime not in RUNTIMES:
         raise UsageError(f"--runtime {opts.runtime}: not one of {', '.join(RUNTIMES)}")
+    check_script_inputs(opts)
     if opts.image_file and not Path(opts.image_file).is_file():
         raise UsageError(f"--image-file {opts.image_file}: no such file", fix="make it first (apptainer build / enroot import), or leave --image-file out")
     shape = shape_for(stack, opts)
@@ -758,28 +842,25 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     image = image_ref(stack, main, opts)
     kit_root = opts.kit_root or str(REPO_ROOT)
     mount_spec = ",".join([f"$KIT_ROOT/{rel_path(folder)}:{target}:ro" for folder, target in repo_mounts(stack, main)] + [f"$HF_HOME:{HF_TARGET}"])
+    nv = "" if opts.cpu else " --nv"
+    apptainer_launch = f'srun "${{args[@]}}" apptainer exec{nv} --bind "$MOUNTS" --pwd /opt/mlsyskit "$IMAGE_FILE" "$@"'
+    bundle_sha256 = ""
     if opts.bundle:
-        check_bundle(opts, image, stack.name)
-        # Apptainer reads one image of a multi-image `docker save` archive by its tag.
-        archive = '"$IMAGE_FILE.images.tar"'
-        import_cmd = (
-            f'{{ tar -xOf "$KIT_BUNDLE" {BUNDLE_IMAGES} > {archive} && apptainer build "$IMAGE_FILE" "docker-archive:$IMAGE_FILE.images.tar:{image}"; }};'
-            f" rm -f {archive}"
-        )
-        nv = "" if opts.cpu else " --nv"
-        launch = f'srun "${{args[@]}}" apptainer exec{nv} --bind "$MOUNTS" --pwd /opt/mlsyskit "$IMAGE_FILE" "$@"'
+        bundle_sha256 = check_bundle(opts, image, stack.name).images_sha256
+        importer = _import_function("", bundle=opts.bundle, image=image)
+        launch = apptainer_launch
     elif opts.runtime == "pyxis":
         source = f"docker://{opts.image_registry.rstrip('/')}#{topic_alias(stack.topic, opts.base)}" if opts.image_registry else f"dockerd://{image}"
-        import_cmd = f'enroot import --output "$IMAGE_FILE" "{source}"'
+        importer = _import_function(f'enroot import --output "$part" {shlex.quote(source)}')
         launch = 'srun "${args[@]}" --container-image="$IMAGE_FILE" --container-mounts="$MOUNTS" --container-workdir=/opt/mlsyskit "$@"'
     else:
         source = f"docker://{image}" if opts.image_registry else f"docker-daemon://{image}"
-        import_cmd = f'apptainer build "$IMAGE_FILE" "{source}"'
-        nv = "" if opts.cpu else " --nv"
-        launch = f'srun "${{args[@]}}" apptainer exec{nv} --bind "$MOUNTS" --pwd /opt/mlsyskit "$IMAGE_FILE" "$@"'
+        importer = _import_function(f'apptainer build "$part" {shlex.quote(source)}')
+        launch = apptainer_launch
     ifname = opts.ifname
     device = "cpu" if opts.cpu else "cuda"
     on = "CPU only" if opts.cpu else f"{shape.gpus_per_node} GPU(s)"
+    image_default = opts.image_file or "$IMAGE_DIR/" + shlex.quote(image_file_name(image, opts.runtime))
     lines = [
         "#!/bin/bash",
         f"# {stack.name} on Slurm: generated by `invoke export slurm {stack.name}` from {rel_path(stack.path)}",
@@ -794,17 +875,21 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         'say() { echo "[$(date +%T)] $*"; }',
         "",
         "# --- where things are (each may be set in the environment instead) -------------------",
-        f"KIT_ROOT=${{KIT_ROOT:-{kit_root}}}",
+        f"KIT_ROOT={_default('KIT_ROOT', kit_root)}",
         "IMAGE_DIR=${KIT_IMAGE_DIR:-$KIT_ROOT/.kit/images}",
-        *([f"KIT_BUNDLE=${{KIT_BUNDLE:-{Path(opts.bundle).absolute()}}}"] if opts.bundle else []),
-        f"IMAGE_FILE=${{KIT_IMAGE_FILE:-{opts.image_file or '$IMAGE_DIR/' + image_file_name(image, opts.runtime)}}}",
+        *(
+            [f"KIT_BUNDLE={_default('KIT_BUNDLE', str(Path(opts.bundle).absolute()))}", f"BUNDLE_SHA256={_default('KIT_BUNDLE_SHA256', bundle_sha256)}"]
+            if opts.bundle
+            else []
+        ),
+        f"IMAGE_FILE={_default('KIT_IMAGE_FILE', opts.image_file) if opts.image_file else '${KIT_IMAGE_FILE:-' + image_default + '}'}",
         "WORK_DIR=${KIT_WORK_DIR:-$KIT_ROOT/.kit/slurm/$SLURM_JOB_ID}",
         "export HF_HOME=${HF_HOME:-$HOME/.cache/huggingface}",
         "# NCCL picks an interface by exclusion; Gloo needs a name (--ifname at export).",
-        f"export NCCL_SOCKET_IFNAME=${{NCCL_SOCKET_IFNAME:-{ifname or '^lo,docker0'}}}",
+        f"export NCCL_SOCKET_IFNAME={_default('NCCL_SOCKET_IFNAME', ifname or '^lo,docker0')}",
     ]
     if ifname:
-        lines.append(f"export GLOO_SOCKET_IFNAME=${{GLOO_SOCKET_IFNAME:-{ifname}}}")
+        lines.append(f"export GLOO_SOCKET_IFNAME={_default('GLOO_SOCKET_IFNAME', ifname)}")
     else:
         lines += [
             "# Without --ifname, Gloo takes the interface of this node's default route (else it",
@@ -815,16 +900,25 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     lines += [
         "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
         "export PYTHONPATH=/opt/mlsyskit",
-        f"export KIT_DEVICE={device} KIT_NNODES={shape.nodes} KIT_GPUS={shape.gpus_per_node} KIT_MODEL=${{KIT_MODEL:-{opts.model}}}",
-        *(f"export {env}=${{{env}:-{value}}}  # --option" for env, value in options.items()),
+        f"export KIT_DEVICE={device} KIT_NNODES={shape.nodes} KIT_GPUS={shape.gpus_per_node} KIT_MODEL={_default('KIT_MODEL', opts.model)}",
+        *(f"export {env}={_default(env, value)}  # --option" for env, value in options.items()),
         f'MOUNTS="{mount_spec}"',
         'mkdir -p "$IMAGE_DIR" "$WORK_DIR" "$HF_HOME"',
         "",
         "# --- the image, imported once to shared storage (a lock keeps concurrent jobs apart) ---",
+        *importer,
         'if [ ! -s "$IMAGE_FILE" ]; then',
         '  say "importing the image to $IMAGE_FILE"',
         '  mkdir -p "$(dirname "$IMAGE_FILE")" || true',
-        f'  ( flock 9; [ -s "$IMAGE_FILE" ] || {import_cmd} ) 9>"$IMAGE_FILE.lock" || true',
+        *(
+            [
+                "  imported=0",
+                '  ( flock 9; [ -s "$IMAGE_FILE" ] || import_image ) 9>"$IMAGE_FILE.lock" || imported=$?',
+                '  if [ "$imported" = 3 ]; then exit 2; fi  # the bundle failed its check (said above)',
+            ]
+            if opts.bundle
+            else ['  ( flock 9; [ -s "$IMAGE_FILE" ] || import_image ) 9>"$IMAGE_FILE.lock" || true']
+        ),
         "fi",
         'if [ ! -s "$IMAGE_FILE" ]; then',
         '  echo "error: the image file $IMAGE_FILE is missing and could not be made on $(hostname)" \\',

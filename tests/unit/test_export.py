@@ -320,7 +320,7 @@ def test_slurm_fields():
         "#SBATCH --nodes=4",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --gpus-per-node=8",
-        'enroot import --output "$IMAGE_FILE" "dockerd://mlsyskit/verl:pypi"',
+        'enroot import --output "$part" dockerd://mlsyskit/verl:pypi && mv -f "$part" "$IMAGE_FILE"',
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         "export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-ib0}",
         "export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-ib0}",
@@ -334,11 +334,11 @@ def test_slurm_fields():
     assert head < ready < workers < driver
     assert 'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env RAY_ADDRESS=' in text[driver - 200 : driver]
     apptainer = slurm_script(load_stack("nccl-2node"), ExportOptions(runtime="apptainer", image_registry="ghcr.io/me"))
-    assert 'apptainer build "$IMAGE_FILE" "docker://ghcr.io/me/mlsyskit/distributed:pypi"' in apptainer
+    assert 'apptainer build "$part" docker://ghcr.io/me/mlsyskit/distributed:pypi' in apptainer
     assert "apptainer exec --nv" in apptainer
     assert "IMAGE_FILE=${KIT_IMAGE_FILE:-$IMAGE_DIR/ghcr.io+me+mlsyskit+distributed+pypi.sif}" in apptainer
     pyxis = slurm_script(load_stack("nccl-2node"), ExportOptions(image_registry="ghcr.io/me"))
-    assert '"docker://ghcr.io/me#mlsyskit/distributed:pypi"' in pyxis
+    assert "'docker://ghcr.io/me#mlsyskit/distributed:pypi'" in pyxis
 
 
 def test_slurm_cpu_variant_asks_for_no_gpus_and_runs_the_cpu_programs():
@@ -522,26 +522,33 @@ def test_every_pattern_a_stack_may_declare_exports_to_every_target():
 # --- --bundle: the image from an `invoke bundle` file ------------------------------------------
 
 
-def fake_bundle(path: Path, tags: list[str]) -> Path:
-    """A tar with just the manifest the export reads (the loader's checks are tested elsewhere)."""
+def fake_bundle(path: Path, tags: list[str], images: bytes = b"images") -> Path:
+    """A tar with an images.tar and the manifest the export reads (the loader's checks are
+    tested elsewhere)."""
     import io
     import tarfile
 
-    data = json.dumps({"images": [{"id": "sha256:x", "tags": tags}]}).encode()
+    files = [{"name": "mlsyskit-bundle/images.tar", "size": len(images), "sha256": hashlib.sha256(images).hexdigest()}]
+    data = json.dumps({"images": [{"id": "sha256:x", "tags": tags}], "files": files}).encode()
     with tarfile.open(path, "w") as archive:
-        info = tarfile.TarInfo("mlsyskit-bundle/manifest.json")
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
+        for name, body in (("mlsyskit-bundle/images.tar", images), ("mlsyskit-bundle/manifest.json", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            archive.addfile(info, io.BytesIO(body))
     return path
 
 
 def test_slurm_bundle_makes_the_image_file_from_the_archive(tmp_path):
-    bundle = fake_bundle(tmp_path / "b.bundle", ["mlsyskit/distributed:pypi"])
+    bundle = fake_bundle(tmp_path / "b.bundle", ["mlsyskit/distributed:pypi"], images=b"layers")
     text = slurm_script(load_stack("nccl-2node"), ExportOptions(cpu=True, runtime="apptainer", bundle=str(bundle)))
     assert f"KIT_BUNDLE=${{KIT_BUNDLE:-{bundle}}}" in text
-    assert 'tar -xOf "$KIT_BUNDLE" mlsyskit-bundle/images.tar > "$IMAGE_FILE.images.tar"' in text
-    assert 'apptainer build "$IMAGE_FILE" "docker-archive:$IMAGE_FILE.images.tar:mlsyskit/distributed:pypi"' in text
-    assert 'rm -f "$IMAGE_FILE.images.tar"' in text and "docker-daemon://" not in text
+    # the nodes check images.tar against the sha256 the manifest gave at export, before Apptainer reads it
+    assert f"BUNDLE_SHA256=${{KIT_BUNDLE_SHA256:-{hashlib.sha256(b'layers').hexdigest()}}}" in text
+    assert 'tar -xOf "$KIT_BUNDLE" mlsyskit-bundle/images.tar > "$part.images.tar"' in text
+    check, build = text.index('if [ "$sum" != "$BUNDLE_SHA256" ]'), text.index("apptainer build")
+    assert check < build and "return 3" in text[check:build]
+    assert 'apptainer build "$part" "docker-archive:$part.images.tar:"mlsyskit/distributed:pypi && mv -f "$part" "$IMAGE_FILE"' in text
+    assert 'rm -f "$part.images.tar" "$part"' in text and "docker-daemon://" not in text
     script = tmp_path / "s.sbatch"
     script.write_text(text)
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -570,3 +577,57 @@ def test_slurm_bundle_errors_are_one_line_with_the_fix(tmp_path, options, messag
     assert caught.value.fix and "\n" not in str(caught.value)
     with pytest.raises(UsageError, match="--bundle is for `invoke export slurm`"):
         k8s_objects(load_stack("nccl-2node"), ExportOptions(bundle=str(bundle)))
+
+
+# --- values from outside stay values ------------------------------------------------------
+
+HOSTILE = "$(touch pwned) } ' \" `touch pwned2` ${HOME} a  b\\"
+
+
+def test_every_option_that_reaches_a_slurm_script_is_quoted(tmp_path):
+    """Each option written into the script, filled with command substitutions, a closing
+    brace, quotes and spaces: bash reads the script's settings back as the values given,
+    and nothing ran."""
+    hostile = tmp_path / HOSTILE
+    hostile.mkdir()
+    image_file = hostile / f"{HOSTILE}.sif"
+    image_file.write_bytes(b"sif")
+    bundle = fake_bundle(hostile / f"{HOSTILE}.bundle", ["mlsyskit/sglang:pypi"])
+    cases = [
+        (ExportOptions(runtime="apptainer", kit_root=str(hostile), model=HOSTILE, ifname=HOSTILE, image_file=str(image_file)), {}),
+        (ExportOptions(runtime="apptainer", kit_root=str(hostile), bundle=str(bundle)), {"KIT_BUNDLE": str(bundle)}),
+    ]
+    for opts, extra in cases:
+        text = slurm_script(load_stack("sglang-serve"), opts)
+        settings = text[: text.index('MOUNTS="')]  # everything the script sets before it acts
+        names = ["KIT_ROOT", "IMAGE_FILE", "KIT_MODEL", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", *extra]
+        probe = settings + "".join(f'printf "%s\\0" "${name}"\n' for name in names)
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(exist_ok=True)
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SLURM_JOB_ID": "7"}
+        proc = subprocess.run(["bash", "-c", probe], cwd=run_dir, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        got = dict(zip(names, proc.stdout.split("\0")))
+        assert got["KIT_ROOT"] == str(hostile)
+        if opts.image_file:
+            assert got["IMAGE_FILE"] == str(image_file)
+            assert got["KIT_MODEL"] == HOSTILE and got["NCCL_SOCKET_IFNAME"] == HOSTILE and got["GLOO_SOCKET_IFNAME"] == HOSTILE
+        else:
+            assert got["KIT_BUNDLE"] == str(bundle) and got["IMAGE_FILE"] == f"{hostile}/.kit/images/mlsyskit+sglang+pypi.sif"
+        assert not list(run_dir.iterdir()) and not list(tmp_path.glob("pwned*")), "a value ran as a command"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kit_root": "/shared/a,b"}, "--kit-root '/shared/a,b': a path with ',' or ':'"),
+        ({"kit_root": "/shared/a:b"}, "--kit-root '/shared/a:b': a path with ',' or ':'"),
+        ({"image_registry": "ghcr.io/$(touch pwned)"}, "--image-registry 'ghcr.io/$(touch pwned)' is not a registry"),
+        ({"image_registry": "ghcr.io/me\n"}, "is not a registry"),
+    ],
+)
+def test_values_that_would_break_the_runtimes_syntax_are_refused_in_one_line(options, message):
+    with pytest.raises(UsageError) as caught:
+        slurm_script(load_stack("nccl-2node"), ExportOptions(**options))
+    assert message in str(caught.value) and caught.value.fix
+    assert "\n" not in str(caught.value)
