@@ -107,7 +107,9 @@ def leftovers(folder: Path) -> list[str]:
     found += [line for line in procs.splitlines() if re.search(r"slurmd|slurmctld|munged", line)]
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [line for line in netns.splitlines() if line.startswith("kitslurm-")]
-    found += [line for line in Path("/proc/mounts").read_text().splitlines() if "kitslurm-roots" in line]
+    found += [line for line in Path("/proc/mounts").read_text().splitlines() if str(folder / "roots") in line]
+    if (folder / "roots").exists():
+        found.append(f"{folder / 'roots'} (the stand-in's roots)")
     return found
 
 
@@ -119,6 +121,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
     folder = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "KIT_IMAGE_DIR": str(folder / "images"), "KIT_WORK_DIR": str(folder / "work")}
     env["HF_HOME"] = str(folder / "hf")
+    env["KIT_STANDIN_ROOTS"] = str(folder / "roots")  # made by `cluster.sh up`, private to root
     up = subprocess.run([str(CLUSTER), "up", str(folder)], capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, f"the Slurm cluster did not start:\n{up.stdout}{up.stderr}"
@@ -273,3 +276,39 @@ def test_sglang_pd_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     assert router["node"] == "n1" and router["t"] - max(s["t"] for s in servers.values()) >= 2
     assert router["env"]["KIT_PREFILL_URL"] == f"http://{NODES['n1']}:30000" and router["env"]["KIT_DECODE_URL"] == f"http://{NODES['n2']}:30000"
     assert f"ready: the decode server at {NODES['n2']}:30000" in out and "rehearsal reply from router on n1" in out
+
+
+# --- the tooling's own teardown (last: it takes the cluster down and brings it back up) -------
+
+
+def test_teardown_stops_running_job_steps_and_leaves_a_stale_pids_process_alone(slurm: Slurm):
+    """`cluster.sh down` while a job step runs on both nodes, with a pidfile whose PID now
+    belongs to an unrelated process: the steps (which outlive slurmd) are gone, the unrelated
+    process still runs, and nothing of the cluster is left."""
+    seconds = str(4000 + os.getpid() % 1000)  # the steps' command line, to find them by
+    script = slurm.folder / "long.sbatch"
+    script.write_text(f"#!/bin/bash\n#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n#SBATCH --output=%x-%j.out\nsrun sleep {seconds}\n")
+    slurm.sbatch(script, wait=False)
+
+    def steps() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"(^|/)sleep {seconds}$"], capture_output=True, text=True).stdout.split()
+
+    deadline = time.monotonic() + 60
+    while len(steps()) < 2:
+        assert time.monotonic() < deadline, f"the job's steps did not start: {steps()}"
+        time.sleep(0.5)
+    unrelated = subprocess.Popen(["sleep", "600"])
+    (slurm.folder / "run" / "slurmd-n2.pid").write_text(f"{unrelated.pid}\n")  # slurmd-n2's PID, reused
+    try:
+        down = subprocess.run([str(CLUSTER), "down", str(slurm.folder)], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert steps() == [], "job steps outlived the cluster"
+        assert unrelated.poll() is None, "down killed a process that only had a stale pidfile's PID"
+        assert leftovers(slurm.folder) == []
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+        for pid in steps():
+            os.kill(int(pid), 9)
+        up = subprocess.run([str(CLUSTER), "up", str(slurm.folder)], capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr

@@ -4,7 +4,7 @@
 # address, so that what crosses "the network" between nodes really does.
 #
 #   tests/slurm/cluster.sh up DIR     # start it; DIR holds its config, state, logs, sockets
-#   tests/slurm/cluster.sh down DIR   # stop what `up` started (by PID) and remove the namespaces
+#   tests/slurm/cluster.sh down DIR   # stop what `up` started and what its jobs left, remove the namespaces
 #
 # Layout (10.77.0.0/24): a bridge in the namespace kitslurm-br (10.77.0.1, slurmctld there),
 # nodes n1 (10.77.0.11) and n2 (10.77.0.12) in kitslurm-n1/-n2 with a veth named eth0 on the
@@ -24,17 +24,50 @@ HOST_ADDR=10.77.0.254
 
 netns() { echo "/run/netns/$PREFIX-$1"; }
 
-down() {
-  for pidfile in "$dir"/run/slurmd-*.pid "$dir"/run/slurmctld.pid "$dir"/munge/munged.pid; do
-    [ -s "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
+# stop_daemon PIDFILE NAME: stop the daemon a pidfile names, only while that PID is still
+# NAME of this cluster (its command line names $dir): a stale pidfile whose PID now belongs to
+# another process is left alone.
+stop_daemon() {
+  local pidfile=$1 name=$2 pid cmdline
+  [ -s "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  rm -f "$pidfile"
+  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+  case "$cmdline" in *"$name"*"$dir/"*) ;; *) return 0 ;; esac
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# stop_namespace NS: every process in the network namespace NS: slurmd or slurmctld and, on
+# a node, whatever its jobs left running (slurmstepd and the steps' programs outlive slurmd).
+stop_namespace() {
+  local ns=$1 pids
+  [ -e "$(netns "$ns")" ] || return 0
+  pids=$(ip netns pids "$PREFIX-$ns" 2>/dev/null || true)
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086 # one PID per word
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 50); do
+    pids=$(ip netns pids "$PREFIX-$ns" 2>/dev/null || true)
+    [ -n "$pids" ] || return 0
+    sleep 0.1
   done
+  # shellcheck disable=SC2086
+  kill -9 $pids 2>/dev/null || true
+  for _ in $(seq 50); do [ -z "$(ip netns pids "$PREFIX-$ns" 2>/dev/null || true)" ] && return 0; sleep 0.1; done
+  echo "warning: processes left in $PREFIX-$ns: $(ip netns pids "$PREFIX-$ns" 2>/dev/null | tr '\n' ' ')" >&2
+}
+
+down() {
+  for node in "${NODES[@]}"; do stop_namespace "$node"; done
+  stop_namespace br
+  for node in "${NODES[@]}"; do stop_daemon "$dir/run/slurmd-$node.pid" slurmd; done
+  stop_daemon "$dir/run/slurmctld.pid" slurmctld
+  stop_daemon "$dir/munge/munged.pid" munged
   ip link del "$PREFIX-host" 2>/dev/null || true
-  rm -rf /tmp/kitslurm-roots  # the apptainer stand-in's scratch roots (unmounted already)
+  rm -rf "$dir/roots"  # the apptainer stand-in's scratch roots (unmounted already)
   for ns in br "${NODES[@]}"; do ip netns del "$PREFIX-$ns" 2>/dev/null || true; done
 }
 
@@ -42,6 +75,9 @@ up() {
   down  # a cluster left by an interrupted run
   mkdir -p "$dir"/{state,log,run,munge,dev} "${NODES[@]/#/$dir/spool/}"
   chmod 755 "$dir" "$dir/munge"  # munge's clients must reach its socket
+  # The apptainer stand-in's roots and node /tmp folders (KIT_STANDIN_ROOTS): private to root,
+  # so that nobody can plant a link where it creates and chmods as root.
+  mkdir -m 700 "$dir/roots"
   : > "$dir/dev/gpu0"            # what gres.conf's File= names: GPUs slurmd can see
   if [ ! -s "$dir/munge/munge.key" ]; then
     head -c 1024 /dev/urandom > "$dir/munge/munge.key"
