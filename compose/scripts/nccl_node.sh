@@ -16,9 +16,13 @@ rank=${KIT_NODE_RANK:?KIT_NODE_RANK is not set}
 result=/tmp/nccl-result.json
 
 echo "node ${rank}/${KIT_NNODES:?} on $(hostname): ${nproc} process(es) on ${KIT_DEVICE:-cuda}, head ${KIT_HEAD:?}:${KIT_PORT:-29500}"
-# Static rendezvous: rank 0 hosts the TCP store, the others retry until it answers.
+# Static rendezvous: rank 0 hosts the TCP store, the others retry until it answers. torch's
+# store listens on every interface; with KIT_BIND_HOST (the Slurm exports give the head's
+# address) rank 0 starts torchrun through torchrun_bound.py, which binds it to that address.
+launcher=(torchrun)
+if [ "$rank" = 0 ] && [ -n "${KIT_BIND_HOST:-}" ]; then launcher=(python /opt/mlsyskit/stacks/torchrun_bound.py); fi
 # shellcheck disable=SC2086 # NCCL_TEST_ARGS holds extra flags, split on purpose
-torchrun --nnodes "$KIT_NNODES" --node-rank "$rank" --nproc-per-node "$nproc" \
+"${launcher[@]}" --nnodes "$KIT_NNODES" --node-rank "$rank" --nproc-per-node "$nproc" \
   --master-addr "$KIT_HEAD" --master-port "${KIT_PORT:-29500}" \
   -m smoke_tests.nccl "${args[@]}" --json "$result" ${NCCL_TEST_ARGS:-}
 

@@ -1,5 +1,6 @@
 """A client job: a few requests to an SGLang endpoint (a server or the router), each
-answer checked, then exit 0. KIT_TARGET is the base URL, KIT_REQUESTS how many."""
+answer checked, then exit 0. KIT_TARGET is the base URL, KIT_REQUESTS how many; with
+KIT_API_KEY set, each request carries it (`Authorization: Bearer KEY`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ import urllib.request
 TARGET = os.environ.get("KIT_TARGET", "http://server:30000").rstrip("/")
 REQUESTS = int(os.environ.get("KIT_REQUESTS", "4"))
 WAIT = float(os.environ.get("KIT_CLIENT_WAIT", "300"))
+API_KEY = os.environ.get("KIT_API_KEY", "")
 
 
 def call(path: str, body: dict | None = None, timeout: float = 120) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(TARGET + path, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if API_KEY:
+        headers["Authorization"] = f"Bearer {API_KEY}"
+    request = urllib.request.Request(TARGET + path, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.loads(answer.read() or b"{}")
 

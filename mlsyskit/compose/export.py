@@ -40,6 +40,9 @@ SCRIPTS_TARGET = "/opt/mlsyskit/stacks"
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 RAY_API = "ray.io/v1"
 SECRET_ENV = {"HF_TOKEN": ("hf-token", "token")}  # env var -> (Secret, key), optional in pods
+API_KEY_ENV, API_KEY_SECRET = "KIT_API_KEY", ("sglang-api-key", "key")  # --api-key: required in pods
+SGLANG_PATTERNS = ("server", "router", "pd")  # the stacks that serve SGLang's HTTP API
+KUBERAY_OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}  # the labels of KubeRay's Helm chart
 PART_OF = "mlsyskit"
 
 
@@ -62,6 +65,7 @@ class ExportOptions:
     cpu: bool = False  # Slurm: the stack's CPU variant (gloo, a CPU Ray cluster), no GPUs asked for
     image_file: str = ""  # Slurm: the image file on shared storage ("" = made on first use under $KIT_IMAGE_DIR)
     bundle: str = ""  # Slurm: an `invoke bundle` file on shared storage, the image source (no daemon, no registry)
+    api_key: bool = False  # SGLang stacks: KIT_API_KEY is required (Slurm: from the environment; k8s: a Secret)
     settings: tuple[str, ...] = ()  # --option NAME=VALUE: the stack's options (compose/stacks.py option_values)
 
 
@@ -243,13 +247,16 @@ class K8s:
 
     # pods -----------------------------------------------------------------------------
 
-    def env_list(self, env: Mapping[str, str], field_env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    def env_list(self, env: Mapping[str, str], field_env: Mapping[str, str] | None = None, *, api_key: bool = False) -> list[dict[str, Any]]:
         field_env = field_env or {}
         out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items() if k not in dict(field_env)]
         for name, path in dict(field_env).items():
             out.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
         for name, (secret, key) in SECRET_ENV.items():
             out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
+        if api_key:
+            secret, key = API_KEY_SECRET
+            out.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
         return out
 
     def container(
@@ -272,7 +279,7 @@ class K8s:
         else:
             out["command"] = list(body["command"])
         out["workingDir"] = body.get("working_dir", "/opt/mlsyskit")
-        out["env"] = self.env_list(env, field_env)
+        out["env"] = self.env_list(env, field_env, api_key=self.opts.api_key and spec.role != "prep")
         all_ports = list(ports) or ([("http", spec.port)] if spec.port else [])
         if all_ports:
             out["ports"] = [{"name": name, "containerPort": port} for name, port in all_ports]
@@ -643,9 +650,32 @@ class K8s:
         ]
         return objects
 
+    def network_policy(self) -> dict[str, Any]:
+        """Only the stack's own pods reach its pods' ports (a Ray head's dashboard also KubeRay:
+        its operator and the RayJob's submitter pod, named after the RayJob, submit and follow
+        the job through it). Other workloads need a policy of their own to reach a server."""
+        own = {"app.kubernetes.io/name": self.stack.name, "app.kubernetes.io/part-of": PART_OF}
+        ingress: list[dict[str, Any]] = [{"from": [{"podSelector": {"matchLabels": dict(own)}}]}]
+        if self.stack.pattern == "ray":
+            ingress.append(
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": self.stack.name}}},
+                        {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(KUBERAY_OPERATOR)}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 8265}],
+                }
+            )
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": self.meta(self.stack.name, "network"),
+            "spec": {"podSelector": {"matchLabels": own}, "policyTypes": ["Ingress"], "ingress": ingress},
+        }
+
     def objects(self) -> list[dict[str, Any]]:
         body = PATTERNS[self.stack.pattern].k8s(self)  # first: it decides which scripts the ConfigMap ships
-        return self.configmap_objects() + body
+        return self.configmap_objects() + body + [self.network_policy()]
 
 
 _SCRIPT_REF = re.compile(re.escape(SCRIPTS_TARGET) + r"/([\w.-]+)")
@@ -692,10 +722,17 @@ def trainer_command(shape: Shape) -> list[str]:
     ]
 
 
+def check_api_key(stack: ComposeStack, opts: ExportOptions) -> None:
+    if opts.api_key and stack.pattern not in SGLANG_PATTERNS:
+        sglang = ", ".join(name for name in stack_names() if load_stack(name).pattern in SGLANG_PATTERNS)
+        raise UsageError(f"--api-key: {stack.name} serves no SGLang API", fix=f"stacks with one: {sglang}")
+
+
 def k8s_shape(stack: ComposeStack, opts: ExportOptions) -> Shape:
     for flag, given in (("--cpu", opts.cpu), ("--image-file", opts.image_file), ("--kit-root", opts.kit_root), ("--bundle", opts.bundle)):
         if given:
             raise UsageError(f"{flag} is for `invoke export slurm`; Kubernetes pods ask for GPUs and pull the image")
+    check_api_key(stack, opts)
     return shape_for(stack, opts)
 
 
@@ -715,6 +752,10 @@ def k8s_yaml(stack: ComposeStack, opts: ExportOptions) -> str:
         if obj["kind"] in needs:
             header += f"# Needs {needs[obj['kind']]} in the cluster.\n"
     header += "# Optional: a Secret `hf-token` with key `token` gives the pods HF_TOKEN.\n"
+    if opts.api_key:
+        header += f"# Needs a Secret `{API_KEY_SECRET[0]}` with key `{API_KEY_SECRET[1]}`: SGLang serves only requests that carry it.\n"
+    header += "# A NetworkPolicy lets only the stack's own pods reach its ports"
+    header += " (none applies with --host-network).\n" if opts.host_network else ": add one of your own to open a server to others.\n"
     return header + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=120) for o in objects)
 
 
@@ -830,10 +871,28 @@ def _import_function(build: str, *, bundle: str = "", image: str = "") -> list[s
     return [*lines, "}"]
 
 
+def _api_key_lines(opts: ExportOptions) -> list[str]:
+    """SGLang behind KIT_API_KEY: taken from the environment sbatch passes on, never written here."""
+    lines = [
+        "# --- the API key: with KIT_API_KEY set where you submit (sbatch passes the environment on),",
+        "# SGLang and the router serve only requests that carry it. It is never written here.",
+    ]
+    if opts.api_key:
+        lines += [
+            'if [ -z "${KIT_API_KEY:-}" ]; then',
+            '  echo "error: this script was exported with --api-key: set KIT_API_KEY where you run sbatch" \\',
+            '    "(it passes the environment on; --export=NONE or a list without it drops it)" >&2',
+            "  exit 2",
+            "fi",
+        ]
+    return [*lines, ""]
+
+
 def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     if opts.runtime not in RUNTIMES:
         raise UsageError(f"--runtime {opts.runtime}: not one of {', '.join(RUNTIMES)}")
     check_script_inputs(opts)
+    check_api_key(stack, opts)
     if opts.image_file and not Path(opts.image_file).is_file():
         raise UsageError(f"--image-file {opts.image_file}: no such file", fix="make it first (apptainer build / enroot import), or leave --image-file out")
     shape = shape_for(stack, opts)
@@ -857,6 +916,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         source = f"docker://{image}" if opts.image_registry else f"docker-daemon://{image}"
         importer = _import_function(f'apptainer build "$part" {shlex.quote(source)}')
         launch = apptainer_launch
+    steps = PATTERNS[stack.pattern].slurm(stack, shape)
     ifname = opts.ifname
     device = "cpu" if opts.cpu else "cuda"
     on = "CPU only" if opts.cpu else f"{shape.gpus_per_node} GPU(s)"
@@ -927,6 +987,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         "fi",
         'say "image: $IMAGE_FILE"',
         "",
+        *(_api_key_lines(opts) if stack.pattern in SGLANG_PATTERNS else []),
         "# --- the nodes; the first is the head (rank 0, Ray head, SGLang leader) --------------",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         "HEAD=${NODES[0]}",
@@ -935,6 +996,20 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         'HEAD_ADDR=$(node_addr "$HEAD")',
         "export KIT_HEAD=${KIT_HEAD_ADDRESS:-${HEAD_ADDR:-$HEAD}}",
         'say "nodes: ${NODES[*]}; head $HEAD at $KIT_HEAD"',
+        "# Every node's address in the order of NODES (the head's is KIT_HEAD): what its services",
+        "# listen on (KIT_BIND_HOST), so that none listens on more than the job's own network.",
+        'NODE_ADDRS=("$KIT_HEAD")',
+        'for node in "${NODES[@]:1}"; do addr=$(node_addr "$node"); NODE_ADDRS+=("${addr:-$node}"); done',
+        'export KIT_NODE_ADDRS="${NODE_ADDRS[*]}"',
+        *(
+            [
+                "# A step on several nodes starts with ON_NODE: the node's rank and its address.",
+                "# shellcheck disable=SC2016 # expands inside each task, not here",
+                "ON_NODE='export KIT_NODE_RANK=$SLURM_NODEID; addrs=($KIT_NODE_ADDRS); export KIT_BIND_HOST=${addrs[$SLURM_NODEID]};'",
+            ]
+            if any("$ON_NODE" in line for line in steps)
+            else []
+        ),
         "",
         "# in_container SRUN_ARGS... -- COMMAND...: a job step running COMMAND in the image",
         "in_container() {",
@@ -987,7 +1062,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         "trap cleanup EXIT",
         "",
     ]
-    lines += PATTERNS[stack.pattern].slurm(stack, shape)
+    lines += steps
     return "\n".join(lines) + "\n"
 
 
@@ -997,16 +1072,18 @@ def _slurm_nodes(stack: ComposeStack, shape: Shape) -> list[str]:
     return [
         f"# --- torchrun on every node, rank = the node's index, rendezvous on the head:{port} ---",
         f"export KIT_PORT={port}",
-        "# shellcheck disable=SC2016 # $SLURM_NODEID expands inside each task, not here",
+        "# rank 0's torchrun store listens on the head's address only (KIT_BIND_HOST)",
         'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
-        f"  bash -c 'export KIT_NODE_RANK=$SLURM_NODEID; exec bash {SCRIPTS_TARGET}/nccl_node.sh'",
+        f'  bash -c "$ON_NODE exec bash {SCRIPTS_TARGET}/nccl_node.sh"',
     ]
 
 
 def _slurm_ray(stack: ComposeStack, shape: Shape) -> list[str]:
     return [
         "# --- Ray: the head, then the workers once it answers; the driver on the head ----------",
-        "export KIT_RAY_PORT=6379 KIT_DASHBOARD_PORT=8265",
+        "# The dashboard (and its job API, which runs code as you) on the head's loopback only: the",
+        "# driver below reaches Ray through the GCS; `ssh -L 8265:localhost:8265 HEAD` to look at it.",
+        "export KIT_RAY_PORT=6379 KIT_DASHBOARD_PORT=8265 KIT_DASHBOARD_HOST=127.0.0.1",
         f'in_container --nodes=1 --ntasks=1 -w "$HEAD" -- bash {SCRIPTS_TARGET}/ray_head.sh &',
         'started $! "the Ray head on $HEAD"',
         'wait_for "the Ray head on $HEAD" 600 in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- ray status --address "$KIT_HEAD:$KIT_RAY_PORT"',
@@ -1047,9 +1124,9 @@ def _slurm_server(stack: ComposeStack, shape: Shape) -> list[str]:
         "# --- the model (the tiny one is written from a config, no hub), then SGLang on every node ---",
         *_SLURM_MODEL,
         f"export KIT_SERVE_PORT={port} KIT_DIST_PORT=20000",
-        "# shellcheck disable=SC2016 # $SLURM_NODEID expands inside each task, not here",
+        "# each node's server listens on that node's address (KIT_BIND_HOST)",
         'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
-        f"  bash -c 'export KIT_NODE_RANK=$SLURM_NODEID; exec bash {SCRIPTS_TARGET}/sglang_server.sh' &",
+        f'  bash -c "$ON_NODE exec bash {SCRIPTS_TARGET}/sglang_server.sh" &',
         "SERVERS=$!",
         'started "$SERVERS" "the SGLang servers"',
         "# Only rank 0 answers /health truthfully: ranks >= 1 say 200 whatever their state.",
@@ -1066,18 +1143,19 @@ def _slurm_router(stack: ComposeStack, shape: Shape) -> list[str]:
     return [
         "# --- the model, then one SGLang worker per node (one GPU each), then the router --------",
         *_SLURM_MODEL,
-        f'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- env KIT_NNODES=1 KIT_GPUS=1 KIT_SERVE_PORT={port} bash {SCRIPTS_TARGET}/sglang_server.sh &',
+        "# each worker listens on its node's address (KIT_BIND_HOST)",
+        'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
+        f'  bash -c "$ON_NODE exec env KIT_NNODES=1 KIT_GPUS=1 KIT_SERVE_PORT={port} bash {SCRIPTS_TARGET}/sglang_server.sh" &',
         "WORKERS=$!",
         'started "$WORKERS" "the SGLang workers"',
-        "ADDRS=()",
-        'for node in "${NODES[@]}"; do addr=$(node_addr "$node"); ADDRS+=("${addr:-$node}"); done',
-        'for addr in "${ADDRS[@]}"; do',
+        'for addr in "${NODE_ADDRS[@]}"; do',
         f'  wait_for "the worker at $addr:{port}" 3600 curl -fsS "http://$addr:{port}/health"',
         "done",
         "# The router shares the head node's network with a worker: it serves on ROUTER_PORT.",
         "ROUTER_PORT=${ROUTER_PORT:-8000}",
-        f'export KIT_WORKER_HOSTS="${{ADDRS[*]}}" KIT_WORKER_PORT={port}',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_SERVE_PORT="$ROUTER_PORT" bash {SCRIPTS_TARGET}/sglang_router.sh &',
+        f'export KIT_WORKER_HOSTS="${{NODE_ADDRS[*]}}" KIT_WORKER_PORT={port}',
+        'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- \\',
+        f'  env KIT_SERVE_PORT="$ROUTER_PORT" KIT_BIND_HOST="$KIT_HEAD" bash {SCRIPTS_TARGET}/sglang_router.sh &',
         'started $! "the router"',
         'wait_for "the router on $HEAD:$ROUTER_PORT" 600 curl -fsS "http://$KIT_HEAD:$ROUTER_PORT/health"',
         f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:$ROUTER_PORT" python {SCRIPTS_TARGET}/sglang_client.py',
@@ -1118,9 +1196,9 @@ def _slurm_pd(stack: ComposeStack, shape: Shape) -> list[str]:
             "DECODE_STEP=()",
         ]
     lines += [
-        "# each server's own NCCL port: on one node they share the network",
-        'PREFILL_ENV+=(KIT_SERVE_PORT="$PREFILL_PORT" KIT_NCCL_PORT=30100)',
-        'DECODE_ENV+=(KIT_SERVE_PORT="$DECODE_PORT" KIT_NCCL_PORT=30200)',
+        "# each server's own NCCL port (on one node they share the network) and its node's address",
+        'PREFILL_ENV+=(KIT_SERVE_PORT="$PREFILL_PORT" KIT_NCCL_PORT=30100 KIT_BIND_HOST="$PREFILL_ADDR")',
+        'DECODE_ENV+=(KIT_SERVE_PORT="$DECODE_PORT" KIT_NCCL_PORT=30200 KIT_BIND_HOST="$DECODE_ADDR")',
         f'in_container --nodes=1 --ntasks=1 -w "$PREFILL_NODE" -- env "${{PREFILL_ENV[@]}}" bash {SCRIPTS_TARGET}/sglang_server.sh &',
         'started $! "the prefill server on $PREFILL_NODE"',
         f'in_container "${{DECODE_STEP[@]}}" --nodes=1 --ntasks=1 -w "$DECODE_NODE" -- env "${{DECODE_ENV[@]}}" bash {SCRIPTS_TARGET}/sglang_server.sh &',
@@ -1130,7 +1208,7 @@ def _slurm_pd(stack: ComposeStack, shape: Shape) -> list[str]:
         'wait_for "the decode server at $DECODE_ADDR:$DECODE_PORT" 3600 curl -fsS "http://$DECODE_ADDR:$DECODE_PORT/health"',
         "# The router hands the decode server the prefill URL's host as the bootstrap host: an address.",
         "ROUTER_PORT=${ROUTER_PORT:-8000}",
-        'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_SERVE_PORT="$ROUTER_PORT" \\',
+        'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_SERVE_PORT="$ROUTER_PORT" KIT_BIND_HOST="$KIT_HEAD" \\',
         f'  KIT_PREFILL_URL="http://$PREFILL_ADDR:$PREFILL_PORT" KIT_DECODE_URL="http://$DECODE_ADDR:$DECODE_PORT" bash {SCRIPTS_TARGET}/sglang_router.sh &',
         'started $! "the router"',
         'wait_for "the router on $HEAD:$ROUTER_PORT" 600 curl -fsS "http://$KIT_HEAD:$ROUTER_PORT/health"',

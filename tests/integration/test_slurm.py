@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,9 +212,9 @@ def test_gpu_scripts_are_accepted_and_scheduled_on_the_nodes_gpus(slurm: Slurm, 
     assert too_many.returncode != 0, too_many.stderr
 
 
-def _rehearse(slurm: Slurm, script: Path, announce: str) -> tuple[str, list[dict]]:
-    log = slurm.folder / f"rehearsal-{script.stem}.jsonl"
-    job = slurm.sbatch(script, runtime=REHEARSAL, env={"KIT_REHEARSAL_LOG": str(log)}, wait=False)
+def _rehearse(slurm: Slurm, script: Path, announce: str, env: dict[str, str] | None = None) -> tuple[str, list[dict]]:
+    log = slurm.folder / f"rehearsal-{script.stem}-{time.monotonic_ns()}.jsonl"
+    job = slurm.sbatch(script, runtime=REHEARSAL, env={"KIT_REHEARSAL_LOG": str(log), **(env or {})}, wait=False)
     try:
         deadline = time.monotonic() + 120
         while announce not in job.text:
@@ -240,7 +240,9 @@ def test_sglang_serve_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     # ...and only once rank 0 answered /health (the rehearsal answers 503 for its first 2 s)
     assert client[0]["t"] - max(s["t"] for s in steps if s["step"] == "server") >= 2
     # the script waited for readiness (the rehearsal answers /health only after a delay)
-    assert "ready: SGLang on n1:30000" in out and "rehearsal client: rehearsal reply from server rank 0 on n1" in out
+    assert "ready: SGLang on n1:30000" in out and "'rehearsal reply from server rank 0 on n1'" in out  # the stack's real client
+    # each server listened on its own node's address, not on every interface
+    assert {s["node"]: s["env"]["KIT_BIND_HOST"] for s in steps if s["step"] == "server"} == NODES
 
 
 def test_sglang_router_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
@@ -254,6 +256,8 @@ def test_sglang_router_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     # the router started only once every worker answered /health (503 for their first 2 s)
     assert router["t"] - max(s["t"] for s in steps if s["step"] == "server") >= 2
     assert router["env"]["KIT_WORKER_HOSTS"] == f"http://{NODES['n1']}:30000 http://{NODES['n2']}:30000"
+    assert router["env"]["KIT_BIND_HOST"] == NODES["n1"]
+    assert {s["node"]: s["env"]["KIT_BIND_HOST"] for s in steps if s["step"] == "server"} == NODES
     for address in NODES.values():
         assert f"ready: the worker at {address}:30000" in out
     assert steps[-1]["env"]["KIT_TARGET"] == f"http://{NODES['n1']}:8000" and "rehearsal reply from router on n1" in out
@@ -276,7 +280,181 @@ def test_sglang_pd_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     assert router["node"] == "n1" and router["t"] - max(s["t"] for s in servers.values()) >= 2
     assert router["env"]["KIT_PREFILL_URL"] == f"http://{NODES['n1']}:30000" and router["env"]["KIT_DECODE_URL"] == f"http://{NODES['n2']}:30000"
     assert f"ready: the decode server at {NODES['n2']}:30000" in out and "rehearsal reply from router on n1" in out
+    assert servers["prefill"]["env"]["KIT_BIND_HOST"] == NODES["n1"] and servers["decode"]["env"]["KIT_BIND_HOST"] == NODES["n2"]
 
+
+
+# --- what listens where --------------------------------------------------------------------
+
+
+def listening(node: str) -> set[str]:
+    """The TCP sockets listening in a node's network namespace, as ADDRESS:PORT."""
+    out = subprocess.run(["ip", "netns", "exec", f"kitslurm-{node}", "ss", "-Hltn"], capture_output=True, text=True).stdout
+    return {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
+
+
+def watch_listening(node: str, until: Callable[[], bool], timeout: float = 900) -> set[str]:
+    """Every listening socket seen on NODE while a job runs (polled until `until()`)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not until():
+        seen |= listening(node)
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.2)
+    return seen
+
+
+def job_ended(slurm: Slurm, job: Job) -> Callable[[], bool]:
+    def ended() -> bool:
+        return not slurm.run("squeue", "-h", "-j", job.id).stdout.strip()
+
+    return ended
+
+
+def test_nccl_2node_torchrun_store_listens_on_the_heads_address_only(slurm: Slurm, build_topic):
+    build_topic("distributed")
+    script = slurm.export("nccl-2node", "--cpu", "--runtime", "apptainer")
+    job = slurm.sbatch(script, wait=False)
+    seen = watch_listening("n1", job_ended(slurm, job))
+    job.returncode = slurm.wait_ended(job)
+    assert job.returncode == 0, job.text
+    store = {sock for sock in seen if sock.endswith(":29500")}
+    assert store == {f"{NODES['n1']}:29500"}, seen  # not 0.0.0.0 / [::] / *
+    assert f"the rendezvous store listens on {NODES['n1']}:29500 only" in job.text
+
+
+def test_verl_ray_dashboard_listens_on_the_heads_loopback_only(slurm: Slurm, build_topic):
+    build_topic("verl")
+    script = slurm.export("verl", "--cpu", "--runtime", "apptainer")
+    job = slurm.sbatch(script, wait=False)
+    seen = watch_listening("n1", job_ended(slurm, job))
+    job.returncode = slurm.wait_ended(job)
+    assert job.returncode == 0, job.text
+    assert {sock for sock in seen if sock.endswith(":8265")} == {"127.0.0.1:8265"}, seen
+
+
+def test_sglang_servers_listen_on_their_nodes_address(slurm: Slurm):
+    """The rehearsal serves where the script tells SGLang to (KIT_BIND_HOST): on each node's
+    address, reachable from the other node, and not on every interface."""
+    script = slurm.export("sglang-serve", "--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1")
+    log = slurm.folder / "rehearsal-bind.jsonl"
+    job = slurm.sbatch(script, runtime=REHEARSAL, env={"KIT_REHEARSAL_LOG": str(log)}, wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving at" not in job.text:
+            assert time.monotonic() < deadline, job.text
+            time.sleep(1)
+        for node, address in NODES.items():
+            assert {s for s in listening(node) if s.endswith(":30000")} == {f"{address}:30000"}
+    finally:
+        slurm.run("scancel", job.id)
+        slurm.wait_gone(job)
+
+
+def test_sglang_behind_the_api_key_from_the_environment(slurm: Slurm):
+    """Exported with --api-key: without KIT_API_KEY the job stops with one line; with it, the
+    servers want it and the stack's client sends it; the key is in no file and no argv."""
+    canary = "kit-canary-7f3a9c"
+    script = slurm.export("sglang-serve", "--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1", "--api-key")
+    assert canary not in script.read_text()
+    missing = slurm.sbatch(script, runtime=REHEARSAL, env={"KIT_REHEARSAL_LOG": str(slurm.folder / "nokey.jsonl")})
+    errors = [line for line in missing.text.splitlines() if line.startswith("error:")]
+    assert missing.returncode == 2 and len(errors) == 1 and "exported with --api-key: set KIT_API_KEY" in errors[0], missing.text
+    out, steps = _rehearse(slurm, script, "serving at", env={"KIT_API_KEY": canary})
+    servers = [s for s in steps if s["step"] == "server"]
+    assert len(servers) == 2 and all(s["api_key"] for s in servers)
+    assert "client: 1 request(s) answered by" in out  # the real client, with the key, against servers that want it
+    assert canary not in out and not any(canary in " ".join(s["command"]) for s in steps)
+
+
+# --- values from outside stay values; the image file from a bundle ---------------------------
+
+HOSTILE = "$(touch pwned) } ' \" `touch pwned2` a  b"
+
+
+def fake_bundle(path: Path, images: bytes = b"rehearsal layers") -> Path:
+    """A bundle the export and the nodes read (manifest, images.tar); the rehearsal's
+    `apptainer build` does not look inside the archive."""
+    import hashlib
+    import io
+    import tarfile
+
+    files = [{"name": "mlsyskit-bundle/images.tar", "size": len(images), "sha256": hashlib.sha256(images).hexdigest()}]
+    manifest = json.dumps({"images": [{"id": "sha256:x", "tags": ["mlsyskit/sglang:pypi"]}], "files": files}).encode()
+    with tarfile.open(path, "w") as archive:
+        for name, body in (("mlsyskit-bundle/images.tar", images), ("mlsyskit-bundle/manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            archive.addfile(info, io.BytesIO(body))
+    return path
+
+
+def pwned(slurm: Slurm) -> list[str]:
+    places = [slurm.folder, REPO_ROOT, Path("/tmp"), Path.home(), Path("/")]
+    return [str(p) for place in places for p in (place.rglob("pwned*") if place == slurm.folder else place.glob("pwned*"))]
+
+
+def test_hostile_option_values_run_nothing_and_arrive_intact(slurm: Slurm):
+    """--model, --ifname, --kit-root, --image-file and --bundle filled with command
+    substitutions, a closing brace, quotes and spaces: the job runs them as values."""
+    hostile_dir = slurm.folder / HOSTILE
+    hostile_dir.mkdir()
+    kit_root = hostile_dir / "kit"
+    kit_root.symlink_to(REPO_ROOT)  # the checkout, under a hostile name
+    image_file = hostile_dir / f"{HOSTILE}.sif"
+    image_file.write_text("rehearsal image\n")
+    flags = ("--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1", "--kit-root", str(kit_root))
+    script = slurm.export("sglang-serve", *flags, "--model", HOSTILE, "--ifname", HOSTILE, "--image-file", str(image_file))
+    out, steps = _rehearse(slurm, script, "serving at")
+    for step in steps:
+        env = step["env"]
+        assert env["KIT_MODEL"] == HOSTILE and env["NCCL_SOCKET_IFNAME"] == HOSTILE and env["GLOO_SOCKET_IFNAME"] == HOSTILE
+        assert step["image"] == str(image_file)
+        assert f"{kit_root}/compose/scripts:/opt/mlsyskit/stacks:ro" in step["binds"]
+    assert "client: 1 request(s) answered by" in out  # run from the hostile kit root
+    bundle = fake_bundle(hostile_dir / f"{HOSTILE}.bundle")
+    script = slurm.export("sglang-serve", *flags, "--bundle", str(bundle))
+    images = slurm.folder / "images-hostile"
+    out, steps = _rehearse(slurm, script, "serving at", env={"KIT_IMAGE_DIR": str(images)})
+    assert f"image: {images}/mlsyskit+sglang+pypi.sif" in out and steps[0]["image"] == f"{images}/mlsyskit+sglang+pypi.sif"
+    assert sorted(p.name for p in images.iterdir()) == ["mlsyskit+sglang+pypi.sif", "mlsyskit+sglang+pypi.sif.lock"]
+    assert pwned(slurm) == []
+
+
+def test_a_changed_bundle_is_refused_on_the_node_before_apptainer_reads_it(slurm: Slurm):
+    bundle = fake_bundle(slurm.folder / "changed.bundle")
+    script = slurm.export("sglang-serve", "--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1", "--bundle", str(bundle))
+    fake_bundle(bundle, images=b"other layers")  # replaced on shared storage after the export
+    images = slurm.folder / "images-changed"
+    job = slurm.sbatch(script, runtime=REHEARSAL, env={"KIT_IMAGE_DIR": str(images), "KIT_REHEARSAL_LOG": str(slurm.folder / "changed.jsonl")})
+    errors = [line for line in job.text.splitlines() if line.startswith("error:")]
+    assert job.returncode == 2 and len(errors) == 1, job.text
+    assert "mlsyskit-bundle/images.tar in" in errors[0] and "not the" in errors[0] and "recorded at export" in errors[0]
+    assert [p.name for p in images.iterdir()] == ["mlsyskit+sglang+pypi.sif.lock"]  # no image, no half, no archive
+    assert not (slurm.folder / "changed.jsonl").exists()  # no step ran
+
+
+def test_a_job_killed_while_importing_leaves_no_image_file_a_later_job_accepts(slurm: Slurm, tmp_path):
+    """The import is killed halfway (scancel while `apptainer build` writes): no image file is
+    left, only a half under a temporary name, which the next job removes before it imports."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "apptainer").write_text('#!/bin/sh\n[ "$1" = build ] && { echo half > "$2"; exec sleep 600; }\nexit 1\n')
+    (slow / "apptainer").chmod(0o755)
+    script = slurm.export("sglang-serve", "--runtime", "apptainer", "--nodes", "2", "--gpus-per-node", "1")
+    images = slurm.folder / "images-killed"
+    job = slurm.sbatch(script, runtime=slow, env={"KIT_IMAGE_DIR": str(images)}, wait=False)
+    deadline = time.monotonic() + 60
+    while not list(images.glob("*.part-*")) if images.exists() else True:
+        assert time.monotonic() < deadline, job.text
+        time.sleep(0.5)
+    slurm.run("scancel", job.id)
+    slurm.wait_gone(job)
+    image = images / "mlsyskit+sglang+pypi.sif"
+    assert not image.exists() and [p.name for p in images.glob("*.part-*")] == [f"{image.name}.part-{job.id}"]
+    out, _ = _rehearse(slurm, script, "serving at", env={"KIT_IMAGE_DIR": str(images)})
+    assert "importing the image to" in out and image.read_text().startswith("rehearsal image")
+    assert not list(images.glob("*.part-*"))
 
 # --- the tooling's own teardown (last: it takes the cluster down and brings it back up) -------
 

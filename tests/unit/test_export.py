@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from invoke import Exit, MockContext
 
 import tasks
+from mlsyskit import REPO_ROOT
 from mlsyskit.compose.export import (
     ExportOptions,
     k8s_objects,
@@ -163,7 +165,7 @@ def test_validators_catch_a_wrong_field():
     service["spec"]["port"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(service)
-    rayjob = json.loads(json.dumps(k8s_objects(load_stack("verl"), ExportOptions())[-1]))
+    rayjob = json.loads(json.dumps(by_kind(k8s_objects(load_stack("verl"), ExportOptions()), "RayJob")))
     rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limit"] = {}
     with pytest.raises(AssertionError, match="limit"):
         validate(rayjob)
@@ -304,7 +306,7 @@ def test_nccl_is_an_indexed_job_with_a_headless_service():
 def test_configmaps_ship_exactly_the_files_the_commands_use():
     needed = kit_files(load_stack("nccl-2node"))
     assert {p.name: sorted(v) for p, v in needed.items()} == {
-        "scripts": ["nccl_node.sh"],
+        "scripts": ["nccl_node.sh", "torchrun_bound.py"],  # rank 0's store bound to one address
         "smoke_tests": ["__init__.py", "_hardware.py", "_result.py", "gpu_peaks.toml", "nccl.py"],  # the peaks table nccl.py reads
     }
     objects = k8s_objects(load_stack("verl"), ExportOptions())
@@ -358,7 +360,7 @@ def test_slurm_addresses_come_from_slurm_not_name_resolution():
         text = slurm_script(load_stack(name), ExportOptions())
         assert 'HEAD_ADDR=$(node_addr "$HEAD")' in text and "export KIT_HEAD=${KIT_HEAD_ADDRESS:-${HEAD_ADDR:-$HEAD}}" in text
     router = slurm_script(load_stack("sglang-router"), ExportOptions())
-    assert 'export KIT_WORKER_HOSTS="${ADDRS[*]}"' in router
+    assert 'export KIT_WORKER_HOSTS="${NODE_ADDRS[*]}"' in router
 
 
 def test_slurm_image_file_is_taken_as_given(tmp_path):
@@ -631,3 +633,173 @@ def test_values_that_would_break_the_runtimes_syntax_are_refused_in_one_line(opt
         slurm_script(load_stack("nccl-2node"), ExportOptions(**options))
     assert message in str(caught.value) and caught.value.fix
     assert "\n" not in str(caught.value)
+
+
+# --- nothing listens wider than it must -----------------------------------------------------
+
+
+def test_slurm_services_listen_on_their_nodes_address_and_ray_dashboard_on_loopback():
+    for name in ("nccl-2node", "sglang-serve", "sglang-router"):
+        text = slurm_script(load_stack(name), ExportOptions())
+        assert 'NODE_ADDRS=("$KIT_HEAD")' in text and 'export KIT_NODE_ADDRS="${NODE_ADDRS[*]}"' in text
+        assert "export KIT_BIND_HOST=${addrs[$SLURM_NODEID]};'" in text
+        # every step on several nodes sets its node's rank and address first
+        multi = [line for line in text.splitlines() if line.startswith("  bash -c ")]
+        assert multi and all(line.startswith('  bash -c "$ON_NODE exec ') for line in multi), multi
+    for name in ("sglang-router", "sglang-pd"):
+        text = slurm_script(load_stack(name), ExportOptions(nodes=2, gpus_per_node=1) if name == "sglang-pd" else ExportOptions())
+        router = next(line for line in text.splitlines() if "sglang_router.sh" in line or "KIT_SERVE_PORT=\"$ROUTER_PORT\"" in line)
+        assert 'KIT_BIND_HOST="$KIT_HEAD"' in router
+    pd = slurm_script(load_stack("sglang-pd"), ExportOptions(nodes=2, gpus_per_node=1))
+    assert 'KIT_BIND_HOST="$PREFILL_ADDR"' in pd and 'KIT_BIND_HOST="$DECODE_ADDR"' in pd
+    verl = slurm_script(load_stack("verl"), ExportOptions())
+    assert "KIT_DASHBOARD_HOST=127.0.0.1" in verl and "0.0.0.0" not in verl
+
+
+def _run_script(tmp_path, script: str, env: dict[str, str], fakes: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run a compose script with fake programs first on PATH; each records its argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls.jsonl"
+    for name, body in fakes.items():
+        fake = bin_dir / name
+        fake.write_text(f"#!{sys.executable}\nimport json, os, sys\nopen({str(calls)!r}, 'a').write(json.dumps(sys.argv) + '\\n')\n{body}\n")
+        fake.chmod(0o755)
+    full = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), **env}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "compose" / "scripts" / script)], env=full, capture_output=True, text=True, timeout=60)
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return proc, recorded
+
+
+def test_sglang_server_listens_on_kit_bind_host(tmp_path):
+    proc, calls = _run_script(tmp_path, "sglang_server.sh", {"KIT_MODEL": "m", "KIT_BIND_HOST": "10.1.2.3"}, {"python": ""})
+    assert proc.returncode == 0, proc.stderr
+    (server,) = [c for c in calls if "sglang.launch_server" in c]
+    assert server[server.index("--host") + 1] == "10.1.2.3"
+    proc, calls = _run_script(tmp_path, "sglang_server.sh", {"KIT_MODEL": "m"}, {"python": ""})
+    server = [c for c in calls if "sglang.launch_server" in c][-1]
+    assert server[server.index("--host") + 1] == "0.0.0.0"  # a container's own network
+
+
+# Runs a program of the scripts' folder (mounted at /opt/mlsyskit/stacks in the containers) from
+# the checkout, with the real Python.
+RUN_REAL = f"""
+    args = [a.replace("/opt/mlsyskit/stacks/", {str(REPO_ROOT / "compose" / "scripts") + "/"!r}) for a in args]
+    os.execv({sys.executable!r}, [{sys.executable!r}, *args])
+"""
+
+# A stand-in for SGLang's launcher: reads --config as SGLang does, then logs its arguments as
+# SGLang 0.5.23 does (the key among them), and says where the config was.
+FAKE_SGLANG = """
+args = sys.argv[1:]
+if args[:2] == ["-m", "sglang.launch_server"]:
+    config = args[args.index("--config") + 1]
+    key = open(config).read().split(": ", 1)[1].strip()
+    print("server_args={'api_key': " + repr(json.loads(key)) + "}", flush=True)
+    print("config was " + config, flush=True)
+else:""" + RUN_REAL
+
+
+def test_sglang_server_gets_the_api_key_through_a_private_file_never_argv_and_masks_it(tmp_path):
+    key = "k3y-'with\"quotes $(touch pwned)"
+    proc, calls = _run_script(tmp_path, "sglang_server.sh", {"KIT_MODEL": "m", "KIT_API_KEY": key}, {"python": FAKE_SGLANG})
+    assert proc.returncode == 0, proc.stderr
+    (server,) = [c for c in calls if "sglang.launch_server" in c]
+    assert all(key not in arg for call in calls for arg in call)  # not in any program's argv (ps)
+    assert "--api-key" not in server and server[server.index("--config") + 1].endswith("/api-key.yaml")
+    assert key not in proc.stdout + proc.stderr and "server_args={'api_key': '***'}" in proc.stdout
+    folder = Path(proc.stdout.split("config was ")[1].split()[0]).parent
+    assert not folder.exists()  # removed once SGLang had read it
+    assert not (tmp_path / "pwned").exists()
+
+
+FAKE_ROUTER = """
+args = sys.argv[1:]
+if args[:1] == ["-c"] and "launch_router" in args[1]:
+    print("router api_key=" + os.environ.get("KIT_API_KEY", "(not in its environment)"), flush=True)
+    print("router argv " + " ".join(args[2:]), flush=True)
+else:""" + RUN_REAL
+
+
+def test_sglang_router_listens_on_kit_bind_host_and_takes_the_key_inside_python(tmp_path):
+    env = {"KIT_WORKER_HOSTS": "10.0.0.1 10.0.0.2", "KIT_BIND_HOST": "10.0.0.1", "KIT_API_KEY": "s3cret"}
+    proc, calls = _run_script(tmp_path, "sglang_router.sh", env, {"python": FAKE_ROUTER})
+    assert proc.returncode == 0, proc.stderr
+    (router,) = [c for c in calls if c[1:2] == ["-c"] and "launch_router" in c[2]]
+    assert router[router.index("--host") + 1] == "10.0.0.1" and "--api-key" not in router
+    assert "os.environ.pop(\"KIT_API_KEY\")" in router[2]  # the key goes to the router's args in Python
+    assert "s3cret" not in proc.stdout and "router api_key=***" in proc.stdout
+    proc, calls = _run_script(tmp_path, "sglang_router.sh", {"KIT_WORKER_HOSTS": "w"}, {"python": ""})
+    plain = [c for c in calls if "sglang_router.launch_router" in c][-1]
+    assert plain[plain.index("--host") + 1] == "0.0.0.0" and "--api-key" not in plain
+
+
+def test_ray_head_dashboard_host_and_the_nccl_store_launcher(tmp_path):
+    proc, calls = _run_script(tmp_path, "ray_head.sh", {"KIT_DASHBOARD_HOST": "127.0.0.1"}, {"ray": ""})
+    assert proc.returncode == 0 and calls[-1][calls[-1].index("--dashboard-host") + 1] == "127.0.0.1"
+    base = {"KIT_NNODES": "2", "KIT_HEAD": "10.0.0.1", "KIT_DEVICE": "cpu"}
+    fakes = {"torchrun": "", "python": "sys.exit(0) if '-' in sys.argv[1:2] else None"}
+    for rank, bind, launcher in [("0", "10.0.0.1", "/opt/mlsyskit/stacks/torchrun_bound.py"), ("1", "10.0.0.2", "--nnodes"), ("0", "", "--nnodes")]:
+        env = {**base, "KIT_NODE_RANK": rank, **({"KIT_BIND_HOST": bind} if bind else {})}
+        proc, calls = _run_script(tmp_path, "nccl_node.sh", env, fakes)
+        assert proc.returncode == 0, proc.stderr
+        started = [c for c in calls if "--master-addr" in c][-1]
+        assert started[1] == launcher, started  # only rank 0 with an address binds the store
+
+
+def test_api_key_is_required_by_name_never_written_and_refused_where_nothing_serves_it():
+    text = slurm_script(load_stack("sglang-serve"), ExportOptions(api_key=True))
+    assert 'if [ -z "${KIT_API_KEY:-}" ]; then' in text and "exported with --api-key" in text
+    assert "KIT_API_KEY=" not in text  # never a value: sbatch passes the submitter's environment on
+    assert 'if [ -z "${KIT_API_KEY:-}" ]' not in slurm_script(load_stack("sglang-serve"), ExportOptions())
+    objects = k8s_objects(load_stack("sglang-router"), ExportOptions(api_key=True))
+    for pod in pods(objects):
+        for container in pod["containers"]:
+            assert env_of(container)["KIT_API_KEY"] == {"secretKeyRef": {"name": "sglang-api-key", "key": "key"}}  # not optional
+        for init in pod.get("initContainers", []):
+            assert "KIT_API_KEY" not in env_of(init)  # the model job serves nothing
+    for target in (k8s_objects, slurm_script):
+        with pytest.raises(UsageError, match="--api-key: verl serves no SGLang API"):
+            target(load_stack("verl"), ExportOptions(api_key=True))
+
+
+def test_network_policy_lets_only_the_stacks_own_pods_in():
+    for name in STACKS:
+        objects = k8s_objects(load_stack(name), ExportOptions())
+        policy = by_kind(objects, "NetworkPolicy")
+        validate(policy)
+        own = policy["spec"]["podSelector"]["matchLabels"]
+        assert own == {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mlsyskit"}
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        # the policy covers every pod the export makes
+        for obj in objects:
+            if obj["kind"] in ("Deployment", "Job", "LeaderWorkerSet", "RayJob"):
+                for pod_labels in _pod_labels(obj):
+                    assert own.items() <= pod_labels.items(), obj["metadata"]["name"]
+        first, *rest = policy["spec"]["ingress"]
+        assert first == {"from": [{"podSelector": {"matchLabels": own}}]}
+        if name == "verl":  # KubeRay's operator and the RayJob's submitter reach the dashboard only
+            assert rest == [
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": "verl"}}},
+                        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 8265}],
+                }
+            ]
+        else:
+            assert rest == []
+
+
+def _pod_labels(obj):
+    spec = obj["spec"]
+    if obj["kind"] in ("Deployment", "Job"):
+        yield spec["template"]["metadata"]["labels"]
+    elif obj["kind"] == "LeaderWorkerSet":
+        yield spec["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
+        yield spec["leaderWorkerTemplate"]["workerTemplate"]["metadata"]["labels"]
+    else:
+        yield spec["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+        for group in spec["rayClusterSpec"].get("workerGroupSpecs", []):
+            yield group["template"]["metadata"]["labels"]
