@@ -310,6 +310,7 @@ def stacks(c: Context) -> None:
         "bundle": "slurm (apptainer): an `invoke bundle` file on shared storage as the image source",
         "shm-size": "k8s: size of the memory-backed /dev/shm (default 16Gi)",
         "hf-cache-pvc": "k8s: a PersistentVolumeClaim holding the HF cache (default: an emptyDir)",
+        "api-key": "SGLang stacks: require KIT_API_KEY (slurm: from the environment sbatch passes on; k8s: Secret sglang-api-key)",
     },
     iterable=["option"],
 )
@@ -319,14 +320,14 @@ def export(
     image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
     host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
     hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "", bundle: str = "", arch: str = "",
-    option: list[str] | None = None,
+    option: list[str] | None = None, api_key: bool = False,
 ) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
         runtime=runtime, base=with_arch(base, arch), model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
         rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc, cpu=cpu, image_file=image_file,
-        kit_root=kit_root, bundle=bundle, settings=tuple(option or ()),
+        kit_root=kit_root, bundle=bundle, settings=tuple(option or ()), api_key=api_key,
     ):  # fmt: skip
         say(f"wrote {path}")
 
