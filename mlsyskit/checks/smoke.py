@@ -40,9 +40,10 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
 from mlsyskit.report import table
+from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
 from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
-from mlsyskit.runtime.shell import ShellOptions, one_off_spec
+from mlsyskit.runtime.shell import ShellOptions, one_off_spec, secret_values
 from smoke_tests._result import SmokeTest
 
 Log = Callable[[str], None]
@@ -492,11 +493,13 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
                 facts = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
                 found = engine.image(image)  # the result records which image it ran in
                 run_env = (*shell_opts.env, f"KIT_IMAGE_ID={found.id}") if found else shell_opts.env
-                spec = one_off_spec(
-                    replace(shell_opts, topic=run.topic, command=run.command, env=run_env), facts, config, gpus,
-                    workspace=workspace, topic=run.topic, base=base, image=image,
-                )  # fmt: skip
-                result = run_in_container(engine, run, spec, workspace, run_id, log)
+                run_opts = replace(shell_opts, topic=run.topic, command=run.command, env=run_env)
+                # tokens as files of a private folder, removed with the container (runtime/secrets.py)
+                with secrets.private_folder(secret_values(run_opts, facts, config), host.environ) as folder:
+                    spec = one_off_spec(
+                        run_opts, facts, config, gpus, workspace=workspace, topic=run.topic, base=base, image=image, secrets_at=folder,
+                    )  # fmt: skip
+                    result = run_in_container(engine, run, spec, workspace, run_id, log)
             else:
                 result = run_stack(ctx, run, opts, workspace, log)
             outcome = Outcome(run, result, image, time.monotonic() - start)

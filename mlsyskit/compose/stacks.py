@@ -46,6 +46,7 @@ from mlsyskit.engine.emulation import emulation_volumes, foreign_platform
 from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
+from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
 from mlsyskit.runtime.host import ensure_image, first_taken_port, memlock_allowed, port_taken, read_host
 
@@ -368,6 +369,10 @@ class RenderOptions:
     # container needs (emulation.py), as `invoke shell`/`smoke` containers do
     platform: str = ""
     emulation: tuple[str, ...] = ()  # bind mounts, from emulation_volumes(platform)
+    # The host's tokens (runtime/secrets.py), written to `secrets_at` by `up`: a service that
+    # declares one gets it as a file there (HF_TOKEN_PATH), not as an environment value.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secrets_at: Path | None = None
 
 
 def _escape(value: str) -> str:
@@ -442,6 +447,7 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
             env.update(KIT_DEVICE=common["KIT_DEVICE"], KIT_GPUS=str(len(mine)))
         env.update({k: _escape(v) for k, v in extra.items()})
         env.update({k: _escape(v) for k, v in opts.environment.items()})
+        delivery = _render_secrets(body, env, opts)
         body["environment"] = dict(sorted(env.items()))
         _render_gpus(body, mine)
         if opts.rdma and spec.gpus != "none":
@@ -449,6 +455,8 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
             body["cap_add"] = sorted({*(body.get("cap_add") or []), "IPC_LOCK"})
         _render_limits(body, opts.memlock)
         _render_volumes(body, stack.path.parent, opts.hf_cache)
+        if delivery is not None:
+            body["volumes"] = [*(body.get("volumes") or []), _escape(delivery.volume)]
         if opts.platform:
             body["platform"] = opts.platform
             body["volumes"] = [*(body.get("volumes") or []), *(_escape(v) for v in opts.emulation)]
@@ -510,6 +518,24 @@ def _render_limits(body: dict[str, Any], memlock: bool) -> None:
     ulimits.pop("memlock", None)
     if not ulimits:
         del body["ulimits"]
+
+
+def _render_secrets(body: dict[str, Any], env: dict[str, str], opts: RenderOptions) -> secrets.Delivery | None:
+    """The tokens a service declares (`HF_TOKEN: ${HF_TOKEN:-}`, for the file run on its own)
+    leave its environment, which `docker inspect` shows; the ones the host has come as files
+    of `opts.secrets_at` instead (HF_TOKEN_PATH; others through the loader)."""
+    declared = [k for k in env if k in secrets.TOKENS]
+    for key in declared:
+        del env[key]
+    given = {k: opts.secrets[k] for k in declared if opts.secrets.get(k)}
+    if not given or opts.secrets_at is None:
+        return None
+    delivery = secrets.delivery(given, opts.secrets_at)
+    assert delivery is not None
+    env.update(dict(item.split("=", 1) for item in delivery.env))
+    if delivery.loader and body.get("command"):
+        body["command"] = list(delivery.wrap(tuple(body["command"])))
+    return delivery
 
 
 def _render_volumes(body: dict[str, Any], compose_dir: Path, hf_cache: Path) -> None:
@@ -675,9 +701,16 @@ def up(
     hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     environment = {"HF_ENDPOINT": config.hf_endpoint} if config.hf_endpoint else {}
     platform = foreign_platform(ctx.arch)
+    # Tokens as files of a private folder in the stack's state (removed by `invoke down`).
+    tokens = {k: os.environ[k] for k in secrets.TOKENS if os.environ.get(k)}
+    secrets_at = state_dir(stack.name, root) / "secrets"
+    shutil.rmtree(secrets_at, ignore_errors=True)
+    if tokens:
+        secrets.write(tokens, secrets_at)
     opts = RenderOptions(
         devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
-        options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform),
+        options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform), secrets=tokens,
+        secrets_at=secrets_at if tokens else None,
     )  # fmt: skip
     rendered = render(stack, opts)
     check_ports_free(stack, rendered)

@@ -14,9 +14,12 @@ Decisions the issue leaves open (the README's `invoke shell` section gives the u
   inside it leaves `~/.cache` writable. uv's cache moves there too (the image points it at
   /root). There is no passwd entry for the UID: prompts say "I have no name!", USER and
   LOGNAME are set so getpass and torch's caches work.
-- Tokens, proxies and the HF endpoint are passed at run time by name (`-e NAME`, the value
-  in the docker client's environment), so they appear in neither argv (`ps`) nor any image.
-  A named container gets them on every `docker exec`, not at its creation.
+- Tokens, proxies and the HF endpoint are passed at run time, never baked, and never in argv
+  (`ps`). Secrets (tokens, a proxy with credentials, what `-e KEY` takes from the host) reach
+  a one-off container as files of a private folder (runtime/secrets.py: HF_TOKEN_PATH, and a
+  loader that exports the rest), so they are not in `docker inspect` either; the folder is
+  removed when the container's `docker run` ends. A named container gets them on every
+  `docker exec -e NAME`, whose environment inspect does not show, not at its creation.
 - The config's CA bundle (the host's, by default) is mounted read-only and named in
   SSL_CERT_FILE / REQUESTS_CA_BUNDLE, so downloads work behind a TLS-inspecting proxy.
 - `--mount HOST:CTR[:ro]` refuses a host path that does not exist (docker would create it,
@@ -26,6 +29,7 @@ Decisions the issue leaves open (the README's `invoke shell` section gives the u
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
@@ -40,6 +44,7 @@ from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine
 from mlsyskit.engine.spec import exec_call, run_call
 from mlsyskit.errors import EngineError, UsageError
 from mlsyskit.report import table
+from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import GpuSelection, parse_request
 from mlsyskit.runtime.host import (
     MEMLOCK,
@@ -64,7 +69,7 @@ CA_PATH = "/etc/mlsyskit/ca.pem"
 STACK_BYTES = 67108864
 SHELL = ("bash",)
 KEEP_ALIVE = ("sleep", "infinity")
-PASSTHROUGH = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+PASSTHROUGH = secrets.TOKENS
 
 LABEL = f"{LABEL_PREFIX}.shell"  # on every container the kit starts: "named" or "one-off"
 LABEL_TOPIC = f"{LABEL}.topic"
@@ -244,6 +249,7 @@ def container_spec(
         gpus=gpus.docker_value,
         # NCCL and DataLoader workers need far more than docker's 64 MB /dev/shm.
         shm_size=opts.shm_size,
+        host_ipc=not opts.shm_size,
         ulimits=(*ulimits, f"stack={STACK_BYTES}"),
         volumes=(f"{workspace}:{WORKSPACE}", *who.volumes, *volumes),
         mounts=mounts,
@@ -266,13 +272,30 @@ def platform_of(base: str) -> str:
     return "" if arch == host_arch() else f"linux/{arch}"
 
 
-def one_off_spec(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> ContainerSpec:
-    """`invoke shell TOPIC [-- CMD...]`: removed when the command ends."""
+def secret_values(opts: ShellOptions, host: Host, config: Config) -> dict[str, str]:
+    """The run-time values that must stay out of `docker inspect` (runtime/secrets.py)."""
+    return secrets.split(runtime_env(opts, host, config)[1])[1]
+
+
+def one_off_spec(
+    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
+    secrets_at: Path | None = None,
+) -> ContainerSpec:  # fmt: skip
+    """`invoke shell TOPIC [-- CMD...]`: removed when the command ends. Secrets come from the
+    private folder `secrets_at`, where the caller wrote `secret_values` (secrets.write)."""
     shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off")
     typed, by_name = runtime_env(opts, host, config)
+    plain, hidden = secrets.split(by_name)
+    command = opts.command or SHELL
+    volumes, env = shape.volumes, (*shape.env, *typed)
+    if hidden:
+        if secrets_at is None:
+            raise ValueError("a one-off container with secrets needs the private folder they were written to")
+        delivery = secrets.delivery(hidden, secrets_at)
+        assert delivery is not None
+        volumes, env, command = (*volumes, delivery.volume), (*env, *delivery.env), delivery.wrap(command)
     return replace(
-        shape, command=opts.command or SHELL, remove=True, interactive=True, tty=host.tty,
-        env=(*shape.env, *typed), env_by_name=by_name,
+        shape, command=command, remove=True, interactive=True, tty=host.tty, volumes=volumes, env=env, env_by_name=plain,
     )  # fmt: skip
 
 
@@ -348,9 +371,23 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
     where = Where(workspace=workspace, topic=topic.name, base=base, image=image)
     if not opts.name:
-        engine.become(run_call(one_off_spec(opts, host, config, gpus, **vars(where))))
+        become_one_off(engine, opts, host, config, gpus, where)
     create_named(engine, opts, host, config, gpus, where, log)
     engine.become(enter_call(opts, host, config, container=opts.name))
+
+
+def become_one_off(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where) -> NoReturn:
+    """Become the one-off container's `docker run`. Its secrets go to a private folder that a
+    detached watcher removes once that `docker run` (this very process, after exec) ends."""
+    hidden = secret_values(opts, host, config)
+    folder = None
+    if hidden:
+        folder = secrets.new_folder(host.environ)
+        secrets.write(hidden, folder)
+    call = run_call(one_off_spec(opts, host, config, gpus, **vars(where), secrets_at=folder))
+    if folder is not None:
+        secrets.remove_when_gone(folder, os.getpid())
+    engine.become(call)
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,8 @@ def test_hf_cache_and_env_are_visible_inside(kit_user, workspace, image):
         if kit_user.switch:
             os.chown(path, kit_user.uid, kit_user.gid)
     try:
-        script = f'cat ~/.cache/huggingface/{marker}; cat "$HF_HOME/{marker}"; echo "$HF_TOKEN|$FOO|$WANDB_API_KEY"'
+        # HF's token as the file HF_TOKEN_PATH names (runtime/secrets.py), not a variable
+        script = f'cat ~/.cache/huggingface/{marker}; cat "$HF_HOME/{marker}"; echo "$(cat "$HF_TOKEN_PATH")|${{HF_TOKEN:-none}}|$FOO|$WANDB_API_KEY"'
         proc = kit(
             kit_user,
             "shell", "distributed", "-e", "FOO=bar", "--", "sh", "-c", script,
@@ -204,7 +205,7 @@ def test_hf_cache_and_env_are_visible_inside(kit_user, workspace, image):
             env={"HF_TOKEN": "hf_test_token", "WANDB_API_KEY": "wandb_test_key"},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.splitlines() == ["from the host", "from the host", "hf_test_token|bar|wandb_test_key"]
+        assert proc.stdout.splitlines() == ["from the host", "from the host", "hf_test_token|none|bar|wandb_test_key"]
     finally:
         (hf / marker).unlink()
 

@@ -10,7 +10,7 @@ from mlsyskit.data.config import Config
 from mlsyskit.engine import DockerCall
 from mlsyskit.engine.spec import run_call
 from mlsyskit.errors import UsageError
-from mlsyskit.runtime import host, shell
+from mlsyskit.runtime import host, secrets, shell
 from mlsyskit.runtime.gpus import GpuSelection
 from mlsyskit.runtime.shell import Host, ShellOptions
 
@@ -37,7 +37,9 @@ def make_host(tmp_path: Path, **changes) -> Host:
 def one_off(tmp_path: Path, opts: ShellOptions | None = None, gpus: GpuSelection = NO_GPU, config: Config | None = None, **host) -> DockerCall:
     opts = opts or ShellOptions(topic="distributed", command=("python", "train.py"))
     h = make_host(tmp_path, **host)
-    spec = shell.one_off_spec(opts, h, config or Config(), gpus, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE)
+    spec = shell.one_off_spec(
+        opts, h, config or Config(), gpus, workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE, secrets_at=tmp_path / "secrets",
+    )  # fmt: skip
     return run_call(spec)  # the engine's own translation, tested without an engine
 
 
@@ -109,27 +111,44 @@ def test_gpus(tmp_path):
     assert flag_values(one_off(tmp_path, gpus=GpuSelection("all", "all")).args, "--gpus") == ["all"]
 
 
-def test_secrets_travel_by_name_never_in_argv(tmp_path):
+def test_secrets_reach_a_one_off_container_as_files_never_in_argv_or_its_environment(tmp_path):
+    """`docker run -e NAME` would put the value in Config.Env (`docker inspect`): tokens come
+    as files of the private folder instead, HF's named by HF_TOKEN_PATH, the rest exported by
+    the loader the command starts with."""
     environ = {"PATH": "/usr/bin", "HF_TOKEN": "hf_secret", "WANDB_API_KEY": "wandb_secret", "UNRELATED": "x"}
     call = one_off(tmp_path, environ=environ)
     env = flag_values(call.args, "-e")
-    assert "HF_TOKEN" in env and "WANDB_API_KEY" in env and "UNRELATED" not in env
+    assert not any(e.split("=")[0] in ("HF_TOKEN", "WANDB_API_KEY", "UNRELATED") for e in env)
+    assert f"HF_TOKEN_PATH={secrets.IN_CONTAINER}/hf_token" in env
+    assert f"{tmp_path / 'secrets'}:{secrets.IN_CONTAINER}:ro" in flag_values(call.args, "-v")
+    assert call.env == {}  # nothing for docker to copy into the container's environment
+    assert call.args[call.args.index(IMAGE) + 1 :] == ("sh", "-c", secrets.LOADER, "mlsyskit-secrets", "python", "train.py")
     assert not any("hf_secret" in a or "wandb_secret" in a for a in call.args)
-    assert call.env == {"HF_TOKEN": "hf_secret", "WANDB_API_KEY": "wandb_secret"}  # the docker client's environment
-    assert "hf_secret" not in repr(shell.one_off_spec(
-        ShellOptions(topic="distributed"), make_host(tmp_path, environ=environ), Config(), NO_GPU,
-        workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE,
-    ))  # fmt: skip
+    assert shell.secret_values(ShellOptions(topic="distributed"), make_host(tmp_path, environ=environ), Config()) == {
+        "HF_TOKEN": "hf_secret", "WANDB_API_KEY": "wandb_secret",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="needs the private folder"):
+        shell.one_off_spec(
+            ShellOptions(topic="distributed"), make_host(tmp_path, environ=environ), Config(), NO_GPU,
+            workspace=tmp_path, topic="distributed", base="pypi", image=IMAGE,
+        )  # fmt: skip
+    # without secrets, the command is the command and nothing is mounted for them
+    plain = one_off(tmp_path)
+    assert plain.args[plain.args.index(IMAGE) + 1 :] == ("python", "train.py") and secrets.IN_CONTAINER not in " ".join(plain.args)
 
 
 def test_proxies_and_hf_endpoint_from_the_config_at_run_time(tmp_path):
-    config = Config(https_proxy="http://user:pw@proxy:3128", no_proxy="localhost", hf_endpoint="https://hf-mirror.example")
+    """A proxy with credentials is a secret (a file, exported by the loader); a proxy without
+    them, NO_PROXY and an HF endpoint without credentials stay variables passed by name."""
+    config = Config(https_proxy="http://user:pw@proxy:3128", http_proxy="http://proxy:3128", no_proxy="localhost", hf_endpoint="https://hf-mirror.example")
     call = one_off(tmp_path, config=config)
     env = flag_values(call.args, "-e")
-    assert {"HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HF_ENDPOINT"} <= set(env)
+    assert {"HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "HF_ENDPOINT"} <= set(env)
+    assert not {"HTTPS_PROXY", "https_proxy"} & {e.split("=")[0] for e in env}
     assert not any("pw@" in a or "hf-mirror" in a for a in call.args)  # credentials stay out of argv
-    assert call.env["https_proxy"] == "http://user:pw@proxy:3128"
+    assert "https_proxy" not in call.env and call.env["http_proxy"] == "http://proxy:3128"
     assert call.env["HF_ENDPOINT"] == "https://hf-mirror.example"
+    assert secrets.split({"https_proxy": "http://user:pw@proxy:3128", "HF_ENDPOINT": "https://t:x@hub"})[0] == {}
 
 
 def test_the_hosts_hf_endpoint_passes_when_the_config_has_none(tmp_path):
@@ -148,7 +167,10 @@ def test_user_env(tmp_path):
     opts = ShellOptions(topic="distributed", env=("NCCL_DEBUG=INFO", "FROM_HOST", "UNSET_ON_HOST"))
     call = one_off(tmp_path, opts, environ={"FROM_HOST": "1"})
     env = flag_values(call.args, "-e")
-    assert "NCCL_DEBUG=INFO" in env and "FROM_HOST" in env and "UNSET_ON_HOST" not in env
+    assert "NCCL_DEBUG=INFO" in env and "UNSET_ON_HOST" not in env
+    # a host value passed by name may be anything: it travels as a secret (a file the loader exports)
+    assert "FROM_HOST" not in env and "FROM_HOST" not in call.env
+    assert shell.secret_values(opts, make_host(tmp_path, environ={"FROM_HOST": "1"}), Config()) == {"FROM_HOST": "1"}
 
 
 def test_extra_mounts(tmp_path):
