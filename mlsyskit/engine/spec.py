@@ -19,7 +19,8 @@ class ContainerSpec:
     hostname: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     gpus: str | None = None  # docker's --gpus value: "all", '"device=0,2"'; None: no GPU
-    shm_size: str = ""  # "": share the host's IPC namespace (--ipc=host) instead
+    shm_size: str = ""  # a private /dev/shm of this size (--shm-size)
+    host_ipc: bool = False  # share the host's IPC namespace (--ipc=host): NCCL and DataLoaders, not probes
     ulimits: tuple[str, ...] = ()  # "memlock=-1:-1", "stack=67108864"
     init: bool = True  # signals reach the command, zombies are reaped
     user: str = ""  # "UID:GID"; "": the image's (root)
@@ -74,7 +75,10 @@ def run_call(spec: ContainerSpec, *, detach: bool = False) -> DockerCall:
         args += ["--label", f"{key}={value}"]
     if spec.gpus:
         args += ["--gpus", spec.gpus]
-    args += ["--shm-size", spec.shm_size] if spec.shm_size else ["--ipc=host"]
+    if spec.shm_size:
+        args += ["--shm-size", spec.shm_size]
+    elif spec.host_ipc:
+        args.append("--ipc=host")
     for ulimit in spec.ulimits:
         args += ["--ulimit", ulimit]
     for volume in (*spec.volumes, *emulation_volumes(spec.platform)):

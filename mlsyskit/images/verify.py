@@ -1,13 +1,15 @@
 """`invoke verify TOPIC`: would a rebuild from nothing give the same image?
 
 The topic's layers (base, stack, topic) are rebuilt with no layer cache and empty package
-caches (BuildKit's cache mounts for uv, pip and apt are pruned first) on the same root
+caches (the kit's own BuildKit cache mounts for uv, pip and apt are pruned first, found by
+the kit's build steps that made them; other projects' caches on the daemon stay) on the same root
 filesystem, and the rebuilt image's content manifest (every path with its type, mode, size
 and sha256, or a link's target) is compared with the existing image's. Modification times
 are left out: Debian's engine 20.10 (BuildKit 0.8) cannot pin them, see README.
 
 The existing tags stay on the existing images throughout: the rebuild is moved to a scratch
-tag, compared, and removed (kept with `keep`).
+tag, compared, and removed (kept with `keep`). A rebuild that fails part way is removed too:
+every layer it made, whichever step failed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mlsyskit import IMAGE_PREFIX
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import Engine
+from mlsyskit.engine.build import CacheRecord
 from mlsyskit.errors import UsageError
 from mlsyskit.images import sbom
 from mlsyskit.images.build import build_topics
@@ -36,6 +39,23 @@ UNSTABLE: dict[str, str] = {}
 
 Log = Callable[[str], None]
 Entry = tuple[str, int, int, str]  # type, mode, size, sha256 (a link: its target)
+# Every RUN step of the kit's Dockerfiles that has a cache mount starts by sourcing this file;
+# BuildKit describes a cache mount by the step that made it ("cached mount TARGET from exec
+# CMD"), which is how the kit's own are told apart from everyone else's on a shared daemon.
+KIT_STEP_MARKER = "/usr/local/lib/mlsyskit/net.sh"
+
+
+def kit_cache_mounts(records: Iterable[CacheRecord]) -> list[CacheRecord]:
+    """The BuildKit cache mounts the kit's builds made (uv, pip, apt), not in use."""
+    return [r for r in records if r.description.startswith("cached mount ") and KIT_STEP_MARKER in r.description and not r.in_use]
+
+
+def empty_kit_cache_mounts(engine: Engine) -> int:
+    """Remove the kit's cache mounts, one by one by ID; returns how many."""
+    found = kit_cache_mounts(engine.build_cache_records())
+    for record in found:
+        engine.remove_build_cache_record(record.id)
+    return len(found)
 
 
 class _ChunkReader(io.RawIOBase):
@@ -120,27 +140,33 @@ def verify_topic(engine: Engine, catalog: Catalog, config: Config, topic: Topic,
     log(f"reading {alias} ({info.id[7:19]}): every file's mode, size and sha256")
     before = content_manifest(engine.image_files(alias))
     scratch = f"{IMAGE_PREFIX}/verify-{topic.name}:{base_name}"
-    log("emptying BuildKit's package caches (uv, pip, apt) and rebuilding with no layer cache")
-    engine.prune_build_cache(cache_mounts_only=True)
+    log("emptying the kit's BuildKit package caches (uv, pip, apt) and rebuilding with no layer cache")
+    log(f"  removed {empty_kit_cache_mounts(engine)} cache mount(s) of the kit's builds")
     rebuilt_ids: set[str] = set()
+    kept = ""  # the rebuild's own ID, once it is whole and kept
     try:
-        build_topics(engine, catalog, config, [topic], base_name=base_name, no_cache=True, log=log)
-        rebuilt = engine.image(alias)
-        assert rebuilt is not None
-        engine.tag(rebuilt.id, scratch)
-    finally:
-        # the existing images keep their tags, whatever happened to the rebuild
-        for tag, image_id in tags.items():
-            now = engine.image(tag)
-            if now is not None and now.id != image_id:
-                rebuilt_ids.add(now.id)
-            engine.tag(image_id, tag)
-    try:
+        try:
+            build_topics(engine, catalog, config, [topic], base_name=base_name, no_cache=True, log=log)
+            rebuilt = engine.image(alias)
+            assert rebuilt is not None
+            rebuilt_ids.add(rebuilt.id)
+            engine.tag(rebuilt.id, scratch)
+        finally:
+            # the existing images keep their tags, whatever happened to the rebuild
+            for tag, image_id in tags.items():
+                now = engine.image(tag)
+                if now is not None and now.id != image_id:
+                    rebuilt_ids.add(now.id)
+                engine.tag(image_id, tag)
         log(f"reading the rebuild {scratch} ({rebuilt.id[7:19]})")
         after = content_manifest(engine.image_files(scratch))
+        if keep:
+            kept = rebuilt.id
     finally:
-        if not keep:  # the rebuilt layers, untagged now (BuildKit images name no parent to prune)
-            engine.remove_images([scratch, *sorted(rebuilt_ids - {rebuilt.id})])
+        # the rebuilt layers, untagged now (BuildKit images name no parent to prune), whether
+        # the rebuild failed part way or not; with `keep`, a whole rebuild stays on its scratch tag
+        leftovers = sorted(rebuilt_ids - {kept} - set(tags.values()))
+        engine.remove_images([*([] if kept else [scratch]), *leftovers])
     return compare(before, after)
 
 

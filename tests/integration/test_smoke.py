@@ -24,7 +24,7 @@ def with_smoke_tests(image: str, command: tuple[str, ...]) -> ContainerSpec:
     """A throw-away container of the image with the checkout's smoke_tests/ mounted."""
     return ContainerSpec(
         image=image, command=command, volumes=(f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",),
-        env=("PYTHONPATH=/opt/mlsyskit",),
+        env=("PYTHONPATH=/opt/mlsyskit",), host_ipc=True,
     )  # fmt: skip
 
 

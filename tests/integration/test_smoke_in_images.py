@@ -73,6 +73,7 @@ def test_torch_unit_tests_run_inside_the_image_and_none_skips(engine: Engine, bu
         volumes=(f"{REPO_ROOT}:/repo:ro", f"{pytest_dir}:/opt/kit-pytest:ro", f"{out}:/out"),
         # the image's own pytest plugins (pytest-asyncio in verl's) stay out
         env=("PYTHONDONTWRITEBYTECODE=1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"),
+        host_ipc=True,  # torch's collectives and workers share memory, as in `invoke shell`
     )
     proc = engine.run(spec, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -102,7 +103,7 @@ def test_bench_serving_flags_exist_in_the_installed_sglang(engine: Engine, build
 def with_smoke_tests(image: str, script: str) -> ContainerSpec:
     return ContainerSpec(
         image=image, command=("bash", "-c", script), volumes=(f"{REPO_ROOT / 'smoke_tests'}:/opt/mlsyskit/smoke_tests:ro",),
-        env=("PYTHONPATH=/opt/mlsyskit",),
+        env=("PYTHONPATH=/opt/mlsyskit",), host_ipc=True,
     )  # fmt: skip
 
 
