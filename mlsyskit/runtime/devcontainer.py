@@ -266,7 +266,7 @@ def devcontainer(opts: DevcontainerOptions, log: Log) -> str:
         f"open {folder} in VS Code or Cursor (Dev Containers: Reopen in Container), or: devcontainer up --workspace-folder {folder}",
     ]
     if existing:
-        lines.append("a container made from the old file keeps running: rebuild it (Rebuild Container, or devcontainer up --remove-existing-container)")
+        lines.append("a container made from the old file runs on as it was: rebuild it (Rebuild Container, devcontainer up --remove-existing-container)")
     return "\n".join(lines)
 
 
