@@ -322,3 +322,13 @@ def test_a_spec_without_the_workspace_is_a_bug_not_a_file(tmp_path):
 def test_gpus_label_says_the_editor_decides(tmp_path):
     assert editor(tmp_path)[0].labels["org.mlsyskit.shell.gpus"] == "auto" == dc.GPUS.label
     assert GpuSelection(None, "auto") == dc.GPUS
+
+
+def test_a_proxy_only_kit_toml_knows_is_named_in_a_note(tmp_path):
+    """The editor fills remoteEnv from its own environment: a proxy set in kit.toml and not
+    in the environment would be empty there, so the command says to export it."""
+    config = Config(https_proxy="http://proxy:3128")
+    text, _ = written(tmp_path, config=config, environ={"PATH": "/usr/bin"})
+    assert dc.from_config_only(make_host(tmp_path), text) == ["HTTPS_PROXY", "https_proxy"]
+    exported = make_host(tmp_path, environ={"HTTPS_PROXY": "http://proxy:3128", "https_proxy": "http://proxy:3128"})
+    assert dc.from_config_only(exported, text) == []
