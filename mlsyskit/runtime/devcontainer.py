@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -228,7 +229,7 @@ def devcontainer(opts: DevcontainerOptions, log: Log) -> str:
     host = read_host()
     folder = resolve_output(opts.output, host)
     path = folder / FOLDER / FILE
-    again = f"invoke devcontainer {topic.name}" + (f" --output {folder}" if folder != host.cwd.resolve() else "")
+    again = f"invoke devcontainer {topic.name}" + (f" --output {shlex.quote(str(folder))}" if folder != host.cwd.resolve() else "")
     existing = path.read_text() if path.is_file() else None
     alias = topic_alias(topic.name, ctx.base_name)
     if opts.check:

@@ -28,7 +28,7 @@ from mlsyskit.images.plan import topic_alias
 from mlsyskit.runtime import devcontainer as dc
 from tests.conftest import need
 from tests.integration.conftest import KitUser, kit, run_kit, shared_dir, user_env
-from tests.unit.test_devcontainer import jsonc_loads, schema_errors
+from tests.unit.test_devcontainer_file import jsonc_loads, schema_errors
 
 CLI_DIR = REPO_ROOT / ".ci" / "devcontainer-cli"
 CANARY = "hf_canary_5b1e0c"
