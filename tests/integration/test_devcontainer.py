@@ -190,9 +190,8 @@ def test_it_is_the_container_invoke_shell_gives(opened, owner, cli):
     assert any(line.startswith("mount /home/kit tmpfs") for line in lines)
 
 
+@pytest.mark.parametrize("opened", ["distributed"], indirect=True)  # docs has no torch
 def test_gloo_all_reduce_over_two_processes(opened, owner, cli):
-    if opened.topic != "distributed":
-        pytest.skip("the all-reduce is the distributed topic's")  # docs has no torch: its own checks above
     script = opened.workspace / "allreduce.py"
     script.write_text(ALLREDUCE)
     if owner.switch:
