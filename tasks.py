@@ -20,6 +20,7 @@ from mlsyskit.cli import PositionalOrFlagTask, ShortFlagsTask
 from mlsyskit.compose import export as kit_export
 from mlsyskit.compose import stacks as kit_stacks
 from mlsyskit.errors import KitError
+from mlsyskit.runtime import devcontainer as kit_devcontainer
 from mlsyskit.runtime import shell as kit_shell
 
 ARCH_HELP = "amd64 or arm64 (default: this host's; arm64 on x86_64 runs under qemu: `invoke doctor --fix`)"
@@ -217,6 +218,22 @@ def shell(
         root=root,
     )
     kit_shell.shell(options, say_err)
+
+
+@task(
+    positional=["topic"],
+    help={
+        "topic": "the topic whose container to describe (its image is built first if missing)",
+        "output": "the folder that gets .devcontainer/devcontainer.json and becomes /workspace (default: the current one)",
+        "check": "write nothing; fail (exit 5) when the file no longer matches the image, its lock or the shell's rules",
+        "base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+    },
+)
+@kit_errors
+def devcontainer(c: Context, topic: str, output: str = "", check: bool = False, base: str = "", arch: str = "") -> None:
+    """Write .devcontainer/devcontainer.json for VS Code, Cursor and the devcontainer CLI: the same container as `invoke shell`."""
+    options = kit_devcontainer.DevcontainerOptions(topic=topic, output=output, check=check, base=with_arch(base, arch))
+    say(kit_devcontainer.devcontainer(options, say_err))
 
 
 @task

@@ -5,18 +5,12 @@ workspace (or name), so "nothing left behind" is checked without racing other te
 
 from __future__ import annotations
 
-import grp
 import os
 import pty
-import pwd
 import shutil
 import subprocess
-import sys
-import sysconfig
-import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,83 +18,10 @@ import pytest
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.engine import ContainerInfo, ContainerSpec, Engine
 from mlsyskit.runtime.shell import LABEL_WORKSPACE, MEMLOCK
-from tests.conftest import need
+from tests.integration.conftest import KitUser, kit, shared_dir
 
-TEST_USER = "mlsyskit-test"
 IMAGE = "mlsyskit/distributed:pypi"
 
-
-@dataclass(frozen=True)
-class KitUser:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-    groups: tuple[int, ...]
-    python: str
-    pythonpath: str
-    switch: bool  # whether the CLI must be started as this user (the suite runs as root)
-
-
-def _runs_as(user: KitUser, python: str) -> bool:
-    try:
-        proc = _try_python(user, python)
-    except OSError:  # the user may not even reach the file
-        return False
-    return proc.returncode == 0
-
-
-def _try_python(user: KitUser, python: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [python, "-c", "import invoke, mlsyskit.runtime.shell"],
-        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": user.pythonpath, "HOME": str(user.home)},
-        cwd="/",
-        capture_output=True,
-        **_identity(user),
-    )
-
-
-def _identity(user: KitUser) -> dict:
-    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)} if user.switch else {}
-
-
-@pytest.fixture(scope="session")
-def kit_user() -> KitUser:
-    """A non-root user in the docker group, and a Python it can run the kit with."""
-    pythonpath = os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()["purelib"]])
-    if os.geteuid() != 0:
-        me = pwd.getpwuid(os.geteuid())
-        return KitUser(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir), tuple(os.getgroups()), sys.executable, pythonpath, False)
-    try:
-        docker_gid = grp.getgrnam("docker").gr_gid
-    except KeyError:
-        need(False, "no `docker` group on this machine: cannot run the CLI as a non-root docker user")
-        raise
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        need(shutil.which("useradd") is not None, "useradd is missing: cannot create the non-root test user")
-        subprocess.run(["useradd", "--create-home", "--groups", "docker", TEST_USER], check=True)
-    entry = pwd.getpwnam(TEST_USER)
-    home = Path(entry.pw_dir)
-    home.mkdir(exist_ok=True)
-    os.chown(home, entry.pw_uid, entry.pw_gid)
-    user = KitUser(TEST_USER, entry.pw_uid, entry.pw_gid, home, (docker_gid,), "", pythonpath, True)
-    # The suite's own interpreter may sit where the user cannot reach it (/root/.pyenv):
-    # then the distribution's Python of the same minor version runs the kit's sources.
-    candidates = [sys.executable, f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", "/usr/bin/python3"]
-    python = next((p for p in candidates if os.path.exists(p) and _runs_as(user, p)), "")
-    need(bool(python), f"no Python that user {TEST_USER} can run the kit with (tried {', '.join(candidates)})")
-    return KitUser(**{**user.__dict__, "python": python})
-
-
-def shared_dir(user: KitUser, prefix: str) -> Path:
-    """A directory under /tmp that belongs to the test user (pytest's tmp_path is root's, 0700)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if user.switch:
-        os.chown(path, user.uid, user.gid)
-    return path
 
 
 @pytest.fixture
@@ -115,39 +36,6 @@ def image(build_topic) -> str:
     build_topic("distributed")
     return IMAGE
 
-
-def user_env(user: KitUser, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's plain environment (not the suite's), plus `extra`."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(user.home),
-        "USER": user.name,
-        "LOGNAME": user.name,
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": user.pythonpath,
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    for key in ("DOCKER_HOST", "CI"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return {**env, **(extra or {})}
-
-
-def kit(user: KitUser, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, **io) -> subprocess.CompletedProcess[str]:
-    """`invoke ARGS` as `user`, from `cwd`; stdin is /dev/null unless `input` or `stdin` says."""
-    if "input" not in io:
-        io.setdefault("stdin", subprocess.DEVNULL)
-    if "stdout" not in io:
-        io["capture_output"] = True
-    return subprocess.run(
-        [user.python, "-m", "invoke", "-r", str(REPO_ROOT), *args],
-        cwd=cwd,
-        env=user_env(user, env),
-        text=True,
-        timeout=timeout,
-        **io,
-        **_identity(user),
-    )
 
 
 def containers_of(engine: Engine, workspace: Path) -> list[ContainerInfo]:
