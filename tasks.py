@@ -362,17 +362,21 @@ def export(
         "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
         "no-stacks": "skip the multi-container variants (nccl-2node)",
         "require-gpu": "no GPU visible is a failure, not a skip (always so on a host with GPUs unless --cpu)",
+        "no-gates": "judge correctness only: every test's gates (shares of peak, link, transport) off",
+        "gate": "[TEST.]NAME=VALUE: set one gate (a number, on/off, words; off turns it off), repeatable; e.g. bf16_gemm_share=0.6",
     },
+    iterable=["gate"],
 )
 @kit_errors
 def smoke(
     c: Context, topics: str, cpu: bool = False, gpus: str = "", json: str = "", timeout: float = 0, tests: str = "",
-    model: str = "", base: str = "", no_stacks: bool = False, require_gpu: bool = False, arch: str = "",
+    model: str = "", base: str = "", no_stacks: bool = False, require_gpu: bool = False, arch: str = "", no_gates: bool = False,
+    gate: list[str] | None = None,
 ) -> None:  # fmt: skip
     """Run the topics' smoke tests in their containers; one table; exit 1 if any failed."""
     options = kit_smoke.SmokeOptions(
         topics=topics, cpu=cpu, gpus=gpus, json_path=json, timeout=float(timeout), tests=tests, model=model, base=with_arch(base, arch),
-        stacks=not no_stacks, require_gpu=require_gpu,
+        stacks=not no_stacks, require_gpu=require_gpu, no_gates=no_gates, gates=tuple(gate or ()),
     )  # fmt: skip
     report = kit_smoke.smoke(options, say)
     say(kit_smoke.render(report))

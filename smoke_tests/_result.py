@@ -3,7 +3,12 @@
 A result is one JSON object::
 
     {"test": str, "status": "passed" | "failed" | "skipped", "reason": str,
-     "seconds": float, "figures": {...}, "environment": {...}}
+     "seconds": float, "figures": {...}, "environment": {...}, "verdicts": [...]}
+
+``verdicts`` lists what the test judged, each with its measured value: the declared gates
+(smoke_tests/_gates.py: thresholds such as a GEMM's share of the datasheet peak) and the
+correctness checks (exact sums, the same greedy text). A test passes only by judging: a
+body that returns without a verdict, or with a failed one it did not raise, fails.
 
 Exit codes: 0 for passed and for skipped (a GPU test on a machine without one), 1 for
 failed. A skip is never reported as a pass: ``status`` says which it was.
@@ -28,11 +33,19 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smoke_tests._gates import Gate
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 STATUSES = (PASSED, FAILED, SKIPPED)
 RESULT_KEYS = {"test": str, "status": str, "reason": str, "seconds": float, "figures": dict, "environment": dict}
+#: Keys a result may hold besides RESULT_KEYS (results written before verdicts existed have none).
+OPTIONAL_KEYS = {"verdicts": list}
+#: A verdict's status: "not judged" is a gate that does not apply here (an unknown GPU's share).
+NOT_JUDGED = "not judged"
+VERDICT_KEYS = ("name", "gate", "status", "measured", "expected", "detail")
 
 #: Environment variables worth recording with a result: they change what NCCL and CUDA do.
 RECORDED_ENV_PREFIXES = ("NCCL_", "CUDA_VISIBLE_DEVICES", "TORCH_SYMM_MEM", "NVSHMEM_DISABLE_NVLS")
@@ -42,11 +55,13 @@ RECORDED_ENV_PREFIXES = ("NCCL_", "CUDA_VISIBLE_DEVICES", "TORCH_SYMM_MEM", "NVS
 class SmokeTest:
     """What a smoke test tells the kit about itself (``SMOKE`` in its module): its name, its
     own default time limit (its ``--timeout``; ``invoke smoke`` adds a margin for the
-    container) and the one figure a table shows of its result ('-' when there is none)."""
+    container), the one figure a table shows of its result ('-' when there is none) and
+    its gates: the thresholds it applies by default (``--no-gates``, ``--gate NAME=VALUE``)."""
 
     name: str
     timeout: float
     key_figure: Callable[[Mapping[str, Any]], str]
+    gates: tuple[Gate, ...] = ()
 
     def figure(self, figures: Mapping[str, Any]) -> str:
         try:
@@ -64,6 +79,38 @@ class Fail(Exception):
 
 
 @dataclass
+class Verdict:
+    """One thing a test judged: a gate (a declared threshold, ``gate=True``) or a check (an
+    exact sum, the same text). ``ok`` None: not judged here (the gate does not apply, and
+    ``detail`` says why)."""
+
+    name: str
+    ok: bool | None
+    measured: str = ""
+    expected: str = ""
+    detail: str = ""
+    gate: bool = False
+
+    @property
+    def status(self) -> str:
+        return NOT_JUDGED if self.ok is None else PASSED if self.ok else FAILED
+
+    def describe(self) -> str:
+        """'bf16_gemm_share: 35% (GPU0 n=8192), expected >= 50%'."""
+        text = self.name
+        if self.measured:
+            text += f": {self.measured}"
+        if self.expected:
+            text += f", expected {self.expected}"
+        if self.detail and not self.ok:
+            text += f" ({self.detail})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "gate": self.gate, "status": self.status, "measured": self.measured, "expected": self.expected, "detail": self.detail}
+
+
+@dataclass
 class SmokeResult:
     test: str
     status: str = FAILED
@@ -71,6 +118,7 @@ class SmokeResult:
     seconds: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -106,7 +154,14 @@ def validate_result(data: Mapping[str, Any]) -> list[str]:
             problems.append(f"{key!r} is {type(data[key]).__name__}, expected a number")
         elif kind is not float and not isinstance(data[key], kind):
             problems.append(f"{key!r} is {type(data[key]).__name__}, expected {kind.__name__}")
-    extra = set(data) - set(RESULT_KEYS)
+    for key, kind in OPTIONAL_KEYS.items():
+        if key in data and not isinstance(data[key], kind):
+            problems.append(f"{key!r} is {type(data[key]).__name__}, expected {kind.__name__}")
+    for verdict in data["verdicts"] if isinstance(data.get("verdicts"), list) else []:
+        if not isinstance(verdict, dict) or set(verdict) != set(VERDICT_KEYS) or verdict["status"] not in (*STATUSES, NOT_JUDGED):
+            problems.append(f"a verdict must hold {', '.join(VERDICT_KEYS)} and a status: {str(verdict)[:120]}")
+            break
+    extra = set(data) - set(RESULT_KEYS) - set(OPTIONAL_KEYS)
     if extra:
         problems.append(f"unexpected keys {sorted(extra)}")
     if data.get("status") not in STATUSES:
@@ -237,7 +292,7 @@ def cuda_diagnosis(dev: str = "/dev") -> str:
     """Why torch sees no CUDA GPU here, as far as can be told from inside: no device nodes
     (the container got no GPU), or CUDA failing to start on the devices it has (a driver
     too old for the CUDA runtime in torch's wheels)."""
-    nodes = sorted(p.name for p in Path(dev).glob("nvidia[0-9]*"))
+    nodes = gpu_device_nodes(dev)
     if not nodes:
         return (
             "no /dev/nvidia* device: this container or machine was given no GPU "
@@ -255,13 +310,22 @@ def cuda_diagnosis(dev: str = "/dev") -> str:
     return f"{', '.join(nodes)} present, but torch.cuda.is_available() is False"
 
 
-def no_gpu(require_gpu: bool, what: str) -> Exception:
-    """The outcome for a GPU test that finds no GPU: a skip (nobody asked for GPUs), or a
-    failure that says why and what to check when they were asked for (``--require-gpu``).
-    ``what`` says what could not run ("an SGLang server needs a GPU (...)")."""
-    if require_gpu:
+def gpu_device_nodes(dev: str = "/dev") -> list[str]:
+    """The GPU device nodes here (nvidia0, nvidia1...; not nvidiactl or nvidia-uvm)."""
+    return sorted(p.name for p in Path(dev).glob("nvidia[0-9]*"))
+
+
+def no_gpu(require_gpu: bool, what: str, dev: str = "/dev") -> Exception:
+    """The outcome for a GPU test that finds no GPU: a skip (nobody asked for GPUs, and there
+    is none), or a failure that says why and what to check when they were asked for
+    (``--require-gpu``) or when GPU device nodes are there and CUDA still sees none (a broken
+    driver is not a GPU-less machine). ``what`` says what could not run ("an SGLang server
+    needs a GPU (...)")."""
+    nodes = gpu_device_nodes(dev)
+    if require_gpu or nodes:
+        asked = "GPUs were asked for" if require_gpu else f"this machine has GPU devices ({', '.join(nodes)})"
         return Fail(
-            f"GPUs were asked for, but none is visible: {cuda_diagnosis()}. {what}. Check `invoke doctor` "
+            f"{asked}, but none is visible: {cuda_diagnosis(dev)}. {what}. Check `invoke doctor` "
             "(the driver must support the image's CUDA, and Docker needs the NVIDIA container toolkit)"
         )
     return Skip(f"no CUDA GPU visible: {what}")
@@ -308,17 +372,17 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-_CLEANUPS: list[Callable[[], None]] = []
+_CLEANUPS: list[Callable[[], object]] = []
 
 
-def add_cleanup(fn: Callable[[], None]) -> Callable[[], None]:
+def add_cleanup(fn: Callable[[], object]) -> Callable[[], object]:
     """Run ``fn`` whenever the children are killed (time limit, Ctrl-C, SIGTERM, a crash):
     for what escapes the children's process groups, such as the daemons ``ray.init`` starts."""
     _CLEANUPS.append(fn)
     return fn
 
 
-def remove_cleanup(fn: Callable[[], None]) -> None:
+def remove_cleanup(fn: Callable[[], object]) -> None:
     if fn in _CLEANUPS:
         _CLEANUPS.remove(fn)
 
@@ -514,10 +578,27 @@ class Report:
     table_rows: list[list[Any]] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         self.table_headers = list(headers)
         self.table_rows = [list(r) for r in rows]
+
+    def verdict(self, name: str, ok: bool | None, measured: str = "", expected: str = "", detail: str = "", *, gate: bool = False) -> Verdict:
+        """Record what was judged (``ok`` None: not judged here, ``detail`` says why)."""
+        found = Verdict(name, ok, measured, expected, detail, gate)
+        self.verdicts.append(found)
+        return found
+
+    def check(self, name: str, ok: bool, measured: str = "", expected: str = "", detail: str = "") -> None:
+        """Record a check and fail the test at once when it does not hold; ``detail`` (else
+        the verdict itself) is the failure's reason."""
+        found = self.verdict(name, ok, measured, expected, detail)
+        if not ok:
+            raise Fail(detail or found.describe())
+
+    def failed_verdicts(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.ok is False]
 
 
 #: Set to 1 by whoever asked for GPUs (`invoke smoke` on a host with GPUs, the nccl-2node
@@ -570,6 +651,7 @@ def run_test(
             result.status, result.reason = status, reason
             result.seconds = time.monotonic() - start
             result.figures = dict(report.figures)
+            result.verdicts = [v.to_dict() for v in report.verdicts]
             if writer:
                 try:
                     result.environment = {**environment(env_extra() if env_extra else None), **report.environment}
@@ -602,10 +684,21 @@ def run_test(
                 traceback.print_exc()
                 kill_children()
                 return finish(FAILED, f"{type(exc).__name__}: {exc}").exit_code
-            return finish(PASSED, "").exit_code
+            return finish(*returned(report)).exit_code
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def returned(report: Report) -> tuple[str, str]:
+    """The outcome of a body that returned: a pass only when it judged something and every
+    verdict it recorded held (a failed gate it forgot to raise still fails the test)."""
+    failed = report.failed_verdicts()
+    if failed:
+        return FAILED, "; ".join(v.describe() for v in failed[:4]) + (f" (and {len(failed) - 4} more)" if len(failed) > 4 else "")
+    if not any(v.ok is not None for v in report.verdicts):
+        return FAILED, "the test returned without judging anything (no verdict recorded): a bug in the test, not a pass"
+    return PASSED, ""
 
 
 #: Set by a supervising parent (see ``smoke_tests.nccl.relaunch``) that prints the table itself.
@@ -617,8 +710,19 @@ def emit(result: SmokeResult, report: Report, json_path: str | None) -> None:
     if report.table_rows and not os.environ.get(SUPERVISED_ENV):
         lines.append(render_table(report.table_headers, report.table_rows))
     lines.extend(report.notes)
+    if report.verdicts and not os.environ.get(SUPERVISED_ENV):
+        lines.append(render_verdicts(report.verdicts))
     lines.append(summary_line(result))
     print("\n".join(lines), flush=True)
     if json_path:
         write_json(result, json_path)
         print(f"result written to {json_path}", flush=True)
+
+
+def render_verdicts(verdicts: Sequence[Verdict]) -> str:
+    """The verdicts as a table: what was judged, measured against what was expected."""
+    rows = [
+        [v.name + (" (gate)" if v.gate else ""), v.measured or "-", v.expected or "-", v.status + (f": {v.detail}" if v.detail and v.ok is not True else "")]
+        for v in verdicts
+    ]
+    return render_table(["verdict", "measured", "expected", "result"], rows)

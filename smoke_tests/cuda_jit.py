@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from smoke_tests._gates import Gate, add_gate_args, from_args
 from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test
 
 TEST = "cuda_jit"
@@ -129,7 +130,7 @@ def describe_toolkit(report: Report) -> str:
         "ninja": shutil.which("ninja"),
     }
     report.figures["toolkit"] = toolkit
-    return home
+    return str(home)
 
 
 # ---------------------------------------------------------------------------- builds
@@ -324,27 +325,36 @@ def body_for(args: argparse.Namespace) -> Any:
             report.figures["torch_extension"] = {"build_seconds": seconds}
             row = ["torch cpp_extension saxpy", f"{seconds:.1f} s", "-", "compiled, linked, loaded"]
             rows.append(row)
+            report.verdict("torch extension built", True, f"{seconds:.1f} s", "compiled, linked, loaded")
             if use_gpu:
                 check = run_saxpy(library)
                 report.figures["torch_extension"].update(check)
-                row[2:] = ["yes", f"exact to 1e-6 over {check['elements']} elements"]
+                row[2:] = ["yes", f"within 1e-6 (allclose) over {check['elements']} elements"]
+                report.verdict("saxpy numbers", True, f"max diff {check['max_abs_diff']:.2g}", "allclose, rtol = atol = 1e-6")
 
             # flashinfer reads its cache and arch settings once, when imported: a private
             # workspace, so it really compiles here instead of finding an earlier build.
             os.environ["FLASHINFER_WORKSPACE_BASE"] = str(work / "flashinfer")
             os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", arch)
             spec = flashinfer_spec()
+            required = from_args(args, GATES)["flashinfer"]
             if spec is None:
                 report.figures["flashinfer"] = "not installed"
+                if required:
+                    report.verdict("flashinfer", False, "not installed", "installed and building", gate=True)
+                    raise Fail("flashinfer is not installed, and this topic ships it (its uv.lock holds flashinfer-python): the image is broken")
             else:
                 seconds = build_flashinfer(spec, args.verbose)
                 report.figures["flashinfer"] = {"version": _version("flashinfer-python"), "build_seconds": seconds}
                 row = ["flashinfer silu_and_mul", f"{seconds:.1f} s", "-", "compiled and linked"]
                 rows.append(row)
+                built = f"{report.figures['flashinfer']['version']}, built in {seconds:.1f} s"
+                report.verdict("flashinfer", True, built, "installed and building", gate=bool(required))
                 if use_gpu:
                     check = run_flashinfer_silu()
                     report.figures["flashinfer"].update(check)
                     row[2:] = ["yes", f"max diff {fmt(check['max_abs_diff'], 4)} (fp16)"]
+                    report.verdict("silu_and_mul numbers", True, f"max diff {check['max_abs_diff']:.2g}", "allclose, rtol = atol = 1e-2")
 
             sglang = build_sglang_kernels(arch, work / "tvm-ffi")
             if sglang:
@@ -388,7 +398,7 @@ def key_figure(figures: Mapping[str, Any]) -> str:
     source = "wheels" if toolkit.get("from_wheels") else toolkit.get("cuda_home", "?")
     text = f"nvcc {toolkit.get('nvcc_release')} ({source}), saxpy built in {ext.get('build_seconds', 0):.0f} s"
     if "max_abs_diff" in ext:
-        text += ", ran exact"
+        text += ", ran within 1e-6"
     flashinfer = figures.get("flashinfer")
     if isinstance(flashinfer, dict):
         text += ", flashinfer built" + (" and ran" if "max_abs_diff" in flashinfer else "")
@@ -398,7 +408,9 @@ def key_figure(figures: Mapping[str, Any]) -> str:
     return text
 
 
-SMOKE = SmokeTest(TEST, timeout=600, key_figure=key_figure)
+#: invoke smoke turns it on for every topic whose uv.lock holds flashinfer-python.
+GATES = (Gate("flashinfer", "switch", None, "flashinfer is installed and its JIT builds", on_when_locked="flashinfer-python"),)
+SMOKE = SmokeTest(TEST, timeout=600, key_figure=key_figure, gates=GATES)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -406,6 +418,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"compute capability to build for without a GPU (default {DEFAULT_ARCH})")
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    add_gate_args(parser, GATES)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not re.fullmatch(r"\d+\.\d+", args.arch):
         parser.error(f"--arch {args.arch}: give a compute capability such as 9.0")

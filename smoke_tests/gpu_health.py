@@ -1,7 +1,7 @@
 """GPU health: is each GPU computing and moving memory at its rated speed, and are its links
 what they should be? One process over every visible GPU::
 
-    python -m smoke_tests.gpu_health [--json PATH] [--min-share 0.7] [--require-full-links]
+    python -m smoke_tests.gpu_health [--json PATH] [--gate bf16_gemm_share=0.6] [--no-gates]
 
 For each GPU:
 - GEMM: bf16 matrix products (and fp8 through ``torch._scaled_mm`` on GPUs with FP8 tensor
@@ -19,9 +19,15 @@ Between every ordered pair of GPUs: copy bandwidth (a matrix, like nvbandwidth's
 device_to_device_memcpy), beside the pair's ``nvidia-smi topo -m`` link and, over NVLink,
 its share of the datasheet's NVLink bandwidth per direction.
 
-A wrong result fails the test; so does a figure under ``--min-share`` of its peak. A GPU not
-in the peaks table gets its figures without a share, never a guessed peak. There is no CPU
-variant: without a GPU the test skips (fails where GPUs were asked for).
+A wrong result fails the test, and so does a figure under its gate (GATES below, applied by
+default and printed with what was measured): every bf16 and fp8 GEMM, the memory copy, the
+host copies and the NVLink copies as shares of their peaks, and the PCIe link at its maximum
+generation and width under load. The defaults sit about 30% under the lowest figure of a
+healthy H100/H200 (BENCHMARKS.md), so a GPU at half its clocks or shared with a busy process
+fails them. ``--gate NAME=VALUE`` sets one (``off`` turns it off), ``--no-gates`` leaves
+correctness only. A GPU not in the peaks table gets its figures without a share, never a
+guessed peak: its share gates are reported not judged. There is no CPU variant: without a
+GPU the test skips (fails where GPUs were asked for).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from smoke_tests._gates import Gate, GateSettings, Value, add_gate_args, from_args, judge_floor, judge_switch
 from smoke_tests._hardware import (
     PCIE_QUERY,
     GpuPeaks,
@@ -52,6 +59,7 @@ from smoke_tests.nccl import link_between, parse_size, parse_topo, physical_gpu_
 TEST = "gpu_health"
 NO_GPU_WHAT = "the GPU health test measures GPUs (it has no CPU variant)"
 GEMM_SIZES = (4096, 8192, 16384)
+GEMM_KINDS = ("bf16", "fp8")
 #: Relative Frobenius error of a bf16/fp8 product against float32 on the same inputs: the
 #: output's rounding alone is ~0.3%; a broken kernel is off by O(1).
 GEMM_TOLERANCE = 0.02
@@ -96,19 +104,103 @@ def relative_error(torch: Any, got: Any, want: Any) -> float:
     return float(torch.linalg.vector_norm(got - want)) / (denom or 1.0)
 
 
-def share_failures(gpus: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]], min_share: float | None) -> list[str]:
-    """Every measured figure with a known peak that is under ``min_share`` of it."""
-    if not min_share:
-        return []
-    low = []
+#: The gates, from the healthy figures in BENCHMARKS.md with a margin of about 30% under the
+#: lowest: H200 x2 (2026-11-30, natively, torch 2.11) and H100 x1 (2026-12-05, in the sglang
+#: image). A GPU at half clocks, or shared with a second busy process, lands near half its
+#: healthy share: under every compute and memory gate.
+GATES = (
+    Gate(
+        "bf16_gemm_share", "share", 0.5, "every bf16 GEMM's TFLOP/s as a share of the GPU's dense bf16 peak",
+        basis="healthy 0.69-0.82: H200 771/737/704 and 736/699/687 TFLOP/s at n=4096/8192/16384, H100 739/701/720, "
+        "of 989.5; 0.5 is 28% under the lowest, half clocks give about 0.37",
+    ),
+    Gate(
+        "fp8_gemm_share", "share", 0.45, "every fp8 GEMM's TFLOP/s as a share of the GPU's dense fp8 peak (GPUs with FP8 tensor cores)",
+        basis="healthy 0.63-0.74: H200 1357/1462/1322 and 1238/1427/1255 TFLOP/s of 1979; 0.45 is 28% under the lowest",
+    ),
+    Gate(
+        "hbm_share", "share", 0.6, "the device-to-device copy's GB/s (read + write) as a share of the memory peak",
+        basis="healthy 0.85-0.90: H200 4211/4081/4100 GB/s of 4800, H100 about 3000 of 3350; 0.6 is 29% under the lowest",
+    ),
+    Gate(
+        "pcie_link", "switch", True, "each GPU's PCIe link, read while host copies run, at its maximum generation and width",
+        basis="a healthy H200 pair ran at Gen5 x16 under load; a card trained at x8 or Gen4 in a Gen5 x16 slot fails",
+    ),
+    Gate(
+        "host_copy_share", "share", 0.6, "pinned host-to-device and device-to-host GB/s as a share of the PCIe link at its maximum",
+        basis="healthy 0.87-0.88: H200 55.0/55.2 GB/s of 63.0 (Gen5 x16); 0.6 is 31% under, a link at half width gives 0.44",
+    ),
+    Gate(
+        "nvlink_copy_share", "share", 0.6, "each GPU-to-GPU copy over NVLink as a share of NVLink's bandwidth per direction",
+        basis="healthy 0.85: H200 pair 384/383 GB/s of 450; 0.6 is 29% under, a copy through the host gives under 0.15",
+    ),
+)
+SHARE_GATES = ("bf16_gemm_share", "fp8_gemm_share", "hbm_share", "host_copy_share", "nvlink_copy_share")
+
+
+def judge(report: Report, gates: GateSettings, gpus: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]]) -> None:
+    """Every gate against the figures, one verdict each (the worst figure decides, every one
+    under the floor is named), plus the correctness verdict of every GEMM and copy."""
+    rows = [(gpu, row) for gpu in gpus for row in gpu.get("rows", [])]
+
+    def shares(*whats: str) -> list[tuple[str, float]]:
+        return [(f"GPU{gpu['index']} {row['what']} {row['size']}".replace(" GEMM n=", " n="), row["share"])
+                for gpu, row in rows if row["what"] in whats and row.get("share") is not None]  # fmt: skip
+
+    def why_not(*whats: str, what: str) -> str:
+        ran = [(gpu, row) for gpu, row in rows if row["what"] in whats]
+        if not ran:
+            return f"no {what} ran"
+        unknown = sorted({str(gpu["name"]) for gpu, _ in ran if gpu.get("peaks") is None})
+        if unknown:
+            return f"{', '.join(unknown)} not in gpu_peaks.toml: no peak to share"
+        return f"no peak known for {what}"
+
+    gemm_skipped = {kind: f"no {kind} GEMM ran" for kind in GEMM_KINDS}
     for gpu in gpus:
-        for row in gpu.get("rows", []):
-            if row.get("share") is not None and row["share"] < min_share:
-                low.append(f"GPU{gpu['index']} {row['what']} {row['size']}: {pct(row['share'])} of peak")
-    for pair in pairs:
-        if pair.get("share") is not None and pair["share"] < min_share:
-            low.append(f"GPU{pair['src']}->GPU{pair['dst']}: {pct(pair['share'])} of {pair['link']}")
-    return low
+        if gpu.get("fp8_skipped"):
+            gemm_skipped["fp8"] = str(gpu["fp8_skipped"])
+    for kind in GEMM_KINDS:
+        what = f"{kind} GEMM"
+        reason = why_not(what, what=what) if any(r["what"] == what for _, r in rows) else gemm_skipped[kind]
+        judge_floor(report, gates, f"{kind}_gemm_share", shares(what), not_judged=reason)
+    judge_floor(report, gates, "hbm_share", shares("memory copy"), not_judged=why_not("memory copy", what="memory copy"))
+    host = ("host to device", "device to host")
+    judge_floor(report, gates, "host_copy_share", shares(*host), not_judged=why_not(*host, what="host copy") + " (the PCIe link's maximum is unknown)")
+
+    links = [(gpu["index"], gpu.get("pcie")) for gpu in gpus]
+    below = [f"GPU{i} {link['now']}" for i, link in links if link and link.get("below_max")]
+    unknown = [f"GPU{i}" for i, link in links if not link or not link.get("gen") or not link.get("width")]
+    shown = sorted({link["now"] for _, link in links if link}) if links else []
+    measured = ", ".join(below) if below else (", ".join(shown) or "unknown")
+    if below:
+        judge_switch(report, gates, "pcie_link", False, measured, "below its maximum under load (reseat the card, check the slot and the BIOS link settings)")
+    elif unknown:
+        judge_switch(report, gates, "pcie_link", None, measured, f"nvidia-smi did not report the link of {', '.join(unknown)}")
+    elif links:
+        judge_switch(report, gates, "pcie_link", True, measured)
+    else:
+        report.verdict("pcie_link", None, "-", "-", "no GPU measured", gate=True)
+
+    nvlink = [(f"GPU{p['src']}->GPU{p['dst']}", p["share"]) for p in pairs if p.get("share") is not None]
+    if not pairs:
+        why = "one GPU: no pair to copy between"
+    else:
+        kinds = sorted({str(p["link"]) for p in pairs})
+        why = f"no pair over NVLink with a known peak (links: {', '.join(kinds)})"
+    judge_floor(report, gates, "nvlink_copy_share", nvlink, not_judged=why)
+
+    gemms = [row for _, row in rows if row["what"].endswith("GEMM")]
+    if gemms:
+        worst = max(gemms, key=lambda r: r.get("error", 0.0))
+        report.verdict(
+            "GEMM products", all(r["correct"] for r in gemms), f"error {worst.get('error', 0.0):.2e} at most",
+            f"<= {GEMM_TOLERANCE:g} of a float32 product", "" if all(r["correct"] for r in gemms) else "a product is wrong",
+        )  # fmt: skip
+    copies = [row for _, row in rows if not row["what"].endswith("GEMM")] + list(pairs)
+    if copies:
+        exact = all(c["correct"] for c in copies)
+        report.verdict("copies", exact, f"{len(copies)} copies {'byte-exact' if exact else 'NOT exact'}", "every byte equal")
 
 
 def key_figure(figures: Mapping[str, Any]) -> str:
@@ -134,7 +226,7 @@ def key_figure(figures: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-SMOKE = SmokeTest(TEST, timeout=300, key_figure=key_figure)
+SMOKE = SmokeTest(TEST, timeout=300, key_figure=key_figure, gates=GATES)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -160,7 +252,7 @@ def timed(torch: Any, device: Any, fn: Callable[[], Any], warmup: int, iters: in
             for _ in range(iters):
                 fn()
             samples.append((time.perf_counter() - t0) / iters)
-    return statistics.median(samples)
+    return float(statistics.median(samples))
 
 
 def measure_gemm(torch: Any, device: Any, n: int, kind: str, iters: int, repeats: int) -> dict[str, Any]:
@@ -195,10 +287,14 @@ def _random_bytes(torch: Any, nbytes: int, device: Any, seed: int) -> Any:
     return torch.randint(0, 256, (nbytes,), generator=gen, dtype=torch.uint8, device=device)
 
 
-def measure_device_copy(torch: Any, device: Any, nbytes: int, iters: int, repeats: int) -> dict[str, Any]:
+def measure_device_copy(
+    torch: Any, device: Any, nbytes: int, iters: int, repeats: int, copy: Callable[[Any, Any], Any] | None = None
+) -> dict[str, Any]:
+    """``copy(dst, src)`` is the copy measured and checked (default ``dst.copy_(src)``)."""
     src = _random_bytes(torch, nbytes, device, 1)
     dst = torch.empty_like(src)
-    seconds = timed(torch, device, lambda: dst.copy_(src), warmup=3, iters=iters, repeats=repeats)
+    do = copy or (lambda d, s: d.copy_(s))
+    seconds = timed(torch, device, lambda: do(dst, src), warmup=3, iters=iters, repeats=repeats)
     return {"bytes": nbytes, "seconds": seconds, "gbps": copy_gbps(nbytes, seconds, read_and_write=True), "correct": bool(torch.equal(dst, src))}
 
 
@@ -305,8 +401,11 @@ def check_gpu(torch: Any, index: int, args: argparse.Namespace, errors: list[str
             errors.append(f"GPU{index} {label}: {type(exc).__name__}: {exc}")
             print(f"GPU{index} {label}: {type(exc).__name__}: {exc}", flush=True)
 
-    kinds = ["bf16"] + (["fp8"] if has_fp8(capability) and "fp8" in args.gemm else [])
-    kinds = [k for k in kinds if k in args.gemm]
+    kinds = [k for k in args.gemm if k != "fp8" or has_fp8(capability)]
+    if "fp8" in args.gemm and not has_fp8(capability):
+        gpu["fp8_skipped"] = f"GPU{index} ({name}) has no FP8 tensor cores (compute capability {capability[0]}.{capability[1]} < 8.9)"
+    if not kinds:
+        errors.append(f"GPU{index}: --gemm {','.join(args.gemm)} selects no GEMM this GPU can run ({gpu['fp8_skipped']})")
     for kind in kinds:
         peak = (peaks.bf16_tflops if kind == "bf16" else peaks.fp8_tflops) if peaks else None
         for n in args.gemm_sizes:
@@ -337,9 +436,10 @@ def check_gpu(torch: Any, index: int, args: argparse.Namespace, errors: list[str
         idle = _pcie_now(bus)
         r = measure_host_copies(torch, device, args.host_bytes, args.iters, args.repeats, during_load=lambda: _pcie_now(bus))
         link: PcieLink | None = r["under_load"] or idle
-        gpu["pcie"] = (
-            None if link is None else {"now": link.describe(), "gen": link.gen, "width": link.width, "gen_max": link.gen_max, "width_max": link.width_max}
-        )
+        gpu["pcie"] = None if link is None else {
+            "now": link.describe(), "gen": link.gen, "width": link.width, "gen_max": link.gen_max, "width_max": link.width_max,
+            "below_max": link.below_max(),
+        }  # fmt: skip
         peak = link.gbps_max if link else None
         label = f"PCIe Gen{link.gen_max} x{link.width_max}" if link and peak else "PCIe link unknown"
         for what, value in (("host to device", r["h2d_gbps"]), ("device to host", r["d2h_gbps"])):
@@ -350,10 +450,7 @@ def check_gpu(torch: Any, index: int, args: argparse.Namespace, errors: list[str
         below = link.below_max() if link else None
         if below:
             gpu["pcie_below_max"] = below
-            message = f"GPU{index}'s PCIe link runs below its maximum while copying: {below} (reseat the card, check the slot and BIOS link settings)"
-            notes.append(message)
-            if args.require_full_links:
-                errors.append(message)
+            notes.append(f"GPU{index}'s PCIe link runs below its maximum while copying: {below} (reseat the card, check the slot and BIOS link settings)")
 
     part("host copies", host)
     torch.cuda.empty_cache()
@@ -399,9 +496,22 @@ def check_pairs(torch: Any, gpus: Sequence[Mapping[str, Any]], args: argparse.Na
     return pairs
 
 
+def gate_settings(args: argparse.Namespace) -> GateSettings:
+    """The gates of this run: defaults, --no-gates, the old flags (--min-share sets every share
+    gate, --require-full-links the link's), then each --gate."""
+    aliases: dict[str, Value] = {}
+    if args.min_share is not None:
+        aliases.update(dict.fromkeys(SHARE_GATES, args.min_share))
+    if args.require_full_links:
+        aliases["pcie_link"] = True
+    return from_args(args, GATES, aliases)
+
+
 def body(args: argparse.Namespace, report: Report) -> None:
     if args.cpu:
         raise Skip("the GPU health test has no CPU variant: it measures GPUs")
+    gates = gate_settings(args)
+    report.figures["gates"] = gates.as_figures()
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
@@ -447,11 +557,21 @@ def body(args: argparse.Namespace, report: Report) -> None:
     unknown = {g["name"] for g in gpus if g["peaks"] is None}
     if unknown:
         report.notes.append(f"not in smoke_tests/gpu_peaks.toml: {', '.join(sorted(unknown))} (figures without a share of peak)")
+    judge(report, gates, gpus, pairs)
     if errors:
         raise Fail("; ".join(errors[:4]) + (f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""))
-    low = share_failures(gpus, pairs, args.min_share)
-    if low:
-        raise Fail(f"under --min-share {args.min_share:g}: " + "; ".join(low[:4]) + (f" (and {len(low) - 4} more)" if len(low) > 4 else ""))
+    failed = report.failed_verdicts()
+    if failed:
+        raise Fail("under its gate: " + "; ".join(v.describe() for v in failed))
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in GEMM_KINDS]
+    if not kinds or unknown:
+        selects = ", ".join(unknown) if kinds else "nothing"
+        raise argparse.ArgumentTypeError(f"--gemm takes {' and/or '.join(GEMM_KINDS)}, comma-separated: {text!r} selects {selects}")
+    return list(dict.fromkeys(kinds))
 
 
 def _sizes(text: str) -> list[int]:
@@ -464,18 +584,27 @@ def _sizes(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     add_common_args(parser, timeout=SMOKE.timeout)
-    parser.add_argument(
-        "--gemm", type=lambda t: [k.strip() for k in t.split(",") if k.strip()], default=["bf16", "fp8"], help="bf16,fp8 (fp8 where the GPU has it)"
-    )
+    parser.add_argument("--gemm", type=_kinds, default=list(GEMM_KINDS), help="bf16,fp8 (fp8 where the GPU has it)")
     parser.add_argument("--gemm-sizes", type=_sizes, default=list(GEMM_SIZES), metavar="N,N", help="square GEMM sizes (default 4096,8192,16384)")
     parser.add_argument("--copy-bytes", type=parse_size, default=parse_size("1G"), help="device copy size (default 1G)")
     parser.add_argument("--host-bytes", type=parse_size, default=parse_size("256M"), help="host copy size (default 256M)")
     parser.add_argument("--p2p-bytes", type=parse_size, default=parse_size("256M"), help="GPU-to-GPU copy size (default 256M)")
     parser.add_argument("--iters", type=int, default=10, help="calls per timed block (GEMM: more at small sizes)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks; the median counts")
-    parser.add_argument("--min-share", type=float, metavar="FRACTION", help="fail when a figure with a known peak is under this share of it")
-    parser.add_argument("--require-full-links", action="store_true", help="a PCIe link below its max generation or width fails the test")
+    parser.add_argument("--min-share", type=_share, metavar="FRACTION", help=f"set every share gate ({', '.join(SHARE_GATES)}) to this")
+    parser.add_argument("--require-full-links", action="store_true", help="the pcie_link gate on (it is by default; kept for old command lines)")
+    add_gate_args(parser, GATES)
     return parser
+
+
+def _share(text: str) -> float:
+    try:
+        value = GATES[0].parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("gate bf16_gemm_share", "--min-share")) from None
+    if not isinstance(value, float):
+        raise argparse.ArgumentTypeError("--min-share takes a share between 0 and 1 (leave it out, or --no-gates, for none)")
+    return value
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -3,7 +3,7 @@ with exact results checked on every rank, then bus bandwidth over a sweep of mes
 
 Run one process per GPU::
 
-    torchrun --nproc_per_node 2 -m smoke_tests.nccl --json nccl.json [--min-busbw 300]
+    torchrun --nproc_per_node 2 -m smoke_tests.nccl --json nccl.json [--gate busbw_share=0.6]
     python -m smoke_tests.nccl            # starts torchrun itself, one rank per visible GPU
     python -m smoke_tests.nccl --cpu      # the same code over gloo on CPU tensors, smaller sizes
 
@@ -15,10 +15,18 @@ Bandwidth follows nccl-tests (doc/PERFORMANCE.md there): algbw = size / time, bu
 x the collective's factor (all-reduce 2(n-1)/n; all-gather, reduce-scatter and all-to-all
 (n-1)/n), which is comparable with the link's line rate whatever n is. "size" is nccl-tests'
 too: the whole buffer (all-gather's output, reduce-scatter's input, all-to-all's buffer per
-rank). ``--expect-transport P2P`` fails the run when NCCL connected any channel through
-another transport (SHM, NET/Socket...): a silent fallback. Each size is timed with CUDA events around ``--iters`` back-to-back
-all-reduces after ``--warmup`` untimed ones; the slowest rank's time counts and the
-median of ``--repeats`` such blocks is reported.
+rank). Each size is timed with CUDA events around ``--iters`` back-to-back all-reduces after
+``--warmup`` untimed ones; the slowest rank's time counts and the median of ``--repeats``
+such blocks is reported.
+
+Gates (GATES below, on by default, each printed with what was measured): all-reduce busbw at
+256 MiB and up as a share of NVLink's bandwidth where the GPUs are linked by NVLink, and the
+transport NCCL connected its channels through against what ``nvidia-smi topo -m`` says the
+GPUs can use (NVLink: P2P or NVLS; a silent fallback to SHM or sockets fails).
+``--gate transport=P2P`` (or ``--expect-transport P2P``) asks for given transports,
+``--gate busbw=300`` (or ``--min-busbw 300``) for a busbw floor in GB/s; ``--no-gates``
+leaves the exact results only. Rank 0 reads NCCL's INFO log from a private file whatever
+``NCCL_DEBUG`` says, and hands the user back the lines their own ``NCCL_DEBUG`` asked for.
 """
 
 from __future__ import annotations
@@ -35,19 +43,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from smoke_tests._gates import Gate, GateSettings, Value, add_gate_args, from_args, judge_floor, judge_switch
 from smoke_tests._hardware import parse_pci_bus_id, pct, peaks_for, share
 from smoke_tests._result import (
+    NOT_JUDGED,
+    PASSED,
     SUPERVISED_ENV,
     Fail,
     Report,
     Skip,
     SmokeTest,
+    Verdict,
+    add_cleanup,
     add_common_args,
     fmt,
     fmt_bytes,
     no_gpu,
     nvidia_smi,
     read_json,
+    remove_cleanup,
     run_command,
     run_test,
 )
@@ -215,32 +229,64 @@ def parse_nccl_transports(log: str) -> list[str]:
     return list(seen)
 
 
-def transport_gate(transports: Sequence[str], expected: Sequence[str], log_captured: bool = True) -> str | None:
+def transport_gate(transports: Sequence[str], expected: Sequence[str]) -> str | None:
     """The failure message when NCCL connected a channel through another transport than the
     expected ones (prefixes: P2P, SHM, NVLS, NET/IB, NET/Socket...), or named none."""
     if not expected:
         return None
     if not transports:
-        why = "NCCL_DEBUG was set by the user, so the kit did not capture NCCL's log" if not log_captured else "no 'via' line in NCCL's INFO log"
-        return f"--expect-transport {','.join(expected)}: NCCL's transport is unknown ({why})"
+        return f"NCCL's transport is unknown (no 'via' line in its INFO log), {' or '.join(expected)} expected"
     wanted = [e.upper() for e in expected]
-    other = [t for t in transports if not any(t.upper().startswith(w) for w in wanted)]
+    other = [t for t in transports if not any(t.upper() == w or t.upper().startswith(w + "/") for w in wanted)]
     if other:
-        return f"NCCL used {', '.join(other)} where --expect-transport {','.join(expected)} was expected (a fallback)"
+        return f"NCCL used {', '.join(other)} where {' or '.join(expected)} was expected (a fallback)"
     return None
 
 
-def evaluate_gate(rows: Sequence[Mapping[str, Any]], min_busbw: float | None) -> str | None:
-    """The failure message when the largest message's busbw is under ``min_busbw`` GB/s."""
-    if not min_busbw or not rows:
-        return None
-    largest = max(rows, key=lambda r: r["bytes"])
-    if largest["busbw_gbps"] < min_busbw:
-        return (
-            f"busbw {largest['busbw_gbps']:.1f} GB/s at {fmt_bytes(largest['bytes'])} "
-            f"is under --min-busbw {min_busbw:g} GB/s"
-        )
-    return None
+def expected_transports(link: str, nodes: int) -> tuple[str, ...]:
+    """What NCCL should connect through, from the topology (the transport gate's ``auto``):
+    GPUs joined by NVLink: P2P (or NVLS, NVLink SHARP); other GPUs of one node: P2P or SHM,
+    never sockets; ranks on several nodes: whatever NCCL names (NET, or P2P/SHM where it
+    finds the "nodes" on one host), as long as it names one."""
+    if nodes > 1:
+        return ("NET", "P2P", "SHM", "NVLS", "CollNet")
+    if link.startswith("NV"):
+        return ("P2P", "NVLS")
+    return ("P2P", "SHM", "NVLS")
+
+
+def link_used(transports: Sequence[str], nodes: int) -> str:
+    """The link NCCL really used across several nodes, from its transports: 'NET/Socket across
+    2 nodes', 'SHM across 2 nodes' (containers NCCL found on one host)."""
+    families = []
+    for transport in transports:
+        parts = transport.split("/")
+        family = "/".join(parts[:2]) if parts[0] in ("NET", "CollNet") and len(parts) > 1 else parts[0]
+        if family not in families:
+            families.append(family)
+    if not families:
+        return f"unknown across {nodes} nodes (NCCL named no transport)"
+    return f"{'+'.join(families)} across {nodes} nodes"
+
+
+#: The gates, from the healthy figures in BENCHMARKS.md: all-reduce busbw at 256 MiB and 1 GiB
+#: on 2 x H100 (301/333 GB/s), 2 x H200 (302/334) and 4 x H100 (339/355), of NVLink4's 450
+#: GB/s per direction, with a margin of 25% under the lowest; NCCL_P2P_DISABLE=1 on the
+#: H200 pair gave SHM/direct/direct and 28 GB/s at 16 MiB: both gates fail it.
+LARGE_BYTES = 256 << 20
+GATES = (
+    Gate(
+        "busbw_share", "share", 0.5, "all-reduce busbw at every size from 256 MiB as a share of NVLink's bandwidth per direction (GPUs joined by NVLink)",
+        basis="healthy 0.67-0.79: 2 x H100 301/333 GB/s at 256 MiB/1 GiB, 2 x H200 302/334, 4 x H100 339/355, of 450; 0.5 is 25% under the lowest",
+    ),
+    Gate(
+        "transport", "words", ("auto",), "the transports NCCL connected its channels through: auto expects what nvidia-smi topo -m allows "
+        "(NVLink: P2P or NVLS; one node: no sockets; several nodes: a named one), or give prefixes (P2P, SHM, NVLS, NET/IB, NET/Socket)",
+        basis="H100/H200 NVLink pairs connect P2P/CUMEM; with NCCL_P2P_DISABLE=1 the H200 pair fell back to SHM/direct/direct",
+        pattern=r"(auto|P2P|SHM|NVLS|NET|CollNet)(/[A-Za-z0-9_]+)*",
+    ),
+    Gate("busbw", "number", None, "all-reduce busbw at the largest size (an absolute floor; off by default)", unit="GB/s"),
+)
 
 
 def physical_gpu_indices(
@@ -284,7 +330,7 @@ def key_figure(figures: Mapping[str, Any]) -> str:
 
 
 #: The parent's limit is --timeout + 60 (torchrun's start and its ranks' end fit in that).
-SMOKE = SmokeTest(TEST, timeout=300, key_figure=key_figure)
+SMOKE = SmokeTest(TEST, timeout=300, key_figure=key_figure, gates=GATES)
 
 
 def under_torchrun() -> bool:
@@ -322,6 +368,7 @@ def relaunch(module: str, argv: Sequence[str], args: argparse.Namespace, name: s
                 child = read_json(child_json)
                 report.figures.update(child.get("figures", {}))
                 report.environment.update(child.get("environment", {}))
+                report.verdicts += [adopt(v) for v in child.get("verdicts", [])]
                 rows = child.get("figures", {}).get("table")
                 if rows:
                     report.table(rows["headers"], rows["rows"])
@@ -337,6 +384,12 @@ def relaunch(module: str, argv: Sequence[str], args: argparse.Namespace, name: s
             raise Fail(f"torchrun exited with {run.returncode} and no rank wrote a result")
 
     return run_test(name, body, json_path=args.json, timeout=args.timeout + 60)
+
+
+def adopt(data: Mapping[str, Any]) -> Verdict:
+    """A verdict read back from a result's JSON."""
+    ok = None if data["status"] == NOT_JUDGED else data["status"] == PASSED
+    return Verdict(data["name"], ok, data["measured"], data["expected"], data["detail"], bool(data["gate"]))
 
 
 def _strip_json(argv: Sequence[str]) -> list[str]:
@@ -357,33 +410,87 @@ def _strip_json(argv: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------- the distributed body
 
 
+#: The INFO subsystems that name the transports; NCCL's own default subsystems when the user
+#: asked for INFO without naming any.
+CAPTURE_SUBSYS = ("INIT", "P2P", "SHM", "NET")
+NCCL_DEFAULT_SUBSYS = ("INIT", "BOOTSTRAP", "ENV")
+_NCCL_LINE = re.compile(r" NCCL (WARN|INFO|TRACE|ABORT) ")
+
+
+def user_lines(text: str, level: str | None) -> str:
+    """The lines of a captured INFO log that the user's own ``NCCL_DEBUG`` would have shown:
+    nothing when unset, the version for VERSION, warnings for WARN, everything for INFO/TRACE."""
+    level = (level or "").strip().upper()
+    if not level:
+        return ""
+    lines = text.splitlines(keepends=True)
+    if level in ("INFO", "TRACE"):
+        return "".join(lines)
+    if level == "VERSION":
+        return "".join(line for line in lines if "NCCL version" in line)
+    return "".join(line for line in lines if (m := _NCCL_LINE.search(line)) and m.group(1) in ("WARN", "ABORT"))
+
+
+def expand_debug_file(pattern: str, hostname: str, pid: int) -> str:
+    """NCCL_DEBUG_FILE's %h (host name) and %p (process id), as NCCL expands them."""
+    return pattern.replace("%h", hostname).replace("%p", str(pid))
+
+
 class _NcclLog:
-    """Points NCCL's INFO log at a private file (unless the user set NCCL_DEBUG), to read the
-    transport it chose; removed afterwards."""
+    """Points NCCL's INFO log (the INIT, P2P, SHM and NET lines) at a private file, to read
+    the transports it chose, whatever the user or a stack set NCCL_DEBUG to; on the way out,
+    the user's settings come back and the lines their NCCL_DEBUG asked for are written where
+    they asked (stdout, NCCL's default, or their NCCL_DEBUG_FILE). NCCL reads these variables
+    once, when the first communicator is created inside the block."""
 
     VARS = ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE")
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled and "NCCL_DEBUG" not in os.environ
+        self.enabled = enabled
         self.dir: tempfile.TemporaryDirectory[str] | None = None
         self.saved: dict[str, str | None] = {}
+        self.replayed = False
 
     def __enter__(self) -> _NcclLog:
         if self.enabled:
             self.dir = tempfile.TemporaryDirectory(prefix="smoke-nccl-log-")
             self.saved = {k: os.environ.get(k) for k in self.VARS}
-            # NCCL reads these once, when the communicator is created just below.
+            subsys = list(CAPTURE_SUBSYS)
+            if (self.saved["NCCL_DEBUG"] or "").upper() in ("INFO", "TRACE"):
+                theirs = self.saved["NCCL_DEBUG_SUBSYS"]
+                subsys += [s for s in (theirs.split(",") if theirs else NCCL_DEFAULT_SUBSYS) if s and s not in subsys]
             os.environ["NCCL_DEBUG"] = "INFO"
-            os.environ["NCCL_DEBUG_SUBSYS"] = "INIT,P2P,SHM,NET"
+            os.environ["NCCL_DEBUG_SUBSYS"] = ",".join(subsys)
             os.environ["NCCL_DEBUG_FILE"] = os.path.join(self.dir.name, "nccl.%p.log")
+            add_cleanup(self.replay)  # a time limit or Ctrl-C still hands the user their lines
         return self
 
     def text(self) -> str:
         if not self.dir:
             return ""
-        return "".join(p.read_text(errors="replace") for p in Path(self.dir.name).glob("nccl.*.log"))
+        return "".join(p.read_text(errors="replace") for p in sorted(Path(self.dir.name).glob("nccl.*.log")))
+
+    def replay(self) -> None:
+        """Write the lines the user's NCCL_DEBUG asked for where they asked for them (once)."""
+        if self.replayed or not self.dir:
+            return
+        self.replayed = True
+        lines = user_lines(self.text(), self.saved.get("NCCL_DEBUG"))
+        if not lines:
+            return
+        target = self.saved.get("NCCL_DEBUG_FILE")
+        if target:
+            with open(expand_debug_file(target, os.uname().nodename, os.getpid()), "a") as out:
+                out.write(lines)
+        else:
+            sys.stdout.write(lines)
+            sys.stdout.flush()
 
     def __exit__(self, *exc: object) -> None:
+        if not self.enabled:
+            return
+        remove_cleanup(self.replay)
+        self.replay()
         # Put the user's settings back, so the recorded environment is theirs, not ours.
         for key, value in self.saved.items():
             if value is None:
@@ -409,6 +516,8 @@ def worker(args: argparse.Namespace) -> int:
         import torch
         import torch.distributed as dist
 
+        gates = gate_settings(args)
+        report.figures["gates"] = gates.as_figures()
         if args.cpu:
             device, backend = torch.device("cpu"), "gloo"
         else:
@@ -456,6 +565,7 @@ def worker(args: argparse.Namespace) -> int:
             collectives: dict[str, list[dict[str, Any]]] = {}
             figures["collectives"] = collectives
             wrong: list[str] = []
+            wrong_sizes: dict[str, list[str]] = {}
             for name in args.collectives:
                 rows: list[dict[str, Any]] = []
                 collectives[name] = rows
@@ -470,10 +580,11 @@ def worker(args: argparse.Namespace) -> int:
                     wrong_ranks, bad = (int(v) for v in tally.tolist())
                     if wrong_ranks:
                         wrong.append(f"{name} {fmt_bytes(numel * elem)} on {wrong_ranks} rank(s)")
+                        wrong_sizes.setdefault(name, []).append(f"{fmt_bytes(numel * elem)} on {wrong_ranks} rank(s)")
                     seconds = _time_op(torch, dist, op, device, args.warmup, args.iters, args.repeats)
                     del op, expected
                     algbw = algbw_gbps(numel * elem, seconds)
-                    row = {
+                    row: dict[str, Any] = {
                         "bytes": numel * elem, "count": numel, "time_us": seconds * 1e6, "algbw_gbps": algbw,
                         "busbw_gbps": algbw * busbw_factor(world, name), "correct": wrong_ranks == 0,
                         "wrong_ranks": wrong_ranks, "mismatched_elements": bad,
@@ -516,17 +627,70 @@ def worker(args: argparse.Namespace) -> int:
                 f"link {figures['link']}  transports {','.join(figures.get('nccl_transports', [])) or '-'}  "
                 f"NCCL {figures.get('nccl_version', '-')}  world {world}"
             )
+        for name, rows_of in figures["collectives"].items():
+            wrong_at = wrong_sizes.get(name, [])
+            report.verdict(
+                f"{name} exact", not wrong_at, f"wrong at {', '.join(wrong_at)}" if wrong_at else f"{len(rows_of)} sizes exact on {world} ranks",
+                "every element on every rank",
+            )  # fmt: skip
+        judge(report, gates, figures, backend, judge_transport=rank == 0)  # only rank 0 reads NCCL's log
         if wrong:
             raise Fail("wrong results: " + ", ".join(wrong))
-        gate = evaluate_gate(rows, args.min_busbw)
-        if gate:
-            raise Fail(gate)
-        if backend == "nccl" and rank == 0:  # only rank 0 reads NCCL's log
-            transports = transport_gate(figures.get("nccl_transports", []), args.expect_transport, log.enabled)
-            if transports:
-                raise Fail(transports)
+        failed = report.failed_verdicts()
+        if failed:
+            raise Fail("; ".join(v.describe() for v in failed))
 
     return run_test(TEST, body, json_path=args.json if rank == 0 else None, timeout=args.timeout, writer=rank == 0)
+
+
+def gate_settings(args: argparse.Namespace) -> GateSettings:
+    """Defaults, --no-gates, the old flags (--min-busbw, --expect-transport), then each --gate."""
+    aliases: dict[str, Value] = {}
+    if getattr(args, "min_busbw", None) is not None:
+        aliases["busbw"] = args.min_busbw
+    if args.expect_transport:
+        aliases["transport"] = tuple(args.expect_transport)
+    return from_args(args, GATES, aliases)
+
+
+def judge(report: Report, gates: GateSettings, figures: Mapping[str, Any], backend: str, judge_transport: bool = True) -> None:
+    """The gates against the figures: busbw's share of NVLink at the large sizes, the absolute
+    busbw floor, and (on the rank that read NCCL's log) the transport."""
+    rows = figures.get("sizes") or []
+    large = [(fmt_bytes(r["bytes"]), r["nvlink_share"]) for r in rows if r["bytes"] >= LARGE_BYTES and r.get("nvlink_share") is not None]
+    if backend != "nccl":
+        why = f"{backend}: no NVLink"
+    elif not str(figures.get("link", "")).startswith("NV"):
+        why = f"the GPUs are not joined by NVLink (link {figures.get('link', 'unknown')})"
+    elif not figures.get("nvlink_gbps"):
+        why = f"{figures.get('gpu', 'this GPU')} has no NVLink peak in gpu_peaks.toml"
+    else:
+        why = f"no all-reduce of {fmt_bytes(LARGE_BYTES)} or more in the sweep (--max-bytes)"
+    judge_floor(report, gates, "busbw_share", large, not_judged=why)
+    largest = [(fmt_bytes(r["bytes"]), r["busbw_gbps"]) for r in rows[-1:]]
+    judge_floor(report, gates, "busbw", largest, not_judged="no all-reduce measured")
+
+    if not judge_transport:
+        return
+    if backend != "nccl":
+        report.verdict("transport", None, backend, "-", f"{backend}: NCCL is not used", gate=True)
+        return
+    setting = gates["transport"]
+    transports = list(figures.get("nccl_transports") or [])
+    nodes = int(figures.get("nodes") or 1)
+    if isinstance(setting, tuple) and [w.lower() for w in setting] == ["auto"]:
+        expected = expected_transports(str(figures.get("link", "unknown")), nodes)
+        shown = f"auto for {figures.get('link', 'unknown')}: {' or '.join(expected)}"
+    else:
+        expected = tuple(setting) if isinstance(setting, tuple) else ()
+        shown = " or ".join(expected)
+    measured = ", ".join(transports) or "none named"
+    if setting is None:
+        report.verdict("transport", None, measured, "-", gates.off_reason("transport"), gate=True)
+        return
+    problem = transport_gate(transports, expected)
+    found = judge_switch(report, gates, "transport", problem is None, measured, problem or "")
+    found.expected = shown
 
 
 def _case(
@@ -629,9 +793,10 @@ def _describe_links(
     nodes = {g[0] for g in gathered}
     topo = nvidia_smi(["topo", "-m"])
     figures["nvidia_smi_topo"] = topo or "nvidia-smi topo -m unavailable"
-    figures["nccl_transports"] = parse_nccl_transports(log.text())
+    figures["nccl_transports"] = transports = parse_nccl_transports(log.text())
+    figures["nodes"] = len(nodes)
     if len(nodes) > 1:
-        figures["link"] = "NET (ranks on several nodes)"
+        figures["link"] = link_used(transports, len(nodes))  # what NCCL used, not a guess from host names
         return
     smi = nvidia_smi(["--query-gpu=index,pci.bus_id", "--format=csv,noheader"])
     local = [g for g in gathered]
@@ -664,16 +829,35 @@ def build_parser(description: str = __doc__ or "") -> argparse.ArgumentParser:
         help=f"comma-separated, or all (default): {', '.join(COLLECTIVES)}",
     )  # fmt: skip
     parser.add_argument(
-        "--expect-transport", type=lambda t: [p.strip() for p in t.split(",") if p.strip()], default=[], metavar="PREFIXES",
-        help="fail unless NCCL connected every channel through one of these (P2P, SHM, NVLS, NET/IB, NET/Socket)",
+        "--expect-transport", type=_transports, default=[], metavar="PREFIXES",
+        help="the transport gate set to these: fail unless NCCL connected every channel through one of them (P2P, SHM, NVLS, NET/IB, NET/Socket)",
     )  # fmt: skip
     return parser
+
+
+def _gbps(text: str) -> float:
+    try:
+        value = GATES[2].parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("gate busbw", "--min-busbw")) from None
+    if not isinstance(value, float):
+        raise argparse.ArgumentTypeError("--min-busbw takes GB/s (leave it out for no floor)")
+    return value
+
+
+def _transports(text: str) -> list[str]:
+    try:
+        value = GATES[1].parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("gate transport", "--expect-transport")) from None
+    return list(value) if isinstance(value, tuple) else []
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    parser.add_argument("--min-busbw", type=float, metavar="GBPS", help="fail when busbw at the largest size is lower")
+    parser.add_argument("--min-busbw", type=_gbps, metavar="GBPS", help="the busbw gate set to this: fail when busbw at the largest size is lower")
+    add_gate_args(parser, GATES)
     args = parser.parse_args(argv)
     if not under_torchrun():
         return relaunch("smoke_tests.nccl", argv, args, TEST)

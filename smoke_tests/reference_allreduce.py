@@ -86,7 +86,7 @@ def worker(args: Any) -> int:
             sizes = sweep_sizes(
                 parse_size(args.min_bytes or lo), parse_size(args.max_bytes or hi), args.factor or factor
             )
-            rows = []
+            rows: list[dict[str, Any]] = []
             report.figures.update(world_size=world, dtype=dtype_name, warmup=args.warmup, iters=args.iters)
             report.figures["sizes"] = rows
             for nbytes in sizes:
@@ -122,6 +122,8 @@ def worker(args: Any) -> int:
         finally:
             dist.destroy_process_group()
 
+        # A reference measures; what it judges is that every size was timed (and, with --compare, the ratio).
+        report.verdict("every size timed", len(rows) == len(sizes), f"{len(rows)} of {len(sizes)} sizes", "a time for every size")
         headers = ["size", "time us", "algbw GB/s", "busbw GB/s"]
         table = [
             [fmt_bytes(r["bytes"]), fmt(r["time_us"], 1), fmt(r["algbw_gbps"]), fmt(r["busbw_gbps"])] for r in rows
@@ -145,6 +147,11 @@ def worker(args: Any) -> int:
             if gated:
                 report.figures["min_gated_ratio"] = min(gated)
             failures = ratio_failures(cmp, args.min_ratio)
+            if gated:
+                report.verdict(
+                    "smoke / reference", not failures, f"{min(gated):.3f} at least", f">= {args.min_ratio:g} from {args.compare_min_bytes}",
+                    ", ".join(failures),
+                )  # fmt: skip
             if smoke.get("status") != "passed":
                 raise Fail(f"the smoke result being compared is {smoke.get('status')}: {smoke.get('reason')}")
             if not gated:

@@ -14,7 +14,8 @@ for each kind of transfer; the prefill side writes the KV into the decode side's
 the test reads the transports of those remote writes (``cuda_ipc/cuda``, ``tcp/eth0``,
 ``rc_mlx5/mlx5_0:1``...) from the prefill server's log. With ``--expect-transport`` it fails
 when the KV did not move over that kind of link (``cuda_ipc``: GPU to GPU within the host; ``rdma``: InfiniBand/RoCE;
-``tcp``: sockets). Without a GPU (or with ``--cpu``) the test writes and checks the tiny model,
+``tcp``: sockets); by default (the ``kv_link`` gate, ``named``) a pair whose log names no
+transport fails: a KV link nobody can name is not a pass. Without a GPU (or with ``--cpu``) the test writes and checks the tiny model,
 then reports skipped (failed with ``--require-gpu``), never passed.
 
 ``--server-cmd``, ``--router-cmd`` and ``--bench-cmd`` replace the SGLang commands (words with
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests import sglang_serve, tiny_model
+from smoke_tests._gates import Gate, add_gate_args, from_args, judge_switch
 from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test, start_child, stop_child, tail_text
 from smoke_tests.sglang_serve import HOST, command_words, free_port, request, wait_healthy
 
@@ -227,7 +229,15 @@ def key_figure(figures: Mapping[str, Any]) -> str:
     return text + f", KV over {figures.get('kv_link', '?')}"
 
 
-SMOKE = SmokeTest(TEST, timeout=1500, key_figure=key_figure)
+GATES = (
+    Gate(
+        "kv_link", "words", ("named",), "the link the KV moved over, from the prefill server's UCX log: named (any known link) or "
+        "the one expected (cuda_ipc, rdma, tcp)",
+        basis="2 x H200 (2026-11-30): NIXL over UCX named cuda_ipc for every remote KV write once UCX_PROTO_INFO=y was set",
+        pattern=r"named|cuda_ipc|rdma|tcp",
+    ),
+)
+SMOKE = SmokeTest(TEST, timeout=1500, key_figure=key_figure, gates=GATES)
 
 
 # ---------------------------------------------------------------------------- the test
@@ -271,7 +281,7 @@ def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: s
     values = {"python": sys.executable, "model": model, "host": HOST, "mem_fraction": args.mem_fraction}
 
     def left() -> float:
-        return args.timeout - (time.monotonic() - start) - 40  # time to stop everything and report
+        return float(args.timeout - (time.monotonic() - start) - 40)  # time to stop everything and report
 
     # 1. the plain server: the reference outputs and the single-server load
     single = Servers(args.stop_grace)
@@ -323,6 +333,10 @@ def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: s
         difference = first_difference(reference, got)
         report.figures["greedy"] = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "identical": difference is None}
         rows.append(["greedy outputs", "identical" if difference is None else "DIFFER", f"{len(prompts)} prompts x {args.max_new_tokens} tokens"])
+        report.verdict(
+            "greedy outputs", difference is None, f"{len(prompts)} prompts x {args.max_new_tokens} tokens " + ("identical" if difference is None else "differ"),
+            "the plain server's text through prefill/decode", difference or "",
+        )  # fmt: skip
         if difference:
             raise Fail(f"prefill/decode changed the greedy output: {difference}")
 
@@ -342,10 +356,17 @@ def run_phases(args: argparse.Namespace, report: Report, workdir: Path, model: s
 
         link, named = record_transport(report, workdir)
         rows.append(["KV transport", link, named])
-        if args.expect_transport and link != args.expect_transport:
-            raise Fail(f"the KV moved over {link} ({named}), --expect-transport {args.expect_transport}")
+        gates = from_args(args, GATES, {"kv_link": (args.expect_transport,)} if args.expect_transport else None)
+        wanted = gates["kv_link"]
         if link == "unknown":
-            report.notes.append(f"{args.transfer_backend} named no transport in the prefill server's log (UCX_PROTO_INFO=y was set)")
+            ok, why = None, f"{args.transfer_backend} named no transport in the prefill server's log (UCX_PROTO_INFO=y was set)"
+        elif isinstance(wanted, tuple) and "named" not in wanted:
+            ok, why = link in wanted, f"the KV moved over {link} ({named}), kv_link {' or '.join(wanted)} expected"
+        else:
+            ok, why = True, ""
+        verdict = judge_switch(report, gates, "kv_link", ok, f"{link} ({named})", why)
+        if verdict.ok is False:
+            raise Fail(why if ok is not None else f"{why}: the kv_link gate wants a named link (--gate kv_link=off accepts none)")
     except Fail:
         if "kv_link" not in report.figures and (workdir / "prefill.log").exists():
             link, named = record_transport(report, workdir)  # a pair that hangs may still have moved KV
@@ -422,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(parser, timeout=SMOKE.timeout)
     parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
     parser.add_argument("--transfer-backend", default="nixl", choices=BACKENDS, help="SGLang's --disaggregation-transfer-backend")
-    parser.add_argument("--expect-transport", choices=EXPECT, help="fail unless the KV moved over this kind of link")
+    parser.add_argument("--expect-transport", choices=EXPECT, help="the kv_link gate set to this: fail unless the KV moved over this kind of link")
     parser.add_argument("--bootstrap-port", type=int, help="the prefill server's bootstrap port (default: a free one)")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), choices=range(1, len(PROMPTS) + 1), metavar=f"1..{len(PROMPTS)}")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens of each greedy output compared")
@@ -440,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-cmd", help="replace the server command (tests); see the module doc")
     parser.add_argument("--router-cmd", help="replace the router command (tests); see the module doc")
     parser.add_argument("--bench-cmd", help="replace the bench_serving command (tests); see the module doc")
+    add_gate_args(parser, GATES)
     return parser
 
 

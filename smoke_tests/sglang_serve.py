@@ -256,7 +256,7 @@ def served_model(base_url: str) -> str:
     models = (answer.json() or {}).get("data") or []
     if not models or not isinstance(models[0].get("id"), str):
         raise Fail(f"/v1/models lists no model: {answer.body[:200]!r}")
-    return models[0]["id"]
+    return str(models[0]["id"])
 
 
 def check_chat(base_url: str, model: str, max_tokens: int = 8) -> dict[str, Any]:
@@ -388,15 +388,18 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         ready = wait_healthy(base_url, args.startup_timeout, server.poll)
         report.figures["ready_seconds"] = ready
         rows.append(["/health", "200", f"ready after {ready:.1f} s"])
+        report.verdict("/health", True, f"200 after {ready:.1f} s", "200 within --startup-timeout")
 
         generate = check_generate(base_url, args.check_tokens)
         report.figures["generate"] = generate
         rows.append(["/generate", "ok", f"{generate['completion_tokens']} tokens in {generate['seconds'] * 1000:.0f} ms"])
+        report.verdict("/generate", True, f"{generate['completion_tokens']} tokens", f"{args.check_tokens} tokens of text")
 
         name = served_model(base_url)
         chat = check_chat(base_url, name, args.check_tokens)
         report.figures["chat"] = {**chat, "model": name}
         rows.append(["/v1/chat/completions", "ok", f"{chat['completion_tokens']} tokens, prompt {chat['prompt_tokens']}"])
+        report.verdict("/v1/chat/completions", True, f"{chat['completion_tokens']} tokens", f"{args.check_tokens} tokens, an assistant message")
 
         left = args.timeout - (time.monotonic() - start) - 30  # keep time to stop the server and report
         figures, verdict, bench_cmd = run_bench(args, base_url, model, tokenizer, workdir / "bench.jsonl", env, left)
@@ -408,6 +411,8 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
             f"{figures.get('completed')}/{args.num_prompts} req, {fmt(figures.get('output_throughput'), 1)} tok/s out, "
             f"TTFT median {fmt(figures.get('median_ttft_ms'), 1)} ms",
         ])  # fmt: skip
+        completed = f"{figures.get('completed')}/{args.num_prompts} requests"
+        report.verdict("bench_serving", verdict is None, completed, f"every request with {args.output_len} tokens", verdict or "")
         if verdict:
             raise Fail(verdict)
     except Fail:

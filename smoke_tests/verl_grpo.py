@@ -422,6 +422,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
                 raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
             verdict = judge_metrics(steps, args.steps)
+            report.verdict("training metrics", verdict is None, f"{len(steps)} steps logged", "finite rewards and losses; the policy trained", verdict or "")
             if verdict:
                 raise Fail(verdict)
         finally:

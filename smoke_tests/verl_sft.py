@@ -207,6 +207,11 @@ def body_for(args: argparse.Namespace) -> Any:
             if run.returncode != 0:
                 raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
             verdict = judge_losses(losses, args.steps, args.min_drop)
+            first, last = report.figures["loss_first"], report.figures["loss_last"]
+            report.verdict(
+                "loss", verdict is None, f"{fmt(first, 4)} -> {fmt(last, 4)} over {len(losses)} steps",
+                f"finite every step, falling by >= {args.min_drop:.0%}", verdict or "",
+            )  # fmt: skip
             if verdict:
                 raise Fail(verdict)
         finally:

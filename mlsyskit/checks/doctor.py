@@ -17,6 +17,7 @@ from mlsyskit.checks import gpu_state
 from mlsyskit.data.catalog import Catalog
 from mlsyskit.engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
 from mlsyskit.errors import KitError
+from mlsyskit.runtime.gpus import PROC_GPUS, gpu_device_nodes, proc_gpu_count
 
 MIN_FREE_GB = 40  # one topic image with its stack and build cache
 
@@ -119,10 +120,29 @@ def parse_nvidia_smi(text: str) -> tuple[str, str]:
     return (driver.group(1) if driver else "", cuda.group(1) if cuda else "")
 
 
+def check_failing_nvidia_smi(smi: subprocess.CompletedProcess[str] | None, dev: str = "/dev", proc: str = PROC_GPUS) -> Check:
+    """nvidia-smi missing or failing: a GPU-less host only where there is no GPU device node
+    and no driver entry for one; with them, a broken driver that fails the check."""
+    nodes = gpu_device_nodes(dev)
+    listed = proc_gpu_count(proc) or 0
+    if not nodes and not listed:
+        return Check("nvidia driver", "skip", "no NVIDIA GPU on this machine: images run on CPU (gloo)")
+    if smi is None:
+        why = "nvidia-smi is missing or did not answer" if not shutil.which("nvidia-smi") else "nvidia-smi did not answer within 20 s"
+    else:
+        last = (smi.stderr.strip() or smi.stdout.strip()).splitlines()[-1:] or ["no output"]
+        why = f"nvidia-smi exited with {smi.returncode}: {last[0][:200]}"
+    where = ", ".join(f"/dev/{n}" for n in nodes) if nodes else f"{listed} GPU(s) in {proc}"
+    return Check(
+        "nvidia driver", "fail", f"{where} present, but {why}: GPU containers and tests will fail",
+        "check the driver (`nvidia-smi`, `dmesg | grep -i nvrm`): the kernel module and its user-space libraries must be loaded and of one version",
+    )  # fmt: skip
+
+
 def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
     smi = _run("nvidia-smi")
     if smi is None or smi.returncode != 0:
-        return [Check("nvidia driver", "skip", "no NVIDIA GPU on this machine: images run on CPU (gloo)")]
+        return [check_failing_nvidia_smi(smi)]
     driver, cuda = parse_nvidia_smi(smi.stdout)
     checks = [Check("nvidia driver", "ok", f"driver {driver}, supports CUDA up to {cuda}")]
     for stack in catalog.stacks.values():

@@ -11,6 +11,12 @@ outlives its limit, or a Ctrl-C, removes it. A topic whose `[run] stacks` holds 
 kit can read a result from (`nccl-2node`) also runs that stack: two containers as two
 nodes, through `mlsyskit.compose.stacks`, always taken down afterwards.
 
+Each test judges its measurements against its gates (thresholds declared in its `SMOKE`,
+smoke_tests/_gates.py), applied by default and printed with what was measured under the
+table; `--no-gates` and `--gate [TEST.]NAME=VALUE` change them for every test that has them,
+and a switch gate with `on_when_locked` (cuda_jit's flashinfer) is turned on for topics
+whose lock holds that package.
+
 The tests themselves decide pass, fail or skip. A GPU test without a GPU is skipped, with
 the reason, never passed, unless GPUs were asked for: on a host with GPUs (and without
 --cpu), or with --require-gpu, every test gets `--require-gpu` and "no GPU visible inside
@@ -37,6 +43,7 @@ from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.compose import stacks
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
+from mlsyskit.data.lockfile import normalize, read_packages
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
 from mlsyskit.report import table
@@ -44,6 +51,7 @@ from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
 from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
 from mlsyskit.runtime.shell import ShellOptions, one_off_spec, secret_values
+from smoke_tests._gates import Value
 from smoke_tests._result import SmokeTest
 
 Log = Callable[[str], None]
@@ -87,6 +95,8 @@ class SmokeOptions:
     # GPUs were asked for: no GPU visible is a failure. `smoke` sets it where the host has
     # GPUs and --cpu is not given; `--require-gpu` sets it anywhere.
     require_gpu: bool = False
+    no_gates: bool = False  # every test's gates off (correctness only)
+    gates: tuple[str, ...] = ()  # `[TEST.]NAME=VALUE`, each passed to the tests that have that gate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +171,67 @@ def split(value: str) -> list[str]:
     return [n for n in value.replace(",", " ").split() if n]
 
 
-def test_args(test: str, opts: SmokeOptions, json_in_container: str) -> tuple[str, ...]:
-    args = ["--json", json_in_container]
+@dataclass(frozen=True)
+class GateOverride:
+    """One `--gate [TEST.]NAME=VALUE`, checked against the gates the tests declare."""
+
+    test: str  # "" for every test that has the gate
+    name: str
+    value: Value
+
+
+def parse_gates(items: Sequence[str], tests: Mapping[str, SmokeTest]) -> list[GateOverride]:
+    """Each `--gate` checked before anything runs: the gate must exist in some test (or the
+    one named), and its value must be one the gate takes. The values go into the tests'
+    command lines (and the two-node stack's), so only what a gate accepts gets there."""
+    out = []
+    for item in items:
+        target, sep, value = item.partition("=")
+        test, _, name = target.strip().rpartition(".")
+        having = {t: s for t, s in tests.items() if any(g.name == name for g in s.gates) and (not test or t == test)}
+        every = sorted({f"{t}.{g.name}" for t, s in tests.items() for g in s.gates})
+        if not sep or not name:
+            raise UsageError(f"--gate {item!r}: give NAME=VALUE or TEST.NAME=VALUE", fix=f"gates: {', '.join(every)}")
+        if test and test not in tests:
+            raise UsageError(f"--gate {item}: no smoke test '{test}'", fix=f"smoke_tests/ has: {', '.join(sorted(tests))}")
+        if not having:
+            raise UsageError(f"--gate {item}: no test {'named ' + test + ' ' if test else ''}has a gate '{name}'", fix=f"gates: {', '.join(every)}")
+        gate = next(g for g in next(iter(having.values())).gates if g.name == name)
+        try:
+            parsed = gate.parse(value)
+        except ValueError as exc:
+            raise UsageError(f"--gate {item}: {exc}", fix=gate.describe()) from None
+        out.append(GateOverride(test, name, parsed))
+    return out
+
+
+def gate_args(test: str, topic: Topic | None, opts: SmokeOptions, overrides: Sequence[GateOverride]) -> list[str]:
+    """The gate arguments of one test in one topic: --no-gates, the gates the topic's lock
+    switches on, then the user's `--gate`s that reach this test, in order."""
+    declared = registry()[test].gates if test in registry() else ()
+    if not declared:
+        return []
+    args = ["--no-gates"] if opts.no_gates else []
+    given = {o.name for o in overrides if not o.test or o.test == test}
+    if topic is not None and not opts.no_gates:
+        locked = _locked_packages(topic.lock_path)
+        for gate in declared:
+            if gate.on_when_locked and gate.name not in given and normalize(gate.on_when_locked) in locked:
+                args += ["--gate", f"{gate.name}=on"]
+    for override in overrides:
+        target = next((g for g in declared if g.name == override.name), None)
+        if target is not None and (not override.test or override.test == test):
+            args += ["--gate", f"{target.name}={target.format(override.value)}"]
+    return args
+
+
+@functools.cache
+def _locked_packages(lock: Path) -> frozenset[str]:
+    return frozenset(read_packages(lock)) if lock.is_file() else frozenset()
+
+
+def test_args(test: str, opts: SmokeOptions, json_in_container: str, gates: Sequence[str] = ()) -> tuple[str, ...]:
+    args = ["--json", json_in_container, *gates]
     if opts.cpu:
         args.append("--cpu")
     if opts.require_gpu:
@@ -184,6 +253,7 @@ def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> l
     for name in chosen:
         if name not in known:
             raise UsageError(f"no smoke test '{name}'", fix=f"smoke_tests/ has: {', '.join(known)}")
+    overrides = parse_gates(opts.gates, {name: test for name, test in registry().items() if name in known})
     runs = []
     for topic in topics:
         for test in chosen or topic.smoke_tests:
@@ -193,7 +263,8 @@ def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> l
                     fix=f"smoke_tests/ has: {', '.join(known)}",
                 )
             json_path = f"/workspace/{test}.json"
-            command = ("python", "-m", f"{SMOKE_DIR}.{test}", *test_args(test, opts, json_path))
+            gates = gate_args(test, topic, opts, overrides)
+            command = ("python", "-m", f"{SMOKE_DIR}.{test}", *test_args(test, opts, json_path, gates))
             runs.append(PlannedRun(
                 topic=topic.name, test=test, where="container", command=command, limit=limit_for(test, opts),
                 require_gpu=opts.require_gpu,
@@ -204,7 +275,7 @@ def plan(topics: Sequence[Topic], opts: SmokeOptions, known: Sequence[str]) -> l
             variant = STACK_VARIANTS.get(stack)
             if variant is None or (chosen and variant.test not in chosen):
                 continue
-            extra = ("--timeout", f"{opts.timeout:g}") if opts.timeout else ()
+            extra = (*(("--timeout", f"{opts.timeout:g}") if opts.timeout else ()), *gate_args(variant.test, topic, opts, overrides))
             runs.append(PlannedRun(
                 topic=topic.name, test=variant.test, where=stack, command=extra, limit=limit_for(variant.test, opts),
                 require_gpu=opts.require_gpu,
@@ -287,9 +358,29 @@ def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
     return rows
 
 
+def gate_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
+    """Each gate a test applied, with what it measured (and every failed check)."""
+    rows: list[tuple[str, ...]] = []
+    for outcome in outcomes:
+        for verdict in outcome.result.get("verdicts") or []:
+            if not isinstance(verdict, dict) or not (verdict.get("gate") or verdict.get("status") == FAILED):
+                continue
+            shown = str(verdict.get("status", ""))
+            if verdict.get("detail") and shown != PASSED:
+                shown += f": {shorten(str(verdict['detail']), 70)}"
+            rows.append((
+                outcome.run.label, outcome.run.topic, str(verdict.get("name", "")), shorten(str(verdict.get("measured") or "-"), 50),
+                shorten(str(verdict.get("expected") or "-"), 50), shown,
+            ))  # fmt: skip
+    return rows
+
+
 def render(report: SmokeReport) -> str:
     counts = report.counts()
     text = table(("test", "topic", "result", "key figure", "time"), table_rows(report.outcomes))
+    gates = gate_rows(report.outcomes)
+    if gates:
+        text += "\n\n" + table(("test", "topic", "gate", "measured", "expected", "verdict"), gates)
     summary = f"{counts[PASSED]} passed, {counts[FAILED]} failed, {counts[SKIPPED]} skipped"
     if counts[SKIPPED]:
         summary += " (a skipped test did not run: it is not a pass)"
@@ -322,6 +413,10 @@ def _argv(opts: SmokeOptions) -> list[str]:
         argv.append("--cpu")
     if opts.require_gpu:
         argv.append("--require-gpu")
+    if opts.no_gates:
+        argv.append("--no-gates")
+    for gate in opts.gates:
+        argv += ["--gate", gate]
     if opts.timeout:
         argv += ["--timeout", f"{opts.timeout:g}"]
     if opts.json_path:

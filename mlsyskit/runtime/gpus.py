@@ -159,8 +159,22 @@ def proc_gpu_count(path: str = PROC_GPUS) -> int | None:
         return None
 
 
-def host_has_gpus() -> bool:
-    count = proc_gpu_count()
+def gpu_device_nodes(dev: str = "/dev") -> list[str]:
+    """The GPU device nodes (nvidia0, nvidia1...; not nvidiactl or nvidia-uvm): there when the
+    driver's kernel module made them, whether or not nvidia-smi can talk to it."""
+    try:
+        return sorted(name for name in os.listdir(dev) if re.fullmatch(r"nvidia\d+", name))
+    except OSError:
+        return []
+
+
+def host_has_gpus(dev: str = "/dev", proc: str = PROC_GPUS) -> bool:
+    """Whether this host has NVIDIA GPUs: device nodes, the driver's /proc entries, or
+    nvidia-smi listing some. A host whose nvidia-smi fails but whose /dev holds nvidia0 has
+    GPUs (and a broken driver): GPU tests there must fail, never skip."""
+    if gpu_device_nodes(dev):
+        return True
+    count = proc_gpu_count(proc)
     if count is not None:
         return count > 0
     if not shutil.which("nvidia-smi"):

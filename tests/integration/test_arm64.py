@@ -30,7 +30,13 @@ def test_the_arm64_gloo_all_reduce_passes_in_one_container_and_across_two(engine
         assert result["status"] == "passed", result["reason"]
         assert (result["figures"]["backend"], result["figures"]["world_size"]) == ("gloo", 2)
         assert all(row["correct"] for rows in result["figures"]["collectives"].values() for row in rows)
-    assert "mlsyskit/distributed:pypi-arm64" in proc.stdout or "pypi-arm64" in json.dumps(data)
+    # Where the ranks ran, as each result's own environment records it (Python's platform
+    # inside the container), and the image every row names, as the engine describes it.
+    for entry in data["results"]:
+        assert "aarch64" in entry["result"]["environment"]["platform"], entry["result"]["environment"]
+        assert "x86_64" not in entry["result"]["environment"]["platform"]
+    assert {entry["image"] for entry in data["results"]} == {"mlsyskit/distributed:pypi-arm64"}
+    assert engine.image("mlsyskit/distributed:pypi-arm64").architecture == "arm64"
     assert not engine.project_resources("mlsyskit-nccl-2node")["containers"]
 
 

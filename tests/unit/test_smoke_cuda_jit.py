@@ -71,7 +71,8 @@ def test_key_figure():
         "torch_extension": {"build_seconds": 1.2, "max_abs_diff": 0.0},
         "flashinfer": {"build_seconds": 4.6, "max_abs_diff": 0.004},
     }
-    assert cuda_jit.key_figure(figures) == "nvcc 13.0 (wheels), saxpy built in 1 s, ran exact, flashinfer built and ran"
+    # an allclose check is not called exact
+    assert cuda_jit.key_figure(figures) == "nvcc 13.0 (wheels), saxpy built in 1 s, ran within 1e-6, flashinfer built and ran"
     figures = {"toolkit": {"nvcc_release": "13.0", "from_wheels": False, "cuda_home": "/usr/local/cuda"},
                "torch_extension": {"build_seconds": 2.0}, "flashinfer": "not installed"}  # fmt: skip
     assert cuda_jit.key_figure(figures) == "nvcc 13.0 (/usr/local/cuda), saxpy built in 2 s"
@@ -100,3 +101,28 @@ def test_a_toolkit_without_nvcc_fails_the_test(tmp_path):
         assert data["reason"] == f"CUDA_HOME {tmp_path} has no bin/nvcc"
     else:
         assert data["reason"].endswith("is a CPU build: it builds no CUDA extension")
+
+
+def test_the_flashinfer_gate_is_declared_for_topics_that_lock_it():
+    gate = {g.name: g for g in cuda_jit.SMOKE.gates}["flashinfer"]
+    assert gate.kind == "switch" and gate.default is None and gate.on_when_locked == "flashinfer-python"
+
+
+def test_a_missing_flashinfer_fails_where_the_topic_ships_it(tmp_path):
+    """The distributed image has no flashinfer: with the gate on (what invoke smoke passes for
+    a topic whose lock holds flashinfer-python) the test fails and says so; off, it builds on."""
+    torch = pytest.importorskip("torch")
+    if not torch.version.cuda:
+        pytest.skip("a CPU build of torch builds no CUDA extension")
+    import importlib.util
+
+    if importlib.util.find_spec("flashinfer") is not None:
+        pytest.skip("flashinfer is installed here")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "smoke_tests.cuda_jit", "--cpu", "--json", str(out), "--gate", "flashinfer=on"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    data = json.loads(out.read_text())
+    assert proc.returncode == 1 and data["status"] == "failed", proc.stdout[-2000:]
+    assert data["reason"].startswith("flashinfer is not installed, and this topic ships it")
+    assert {"name": "flashinfer", "gate": True, "status": "failed", "measured": "not installed", "expected": "installed and building", "detail": ""} in data["verdicts"]

@@ -16,8 +16,10 @@ from smoke_tests._result import (
     PASSED,
     SKIPPED,
     Fail,
+    Report,
     Skip,
     SmokeResult,
+    Verdict,
     cuda_diagnosis,
     fmt_bytes,
     json_safe,
@@ -39,10 +41,14 @@ def test_exit_codes_never_pass_a_skip_off_as_a_pass():
 
 
 def test_result_json_has_exactly_the_schema_keys(tmp_path):
-    path = write_json(SmokeResult("nccl", PASSED, "", 1.23456, {"busbw": 1.0}, {"torch": "2.11"}), tmp_path / "r.json")
+    verdict = Verdict("sums exact", True, "3 sizes", "every element").to_dict()
+    path = write_json(SmokeResult("nccl", PASSED, "", 1.23456, {"busbw": 1.0}, {"torch": "2.11"}, [verdict]), tmp_path / "r.json")
     data = json.loads(path.read_text())
-    assert set(data) == {"test", "status", "reason", "seconds", "figures", "environment"}
+    assert set(data) == {"test", "status", "reason", "seconds", "figures", "environment", "verdicts"}
     assert data["seconds"] == 1.235
+    assert data["verdicts"] == [{"name": "sums exact", "gate": False, "status": "passed", "measured": "3 sizes", "expected": "every element", "detail": ""}]
+    assert validate_result(data) == []
+    del data["verdicts"]  # results written before verdicts existed still read
     assert validate_result(data) == []
 
 
@@ -56,6 +62,8 @@ def test_result_json_has_exactly_the_schema_keys(tmp_path):
         ({"seconds": True}, "'seconds' is bool"),
         ({"figures": []}, "'figures' is list"),
         ({"extra": 1}, "unexpected keys"),
+        ({"verdicts": {}}, "'verdicts' is dict"),
+        ({"verdicts": [{"name": "x", "status": "ok"}]}, "a verdict must hold"),
     ],
 )
 def test_schema_problems_are_named(change, problem):
@@ -102,6 +110,7 @@ def _body(outcome):
     def body(report):
         report.figures["ran"] = True
         report.table(["k", "v"], [["a", "1"]])
+        report.verdict("sums", True, "exact", "exact")
         if outcome is not None:
             raise outcome
 
@@ -129,6 +138,47 @@ def test_run_test_turns_outcomes_into_results(tmp_path, capsys, outcome, status,
     assert "k  v" in out
 
 
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ([], "the test returned without judging anything (no verdict recorded): a bug in the test, not a pass"),
+        # a gate that does not apply here is not a judgement either
+        ([("nvlink_copy_share", None, "-", "-", "one GPU")], "the test returned without judging anything"),
+        # a failed verdict the body forgot to raise still fails the test, named with its figure
+        ([("sums", True, "exact", "exact", ""), ("bf16_gemm_share", False, "35% (GPU0 n=8192)", ">= 50% of peak", "")],
+         "bf16_gemm_share: 35% (GPU0 n=8192), expected >= 50% of peak"),
+    ],
+)
+def test_a_body_that_returns_without_a_passing_judgement_fails(tmp_path, capsys, record, reason):
+    def body(report):
+        for name, ok, measured, expected, detail in record:
+            report.verdict(name, ok, measured, expected, detail, gate=name.endswith("share"))
+
+    path = tmp_path / "r.json"
+    assert run_test("demo", body, json_path=str(path), timeout=60) == 1
+    data = json.loads(path.read_text())
+    assert data["status"] == FAILED and data["reason"].startswith(reason), data["reason"]
+    assert len(data["verdicts"]) == len(record) and validate_result(data) == []
+
+
+def test_check_records_and_fails_at_once():
+    report = Report()
+    report.check("sums", True, "exact")
+    with pytest.raises(Fail, match="^copies: 1 byte differs, expected every byte equal$"):
+        report.check("copies", False, "1 byte differs", "every byte equal")
+    assert [v.status for v in report.verdicts] == [PASSED, FAILED] and len(report.failed_verdicts()) == 1
+
+
+def test_verdicts_are_printed_with_what_was_measured(tmp_path, capsys):
+    def body(report):
+        report.verdict("hbm_share", True, "88%", ">= 60% of peak", gate=True)
+        report.verdict("pcie_link", None, "Gen5 x16", "-", "off (--no-gates)", gate=True)
+
+    assert run_test("demo", body, json_path=None, timeout=60) == 0
+    out = capsys.readouterr().out
+    assert "hbm_share (gate)  88%" in out and "not judged: off (--no-gates)" in out
+
+
 def test_non_writer_ranks_write_nothing(tmp_path, capsys):
     path = tmp_path / "r.json"
     assert run_test("demo", _body(None), json_path=None, timeout=60, writer=False) == 0
@@ -150,6 +200,7 @@ def test_watchdog_fails_a_stuck_test_and_still_writes_its_figures(tmp_path):
         from smoke_tests._result import run_test
         def body(report):
             report.figures["got_this_far"] = 1
+            report.verdict("halfway", True)
             time.sleep(60)
         sys.exit(run_test("stuck", body, json_path={str(path)!r}, timeout=1))
     """)
@@ -158,6 +209,7 @@ def test_watchdog_fails_a_stuck_test_and_still_writes_its_figures(tmp_path):
     assert data["status"] == "failed"
     assert data["reason"] == "timed out after 1 s"
     assert data["figures"] == {"got_this_far": 1}
+    assert [v["name"] for v in data["verdicts"]] == ["halfway"]
 
 
 def test_sigterm_is_reported_as_a_failure(tmp_path):
@@ -246,11 +298,22 @@ def test_time_limit_reached_while_the_result_is_written_keeps_that_result(tmp_pa
 def test_no_gpu_is_a_skip_unless_gpus_were_asked_for(tmp_path, monkeypatch):
     skip = no_gpu(False, "CUDA graphs need a GPU")
     assert isinstance(skip, Skip) and str(skip) == "no CUDA GPU visible: CUDA graphs need a GPU"
-    monkeypatch.setattr("smoke_tests._result.cuda_diagnosis", lambda: "no /dev/nvidia* device: ...")
+    monkeypatch.setattr("smoke_tests._result.cuda_diagnosis", lambda dev="/dev": "no /dev/nvidia* device: ...")
     fail = no_gpu(True, "CUDA graphs need a GPU")
     assert isinstance(fail, Fail)
     assert str(fail).startswith("GPUs were asked for, but none is visible: no /dev/nvidia* device: ...")
     assert "CUDA graphs need a GPU" in str(fail) and "`invoke doctor`" in str(fail)
+
+
+def test_gpu_device_nodes_without_cuda_fail_even_when_nobody_asked_for_gpus(tmp_path):
+    """/dev/nvidia0 there and CUDA not starting is a broken driver, not a machine without GPUs."""
+    (tmp_path / "nvidiactl").touch()  # not a GPU
+    assert isinstance(no_gpu(False, "NCCL needs one GPU per rank", dev=str(tmp_path)), Skip)
+    (tmp_path / "nvidia0").touch()
+    fail = no_gpu(False, "NCCL needs one GPU per rank", dev=str(tmp_path))
+    assert isinstance(fail, Fail)
+    assert str(fail).startswith("this machine has GPU devices (nvidia0), but none is visible: nvidia0 present, but ")
+    assert "NCCL needs one GPU per rank" in str(fail) and "`invoke doctor`" in str(fail)
 
 
 def test_cuda_diagnosis_tells_no_device_from_a_driver_that_does_not_start(tmp_path):

@@ -90,7 +90,7 @@ def run_pd(tmp_path: Path, decode_mode: str = "ok", transport: str = "cuda_ipc/c
     requests = tmp_path / "requests.jsonl"
     # --mode differ changes the answers of the decode side only (--disaggregation-mode decode)
     server = (
-        f"{{python}} {FAKE} serve --port {{port}} --model {{model}} --ready-after 0.3 --transport {transport} "
+        f"{{python}} {FAKE} serve --port {{port}} --model {{model}} --ready-after 0.3 {'--transport ' + transport if transport else ''} "
         f"--requests-file {requests} --mode {decode_mode}"
     )
     router = f"{{python}} {FAKE} router --port {{port}} --prefill {{prefill_url}} {{bootstrap_port}} --decode {{decode_url}}"
@@ -136,7 +136,25 @@ def test_a_pair_that_changes_the_output_fails(tmp_path):
 def test_the_wrong_transport_fails_when_one_is_expected(tmp_path):
     proc, result, _ = run_pd(tmp_path, transport="tcp/eth0", extra=("--expect-transport", "cuda_ipc"))
     assert proc.returncode == 1 and result["status"] == "failed"
-    assert result["reason"] == "the KV moved over tcp (tcp (1)), --expect-transport cuda_ipc", result["reason"]
+    assert result["reason"] == "the KV moved over tcp (tcp (1)), kv_link cuda_ipc expected", result["reason"]
+    kv = next(v for v in result["verdicts"] if v["name"] == "kv_link")
+    assert (kv["gate"], kv["status"], kv["measured"], kv["expected"]) == (True, "failed", "tcp (tcp (1))", "cuda_ipc")
+    proc, result, _ = run_pd(tmp_path, transport="tcp/eth0", extra=("--gate", "kv_link=tcp"))
+    assert result["status"] == "passed", result["reason"]
+
+
+def test_a_kv_link_nobody_can_name_fails_by_default(tmp_path):
+    """The prefill server's log names no transport: not a pass with a note, a failed gate."""
+    proc, result, _ = run_pd(tmp_path, transport="")
+    assert proc.returncode == 1 and result["status"] == "failed"
+    assert result["reason"] == (
+        "nixl named no transport in the prefill server's log (UCX_PROTO_INFO=y was set): "
+        "the kv_link gate wants a named link (--gate kv_link=off accepts none)"
+    )
+    assert result["figures"]["kv_link"] == "unknown" and result["figures"]["greedy"]["identical"]
+    proc, result, _ = run_pd(tmp_path, transport="", extra=("--gate", "kv_link=off"))
+    assert result["status"] == "passed", result["reason"]
+    assert {v["name"]: v["status"] for v in result["verdicts"]} == {"greedy outputs": "passed", "kv_link": "not judged"}
 
 
 def test_a_taken_bootstrap_port_fails_before_anything_starts(tmp_path):

@@ -1,8 +1,9 @@
-"""The NCCL smoke test with broken collectives, for the negative test: on rank 1 (and only
-there) every float all-reduce, all-gather, reduce-scatter and all-to-all returns one
-element off by one. Run under torchrun:
+"""The NCCL smoke test with broken collectives, for the negative tests: on rank 1 (and only
+there) each float collective named in CORRUPT_COLLECTIVES (comma-separated; default all four:
+all_reduce, all_gather, reduce_scatter, all_to_all) returns one element off by one; the others
+stay right. Run under torchrun:
 
-    torchrun --standalone --nproc_per_node 2 tests/unit/data/corrupt_allreduce.py --cpu ...
+    CORRUPT_COLLECTIVES=all_to_all torchrun --standalone --nproc_per_node 2 tests/unit/data/corrupt_allreduce.py --cpu ...
 
 Rank 0's own copy is right, so a verdict that trusted rank 0 alone would pass."""
 
@@ -11,6 +12,7 @@ import sys
 
 import torch.distributed as dist
 
+BROKEN = set(os.environ.get("CORRUPT_COLLECTIVES", "all_reduce,all_gather,reduce_scatter,all_to_all").split(","))
 _all_reduce = dist.all_reduce
 
 
@@ -21,7 +23,8 @@ def broken_all_reduce(tensor, *args, **kwargs):
     return work
 
 
-dist.all_reduce = broken_all_reduce
+if "all_reduce" in BROKEN:
+    dist.all_reduce = broken_all_reduce
 
 
 def broken(op):
@@ -36,9 +39,12 @@ def broken(op):
     return call
 
 
-dist.all_gather_into_tensor = broken(dist.all_gather_into_tensor)
-dist.reduce_scatter_tensor = broken(dist.reduce_scatter_tensor)
-dist.all_to_all_single = broken(dist.all_to_all_single)
+if "all_gather" in BROKEN:
+    dist.all_gather_into_tensor = broken(dist.all_gather_into_tensor)
+if "reduce_scatter" in BROKEN:
+    dist.reduce_scatter_tensor = broken(dist.reduce_scatter_tensor)
+if "all_to_all" in BROKEN:
+    dist.all_to_all_single = broken(dist.all_to_all_single)
 
 from smoke_tests import nccl  # noqa: E402 - after the patch, as the test body imports dist lazily anyway
 
