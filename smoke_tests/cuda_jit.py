@@ -290,7 +290,7 @@ def run_sglang_silu() -> dict[str, Any]:
     try:
         from sglang.kernels.ops.activation.activation import silu_and_mul
     except ImportError:
-        from sglang.jit_kernel.activation import silu_and_mul  # type: ignore[no-redef]
+        from sglang.jit_kernel.activation import silu_and_mul
     x = torch.randn(64, 2 * 512, device="cuda", dtype=torch.bfloat16)
     got = silu_and_mul(x)
     torch.cuda.synchronize()

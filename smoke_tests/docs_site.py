@@ -140,6 +140,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 tail = "; ".join(result.output.strip().splitlines()[-3:])
                 raise Fail(f"mkdocs build --strict failed (exit {result.returncode}): {tail}")
             found = check_site(root / "site")
+            report.verdict("site", True, f"{len(found)} files checked", "both pages, the theme and the search index")
             report.figures.update(found, pages=2)
             report.table(["page", "bytes"], [[k, str(v)] for k, v in found.items() if k.endswith(".html")])
         finally:

@@ -164,6 +164,7 @@ def body_for(args: argparse.Namespace) -> Any:
             [[name, f"{steps[name] / MIB:.0f}"] for name in ("base", "allocated", "paused", "resumed")],
         )
         problems = judge(steps, child["bytes"], int(args.slack_mib * MIB), child["bitwise_equal"])
+        report.verdict("pause and resume", not problems, f"{len(steps)} steps measured", "memory freed and given back, data bitwise equal", "; ".join(problems))
         if problems:
             raise Fail("; ".join(problems))
 

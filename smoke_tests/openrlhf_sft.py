@@ -161,11 +161,11 @@ def body_for(args: argparse.Namespace) -> Any:
             report.figures["losses"] = losses
             report.table(["step", "loss"], [[str(i + 1), f"{x:.4f}"] for i, x in enumerate(losses)])
             verdict = judge_losses(losses, args.min_drop)
+            report.verdict("loss", verdict is None, f"{len(losses)} steps", f"finite, falling by >= {args.min_drop:.0%}", verdict or "")
             if verdict:
                 raise Fail(verdict)
             saved = work / "run" / "model"
-            if not any(saved.glob("*.safetensors")):
-                raise Fail(f"the trainer saved no model in {saved}")
+            report.check("saved model", any(saved.glob("*.safetensors")), str(saved), "*.safetensors", f"the trainer saved no model in {saved}")
         finally:
             if not args.workdir:
                 shutil.rmtree(work, ignore_errors=True)

@@ -346,6 +346,8 @@ def body_for(args: argparse.Namespace) -> Any:
                 if figures["top1_agreement"] < args.min_top1:
                     agree = figures["top1_agreement"]
                     raise Fail(f"{scheme}: greedy next tokens agree with the original's at {agree:.0%} of positions (minimum {args.min_top1:.0%})")
+                report.verdict(f"{scheme} logits", True, f"{figures['relative_error']:.3g} relative, top-1 {figures['top1_agreement']:.0%}",
+                               f"<= {tolerances[scheme]:g}, top-1 >= {args.min_top1:.0%}")  # fmt: skip
 
             task_dir = work / "lm_eval_tasks"
             write_lm_eval_task(task_dir, sums_task(args.eval_rows, args.seed + 11))

@@ -172,6 +172,7 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         ready = harness.wait_healthy(base_url, args.startup_timeout, server.poll)
         report.figures["ready_seconds"] = ready
         rows.append(["/health", "200", f"ready after {ready:.1f} s"])
+        report.verdict("/health", True, f"200 after {ready:.1f} s", "200 within --startup-timeout")
         name = harness.served_model(base_url)
         completion = check_completion(base_url, name, args.check_tokens)
         report.figures["completion"] = completion
@@ -205,6 +206,7 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
             f"{figures.get('completed')}/{args.num_prompts} req, {fmt(figures.get('output_throughput'), 1)} tok/s out, "
             f"TTFT median {fmt(figures.get('median_ttft_ms'), 1)} ms",
         ])  # fmt: skip
+        report.verdict("vllm bench serve", verdict is None, f"{figures.get('completed')}/{args.num_prompts} requests", "every request complete", verdict or "")
         if verdict:
             raise Fail(verdict)
     except Fail:
