@@ -343,6 +343,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 if required:
                     report.verdict("flashinfer", False, "not installed", "installed and building", gate=True)
                     raise Fail("flashinfer is not installed, and this topic ships it (its uv.lock holds flashinfer-python): the image is broken")
+                report.verdict("flashinfer", None, "not installed", "-", "off: this topic ships no flashinfer", gate=True)
             else:
                 seconds = build_flashinfer(spec, args.verbose)
                 report.figures["flashinfer"] = {"version": _version("flashinfer-python"), "build_seconds": seconds}
