@@ -97,6 +97,32 @@ def test_smoke_distributed_cpu_single_container_and_two_nodes(engine: Engine, bu
         collectives = results[("nccl", where)]["figures"]["collectives"]
         assert list(collectives) == ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"]
         assert all(row["correct"] for rows in collectives.values() for row in rows)
+        verdicts = {v["name"]: v for v in results[("nccl", where)]["verdicts"]}
+        assert all(verdicts[f"{name} exact"]["status"] == "passed" for name in collectives)
+        assert verdicts["busbw_share"]["status"] == "not judged" and verdicts["busbw_share"]["detail"] == "gloo: no NVLink"
+    # under the results, each gate with what it measured
+    assert "gate         measured" in table and "nccl (nccl-2node)  distributed  transport" in table
+    nothing_left(engine)
+
+
+def test_a_gate_given_to_invoke_smoke_reaches_the_test_in_its_container_and_across_two(engine: Engine, build_topic, tmp_path):
+    """--gate busbw=1000000 (GB/s: no machine meets it): the gloo run and the two-node stack
+    measure, then fail on that gate, each saying its figure; a bad gate starts nothing."""
+    build_topic("distributed")
+    out = tmp_path / "smoke.json"
+    proc = run_kit("smoke", "distributed", "--cpu", "--tests", "nccl", "--gate", "nccl.busbw=1000000", "--json", str(out), timeout=1200)
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr
+    results = by_where(read(out))
+    for where in ("container", "nccl-2node"):
+        result = results[("nccl", where)]
+        assert result["status"] == "failed" and result["reason"].startswith("busbw: "), result["reason"]
+        busbw = next(v for v in result["verdicts"] if v["name"] == "busbw")
+        assert (busbw["status"], busbw["expected"], busbw["gate"]) == ("failed", ">= 1e+06 GB/s", True)
+        assert result["figures"]["gates"]["busbw"] == "1e+06"
+    assert "--gate nccl.busbw=1000000" in read(out)["command"]
+    bad = run_kit("smoke", "distributed", "--cpu", "--gate", "busbw=lots", timeout=300)
+    assert bad.returncode == 2 and "--gate busbw=lots: gate busbw takes a number or off" in bad.stderr
+    assert "==" not in bad.stdout  # refused before any test started
     nothing_left(engine)
 
 
