@@ -493,8 +493,18 @@ def run_stack(ctx: Context, run: PlannedRun, opts: SmokeOptions, workspace: Path
         if run.require_gpu:
             return made_up(run.test, FAILED, f"GPUs were asked for, but {why}; check `invoke doctor`")
         return made_up(run.test, SKIPPED, why)
+    listed: list[Any] = []
+    if has_gpus and not opts.cpu:
+        # A host with GPU devices whose nvidia-smi fails (or lists none) has a broken driver:
+        # the stack must not fall back to its CPU variant, nor skip, where GPUs were asked for.
+        try:
+            listed = list(query_gpus())
+        except UsageError as exc:
+            return made_up(run.test, FAILED, f"GPUs were asked for, but {exc.message}; check `invoke doctor`")
+        if not listed:
+            return made_up(run.test, FAILED, "GPUs were asked for (this host has GPU devices), but nvidia-smi lists none; check `invoke doctor`")
     try:
-        stacks.choose_devices(stack, opts.gpus, opts.cpu, query_gpus, has_gpus)
+        stacks.choose_devices(stack, opts.gpus, opts.cpu, lambda: listed, has_gpus)
     except UsageError as exc:
         return made_up(run.test, SKIPPED, f"{run.where}: {exc.message}")
     engine = ctx.engine

@@ -223,6 +223,24 @@ def test_two_node_variant_on_a_host_without_gpus(monkeypatch, require_gpu, statu
         assert got["reason"].startswith("GPUs were asked for") and "`invoke doctor`" in got["reason"]
 
 
+@pytest.mark.parametrize("smi", ["fails", "lists none"])
+def test_two_node_variant_where_gpu_devices_are_but_nvidia_smi_fails(monkeypatch, smi):
+    """/dev/nvidia0 there, nvidia-smi failing or listing nothing: the stack neither skips nor
+    falls back to gloo on CPU (a pass), it fails and says what to check."""
+
+    def query():
+        if smi == "fails":
+            raise UsageError("nvidia-smi failed: Failed to initialize NVML: Driver/library version mismatch")
+        return []
+
+    monkeypatch.setattr("mlsyskit.checks.smoke.host_has_gpus", lambda: True)
+    monkeypatch.setattr("mlsyskit.checks.smoke.query_gpus", query)
+    run = smoke.PlannedRun(topic="distributed", test="nccl", where="nccl-2node", command=(), limit=100, require_gpu=True)
+    got = smoke.run_stack(None, run, smoke.SmokeOptions(topics="distributed", require_gpu=True), Path("/nonexistent"), print)
+    assert got["status"] == "failed" and got["reason"].startswith("GPUs were asked for") and "`invoke doctor`" in got["reason"]
+    assert ("Driver/library version mismatch" if smi == "fails" else "nvidia-smi lists none") in got["reason"]
+
+
 def test_key_figures_from_the_h100_results():
     def figures(name):
         return json.loads((GPU_RESULTS / f"{name}.json").read_text())["figures"]
