@@ -455,11 +455,13 @@ class _NcclLog:
         if self.enabled:
             self.dir = tempfile.TemporaryDirectory(prefix="smoke-nccl-log-")
             self.saved = {k: os.environ.get(k) for k in self.VARS}
+            level = (self.saved["NCCL_DEBUG"] or "").upper()
             subsys = list(CAPTURE_SUBSYS)
-            if (self.saved["NCCL_DEBUG"] or "").upper() in ("INFO", "TRACE"):
-                theirs = self.saved["NCCL_DEBUG_SUBSYS"]
-                subsys += [s for s in (theirs.split(",") if theirs else NCCL_DEFAULT_SUBSYS) if s and s not in subsys]
-            os.environ["NCCL_DEBUG"] = "INFO"
+            if level in ("INFO", "TRACE"):  # theirs too (a "^X" exclusion list cannot be joined: ours alone, and NCCL's default)
+                theirs = [s.strip().upper() for s in (self.saved["NCCL_DEBUG_SUBSYS"] or "").split(",") if s.strip()]
+                theirs = list(NCCL_DEFAULT_SUBSYS) if not theirs or theirs[0].startswith("^") else theirs
+                subsys = ["ALL"] if "ALL" in theirs else subsys + [name for name in theirs if name not in subsys]
+            os.environ["NCCL_DEBUG"] = "TRACE" if level == "TRACE" else "INFO"
             os.environ["NCCL_DEBUG_SUBSYS"] = ",".join(subsys)
             os.environ["NCCL_DEBUG_FILE"] = os.path.join(self.dir.name, "nccl.%p.log")
             add_cleanup(self.replay)  # a time limit or Ctrl-C still hands the user their lines

@@ -202,6 +202,18 @@ def test_min_busbw_sets_the_absolute_floor():
     assert judged(figures_of("NV18", H100_PAIR, ["P2P/CUMEM"]), argv=["--gate", "busbw=300"])["busbw"].ok
 
 
+@pytest.mark.parametrize(
+    ("level", "subsys", "ours"),
+    [("TRACE", "ALL", ("TRACE", "ALL")), ("INFO", "^INIT", ("INFO", "INIT,P2P,SHM,NET,BOOTSTRAP,ENV")), ("WARN", "COLL", ("INFO", "INIT,P2P,SHM,NET"))],
+)
+def test_the_capture_keeps_what_the_user_asked_nccl_for(monkeypatch, level, subsys, ours):
+    monkeypatch.setenv("NCCL_DEBUG", level)
+    monkeypatch.setenv("NCCL_DEBUG_SUBSYS", subsys)
+    with nccl._NcclLog(enabled=True):
+        assert (os.environ["NCCL_DEBUG"], os.environ["NCCL_DEBUG_SUBSYS"]) == ours
+    assert (os.environ["NCCL_DEBUG"], os.environ["NCCL_DEBUG_SUBSYS"]) == (level, subsys)
+
+
 def test_the_user_gets_back_what_their_nccl_debug_asked_for():
     assert nccl.user_lines(NCCL_LOG_TWO_NODES, None) == ""
     warn = nccl.user_lines(NCCL_LOG_TWO_NODES, "WARN")
@@ -225,7 +237,7 @@ def test_the_transport_is_captured_whatever_nccl_debug_says(monkeypatch, tmp_pat
         assert os.environ["NCCL_DEBUG"] == "INFO"
         assert {"INIT", "P2P", "SHM", "NET"} <= set(os.environ["NCCL_DEBUG_SUBSYS"].split(","))
         if user.get("NCCL_DEBUG") == "INFO":
-            assert "COLL" in os.environ["NCCL_DEBUG_SUBSYS"].split(",")
+            assert os.environ["NCCL_DEBUG_SUBSYS"] == "INIT,P2P,SHM,NET,COLL"
         Path(os.environ["NCCL_DEBUG_FILE"].replace("%p", str(os.getpid()))).write_text(NCCL_LOG_TWO_NODES)
         assert nccl.parse_nccl_transports(log.text()) == ["NET/Socket/0"]
     assert {k: os.environ.get(k) for k in nccl._NcclLog.VARS} == {k: user.get(k) for k in nccl._NcclLog.VARS}
