@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/gpu/degrade.py", *argv] + (["--", *extra] if extra else [])),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "image_id": os.environ.get("KIT_IMAGE_ID"),
-        "gpu": smi(args.nvidia_smi, "--query-gpu=name,driver_version,pci.bus_id,clocks.max.sm,power.limit", "--format=csv,noheader")[1],
+        "gpu": smi(args.nvidia_smi, "--query-gpu=name,driver_version,pci.bus_id,compute_mode,clocks.max.sm,power.limit", "--format=csv,noheader")[1],
         "runs": {},
     }
     runs: dict[str, dict[str, Any]] = summary["runs"]
