@@ -42,7 +42,8 @@ one() {  # IMAGE TEST UID CACHE [ARGS...]: run one test in the image's root, wai
   # an empty HOME of its own, as invoke shell gives (a tmpfs there, a fresh folder here)
   "${C[@]}" run "$root" "${user[@]}" "${extra[@]}" --home "/tmp/home-$name-$$" -- \
     python -m "smoke_tests.$test" --require-gpu --json "/tmp/results/$name.json" "$@" > "$root/tmp/results/$name.log" 2>&1
-  echo "$(date +%T) $name: exit $? in $((SECONDS - start)) s"
+  local rc=$?
+  echo "$(date +%T) $name: exit $rc in $((SECONDS - start)) s"
 }
 
 summary() {
@@ -70,7 +71,14 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
     # 1's first server, then vLLM (it asks only that its share be free) and OpenRLHF's
     # trainer, root then UID 1000. Lane 3: the small tests, all at once. GPU health runs
     # last, alone on the GPU (it measures peaks).
-    S="bash $KIT/benchmarks/gpu/images_run.sh one"
+    # The lanes outlive this device call: they run from a copy of what they read (this
+    # script, carry.py, degrade.py, the kit's catalog for the caches, smoke_tests/), so a
+    # checkout copied again by a later call cannot change a script under a running bash.
+    rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/
+    S="bash /tmp/kit/benchmarks/gpu/images_run.sh one"
+    D=(python3 /tmp/kit/benchmarks/gpu/carry.py run "$R/distributed-pypi" --bind /tmp/kit/benchmarks/gpu:/opt/mlsyskit/benchmarks
+       --bind /tmp/degrade:/out -- python /opt/mlsyskit/benchmarks/degrade.py /out/degrade)
+    mkdir -p /tmp/degrade
     setsid nohup bash -c "
       ( $S verl-pypi verl_grpo 0 k; $S verl-pypi verl_grpo 1000 k;
         $S verl-pypi sglang_serve 0 s; $S verl-pypi sglang_serve 0 s ) &
@@ -81,7 +89,8 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
           $S cuda-graph-pypi cuda_graph \$u - & $S verl-pypi verl_sft \$u - & $S verl-pypi cuda_jit \$u - &
         done; wait ) &
       wait
-      $S distributed-pypi gpu_health 0 -; $S distributed-pypi gpu_health 1000 -
+      ${D[*]} > /tmp/degrade/degrade.log 2>&1; rc=\$?; echo \"\$(date +%T) degrade (gpu_health healthy, then loaded): exit \$rc\"
+      $S distributed-pypi gpu_health 1000 -
       echo ALL DONE
     " > /tmp/lanes.log 2>&1 < /dev/null &
     echo "lanes started" ;;
@@ -93,6 +102,6 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
     nvidia-smi > /tmp/nvidia-smi.txt 2>&1; nvidia-smi -q >> /tmp/nvidia-smi.txt 2>&1
     cp /tmp/lanes.log /tmp/unpack.log /tmp/ 2>/dev/null
     mapfile -t folders < <(cd "$R" && find . -mindepth 3 -maxdepth 3 -path './*/tmp/results')
-    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt lanes.log
+    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt lanes.log degrade
     summary; ls -la "$out" ;;
 esac
