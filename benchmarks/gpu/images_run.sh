@@ -58,7 +58,9 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
   unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
     start=$(date +%s); shift
     for prefix in "${@:-pack}"; do "${C[@]}" unpack /tmp/pieces "$R" --prefix "$prefix" || exit 1; done
-    for root in "$R"/*/; do "${C[@]}" setup "${root%/}" || exit 1; done
+    # only the roots this unpack made: set-up remounts /dev, which would pull it from under
+    # the tests already running in the others
+    for root in "$R"/*/; do [ -e "${root}.ready" ] || { "${C[@]}" setup "${root%/}" && touch "${root}.ready"; } || exit 1; done
     echo "unpacked and set up in $(( $(date +%s) - start )) s"; df -h /tmp | tail -1 ;;
   one)
     shift; one "$@" ;;
@@ -82,7 +84,7 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
     setsid nohup bash -c "
       ( $S verl-pypi verl_grpo 0 k; $S verl-pypi verl_grpo 1000 k;
         $S verl-pypi sglang_serve 0 s; $S verl-pypi sglang_serve 0 s ) &
-      ( sleep 150; $S openrlhf-pypi vllm_serve 0 -; $S openrlhf-pypi vllm_serve 1000 -;
+      ( sleep 150; until [ -e $R/openrlhf-pypi/.ready ]; do sleep 5; done; $S openrlhf-pypi vllm_serve 0 -; $S openrlhf-pypi vllm_serve 1000 -;
         $S openrlhf-pypi openrlhf_sft 0 -; $S openrlhf-pypi openrlhf_sft 1000 - ) &
       ( for u in 0 1000; do
           $S quantization-pypi quantize \$u - & $S cuda-graph-pypi memory_saver \$u - &
