@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.data.fields import Fields, rel_path
+from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
 from mlsyskit.errors import UsageError
 
 
@@ -65,6 +65,16 @@ def with_arch(base: Base, arch: str) -> Base:
     return replace(base, name=flavour if arch == "amd64" else f"{flavour}-{arch}", arch=arch, flavour=flavour)
 
 
+@dataclass(frozen=True)
+class KernelCache:
+    """One JIT or compile cache a stack's or topic's software writes (`[caches]`): the
+    folder's name and the environment variables that point the software at it. The folder
+    lives in the kit's kernel cache (runtime/caches.py), never in an image."""
+
+    name: str
+    variables: tuple[str, ...]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Stack:
     name: str
@@ -73,6 +83,7 @@ class Stack:
     cuda: str
     key_packages: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()  # stack.toml's [env]
+    caches: tuple[KernelCache, ...] = ()  # stack.toml's [caches]: what torch and its compilers write
 
     @property
     def lock_path(self) -> Path:
@@ -110,6 +121,7 @@ class Topic:
     arches: tuple[str, ...] = ("amd64", "arm64")
     arch_note: str = ""  # why an architecture is missing
     env: tuple[tuple[str, str], ...] = ()  # topic.toml's [env]: baked into the topic image
+    caches: tuple[KernelCache, ...] = ()  # topic.toml's [caches], beside its stack's (runtime/caches.py)
 
     def check_arch(self, arch: str) -> None:
         if arch not in self.arches:
@@ -194,7 +206,7 @@ def load_bases(root: Path) -> dict[str, Base]:
 def load_stack(path: Path) -> Stack:
     data_file = path / "stack.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "cuda", "key_packages", "env"})
+    f.reject_unknown({"description", "cuda", "key_packages", "env", "caches"})
     _require_lock_inputs(path)
     cuda = f.str("cuda")
     if not re.fullmatch(r"\d+\.\d+", cuda):
@@ -206,7 +218,28 @@ def load_stack(path: Path) -> Stack:
         cuda=cuda,
         key_packages=f.str_list("key_packages"),
         env=f.env_table("env"),
+        caches=_caches(f),
     )
+
+
+CACHE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def _caches(f: Fields) -> tuple[KernelCache, ...]:
+    """`[caches]`: `name = "VARIABLE"` or `name = ["VARIABLE", ...]`, the folder's name in
+    lower case (it becomes a path), each variable named as environment variables are."""
+    table = f.table.get("caches", {})
+    if not isinstance(table, dict):
+        raise f.fail("caches", 'a table of name = "VARIABLE"')
+    caches = []
+    for name, value in table.items():
+        names = [value] if isinstance(value, str) else value
+        if not CACHE_NAME.fullmatch(name):
+            raise f.fail(f"caches.{name}", "named in lower case letters, digits and - (it names a folder)")
+        if not isinstance(names, list) or not names or not all(isinstance(v, str) and ENV_NAME.fullmatch(v) for v in names):
+            raise f.fail(f"caches.{name}", "an environment variable's name, or a list of them")
+        caches.append(KernelCache(name, tuple(names)))
+    return tuple(caches)
 
 
 def _arches(f: Fields) -> tuple[str, ...]:
@@ -220,7 +253,7 @@ def _arches(f: Fields) -> tuple[str, ...]:
 def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
     data_file = path / "topic.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env"})
+    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env", "caches"})
     stack = f.str("stack", "")
     if stack and stack not in stacks:
         raise UsageError(
@@ -243,6 +276,7 @@ def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
         arches=_arches(f),
         arch_note=f.str("arch_note", ""),
         env=f.env_table("env"),
+        caches=_caches(f),
         gpus_min=gpus.int("min", 0),
         gpus_recommended=gpus.int("recommended", 0),
         ports=run.int_list("ports"),
