@@ -131,12 +131,13 @@ def sbom(c: Context, topic: str, base: str | None = None, output: str = "", arch
     help={
         "names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP,
         "sign": "an ed25519 private key (PEM or OpenSSH) to sign the bundle with (README: Signed bundles)",
+        "with-cache": "also the topic images' kernel caches (`invoke cache ls`), so the other machine starts warm",
     },
 )  # fmt: skip
 @kit_errors
-def bundle(c: Context, names: str, output: str = "", base: str | None = None, arch: str = "", sign: str = "") -> None:
+def bundle(c: Context, names: str, output: str = "", base: str | None = None, arch: str = "", sign: str = "", with_cache: bool = False) -> None:
     """One file with the images, SBOMs and locks of topics (or a stack) for a machine with no network."""
-    say(commands.bundle(names, output, with_arch(base, arch), say, sign=sign))
+    say(commands.bundle(names, output, with_arch(base, arch), say, sign=sign, with_cache=with_cache))
 
 
 @task(
@@ -164,6 +165,23 @@ def verify(c: Context, topic: str, base: str | None = None, keep: bool = False, 
     say(text)
     if not same:
         raise Exit("error: the rebuild differs outside the documented paths (README: Rebuilds that match)", code=1)
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "ls (size, architecture, user and last use of each), rm, or prune",
+        "topic": "topics, comma-separated (ls, rm)",
+        "image": "one image's caches: its ID or the first digits of it (ls, rm)",
+        "arch": "one GPU architecture's caches: sm_90, cpu (ls, rm)",
+        "all": "rm: every kernel cache",
+        "older-than": "prune: also the caches unused for this many days",
+    },
+)
+@kit_errors
+def cache(c: Context, action: str, topic: str = "", image: str = "", arch: str = "", all: bool = False, older_than: str = "") -> None:
+    """The kernel caches (JIT builds kept per image and GPU): ls, rm, or prune those of images the kit no longer runs."""
+    say(commands.cache(action, topic, image, arch, all, older_than, say))
 
 
 @task
@@ -327,6 +345,7 @@ def stacks(c: Context) -> None:
         "bundle": "slurm (apptainer): an `invoke bundle` file on shared storage as the image source",
         "shm-size": "k8s: size of the memory-backed /dev/shm (default 16Gi)",
         "hf-cache-pvc": "k8s: a PersistentVolumeClaim holding the HF cache (default: an emptyDir)",
+        "kernel-cache": "a node-local or shared folder (absolute) that keeps JIT-compiled kernels between runs, per image ID and GPU (default: none)",
         "api-key": "SGLang stacks: require KIT_API_KEY (slurm: from the environment sbatch passes on; k8s: Secret sglang-api-key)",
     },
     iterable=["option"],
@@ -337,14 +356,14 @@ def export(
     image_registry: str = "", runtime: str = "pyxis", base: str = "", model: str = "tiny", namespace: str = "default",
     host_ipc: bool = False, host_network: bool = False, rdma: bool = False, ifname: str = "", shm_size: str = "16Gi",
     hf_cache_pvc: str = "", cpu: bool = False, image_file: str = "", kit_root: str = "", bundle: str = "", arch: str = "",
-    option: list[str] | None = None, api_key: bool = False,
+    option: list[str] | None = None, api_key: bool = False, kernel_cache: str = "",
 ) -> None:  # fmt: skip
     """Write Kubernetes objects or a Slurm batch script for a stack, from the same definitions."""
     for path in kit_export.run(
         target, stack, output=output, nodes=nodes, gpus_per_node=gpus_per_node, image_registry=image_registry,
         runtime=runtime, base=with_arch(base, arch), model=model, namespace=namespace, host_ipc=host_ipc, host_network=host_network,
         rdma=rdma, ifname=ifname, shm_size=shm_size, hf_cache_pvc=hf_cache_pvc, cpu=cpu, image_file=image_file,
-        kit_root=kit_root, bundle=bundle, settings=tuple(option or ()), api_key=api_key,
+        kit_root=kit_root, bundle=bundle, settings=tuple(option or ()), api_key=api_key, kernel_cache=kernel_cache,
     ):  # fmt: skip
         say(f"wrote {path}")
 

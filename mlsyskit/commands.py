@@ -5,8 +5,11 @@ the text to print (or raises a KitError)."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.checks import doctor as doctor_mod
@@ -20,6 +23,9 @@ from mlsyskit.images.build import build_topics, dry_run
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.images.relock import lock as lock_all
 from mlsyskit.report import seconds, size, table
+
+if TYPE_CHECKING:
+    from mlsyskit.images.bundle import Contents
 
 Log = Callable[[str], None]
 
@@ -198,9 +204,9 @@ def sbom(topic_name: str, base: str | None, out: str, log: Log) -> str:
     return table(("components", "count"), list(counts.items())) + f"\nwritten: {rel_path(path)} ({SCHEMA}, schema-valid)"
 
 
-def bundle(names: str, output: str, base: str | None, log: Log, *, sign: str = "") -> str:
-    """`invoke bundle TOPIC[,TOPIC]|STACK -o FILE`: images, SBOMs, locks (and a stack's files)
-    in one file for a machine with no network."""
+def bundle(names: str, output: str, base: str | None, log: Log, *, sign: str = "", with_cache: bool = False) -> str:
+    """`invoke bundle TOPIC[,TOPIC]|STACK -o FILE [--with-cache]`: images, SBOMs, locks (and a
+    stack's files, and the topic images' kernel caches) in one file for a machine with no network."""
     from mlsyskit.images import bundle as bundle_mod
 
     if not output:
@@ -208,7 +214,10 @@ def bundle(names: str, output: str, base: str | None, log: Log, *, sign: str = "
     ctx = Context.resolve(base or "")
     contents = bundle_mod.resolve(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
     out = Path(output).absolute()
-    manifest = bundle_mod.write_bundle(ctx.engine, ctx.catalog, contents, out, log, sign_with=Path(sign) if sign else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mlsyskit-kernels-", dir=out.parent) as scratch:
+        extra, notes = bundled_caches(ctx, contents, Path(scratch), log) if with_cache else ([], {})
+        manifest = bundle_mod.write_bundle(ctx.engine, ctx.catalog, contents, out, log, sign_with=Path(sign) if sign else None, extra=extra, notes=notes)
     rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
     rows += [(f["name"].removeprefix(bundle_mod.ROOT + "/"), size(f["size"])) for f in manifest["files"]]
     return table(("in the bundle", "id / size"), rows) + f"\nwritten: {out} ({size(out.stat().st_size)}); on the other machine: invoke load {out.name}"
@@ -226,7 +235,86 @@ def load(file: str, to: str, log: Log, *, require_signature: str = "", allow_tag
     allowed = frozenset(split_names(allow_tags)) if allow_tags else frozenset()
     manifest = bundle_mod.load_bundle(Engine.connect, path, unpack_to, log, keys=keys, allowed_tags=allowed)
     rows = [(", ".join(image["tags"]), image["id"][7:19]) for image in manifest["images"]]
-    return table(("image", "id"), rows) + f"\nlocks, SBOMs and stack files: {rel_path(unpack_to)}"
+    text = table(("image", "id"), rows) + f"\nlocks, SBOMs and stack files: {rel_path(unpack_to)}"
+    cache = unpack_to / bundle_mod.KERNEL_CACHE.removeprefix(bundle_mod.ROOT + "/")
+    if any(f["name"] == bundle_mod.KERNEL_CACHE for f in manifest["files"]) and cache.is_file():
+        text += "\n" + load_caches(cache, manifest)
+    return text
+
+
+def bundled_caches(ctx: Context, contents: Contents, scratch: Path, log: Log) -> tuple[list[tuple[str, Path]], dict[str, Any]]:
+    """`--with-cache`: the kernel caches of the bundle's topic images (every architecture and
+    container user), as one tar member, and what it holds for the manifest."""
+    from mlsyskit.runtime import caches
+
+    home = caches.cache_home(os.environ)
+    if home is None:
+        raise UsageError(f"--with-cache, but {caches.HOME_VARIABLE} turns the kernel caches off", fix=f"unset {caches.HOME_VARIABLE}")
+    keys = {}
+    for topic in contents.topics:
+        info = ctx.engine.image(topic_alias(topic.name, contents.base))
+        if info is None:
+            raise UsageError(f"image {topic_alias(topic.name, contents.base)} is not built", fix=f"invoke build {topic.name}")
+        keys[caches.image_key(info.id)] = topic.name
+    found = [e for e in caches.entries(home) if keys.get(e.key.image) == e.key.topic]
+    if not found:
+        log("note: --with-cache, but these images have no kernel cache yet (their containers fill one): the bundle carries none")
+    path = scratch / caches.BUNDLE_MEMBER
+    held = caches.write_tar(found, path, log)
+    for entry in held:
+        log(f"kernel cache {entry['topic']}/{entry['image']}/{entry['arch']}/{entry['user']}: {entry['files']} file(s), {size(entry['bytes'])}")
+    return [(caches.BUNDLE_MEMBER, path)], {"kernel_cache": held}
+
+
+def load_caches(tar: Path, manifest: dict[str, Any]) -> str:
+    """The bundle's kernel caches (checked with the bundle, unpacked beside its locks) into this
+    user's cache, under the images' IDs (docker load keeps them): the first container of each
+    image starts warm. The tar is removed afterwards."""
+    from mlsyskit.runtime import caches
+
+    home = caches.cache_home(os.environ)
+    if home is None:
+        return f"kernel caches: not unpacked ({caches.HOME_VARIABLE} turns them off; they are in {rel_path(tar)})"
+    images = {caches.image_key(i["id"]): i["labels"][f"{LABEL_PREFIX}.topic"] for i in manifest["images"] if i["labels"].get(f"{LABEL_PREFIX}.topic")}
+    try:
+        written, kept = caches.extract_tar(lambda: tar.open("rb"), home, images, os.getuid())
+    except KitError as exc:
+        raise KitError(f"the images were loaded, their kernel caches were not: {exc.message}", fix=exc.fix) from None
+    tar.unlink()
+    return f"kernel caches: {written} file(s) unpacked into {home}" + (f" ({kept} already there, kept)" if kept else "")
+
+
+def cache(action: str, topics: str, image: str, arch: str, everything: bool, older_than: str, log: Log) -> str:
+    """`invoke cache ls|rm|prune`: the kernel caches on this host (runtime/caches.py)."""
+    from mlsyskit.runtime import caches
+
+    home = caches.cache_home(os.environ)
+    if home is None:
+        return f"kernel caches are off ({caches.HOME_VARIABLE}=off): containers get none"
+    names = split_names(topics)
+    if action == "ls":
+        return caches.ls(home, Engine.for_running(), names, image=image, arch=arch)
+    if action == "rm":
+        if not (names or image or arch or everything):
+            raise UsageError("say which kernel caches to remove", fix="--topic TOPIC, --image ID, --arch sm_90 (or cpu), or --all")
+        found = caches.select(caches.entries(home), topics=names, image=image, arch=arch)
+        if not found:
+            return f"no kernel cache under {home} matches"
+        freed = caches.remove(found, home, Engine.for_running, log)
+        return f"removed {len(found)} kernel cache(s), {size(freed)}"
+    if action == "prune":
+        days = None
+        if older_than:
+            try:
+                days = float(older_than)
+            except ValueError:
+                days = -1.0
+            if days < 0:
+                raise UsageError(f"--older-than {older_than}: not a number of days", fix="e.g. --older-than 30")
+        doomed, freed = caches.prune(home, Engine.for_running(), days, log)
+        why = "images the kit no longer runs" + (f", or unused for {older_than} days" if days is not None else "")
+        return f"removed {len(doomed)} kernel cache(s) ({why}), {size(freed)}" if doomed else f"nothing to prune ({why}: none)"
+    raise UsageError(f"unknown action '{action}'", fix="invoke cache ls, invoke cache rm --topic TOPIC, or invoke cache prune")
 
 
 def verify(topic_name: str, base: str | None, keep: bool, log: Log) -> tuple[str, bool]:

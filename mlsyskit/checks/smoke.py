@@ -50,7 +50,7 @@ from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
 from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
-from mlsyskit.runtime.shell import ShellOptions, one_off_spec, secret_values
+from mlsyskit.runtime.shell import ShellOptions, kernel_cache, one_off_spec, secret_values
 from smoke_tests._gates import Value
 from smoke_tests._result import SmokeTest
 
@@ -603,6 +603,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
                 with secrets.private_folder(secret_values(run_opts, facts, config), host.environ) as folder:
                     spec = one_off_spec(
                         run_opts, facts, config, gpus, workspace=workspace, topic=run.topic, base=base, image=image, secrets_at=folder,
+                        kernels=kernel_cache(ctx, topic, image, gpus, root=host.as_root, host=host),
                     )  # fmt: skip
                     result = run_in_container(engine, run, spec, workspace, run_id, log)
             else:

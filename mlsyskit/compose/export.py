@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ import yaml
 from mlsyskit import REPO_ROOT
 from mlsyskit.compose.stacks import HF_TARGET, ComposeStack, load_stack, option_values, stack_names
 from mlsyskit.context import Context
+from mlsyskit.data.catalog import KernelCache
 from mlsyskit.data.fields import rel_path
 from mlsyskit.data.lockfile import key_versions
 from mlsyskit.errors import UsageError
 from mlsyskit.images.plan import topic_alias
+from mlsyskit.runtime.caches import ROOT_USER, TARGET, TOPIC_RE, env_assignments, image_key
 
 RUNTIMES = ("pyxis", "apptainer")
 MAX_GPUS_PER_NODE = 8  # the largest common GPU node; a stack may allow fewer
@@ -67,6 +69,17 @@ class ExportOptions:
     bundle: str = ""  # Slurm: an `invoke bundle` file on shared storage, the image source (no daemon, no registry)
     api_key: bool = False  # SGLang stacks: KIT_API_KEY is required (Slurm: from the environment; k8s: a Secret)
     settings: tuple[str, ...] = ()  # --option NAME=VALUE: the stack's options (compose/stacks.py option_values)
+    # --kernel-cache DIR: kernel caches on the nodes (runtime/caches.py), for each topic its
+    # image's ID and declared caches (filled by `run` from the engine or the bundle)
+    kernel_cache: str = ""
+    kernel_images: Mapping[str, str] = field(default_factory=dict)
+    kernel_caches: Mapping[str, tuple[KernelCache, ...]] = field(default_factory=dict)
+
+    def kernels_of(self, topic: str) -> tuple[str, tuple[KernelCache, ...]] | None:
+        """(the image's 12-hex key, its caches) where --kernel-cache applies to the topic."""
+        if not self.kernel_cache or not self.kernel_caches.get(topic) or topic not in self.kernel_images:
+            return None
+        return image_key(self.kernel_images[topic]), self.kernel_caches[topic]
 
 
 @dataclass(frozen=True)
@@ -232,6 +245,7 @@ class K8s:
     def __init__(self, stack: ComposeStack, shape: Shape, opts: ExportOptions) -> None:
         self.stack, self.shape, self.opts = stack, shape, opts
         self.configmaps: dict[str, tuple[Path, str]] = {}  # volume name -> (folder, mount path)
+        self.kernel_paths: dict[str, str] = {}  # volume name -> the node's folder (--kernel-cache)
 
     # metadata -----------------------------------------------------------------------
 
@@ -294,6 +308,14 @@ class K8s:
             mounts.append({"name": "hf-cache", "mountPath": HF_TARGET})
         for name, target in named_volumes(self.stack, service):
             mounts.append({"name": _name(name), "mountPath": target})
+        if kernels := self.opts.kernels_of(spec.topic or self.stack.topic):
+            # One folder per node (its GPUs decide what the kernels are built for), root's.
+            key, caches = kernels
+            volume = _name(f"kernels-{spec.topic or self.stack.topic}")
+            self.kernel_paths[volume] = f"{self.opts.kernel_cache.rstrip('/')}/{spec.topic or self.stack.topic}/{key}"
+            mounts.append({"name": volume, "mountPath": TARGET, "subPathExpr": f"$(KIT_NODE_NAME)/{ROOT_USER}"})
+            out["env"] += [{"name": k, "value": v} for k, _, v in (e.partition("=") for e in env_assignments(caches, TARGET))]
+            out["env"].append({"name": "KIT_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
         if gpus:
             mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
             if self.opts.rdma:
@@ -323,7 +345,9 @@ class K8s:
                 volumes.append({"name": "hf-cache", "persistentVolumeClaim": {"claimName": self.opts.hf_cache_pvc}})
             else:
                 volumes.append({"name": "hf-cache", "emptyDir": {}})
-        for name in sorted(names - {"hf-cache", "dshm", "infiniband", *self.configmaps}):
+        for name in sorted(names & set(self.kernel_paths)):
+            volumes.append({"name": name, "hostPath": {"path": self.kernel_paths[name], "type": "DirectoryOrCreate"}})
+        for name in sorted(names - {"hf-cache", "dshm", "infiniband", *self.configmaps, *self.kernel_paths}):
             volumes.append({"name": name, "emptyDir": {}})
         if "dshm" in names:
             volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": self.opts.shm_size}})
@@ -752,6 +776,8 @@ def k8s_yaml(stack: ComposeStack, opts: ExportOptions) -> str:
         if obj["kind"] in needs:
             header += f"# Needs {needs[obj['kind']]} in the cluster.\n"
     header += "# Optional: a Secret `hf-token` with key `token` gives the pods HF_TOKEN.\n"
+    if opts.kernel_cache:
+        header += f"# Kernel caches: on each node under {opts.kernel_cache}/TOPIC/IMAGE/NODE/root (hostPath, made when missing).\n"
     if opts.api_key:
         header += f"# Needs a Secret `{API_KEY_SECRET[0]}` with key `{API_KEY_SECRET[1]}`: SGLang serves only requests that carry it.\n"
     header += "# A NetworkPolicy lets only the stack's own pods reach its ports"
@@ -964,6 +990,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         *(f"export {env}={_default(env, value)}  # --option" for env, value in options.items()),
         f'MOUNTS="{mount_spec}"',
         'mkdir -p "$IMAGE_DIR" "$WORK_DIR" "$HF_HOME"',
+        *_slurm_kernels(stack, main, opts),
         "",
         "# --- the image, imported once to shared storage (a lock keeps concurrent jobs apart) ---",
         *importer,
@@ -1064,6 +1091,37 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
     ]
     lines += steps
     return "\n".join(lines) + "\n"
+
+
+def _slurm_kernels(stack: ComposeStack, main: str, opts: ExportOptions) -> list[str]:
+    """--kernel-cache: the image's kernel cache on every node, keyed as the kit keys it (image
+    ID, the head node's GPU architecture, the job's user), mounted where the kit mounts it."""
+    topic = stack.services[main].topic or stack.topic
+    kernels = opts.kernels_of(topic)
+    if kernels is None:
+        return []
+    key, caches = kernels
+    query = "nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .' | sort -un | sed 's/^/sm_/' | paste -sd+ -"
+    arch = "KERNEL_ARCH=cpu" if opts.cpu else f"KERNEL_ARCH=$({query} || true)  # sm_90; sm_80+sm_90 for a mix"
+    folders = " ".join(f'"$KERNEL_DIR/{cache.name}"' for cache in caches)
+    return [
+        "",
+        "# --- kernel caches: JIT builds kept between jobs, one folder per image ID, GPU architecture",
+        "# and user (the allocation's nodes are taken to have the head's GPUs) -----------------------",
+        f"KERNEL_CACHE={_default('KIT_KERNEL_CACHE', opts.kernel_cache)}",
+        arch,
+        'if [ -n "$KERNEL_ARCH" ]; then',
+        '  if [ "$(id -u)" -eq 0 ]; then KERNEL_USER=root; else KERNEL_USER=uid-$(id -u); fi',
+        f'  KERNEL_DIR="$KERNEL_CACHE/{topic}/{key}/$KERNEL_ARCH/$KERNEL_USER"',
+        "  # made on every node: the folder may be node-local",
+        f'  srun --ntasks-per-node=1 mkdir -p {folders}',
+        f'  MOUNTS="$MOUNTS,$KERNEL_DIR:{TARGET}"',
+        *(f"  export {line}" for line in env_assignments(caches, TARGET)),
+        '  say "kernel caches: $KERNEL_DIR"',
+        "else",
+        '  say "no kernel cache: nvidia-smi did not name the GPU architecture"',
+        "fi",
+    ]
 
 
 def _slurm_nodes(stack: ComposeStack, shape: Shape) -> list[str]:
@@ -1280,8 +1338,45 @@ def run(
     stack = load_stack(stack_name)
     ctx = Context.resolve(base)  # an unknown --base is refused here, before anything is written
     opts = ExportOptions(nodes=_count("--nodes", nodes), gpus_per_node=_count("--gpus-per-node", gpus_per_node), base=ctx.base_name, **options)
+    if opts.kernel_cache:
+        opts = with_kernels(opts, stack, ctx)
     out_dir = Path(output) if output else REPO_ROOT / ".kit" / "export" / target
     return export(target, stack, opts, out_dir)
+
+
+def with_kernels(opts: ExportOptions, stack: ComposeStack, ctx: Context) -> ExportOptions:
+    """--kernel-cache DIR: each topic's image ID (the cache's key) from the bundle (--bundle),
+    else from this machine's engine, and its declared caches."""
+    from dataclasses import replace
+
+    from mlsyskit.runtime.caches import declared
+
+    if not opts.kernel_cache.startswith("/") or any(c in opts.kernel_cache for c in "\n\r\0"):
+        raise UsageError(f"--kernel-cache {opts.kernel_cache!r}: give an absolute path", fix="e.g. --kernel-cache /local/scratch/kernels")
+    from_bundle: dict[str, str] = {}
+    if opts.bundle:
+        import json
+        import tarfile
+
+        try:
+            with tarfile.open(opts.bundle, "r:") as archive:
+                stream = archive.extractfile("mlsyskit-bundle/manifest.json")
+                from_bundle = {t: i["id"] for i in (json.load(stream)["images"] if stream else []) for t in i["tags"]}
+        except (OSError, KeyError, tarfile.TarError, ValueError):
+            pass  # check_bundle says what is wrong with it
+    images, caches = {}, {}
+    for topic in stack.topics():
+        if not TOPIC_RE.fullmatch(topic):  # it becomes a path in the exported files
+            raise UsageError(f"--kernel-cache: topic name '{topic}' is not a plain folder name", fix="rename envs/" + topic)
+        alias = topic_alias(topic, opts.base)
+        found = from_bundle.get(alias) or (info.id if (info := ctx.engine.image(alias)) else "")
+        if not found:
+            raise UsageError(
+                f"--kernel-cache keys the caches by the image's ID, and {alias} is not on this machine",
+                fix=f"build or load it here first (`invoke build {topic}`), or give --bundle",
+            )
+        images[topic], caches[topic] = found, declared(ctx.catalog, ctx.catalog.topic(topic))
+    return replace(opts, kernel_images=images, kernel_caches=caches)
 
 
 def _count(flag: str, value: str | int | None) -> int | None:

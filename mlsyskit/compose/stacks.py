@@ -18,8 +18,9 @@ one definition:
 
 Rendering is pure (`render`): for the GPUs chosen (or `--cpu`) and the host's facts it
 writes a complete compose file to .kit/stacks/<stack>/compose.yml with device_ids, the
-KIT_* variables the scripts in compose/scripts read, absolute bind paths, the topic image
-for the chosen base, and `memlock` dropped where the engine refuses -1. `up` starts it with
+KIT_* variables the scripts in compose/scripts read, absolute bind paths, each service's
+kernel cache (runtime/caches.py), the topic image for the chosen base, and `memlock`
+dropped where the engine refuses -1. `up` starts it with
 compose in the background and watches the containers itself (`assess`), so a service that
 exits or turns unhealthy is reported at once with its last log lines, whatever compose's
 version does while it waits on `depends_on`."""
@@ -47,6 +48,7 @@ from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
 from mlsyskit.runtime import secrets
+from mlsyskit.runtime.caches import KernelMount
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
 from mlsyskit.runtime.host import ensure_image, first_taken_port, memlock_allowed, port_taken, read_host
 
@@ -373,6 +375,8 @@ class RenderOptions:
     # declares one gets it as a file there (HF_TOKEN_PATH), not as an environment value.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     secrets_at: Path | None = None
+    # (topic, the service's GPUs) -> its kernel cache (runtime/caches.py), None for none
+    kernels: Callable[[str, tuple[str, ...]], KernelMount | None] | None = None
 
 
 def _escape(value: str) -> str:
@@ -448,6 +452,9 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
         env.update({k: _escape(v) for k, v in extra.items()})
         env.update({k: _escape(v) for k, v in opts.environment.items()})
         delivery = _render_secrets(body, env, opts)
+        kernels = opts.kernels(spec.topic or stack.topic, mine) if opts.kernels else None
+        if kernels is not None:
+            env.update({k: _escape(v) for k, _, v in (e.partition("=") for e in kernels.env)})
         body["environment"] = dict(sorted(env.items()))
         _render_gpus(body, mine)
         if opts.rdma and spec.gpus != "none":
@@ -457,6 +464,8 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
         _render_volumes(body, stack.path.parent, opts.hf_cache)
         if delivery is not None:
             body["volumes"] = [*(body.get("volumes") or []), _escape(delivery.volume)]
+        if kernels is not None:
+            body["volumes"] = [*(body.get("volumes") or []), *(_escape(v) for v in kernels.volumes)]
         if opts.platform:
             body["platform"] = opts.platform
             body["volumes"] = [*(body.get("volumes") or []), *(_escape(v) for v in opts.emulation)]
@@ -710,7 +719,7 @@ def up(
     opts = RenderOptions(
         devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
         options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform), secrets=tokens,
-        secrets_at=secrets_at if tokens else None,
+        secrets_at=secrets_at if tokens else None, kernels=stack_kernels(ctx),
     )  # fmt: skip
     rendered = render(stack, opts)
     check_ports_free(stack, rendered)
@@ -784,6 +793,18 @@ def up(
         + f". Logs: invoke logs {stack.name} [-s SERVICE]; stop: invoke down {stack.name}"
     )
     return UpResult(stack.name, elapsed, "\n".join(parts))
+
+
+def stack_kernels(ctx: Context) -> Callable[[str, tuple[str, ...]], KernelMount | None]:
+    """Each service's kernel cache, as `invoke shell` gives one: its topic image's ID, the
+    architecture of its GPUs (cpu for none), and root (the services run as the images' root)."""
+    from mlsyskit.runtime import caches
+
+    def kernels(topic: str, gpus: tuple[str, ...]) -> KernelMount | None:
+        image, label = topic_alias(topic, ctx.base_name), ",".join(gpus) or "none"
+        return caches.for_container(ctx.engine, ctx.catalog, ctx.catalog.topic(topic), image, gpus=label, user=caches.ROOT_USER, environ=os.environ)
+
+    return kernels
 
 
 def _fail(project: ComposeProject, stack: ComposeStack, verdict: Assessment, compose_tail: str) -> None:

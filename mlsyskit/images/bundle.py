@@ -7,6 +7,9 @@ already, and 2 cores would spend minutes on gzip for little):
     mlsyskit-bundle/sbom/*.cdx.json    one CycloneDX SBOM per topic image
     mlsyskit-bundle/locks/...          the uv locks the images were installed from
     mlsyskit-bundle/compose/...        a stack's compose file, its scripts and the smoke tests
+    mlsyskit-bundle/kernel-cache.tar   with --with-cache: the topic images' kernel caches
+                                       (runtime/caches.py); `invoke load` unpacks it into the
+                                       loading user's cache under the same image IDs
     mlsyskit-bundle/manifest.json      kit version, images (ID, tags, labels), and the size
                                        and sha256 of every other member
     mlsyskit-bundle/manifest.sig       last, in a signed bundle: an ed25519 signature over
@@ -36,7 +39,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +58,7 @@ ROOT = "mlsyskit-bundle"
 IMAGES = f"{ROOT}/images.tar"
 MANIFEST = f"{ROOT}/manifest.json"
 SIGNATURE = f"{ROOT}/manifest.sig"
+KERNEL_CACHE = f"{ROOT}/kernel-cache.tar"  # unpacked beside the locks; `invoke load` moves it into the cache
 BLOCK = 512
 RECORD = 20 * BLOCK
 CHUNK = 1 << 20
@@ -167,10 +171,15 @@ def _kit_files(contents: Contents, catalog: Catalog) -> dict[str, Path]:
     return files
 
 
-def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path, log: Log, *, sign_with: Path | None = None) -> dict[str, Any]:
+def write_bundle(
+    engine: Engine, catalog: Catalog, contents: Contents, out: Path, log: Log, *, sign_with: Path | None = None,
+    extra: Sequence[tuple[str, Path]] = (), notes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Write the bundle to `out` (through a temporary file beside it, renamed at the end: an
     interrupted run leaves no file that looks whole), signed with the ed25519 key
-    `sign_with` when given. Returns the manifest."""
+    `sign_with` when given. `extra`: (name in the bundle, file) streamed in after the kit's
+    files with their checksums (the kernel cache); `notes`: manifest fields that describe
+    them. Returns the manifest."""
     key = signing.load_private_key(sign_with) if sign_with is not None else None  # a bad key: before minutes of saving
     chains = {t.name: image_chain(engine, t, contents.base) for t in contents.topics}
     images: dict[str, ImageInfo] = {}
@@ -204,6 +213,10 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
                 files = [_stream_member(handle, IMAGES, engine.save(refs), newest, progress)]
                 for name, path in [*sorted(sboms.items()), *sorted(_kit_files(contents, catalog).items())]:
                     files.append(_write_member(handle, f"{ROOT}/{name}", path.read_bytes(), newest))
+                for name, path in extra:
+                    with path.open("rb") as stream:
+                        chunks = iter(lambda: stream.read(CHUNK), b"")
+                        files.append(_stream_member(handle, f"{ROOT}/{name}", chunks, newest, Progress(log, name, path.stat().st_size)))
                 manifest = {
                     "format": FORMAT,
                     "kit_version": KIT_VERSION,
@@ -219,6 +232,7 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
                         for info in sorted(images.values(), key=lambda i: sorted(i.tags))
                     ],
                     "files": files,
+                    **(notes or {}),
                 }
                 manifest_bytes = json.dumps(manifest, indent=1).encode() + b"\n"
                 _write_member(handle, MANIFEST, manifest_bytes, newest)
@@ -245,11 +259,11 @@ def write_bundle(engine: Engine, catalog: Catalog, contents: Contents, out: Path
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 KNOWN = re.compile(
     rf"{ROOT}/(?:images\.tar|manifest\.json|manifest\.sig|sbom/{_PART}\.cdx\.json|locks/(?:{_PART}/){{0,4}}uv\.lock"
-    rf"|compose/{_PART}\.yml|compose/scripts/{_PART}|smoke_tests/{_PART}\.py)",
+    rf"|compose/{_PART}\.yml|compose/scripts/{_PART}|smoke_tests/{_PART}\.py|kernel-cache\.tar)",
     re.ASCII,
 )
 MANIFEST_MAX = 4 << 20  # bytes: a manifest of hundreds of images is ~100 KB
-SMALL_MAX = 64 << 20  # any member but images.tar (locks, SBOMs, scripts)
+SMALL_MAX = 64 << 20  # any member but images.tar and the kernel cache (locks, SBOMs, scripts); those two: the manifest and free disk
 INNER_MAX = 16 << 20  # docker save's own manifest.json / repositories
 IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -331,7 +345,7 @@ def read_members(handle: IO[bytes], path: Path) -> dict[str, Member]:
             raise refused(path, f"holds an unexpected member {_shown(raw)} (not a kit bundle, or changed after it was written)")
         if name in members:
             raise refused(path, f"holds {_shown(name)} twice (changed after it was written)")
-        if name != IMAGES and size > (MANIFEST_MAX if name == MANIFEST else signing.SIGNATURE_MAX if name == SIGNATURE else SMALL_MAX):
+        if name not in (IMAGES, KERNEL_CACHE) and size > (MANIFEST_MAX if name == MANIFEST else signing.SIGNATURE_MAX if name == SIGNATURE else SMALL_MAX):
             raise refused(path, f"is not a kit bundle: {_shown(name)} declares {human_size(size)}")
         members[name] = Member(name, size, offset)
     if not members:

@@ -25,7 +25,9 @@ Decisions the issue leaves open (the README's `invoke shell` section gives the u
 - `--mount HOST:CTR[:ro]` refuses a host path that does not exist (docker would create it,
   owned by root); `--mount type=...` is docker's long form, passed through.
 - `memlock=-1` is probed once per Docker daemon (cached in ~/.cache/mlsyskit/); where the
-  daemon may not raise it the container runs with the default and one warning says so."""
+  daemon may not raise it the container runs with the default and one warning says so.
+- JIT and compile caches outlive the container: one host folder per image ID, GPU
+  architecture and container user at /var/cache/mlsyskit/kernels (runtime/caches.py)."""
 
 from __future__ import annotations
 
@@ -39,12 +41,14 @@ from typing import NoReturn
 
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.context import Context
+from mlsyskit.data.catalog import Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine
 from mlsyskit.engine.spec import exec_call, run_call
 from mlsyskit.errors import EngineError, UsageError
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
+from mlsyskit.runtime.caches import KernelMount
 from mlsyskit.runtime.gpus import GpuSelection, parse_request
 from mlsyskit.runtime.host import (
     MEMLOCK,
@@ -231,14 +235,16 @@ def identity(host: Host, root: bool, config: Config) -> Identity:
 
 
 def container_spec(
-    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str, kind: str
-) -> ContainerSpec:
+    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str, kind: str,
+    kernels: KernelMount | None = None,
+) -> ContainerSpec:  # fmt: skip
     """The container every kit command starts for a topic (shell, smoke): GPUs, shared
-    memory, limits, workspace, identity, HF cache, labels. Not the command, stdio or the
-    runtime env."""
+    memory, limits, workspace, identity, HF cache, kernel cache, labels. Not the command,
+    stdio or the runtime env."""
     root = opts.root or host.as_root
     who = identity(host, root, config)
     volumes, mounts = parse_mounts(opts.mounts, host.cwd)
+    kernel_volumes, kernel_env = (kernels.volumes, kernels.env) if kernels else ((), ())
     ulimits = (MEMLOCK,) if host.memlock else ()  # RDMA (NCCL over InfiniBand) pins memory
     return ContainerSpec(
         image=image,
@@ -251,12 +257,12 @@ def container_spec(
         shm_size=opts.shm_size,
         host_ipc=not opts.shm_size,
         ulimits=(*ulimits, f"stack={STACK_BYTES}"),
-        volumes=(f"{workspace}:{WORKSPACE}", *who.volumes, *volumes),
+        volumes=(f"{workspace}:{WORKSPACE}", *who.volumes, *kernel_volumes, *volumes),
         mounts=mounts,
         workdir=WORKSPACE,
         user=who.user,
         tmpfs=who.tmpfs,
-        env=who.env,
+        env=(*who.env, *kernel_env),
         network=opts.network,
         ports=port_values(opts.ports),
         platform=platform_of(base),
@@ -279,11 +285,11 @@ def secret_values(opts: ShellOptions, host: Host, config: Config) -> dict[str, s
 
 def one_off_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
-    secrets_at: Path | None = None,
+    secrets_at: Path | None = None, kernels: KernelMount | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """`invoke shell TOPIC [-- CMD...]`: removed when the command ends. Secrets come from the
     private folder `secrets_at`, where the caller wrote `secret_values` (secrets.write)."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off")
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off", kernels=kernels)
     typed, by_name = runtime_env(opts, host, config)
     plain, hidden = secrets.split(by_name)
     command = opts.command or SHELL
@@ -299,10 +305,13 @@ def one_off_spec(
     )  # fmt: skip
 
 
-def named_spec(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> ContainerSpec:
+def named_spec(
+    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
+    kernels: KernelMount | None = None,
+) -> ContainerSpec:  # fmt: skip
     """A named, long-lived container (`sleep infinity`, entered with exec). Tokens are not
     given here: each `docker exec` passes the current ones."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named")
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named", kernels=kernels)
     typed = tuple(item for item in opts.env if "=" in item)
     return replace(shape, name=opts.name, hostname=opts.name, command=KEEP_ALIVE, env=(*shape.env, *typed))
 
@@ -379,7 +388,8 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         log("warning: -p is ignored with --network host (the container uses the host's ports)")
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-    where = Where(workspace=workspace, topic=topic.name, base=base, image=image)
+    kernels = kernel_cache(ctx, topic, image, gpus, root=opts.root or host.as_root, host=host)
+    where = Where(workspace=workspace, topic=topic.name, base=base, image=image, kernels=kernels)
     if not opts.name:
         become_one_off(engine, opts, host, config, gpus, where)
     create_named(engine, opts, host, config, gpus, where, log)
@@ -408,6 +418,16 @@ class Where:
     topic: str
     base: str
     image: str
+    kernels: KernelMount | None = None
+
+
+def kernel_cache(ctx: Context, topic: Topic, image: str, gpus: GpuSelection, *, root: bool, host: Host) -> KernelMount | None:
+    """The container's kernel cache (runtime/caches.py): keyed by the image's ID, the
+    architecture of the GPUs it gets and whether it runs as root or as the host's UID."""
+    from mlsyskit.runtime import caches
+
+    user = caches.ROOT_USER if root else caches.user_dim(host.uid)
+    return caches.for_container(ctx.engine, ctx.catalog, topic, image, gpus=gpus.label, user=user, environ=host.environ)
 
 
 def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where, log: Log) -> None:
