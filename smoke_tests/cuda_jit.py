@@ -10,12 +10,16 @@ on CPU, instead of killing the scheduler on a GPU.
 
     python -m smoke_tests.cuda_jit [--json cuda_jit.json] [--arch 9.0]
     python -m smoke_tests.cuda_jit --cpu     # compile and link only; reported skipped
+    python -m smoke_tests.cuda_jit --warm    # build in the kit's kernel cache: a second run reuses the first's
 
 Compiling needs no GPU: without one the code is built for ``--arch`` (default 9.0, Hopper;
 ``TORCH_CUDA_ARCH_LIST`` / ``FLASHINFER_CUDA_ARCH_LIST`` if set), which is what CI checks.
 The test records where the toolkit came from: ``CUDA_HOME`` as torch found it, the real
 path of its nvcc (inside NVIDIA's PyPI wheels on the kit's ``pypi`` base) and nvcc's
-release. Each build goes to a fresh folder, so nothing is taken from a cache.
+release. Each build goes to a fresh folder, so nothing is taken from a cache; with ``--warm``
+each goes where the kit's kernel cache points its compiler (``TORCH_EXTENSIONS_DIR``,
+``FLASHINFER_WORKSPACE_BASE``, ``TVM_FFI_CACHE_DIR``, ``SGLANG_JIT_CACHE_DIR``), so the
+build times of a second container say what a warm start costs (``figures.builds``).
 
 A build that fails is a failure with the compiler's or linker's last lines (``Ninja is
 required``, ``cannot find -lcudart``: the toolkit is not laid out as JIT compilers expect).
@@ -143,7 +147,8 @@ def build_torch_extension(build_dir: Path, arch: str, verbose: bool) -> tuple[Pa
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / "saxpy.cu"
-    source.write_text(SAXPY_CUDA)
+    if not source.is_file() or source.read_text() != SAXPY_CUDA:  # rewritten, ninja would build again
+        source.write_text(SAXPY_CUDA)
     start = time.monotonic()
     try:
         # is_python_module=False: a plain shared library, loaded into the process
@@ -261,14 +266,18 @@ def sglang_jit_layout() -> tuple[Any, list[tuple[str, Any, tuple[Any, ...]]]] | 
     raise Fail(f"SGLang {_version('sglang')} has none of the JIT kernel layouts this test knows ({', '.join(u for u, _ in SGLANG_JIT_LAYOUTS)})")
 
 
-def build_sglang_kernels(arch: str, cache_dir: Path) -> dict[str, Any]:
-    """Compile SGLang's JIT kernels for ``arch`` into a fresh TVM-FFI cache folder (so
-    nothing comes from an earlier build)."""
+def build_sglang_kernels(arch: str, cache_dir: Path | None) -> dict[str, Any]:
+    """Compile SGLang's JIT kernels for ``arch`` into a fresh cache folder (so nothing comes
+    from an earlier build: SGLang 0.5.12 builds through TVM-FFI's cache, 0.5.2x through its
+    own), or, with ``cache_dir`` None, where the environment points them (the kit's kernel
+    cache, ``--warm``)."""
     layout = sglang_jit_layout()
     if layout is None:
         return {}
     override, kernels = layout
-    os.environ["TVM_FFI_CACHE_DIR"] = str(cache_dir)
+    if cache_dir is not None:
+        os.environ["TVM_FFI_CACHE_DIR"] = str(cache_dir / "tvm-ffi")
+        os.environ["SGLANG_JIT_CACHE_DIR"] = str(cache_dir / "sglang-jit")
     major, minor = (int(x) for x in arch.split("."))
     built: dict[str, Any] = {"version": _version("sglang"), "kernels": {}}
     with override(major, minor):
@@ -320,8 +329,10 @@ def body_for(args: argparse.Namespace) -> Any:
         report.table_headers, report.table_rows = ["kernel", "built", "ran", "figure"], rows
 
         work = Path(tempfile.mkdtemp(prefix="smoke-cuda-jit-"))
+        warm = warm_folders(args.warm, arch, os.environ)
+        report.figures["builds"] = "warm: " + ", ".join(sorted(warm)) if warm else "fresh folders"
         try:
-            library, seconds = build_torch_extension(work / "torch", arch, args.verbose)
+            library, seconds = build_torch_extension(warm.get("TORCH_EXTENSIONS_DIR", work / "torch"), arch, args.verbose)
             report.figures["torch_extension"] = {"build_seconds": seconds}
             row = ["torch cpp_extension saxpy", f"{seconds:.1f} s", "-", "compiled, linked, loaded"]
             rows.append(row)
@@ -334,7 +345,8 @@ def body_for(args: argparse.Namespace) -> Any:
 
             # flashinfer reads its cache and arch settings once, when imported: a private
             # workspace, so it really compiles here instead of finding an earlier build.
-            os.environ["FLASHINFER_WORKSPACE_BASE"] = str(work / "flashinfer")
+            if "FLASHINFER_WORKSPACE_BASE" not in warm:
+                os.environ["FLASHINFER_WORKSPACE_BASE"] = str(work / "flashinfer")
             os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", arch)
             spec = flashinfer_spec()
             required = from_args(args, GATES)["flashinfer"]
@@ -357,7 +369,7 @@ def body_for(args: argparse.Namespace) -> Any:
                     row[2:] = ["yes", f"max diff {fmt(check['max_abs_diff'], 4)} (fp16)"]
                     report.verdict("silu_and_mul numbers", True, f"max diff {check['max_abs_diff']:.2g}", "allclose, rtol = atol = 1e-2")
 
-            sglang = build_sglang_kernels(arch, work / "tvm-ffi")
+            sglang = build_sglang_kernels(arch, None if {"TVM_FFI_CACHE_DIR", "SGLANG_JIT_CACHE_DIR"} & set(warm) else work / "sglang")
             if sglang:
                 report.figures["sglang_jit"] = sglang
                 seconds = sum(sglang["kernels"].values())
@@ -379,6 +391,20 @@ def body_for(args: argparse.Namespace) -> Any:
             raise no_gpu(args.require_gpu, what)
 
     return body
+
+
+WARM_VARIABLES = ("TORCH_EXTENSIONS_DIR", "FLASHINFER_WORKSPACE_BASE", "TVM_FFI_CACHE_DIR", "SGLANG_JIT_CACHE_DIR")
+
+
+def warm_folders(warm: bool, arch: str, environ: Mapping[str, str]) -> dict[str, Path]:
+    """With --warm, the cache folders the environment names (the kit's kernel cache sets
+    them): the torch extension's own folder under TORCH_EXTENSIONS_DIR, per architecture."""
+    if not warm:
+        return {}
+    found = {name: Path(environ[name]) for name in WARM_VARIABLES if environ.get(name)}
+    if "TORCH_EXTENSIONS_DIR" in found:
+        found["TORCH_EXTENSIONS_DIR"] = found["TORCH_EXTENSIONS_DIR"] / f"{EXTENSION}_sm{arch.replace('.', '')}"
+    return found
 
 
 def _version(dist: str) -> str | None:
@@ -420,6 +446,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"compute capability to build for without a GPU (default {DEFAULT_ARCH})")
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
     add_gate_args(parser, GATES)
+    parser.add_argument("--warm", action="store_true", help="build where the kit's kernel cache points the compilers, not in fresh folders")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not re.fullmatch(r"\d+\.\d+", args.arch):
         parser.error(f"--arch {args.arch}: give a compute capability such as 9.0")

@@ -10,7 +10,9 @@ in test_shell.py. The numbers are printed (`pytest -s`)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from mlsyskit import REPO_ROOT
 from mlsyskit.engine import Engine
 from mlsyskit.runtime.caches import TARGET
+from tests.integration.conftest import run_kit
 from tests.integration.test_shell import KitUser, image, kit, kit_user, remove_topic_images, shared_dir, workspace
 
 LIBRARY = "torch-extensions/mlsyskit_cache_probe/mlsyskit_cache_probe.so"
@@ -135,3 +138,42 @@ def test_a_rebuilt_image_starts_a_new_cache_and_prune_removes_the_old(kit_user, 
     finally:
         remove_topic_images(engine, topic)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_bundle_with_cache_brings_the_kernels_to_another_machine(kit_user, workspace, engine: Engine, build_topic, tmp_path_factory):
+    """`invoke bundle --with-cache` carries the topic image's cache (checksummed in the
+    manifest); `invoke load` on "another machine" (an empty cache home) puts it back under
+    the same image ID, where the next container finds it."""
+    build_topic("distributed")  # the base layer the scratch topic sits on
+    topic = f"cachebundle-{uuid.uuid4().hex[:6]}"
+    root = scratch_tree(kit_user, topic, "1")
+    (root / "envs" / topic / "topic.toml").write_text('description = "kernel cache bundle test"\nstack = ""\n\n[caches]\nprobe = "KIT_PROBE_CACHE"\n')
+    sender, receiver, out = (shared_dir(kit_user, f"mlsyskit-{what}-") for what in ("sender", "receiver", "bundle"))
+    user = "root" if kit_user.uid == 0 else f"uid-{kit_user.uid}"
+    try:
+        made = kit(kit_user, "shell", topic, "--gpus", "none", "--", "sh", "-c", 'echo compiled > "$KIT_PROBE_CACHE/kernel.bin"', cwd=workspace,
+                   env={"MLSYSKIT_ROOT": str(root), "MLSYSKIT_KERNEL_CACHE": str(sender)}, timeout=1200)  # fmt: skip
+        assert made.returncode == 0, made.stderr[-3000:]
+        image_key = engine.image(f"mlsyskit/{topic}:pypi").id[7:19]
+        bundle = out / "topic.bundle"
+        written = kit(kit_user, "bundle", topic, "-o", str(bundle), "--with-cache", cwd=workspace, env={"MLSYSKIT_ROOT": str(root), "MLSYSKIT_KERNEL_CACHE": str(sender)}, timeout=1800)
+        assert written.returncode == 0, written.stdout[-2000:] + written.stderr[-2000:]
+        with tarfile.open(bundle) as archive:
+            manifest = json.load(archive.extractfile("mlsyskit-bundle/manifest.json"))
+        assert [(c["topic"], c["image"], c["arch"], c["user"], c["files"]) for c in manifest["kernel_cache"]] == [(topic, image_key, "cpu", user, 1)]
+        assert any(f["name"] == "mlsyskit-bundle/kernel-cache.tar" and len(f["sha256"]) == 64 for f in manifest["files"])
+
+        # Loaded by the suite's own user, with the suite's Python: the other machine's user is
+        # someone else, whose caches the bundle's become (root's stay root's).
+        receiving = {"MLSYSKIT_ROOT": str(root), "MLSYSKIT_KERNEL_CACHE": str(receiver)}
+        loaded = run_kit("load", str(bundle), "--to", str(out / "unpacked"), env=receiving)
+        assert loaded.returncode == 0, loaded.stdout[-2000:] + loaded.stderr[-2000:]
+        assert "kernel caches: 1 file(s) unpacked" in loaded.stdout
+        me = "root" if os.geteuid() == 0 else f"uid-{os.geteuid()}"
+        assert (receiver / topic / image_key / "cpu" / me / "probe" / "kernel.bin").read_text() == "compiled\n"
+        seen = run_kit("shell", topic, "--gpus", "none", "--workspace", str(workspace), "--", "sh", "-c", 'cat "$KIT_PROBE_CACHE/kernel.bin"', env=receiving)
+        assert (seen.returncode, seen.stdout.strip()) == (0, "compiled"), seen.stderr
+    finally:
+        remove_topic_images(engine, topic)
+        for path in (root, sender, receiver, out):
+            shutil.rmtree(path, ignore_errors=True)

@@ -126,3 +126,15 @@ def test_a_missing_flashinfer_fails_where_the_topic_ships_it(tmp_path):
     assert proc.returncode == 1 and data["status"] == "failed", proc.stdout[-2000:]
     assert data["reason"].startswith("flashinfer is not installed, and this topic ships it")
     assert {"name": "flashinfer", "gate": True, "status": "failed", "measured": "not installed", "expected": "installed and building", "detail": ""} in data["verdicts"]
+
+
+def test_warm_builds_go_where_the_kit_cache_points():
+    """--warm: each compiler builds where the kit's kernel cache points it (a second
+    container finds the first's build); without it, or without those variables, the
+    builds stay in fresh folders."""
+    env = {"TORCH_EXTENSIONS_DIR": "/k/torch-extensions", "FLASHINFER_WORKSPACE_BASE": "/k/flashinfer", "SGLANG_JIT_CACHE_DIR": "/k/sglang-jit"}
+    assert cuda_jit.warm_folders(False, "9.0", env) == {}
+    assert cuda_jit.warm_folders(True, "9.0", {}) == {}
+    found = cuda_jit.warm_folders(True, "9.0", env)
+    assert found["TORCH_EXTENSIONS_DIR"] == Path("/k/torch-extensions/mlsyskit_cuda_jit_smoke_sm90")
+    assert found["FLASHINFER_WORKSPACE_BASE"] == Path("/k/flashinfer") and "TVM_FFI_CACHE_DIR" not in found
