@@ -29,8 +29,6 @@ image's root filesystem under chroot:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import re
@@ -38,7 +36,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -50,7 +47,10 @@ from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
 from mlsyskit.data.catalog import Catalog, KernelCache, Topic
 from mlsyskit.errors import KitError, UsageError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # tarfile, argparse and hashlib load when used: `./kit shell` imports this module
+    import argparse
+    import tarfile
+
     from mlsyskit.engine import Engine
 
 TARGET = "/var/cache/mlsyskit/kernels"  # where every container sees its cache folder
@@ -214,6 +214,7 @@ def prepare(mount: KernelMount) -> None:
 def _fingerprint() -> str:
     """Names this host's GPUs and driver without running nvidia-smi ("" where the driver
     has no /proc entries): the architectures read once are kept under it."""
+    import hashlib
     try:
         entries = sorted(os.listdir(PROC_GPUS))
     except OSError:
@@ -290,6 +291,8 @@ def gpu_arch(label: str, capabilities: Mapping[str, str]) -> str:
     caps = [capabilities[i] for i in indices if i in capabilities]
     if caps and len(caps) == len(indices):
         return arch_name(caps)
+    import hashlib
+
     return "gpu-" + hashlib.sha256(f"{label}|{_fingerprint()}".encode()).hexdigest()[:8]
 
 
@@ -480,6 +483,8 @@ def write_tar(found: Sequence[Entry], out: Path, log: Log) -> list[dict[str, Any
     regular files and folders only, owned by nobody in particular. Files this user cannot
     read (a root container's) and links are left out, with one line saying how many.
     Returns what it holds, per cache, for the bundle's manifest."""
+    import tarfile
+
     held = []
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry in found:
@@ -513,6 +518,8 @@ def write_tar(found: Sequence[Entry], out: Path, log: Log) -> list[dict[str, Any
 
 
 def _info(tar: tarfile.TarFile, path: Path, name: Path, *, directory: bool) -> tarfile.TarInfo:
+    import tarfile
+
     info = tarfile.TarInfo(str(PurePosixPath(*name.parts)))
     st = os.lstat(path)
     info.mtime = int(st.st_mtime)
@@ -532,6 +539,8 @@ def extract_tar(open_stream: Callable[[], AbstractContextManager[IO[bytes]]], ho
     topic) are allowed; anything else (a link, a device, `..`, another image) refuses the
     whole tar in the first reading, before anything is written. A user's caches become this
     user's (root's stay root's); a file already there is kept. Returns (written, kept)."""
+    import tarfile
+
     for _member in _members(open_stream, home, images, uid):
         pass
     home.mkdir(parents=True, exist_ok=True)
@@ -566,6 +575,8 @@ def extract_tar(open_stream: Callable[[], AbstractContextManager[IO[bytes]]], ho
 
 
 def _members(open_stream: Callable[[], AbstractContextManager[IO[bytes]]], home: Path, images: Mapping[str, str], uid: int) -> Iterator[tarfile.TarInfo]:
+    import tarfile
+
     try:
         with open_stream() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
@@ -609,6 +620,8 @@ def _key_folder(args: argparse.Namespace) -> tuple[Path, tuple[KernelCache, ...]
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog="python3 -m mlsyskit.runtime.caches", description="A topic image's kernel cache, as the kit lays it out.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("env", "print NAME=PATH for every cache variable"), ("dir", "print the cache folder")):
