@@ -448,10 +448,10 @@ def remove(found: Sequence[Entry], home: Path, engine: Callable[[], Engine], log
 def _remove_as_root(entry: Entry, engine: Engine) -> None:
     from mlsyskit.engine import ContainerSpec
 
-    own = engine.image(entry.key.image)
+    own = engine.image(entry.key.image)  # the cache's own image where it is still here, else any of the kit's
     kit_images = [own] if own is not None else engine.images(f"{LABEL_PREFIX}.kind")
-    if not kit_images or kit_images[0] is None:
-        raise KitError(f"cannot remove {entry.path}: a root container wrote it", fix=f"sudo rm -rf {entry.path}")
+    if not kit_images:
+        raise KitError(f"cannot remove {entry.path}: a root container wrote it, and no kit image is here to remove it with", fix=f"sudo rm -rf {entry.path}")
     parent = entry.path.parent
     spec = ContainerSpec(
         image=kit_images[0].id, command=("rm", "-rf", "--one-file-system", f"/cache/{entry.path.name}"),
