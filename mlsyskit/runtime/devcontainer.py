@@ -45,9 +45,9 @@ from mlsyskit.engine import ContainerSpec, Engine, ImageInfo
 from mlsyskit.engine.spec import run_call
 from mlsyskit.errors import LockError, UsageError
 from mlsyskit.images.plan import freshness, topic_alias
-from mlsyskit.runtime.gpus import GpuSelection
+from mlsyskit.runtime.gpus import GpuSelection, host_has_gpus
 from mlsyskit.runtime.host import Host, ensure_image, memlock_allowed, read_host
-from mlsyskit.runtime.shell import LABEL_WORKSPACE, PASSTHROUGH, WORKSPACE, ShellOptions, editor_spec
+from mlsyskit.runtime.shell import LABEL_WORKSPACE, PASSTHROUGH, WORKSPACE, ShellOptions, editor_spec, kernel_cache
 
 Log = Callable[[str], None]
 
@@ -274,7 +274,12 @@ def devcontainer(opts: DevcontainerOptions, log: Log) -> str:
 def render_for(ctx: Context, topic: Topic, host: Host, folder: Path, info: ImageInfo, log: Log) -> str:
     tag = content_tag(info, topic.name)
     host = replace(host, memlock=memlock_allowed(ctx.engine, tag, host.environ, log))
-    spec = editor_spec(ShellOptions(topic=topic.name), host, ctx.config, GPUS, workspace=folder, topic=topic.name, base=ctx.base_name, image=tag)
+    # The editor gives the container every GPU where Docker can (hostRequirements.gpu): the
+    # kernel cache is this host's GPUs' (the file is written per machine).
+    kernels = kernel_cache(ctx, topic, tag, GpuSelection("all", "all") if host_has_gpus() else GpuSelection(None, "none"), root=host.as_root, host=host)
+    spec = editor_spec(
+        ShellOptions(topic=topic.name), host, ctx.config, GPUS, workspace=folder, topic=topic.name, base=ctx.base_name, image=tag, kernels=kernels,
+    )  # fmt: skip
     return render(spec, workspace=folder, topic=topic, base=ctx.base_name, image=info)
 
 

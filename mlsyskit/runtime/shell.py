@@ -316,12 +316,15 @@ def named_spec(
     return replace(shape, name=opts.name, hostname=opts.name, command=KEEP_ALIVE, env=(*shape.env, *typed))
 
 
-def editor_spec(opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str) -> ContainerSpec:
+def editor_spec(
+    opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
+    kernels: KernelMount | None = None,
+) -> ContainerSpec:  # fmt: skip
     """The container an editor opens on a workspace (`invoke devcontainer`): a named
     container's rules, labelled `devcontainer`. What `runtime_env` passes by name is named
     in `env_by_name` without a value (the tokens always, set now or not): the editor gives
     the values on each entry from its own environment, as `invoke shell --name` does."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="devcontainer")
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="devcontainer", kernels=kernels)
     typed, by_name = runtime_env(opts, host, config)
     return replace(shape, env=(*shape.env, *typed), env_by_name=dict.fromkeys((*PASSTHROUGH, *by_name), ""))
 
