@@ -5,7 +5,7 @@ image ID, GPU architecture and container user; a rebuilt image starts a new cach
 g++ on torch/extension.h), which needs no GPU; the CLI runs as the suite's test user, as
 in test_shell.py. The numbers are printed (`pytest -s`)."""
 
-# ruff: noqa: F401, F811 -- test_shell.py's fixtures (its CLI user, workspace, image) are imported by name
+# ruff: noqa: F401, F811 -- test_shell.py's fixtures (its workspace and image) are imported by name
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import pytest
 from mlsyskit import REPO_ROOT
 from mlsyskit.engine import Engine
 from mlsyskit.runtime.caches import TARGET
-from tests.integration.conftest import run_kit
-from tests.integration.test_shell import KitUser, image, kit, kit_user, remove_topic_images, shared_dir, workspace
+from tests.integration.conftest import KitUser, kit, run_kit, shared_dir
+from tests.integration.test_shell import image, remove_topic_images, workspace
 
 LIBRARY = "torch-extensions/mlsyskit_cache_probe/mlsyskit_cache_probe.so"
 PROBE = '''
