@@ -57,11 +57,17 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
     mkdir -p /tmp/pieces && cp -n .img*/*.part-* .img*/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
   unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
     start=$(date +%s); shift
-    for prefix in "${@:-pack}"; do "${C[@]}" unpack /tmp/pieces "$R" --prefix "$prefix" || exit 1; done
+    for prefix in "${@:-pack}"; do
+      "${C[@]}" unpack /tmp/pieces "$R" --prefix "$prefix" || exit 1
+      rm -f /tmp/pieces/"$prefix".part-* .img*/"$prefix".part-*  # unpacked: not staged again
+    done
     # only the roots this unpack made: set-up remounts /dev, which would pull it from under
     # the tests already running in the others
     for root in "$R"/*/; do [ -e "${root}.ready" ] || { "${C[@]}" setup "${root%/}" && touch "${root}.ready"; } || exit 1; done
     echo "unpacked and set up in $(( $(date +%s) - start )) s"; df -h /tmp | tail -1 ;;
+  info)
+    nvidia-smi -L; nvidia-smi --query-gpu=driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    python3 --version; nproc; free -g | sed -n 2p; df -h /tmp | tail -1 ;;
   one)
     shift; one "$@" ;;
   refresh)  # the checkout's smoke_tests/ into every root again (after an edit)
