@@ -342,6 +342,10 @@ def setup(root: Path, smoke_tests: Path) -> None:
             shutil.copy2(found, root / "usr/bin" / tool)
     sh("chroot", str(root), "/sbin/ldconfig")
     hostname = os.uname().nodename
+    # A file of the image is a hard link shared with every file of the same content (all
+    # empty files, say): replace these, never write into them.
+    for name in ("etc/hosts", "etc/hostname", "etc/resolv.conf"):
+        (root / name).unlink(missing_ok=True)
     (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
     (root / "etc/hostname").write_text(hostname + "\n")
     if Path("/etc/resolv.conf").exists():
