@@ -21,8 +21,8 @@ from mlsyskit import REPO_ROOT
 from mlsyskit.checks import smoke
 from mlsyskit.engine import Engine
 from mlsyskit.runtime.secrets import IN_CONTAINER
-from tests.integration.conftest import run_kit
-from tests.integration.test_shell import containers_of, image, kit, kit_user, user_env, workspace  # noqa: F401 (fixtures)
+from tests.integration.conftest import kit, run_kit, user_env
+from tests.integration.test_shell import containers_of, image, workspace  # noqa: F401 (fixtures)
 
 CANARY = f"kitcanary{uuid.uuid4().hex[:12]}"
 TOKENS = {"HF_TOKEN": f"{CANARY}-hf", "WANDB_API_KEY": f"{CANARY}-wandb", "https_proxy": f"http://user:{CANARY}-proxy@127.0.0.1:9"}
