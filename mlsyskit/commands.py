@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.arch import ARCHES
 from mlsyskit.checks import doctor as doctor_mod
 from mlsyskit.checks import versions as topics_mod
 from mlsyskit.context import Context
-from mlsyskit.data.catalog import ARCHES, Topic, load_catalog
+from mlsyskit.data.catalog import Catalog, Topic, load_catalog
 from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
@@ -212,7 +213,7 @@ def bundle(names: str, output: str, base: str | None, log: Log, *, sign: str = "
     if not output:
         raise UsageError("say where to write the bundle", fix="add -o FILE, e.g. `invoke bundle docs -o docs.bundle`")
     ctx = Context.resolve(base or "")
-    contents = bundle_mod.resolve(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
+    contents = bundle_contents(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
     out = Path(output).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".mlsyskit-kernels-", dir=out.parent) as scratch:
@@ -240,6 +241,19 @@ def load(file: str, to: str, log: Log, *, require_signature: str = "", allow_tag
     if any(f["name"] == bundle_mod.KERNEL_CACHE for f in manifest["files"]) and cache.is_file():
         text += "\n" + load_caches(cache, manifest)
     return text
+
+
+def bundle_contents(catalog: Catalog, names: list[str], base: str) -> Contents:
+    """What `invoke bundle NAMES` carries: `TOPIC[,TOPIC]`, or one compose stack's topics and files."""
+    from mlsyskit.compose.stacks import load_stack, stack_names
+    from mlsyskit.images.bundle import Contents
+
+    if not names:
+        raise UsageError("name the topics or the stack to bundle", fix="e.g. `invoke bundle docs -o docs.bundle`")
+    if len(names) == 1 and names[0] in stack_names() and names[0] not in catalog.topics:
+        stack = load_stack(names[0])
+        return Contents([catalog.topic(t) for t in stack.topics()], stack.name, base)
+    return Contents(catalog.select(names), "", base)
 
 
 def bundled_caches(ctx: Context, contents: Contents, scratch: Path, log: Log) -> tuple[list[tuple[str, Path]], dict[str, Any]]:

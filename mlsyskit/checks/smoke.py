@@ -51,15 +51,13 @@ from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
 from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
 from mlsyskit.runtime.shell import ShellOptions, kernel_cache, one_off_spec, secret_values
-from smoke_tests._gates import Value
-from smoke_tests._result import SmokeTest
+from smoke_tests.schema import FAILED, PASSED, SKIPPED, SmokeTest, Value, validate_result
 
 Log = Callable[[str], None]
 
 SMOKE_DIR = "smoke_tests"
 IN_CONTAINER = "/opt/mlsyskit"
 LABEL = f"{LABEL_PREFIX}.smoke"
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 #: A container gets its test's own time limit (``SmokeTest.timeout``) plus this before the
 #: kit removes it: container start-up, torchrun's own margins, writing the result.
 MARGIN = 180
@@ -314,8 +312,6 @@ def made_up(test: str, status: str, reason: str, seconds: float = 0.0) -> dict[s
 
 def judge(run: PlannedRun, data: dict[str, Any] | None, returncode: int | None, timed_out: bool, seconds: float, last_line: str) -> dict[str, Any]:
     """The result to report: the test's own, unless what happened around it says otherwise."""
-    from smoke_tests._result import validate_result
-
     if data is not None:
         problems = validate_result(data)
         if problems:

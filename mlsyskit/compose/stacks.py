@@ -42,8 +42,7 @@ import yaml
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.context import Context
 from mlsyskit.data.fields import Fields, rel_path
-from mlsyskit.engine import ComposeProject, ContainerInfo, Engine
-from mlsyskit.engine.emulation import emulation_volumes, foreign_platform
+from mlsyskit.engine import ComposeProject, ContainerInfo, Engine, emulation_volumes, foreign_platform
 from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table

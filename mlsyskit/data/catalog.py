@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsyskit import REPO_ROOT
+from mlsyskit.arch import ARCHES
 from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
 from mlsyskit.errors import UsageError
 
@@ -37,21 +38,10 @@ class Base:
         return f"linux/{self.arch}"
 
 
-# Docker's architecture names and the kernel's (uname -m, platform_machine).
-ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
 def arch_of(base_name: str) -> str:
     """The architecture a base name says (`pypi-arm64` -> arm64), "" when it says none."""
     suffix = base_name.rpartition("-")[2]
     return suffix if suffix in ARCHES else ""
-
-
-def host_arch() -> str:
-    import platform
-
-    machine = platform.machine()
-    return next((arch for arch, kernel in ARCHES.items() if kernel == machine), machine)
 
 
 def with_arch(base: Base, arch: str) -> Base:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.data import debian_lock
-from mlsyskit.data.catalog import Catalog, Topic, host_arch
+from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import Engine
+from mlsyskit.engine import Engine, foreign_platform
 from mlsyskit.errors import BuildError
 from mlsyskit.images.plan import Layer, RootImage, plan, topic_alias
 from mlsyskit.images.rootfs import bootstrap_ref, ensure_root_image, find_root_image
@@ -90,7 +90,7 @@ def build_layers(
                         secrets=secrets,
                         no_cache=no_cache,
                         on_line=show,
-                        platform="" if layer.arch == host_arch() else f"linux/{layer.arch}",
+                        platform=foreign_platform(layer.arch),
                     )
                 except BuildError as exc:
                     # a locked Debian version the mirror no longer serves: say so in one line

@@ -46,8 +46,7 @@ from typing import IO, Any
 
 from mlsyskit import IMAGE_PREFIX, KIT_VERSION, LABEL_PREFIX, REPO_ROOT
 from mlsyskit.data.catalog import Catalog, Topic
-from mlsyskit.engine import Engine, ImageInfo
-from mlsyskit.engine.refs import image_ref
+from mlsyskit.engine import Engine, ImageInfo, image_ref
 from mlsyskit.errors import KitError, UsageError
 from mlsyskit.images import sbom, signing
 from mlsyskit.images.plan import topic_alias
@@ -97,18 +96,6 @@ class Contents:
     topics: list[Topic]
     stack: str  # "" when topics were named
     base: str
-
-
-def resolve(catalog: Catalog, names: list[str], base: str) -> Contents:
-    """`TOPIC[,TOPIC]` or one `STACK` name."""
-    from mlsyskit.compose.stacks import load_stack, stack_names
-
-    if not names:
-        raise UsageError("name the topics or the stack to bundle", fix="e.g. `invoke bundle docs -o docs.bundle`")
-    if len(names) == 1 and names[0] in stack_names() and names[0] not in catalog.topics:
-        stack = load_stack(names[0])
-        return Contents([catalog.topic(t) for t in stack.topics()], stack.name, base)
-    return Contents(catalog.select(names), "", base)
 
 
 def image_chain(engine: Engine, topic: Topic, base: str) -> list[ImageInfo]:

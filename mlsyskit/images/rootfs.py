@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
-from mlsyskit.data.catalog import Base, host_arch
+from mlsyskit.arch import host_arch
+from mlsyskit.data.catalog import Base
 from mlsyskit.data.config import Config
 from mlsyskit.engine import Engine
 from mlsyskit.errors import EngineError, UsageError

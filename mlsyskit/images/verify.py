@@ -26,8 +26,7 @@ from pathlib import Path
 from mlsyskit import IMAGE_PREFIX
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import Engine
-from mlsyskit.engine.build import CacheRecord
+from mlsyskit.engine import CacheRecord, Engine
 from mlsyskit.errors import UsageError
 from mlsyskit.images import sbom
 from mlsyskit.images.build import build_topics

@@ -41,8 +41,7 @@ from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
 from mlsyskit.data.fields import rel_path
-from mlsyskit.engine import ContainerSpec, Engine, ImageInfo
-from mlsyskit.engine.spec import run_call
+from mlsyskit.engine import ContainerSpec, Engine, ImageInfo, run_call
 from mlsyskit.errors import LockError, UsageError
 from mlsyskit.images.plan import freshness, topic_alias
 from mlsyskit.runtime.gpus import GpuSelection, host_has_gpus

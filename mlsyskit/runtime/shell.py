@@ -43,8 +43,7 @@ from mlsyskit import LABEL_PREFIX
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine
-from mlsyskit.engine.spec import exec_call, run_call
+from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine, exec_call, foreign_platform, run_call
 from mlsyskit.errors import EngineError, UsageError
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
@@ -272,10 +271,9 @@ def container_spec(
 def platform_of(base: str) -> str:
     """`linux/arm64` for an image of another architecture than this host's (run under qemu);
     "" for the host's own, so docker's default applies."""
-    from mlsyskit.data.catalog import arch_of, host_arch
+    from mlsyskit.data.catalog import arch_of
 
-    arch = arch_of(base) or "amd64"
-    return "" if arch == host_arch() else f"linux/{arch}"
+    return foreign_platform(arch_of(base) or "amd64")
 
 
 def secret_values(opts: ShellOptions, host: Host, config: Config) -> dict[str, str]:
