@@ -21,6 +21,7 @@ from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
 from mlsyskit.images.build import build_topics, dry_run
+from mlsyskit.images.ensure import built_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.images.relock import lock as lock_all
 from mlsyskit.report import seconds, size, table
@@ -143,8 +144,7 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
     topic: Topic = ctx.catalog.topic(topic_name)
     engine = ctx.engine
     image = topic_alias(topic.name, ctx.base_name)
-    if not engine.image_exists(image):
-        raise UsageError(f"image {image} is not built", fix=f"invoke build {topic.name}")
+    built_image(engine, topic, image)
     script = (
         "import importlib, json, importlib.metadata as md\n"
         f"mods = {list(topic.imports)!r}\n"
@@ -266,9 +266,7 @@ def bundled_caches(ctx: Context, contents: Contents, scratch: Path, log: Log) ->
         raise UsageError(f"--with-cache, but {caches.HOME_VARIABLE} turns the kernel caches off", fix=f"unset {caches.HOME_VARIABLE}")
     keys = {}
     for topic in contents.topics:
-        info = ctx.engine.image(topic_alias(topic.name, contents.base))
-        if info is None:
-            raise UsageError(f"image {topic_alias(topic.name, contents.base)} is not built", fix=f"invoke build {topic.name}")
+        info = built_image(ctx.engine, topic, topic_alias(topic.name, contents.base))
         keys[caches.image_key(info.id)] = topic.name
     found = [e for e in caches.entries(home) if keys.get(e.key.image) == e.key.topic]
     if not found:

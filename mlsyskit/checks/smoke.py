@@ -46,10 +46,11 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.lockfile import normalize, read_packages
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
-from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
+from mlsyskit.runtime.host import choose_gpus, memlock_allowed, read_host
 from mlsyskit.runtime.shell import ShellOptions, kernel_cache, one_off_spec, secret_values
 from smoke_tests.schema import FAILED, PASSED, SKIPPED, SmokeTest, Value, validate_result
 
@@ -228,14 +229,18 @@ def _locked_packages(lock: Path) -> frozenset[str]:
     return frozenset(read_packages(lock)) if lock.is_file() else frozenset()
 
 
-def test_args(test: str, opts: SmokeOptions, json_in_container: str, gates: Sequence[str] = ()) -> tuple[str, ...]:
-    args = ["--json", json_in_container, *gates]
-    if opts.cpu:
-        args.append("--cpu")
+def passed_on(opts: SmokeOptions) -> list[str]:
+    """The options `invoke smoke` hands to every test as they are: --cpu, --require-gpu, --timeout."""
+    args = ["--cpu"] if opts.cpu else []
     if opts.require_gpu:
         args.append("--require-gpu")
     if opts.timeout:
         args += ["--timeout", f"{opts.timeout:g}"]
+    return args
+
+
+def test_args(test: str, opts: SmokeOptions, json_in_container: str, gates: Sequence[str] = ()) -> tuple[str, ...]:
+    args = ["--json", json_in_container, *gates, *passed_on(opts)]
     if opts.model and test in TAKES_MODEL:
         args += ["--model", opts.model]
     return tuple(args)
@@ -401,20 +406,15 @@ def report_json(report: SmokeReport, opts: SmokeOptions, started: str) -> dict[s
 
 
 def _argv(opts: SmokeOptions) -> list[str]:
+    """The `invoke smoke` command line these options came from (recorded with the results)."""
     argv = [opts.topics]
     for flag, value in (("--gpus", opts.gpus), ("--tests", opts.tests), ("--model", opts.model), ("--base", opts.base)):
         if value:
             argv += [flag, value]
-    if opts.cpu:
-        argv.append("--cpu")
-    if opts.require_gpu:
-        argv.append("--require-gpu")
-    if opts.no_gates:
-        argv.append("--no-gates")
+    argv += ["--no-gates"] if opts.no_gates else []
     for gate in opts.gates:
         argv += ["--gate", gate]
-    if opts.timeout:
-        argv += ["--timeout", f"{opts.timeout:g}"]
+    argv += passed_on(opts)
     if opts.json_path:
         argv += ["--json", opts.json_path]
     return argv

@@ -44,12 +44,13 @@ from mlsyskit.context import Context
 from mlsyskit.data.fields import Fields, rel_path
 from mlsyskit.engine import ComposeProject, ContainerInfo, Engine, emulation_volumes, foreign_platform
 from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.caches import KernelMount
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
-from mlsyskit.runtime.host import ensure_image, first_taken_port, memlock_allowed, port_taken, read_host
+from mlsyskit.runtime.host import first_taken_port, memlock_allowed, port_taken, read_host
 
 Log = Callable[[str], None]
 

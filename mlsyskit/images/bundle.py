@@ -49,6 +49,7 @@ from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.engine import Engine, ImageInfo, image_ref
 from mlsyskit.errors import KitError, UsageError
 from mlsyskit.images import sbom, signing
+from mlsyskit.images.ensure import built_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import size as human_size
 
@@ -101,10 +102,7 @@ class Contents:
 def image_chain(engine: Engine, topic: Topic, base: str) -> list[ImageInfo]:
     """The topic image and its parents, as the engine has them (all needed: `invoke build`
     on the other side then finds every layer current)."""
-    alias = topic_alias(topic.name, base)
-    info = engine.image(alias)
-    if info is None:
-        raise UsageError(f"image {alias} is not built", fix=f"invoke build {topic.name}")
+    info = built_image(engine, topic, topic_alias(topic.name, base))
     return [info, *sbom.parents(engine, info)]
 
 

@@ -43,9 +43,10 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine, ImageInfo, run_call
 from mlsyskit.errors import LockError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.images.plan import freshness, topic_alias
 from mlsyskit.runtime.gpus import GpuSelection, host_has_gpus
-from mlsyskit.runtime.host import Host, ensure_image, memlock_allowed, read_host
+from mlsyskit.runtime.host import Host, memlock_allowed, read_host
 from mlsyskit.runtime.shell import LABEL_WORKSPACE, PASSTHROUGH, WORKSPACE, ShellOptions, editor_spec, kernel_cache
 
 Log = Callable[[str], None]

@@ -45,6 +45,7 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine, exec_call, foreign_platform, run_call
 from mlsyskit.errors import EngineError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.caches import KernelMount
@@ -54,7 +55,6 @@ from mlsyskit.runtime.host import (
     MEMLOCK_WARNING,
     Host,
     choose_gpus,
-    ensure_image,
     first_taken_port,
     forget_memlock,
     memlock_allowed,
