@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.compose import patterns
 from mlsyskit.context import Context
 from mlsyskit.data.fields import Fields, rel_path
 from mlsyskit.engine import ComposeProject, ContainerInfo, Engine, emulation_volumes, foreign_platform
@@ -54,7 +55,6 @@ from mlsyskit.runtime.host import first_taken_port, memlock_allowed, port_taken,
 
 Log = Callable[[str], None]
 
-PATTERNS = ("server", "router", "ray", "nodes", "pd")
 ROLES = ("prep", "server", "client", "worker", "router", "head", "driver", "node", "prefill", "decode")
 RUNS = ("service", "job")
 GPU_MODES = ("all", "split", "each", "none")
@@ -211,7 +211,7 @@ def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
         name=name,
         path=path,
         description=top.str("description"),
-        pattern=top.str("pattern", choices=PATTERNS),
+        pattern=top.str("pattern", choices=patterns.NAMES),
         topic=top.str("topic"),
         cpu=top.bool("cpu", False),
         gpus_default=gpus.int("default", 1, minimum=1),
