@@ -56,6 +56,8 @@ def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log
     selected = ctx.catalog.select(names)
     if not names:  # every topic: those of another architecture only are left out, named
         selected = ctx.every_topic_for_arch(selected, log)
+    else:  # a topic without this architecture, or a host that cannot run it: one line, before anything
+        selected = ctx.topics_for_arch(selected)
     base_name = ctx.base_name
     if dry_run:
         return build_plan(ctx, selected)
@@ -334,7 +336,7 @@ def verify(topic_name: str, base: str | None, keep: bool, log: Log) -> tuple[str
     from mlsyskit.images import verify as verify_mod
 
     ctx = Context.resolve(base or "")
-    topic = ctx.catalog.topic(topic_name)
+    (topic,) = ctx.topics_for_arch([ctx.catalog.topic(topic_name)])
     comparison = verify_mod.verify_topic(ctx.engine, ctx.catalog, ctx.config, topic, ctx.base_name, log, keep=keep)
     path = REPO_ROOT / ".kit" / "verify" / f"{topic.name}-{ctx.base_name}.json"
     verify_mod.write_json(comparison, path)

@@ -695,14 +695,14 @@ def up(
         log(f"warning: {devices.warning}")
     engine = ctx.engine
     compose = engine.compose()
-    images = []
     for topic_name in stack.topics():
         if topic_name not in catalog.topics:
             raise UsageError(
                 f"stack {stack.name} runs the topic image mlsyskit/{topic_name}:{base_name}, and envs/{topic_name}/ does not exist",
                 fix=f"known topics: {', '.join(sorted(catalog.topics))}",
             )
-        images.append(ensure_image(ctx, catalog.topic(topic_name), log))
+    topics = ctx.topics_for_arch([catalog.topic(name) for name in stack.topics()])  # one line, before anything is built
+    images = [ensure_image(ctx, topic, log) for topic in topics]
     memlock = memlock_allowed(engine, images[0], os.environ, log)
     if not memlock:
         log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")

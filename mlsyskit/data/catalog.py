@@ -12,6 +12,8 @@ from typing import Any
 
 from mlsyskit import REPO_ROOT
 from mlsyskit.arch import ARCHES
+from mlsyskit.data import debian_lock
+from mlsyskit.data.debian_lock import DebianLock
 from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
 from mlsyskit.errors import UsageError
 
@@ -136,6 +138,15 @@ class Catalog:
     bases: dict[str, Base]
     stacks: dict[str, Stack]
     topics: dict[str, Topic] = field(default_factory=dict)
+    _read: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # files read once
+
+    @property
+    def debian_lock(self) -> DebianLock:
+        """images/debian-lock.toml of this catalog's tree, read once."""
+        if "debian_lock" not in self._read:
+            self._read["debian_lock"] = debian_lock.load(self.root)
+        found: DebianLock = self._read["debian_lock"]
+        return found
 
     def base(self, name: str, arch: str = "") -> Base:
         """A base by name (`pypi`, or `pypi-arm64`: the flavour for one architecture); `arch`

@@ -25,14 +25,15 @@ def built_image(engine: Engine, topic: Topic, image: str) -> ImageInfo:
 def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> str:
     """The topic's image, built first (with progress) when it is missing. An image built from
     other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
-    warning line naming what changed, not a rebuild the user did not ask for."""
+    warning line naming what changed, not a rebuild the user did not ask for. The caller
+    has checked the topic's architecture (`Context.topics_for_arch`)."""
     image = topic_alias(topic.name, ctx.base_name)
     found = ctx.engine.image(image)
     if found is None:
         from mlsyskit.images.build import build_topics  # the build machinery loads only when a build is due
 
         log(f"{image} is not built yet: building it (this happens once)")
-        build_topics(Engine.connect(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
+        build_topics(ctx.engine.for_building(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
         return image
     fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.labels)
     if not fresh.current:
