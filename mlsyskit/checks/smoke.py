@@ -46,7 +46,7 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.lockfile import normalize, read_packages
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
-from mlsyskit.images.ensure import ensure_image
+from mlsyskit.images.ensure import TopicImage, ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
@@ -571,7 +571,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     engine = ctx.engine
     host = read_host()
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
-    images: dict[str, str | BuildError] = {}
+    images: dict[str, TopicImage | BuildError] = {}
     try:
         for run in runs:
             topic = catalog.topic(run.topic)
@@ -591,20 +591,19 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
                 continue
             start = time.monotonic()
             if run.where == "container":
-                facts = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-                found = engine.image(image)  # the result records which image it ran in
-                run_env = (*shell_opts.env, f"KIT_IMAGE_ID={found.id}") if found else shell_opts.env
+                facts = replace(host, memlock=memlock_allowed(engine, image.ref, host.environ, log))
+                run_env = (*shell_opts.env, f"KIT_IMAGE_ID={image.id}")  # the result records which image it ran in
                 run_opts = replace(shell_opts, topic=run.topic, command=run.command, env=run_env)
                 # tokens as files of a private folder, removed with the container (runtime/secrets.py)
                 with secrets.private_folder(secret_values(run_opts, facts, config), host.environ) as folder:
                     spec = one_off_spec(
-                        run_opts, facts, config, gpus, workspace=workspace, topic=run.topic, base=base, image=image, secrets_at=folder,
-                        kernels=kernel_cache(ctx, topic, image, gpus, root=host.as_root, host=host),
+                        run_opts, facts, config, gpus, workspace=workspace, topic=run.topic, base=base, image=image.ref, secrets_at=folder,
+                        kernels=kernel_cache(ctx, topic, image.id, gpus, root=host.as_root, host=host),
                     )  # fmt: skip
                     result = run_in_container(engine, run, spec, workspace, run_id, log)
             else:
                 result = run_stack(ctx, run, opts, workspace, log)
-            outcome = Outcome(run, result, image, time.monotonic() - start)
+            outcome = Outcome(run, result, image.ref, time.monotonic() - start)
             report.outcomes.append(outcome)
             log(f"-> {run.label}: {outcome.status}" + (f" ({result.get('reason')})" if result.get("reason") else ""))
     except KeyboardInterrupt:

@@ -702,7 +702,8 @@ def up(
                 fix=f"known topics: {', '.join(sorted(catalog.topics))}",
             )
     topics = ctx.topics_for_arch([catalog.topic(name) for name in stack.topics()])  # one line, before anything is built
-    images = [ensure_image(ctx, topic, log) for topic in topics]
+    found = {topic.name: ensure_image(ctx, topic, log) for topic in topics}
+    images = [image.ref for image in found.values()]
     memlock = memlock_allowed(engine, images[0], os.environ, log)
     if not memlock:
         log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")
@@ -719,7 +720,7 @@ def up(
     opts = RenderOptions(
         devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
         options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform), secrets=tokens,
-        secrets_at=secrets_at if tokens else None, kernels=stack_kernels(ctx),
+        secrets_at=secrets_at if tokens else None, kernels=stack_kernels(ctx, {name: image.id for name, image in found.items()}),
     )  # fmt: skip
     rendered = render(stack, opts)
     check_ports_free(stack, rendered)
@@ -795,14 +796,15 @@ def up(
     return UpResult(stack.name, elapsed, "\n".join(parts))
 
 
-def stack_kernels(ctx: Context) -> Callable[[str, tuple[str, ...]], KernelMount | None]:
-    """Each service's kernel cache, as `invoke shell` gives one: its topic image's ID, the
-    architecture of its GPUs (cpu for none), and root (the services run as the images' root)."""
+def stack_kernels(ctx: Context, image_ids: Mapping[str, str]) -> Callable[[str, tuple[str, ...]], KernelMount | None]:
+    """Each service's kernel cache, as `invoke shell` gives one: its topic image's ID (as `up`
+    found the image), the architecture of its GPUs (cpu for none), and root (the services run
+    as the images' root)."""
     from mlsyskit.runtime import caches
 
     def kernels(topic: str, gpus: tuple[str, ...]) -> KernelMount | None:
-        image, label = topic_alias(topic, ctx.base_name), ",".join(gpus) or "none"
-        return caches.for_container(ctx.engine, ctx.catalog, ctx.catalog.topic(topic), image, gpus=label, user=caches.ROOT_USER, environ=os.environ)
+        label = ",".join(gpus) or "none"
+        return caches.for_container(ctx.catalog, ctx.catalog.topic(topic), image_ids[topic], gpus=label, user=caches.ROOT_USER, environ=os.environ)
 
     return kernels
 

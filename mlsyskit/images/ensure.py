@@ -6,6 +6,7 @@ from other inputs than today's (`plan.freshness`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
@@ -22,7 +23,20 @@ def built_image(engine: Engine, topic: Topic, image: str) -> ImageInfo:
     return info
 
 
-def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> str:
+@dataclass(frozen=True)
+class TopicImage:
+    """A topic's image as a command runs it: its tag (`mlsyskit/<topic>:<base>`) and what the
+    engine said of it, asked once (its ID keys the kernel caches; its labels, freshness)."""
+
+    ref: str
+    info: ImageInfo
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+
+def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> TopicImage:
     """The topic's image, built first (with progress) when it is missing. An image built from
     other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
     warning line naming what changed, not a rebuild the user did not ask for. The caller
@@ -34,8 +48,8 @@ def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> str:
 
         log(f"{image} is not built yet: building it (this happens once)")
         build_topics(ctx.engine.for_building(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
-        return image
+        return TopicImage(image, built_image(ctx.engine, topic, image))
     fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.labels)
     if not fresh.current:
         log(f"warning: {image} was built before {fresh.describe()} changed: `invoke build {topic.name}` updates it")
-    return image
+    return TopicImage(image, found)

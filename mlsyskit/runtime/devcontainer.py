@@ -249,10 +249,7 @@ def devcontainer(opts: DevcontainerOptions, log: Log) -> str:
         return f"{rel_path(path)} is current: {content_tag(info, topic.name)}"
     if existing is not None and not existing.startswith(MARKER):
         raise UsageError(f"{path} exists and was not written by `invoke devcontainer`", fix="move it aside, or write elsewhere with --output DIR")
-    ensure_image(ctx, topic, log)  # built when missing; a stale one gets a warning, not a rebuild
-    info = ctx.engine.image(alias)
-    if info is None:
-        raise UsageError(f"{alias} is not there after the build", fix=f"invoke build {topic.name}")
+    info = ensure_image(ctx, topic, log).info  # built when missing; a stale one gets a warning, not a rebuild
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # a bind mount's source must exist, and be yours
     text = render_for(ctx, topic, host, folder, info, log)
     for name in from_config_only(host, text):
@@ -276,7 +273,7 @@ def render_for(ctx: Context, topic: Topic, host: Host, folder: Path, info: Image
     host = replace(host, memlock=memlock_allowed(ctx.engine, tag, host.environ, log))
     # The editor gives the container every GPU where Docker can (hostRequirements.gpu): the
     # kernel cache is this host's GPUs' (the file is written per machine).
-    kernels = kernel_cache(ctx, topic, tag, GpuSelection("all", "all") if host_has_gpus() else GpuSelection(None, "none"), root=host.as_root, host=host)
+    kernels = kernel_cache(ctx, topic, info.id, GpuSelection("all", "all") if host_has_gpus() else GpuSelection(None, "none"), root=host.as_root, host=host)
     spec = editor_spec(
         ShellOptions(topic=topic.name), host, ctx.config, GPUS, workspace=folder, topic=topic.name, base=ctx.base_name, image=tag, kernels=kernels,
     )  # fmt: skip

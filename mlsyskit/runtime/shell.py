@@ -386,14 +386,15 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     binds = parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
     gpus = choose_gpus(opts.gpus)
     check_ports_free(opts)
-    image = ensure_image(ctx, topic, log)
+    found = ensure_image(ctx, topic, log)
+    image = found.ref
     if gpus.warning:
         log(f"warning: {gpus.warning}")
     if opts.network == "host" and opts.ports:
         log("warning: -p is ignored with --network host (the container uses the host's ports)")
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-    kernels = kernel_cache(ctx, topic, image, gpus, root=opts.root or host.as_root, host=host)
+    kernels = kernel_cache(ctx, topic, found.id, gpus, root=opts.root or host.as_root, host=host)
     where = Where(workspace=workspace, topic=topic.name, base=base, image=image, kernels=kernels, binds=binds)
     if not opts.name:
         become_one_off(engine, opts, host, config, gpus, where)
@@ -427,13 +428,13 @@ class Where:
     binds: Binds | None = None  # the `--mount`s, parsed once
 
 
-def kernel_cache(ctx: Context, topic: Topic, image: str, gpus: GpuSelection, *, root: bool, host: Host) -> KernelMount | None:
+def kernel_cache(ctx: Context, topic: Topic, image_id: str, gpus: GpuSelection, *, root: bool, host: Host) -> KernelMount | None:
     """The container's kernel cache (runtime/caches.py): keyed by the image's ID, the
     architecture of the GPUs it gets and whether it runs as root or as the host's UID."""
     from mlsyskit.runtime import caches
 
     user = caches.ROOT_USER if root else caches.user_dim(host.uid)
-    return caches.for_container(ctx.engine, ctx.catalog, topic, image, gpus=gpus.label, user=user, environ=host.environ)
+    return caches.for_container(ctx.catalog, topic, image_id, gpus=gpus.label, user=user, environ=host.environ)
 
 
 def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where, log: Log) -> None:
