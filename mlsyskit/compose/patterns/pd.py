@@ -105,7 +105,7 @@ class PrefillDecode(Pattern):
             lines += [
                 "# Two nodes: one server on each, with every GPU of its node.",
                 f"PREFILL_NODE=$HEAD PREFILL_ADDR=$KIT_HEAD PREFILL_PORT={port}",
-                'DECODE_NODE=${NODES[1]}',
+                "DECODE_NODE=${NODES[1]}",
                 'DECODE_ADDR=$(node_addr "$DECODE_NODE")',
                 f"DECODE_ADDR=${{DECODE_ADDR:-$DECODE_NODE}} DECODE_PORT={port}",
                 'PREFILL_ENV=(KIT_NNODES=1 KIT_PD_ROLE=prefill KIT_PD_TP="$KIT_GPUS" KIT_PD_BASE_GPU=0)',
