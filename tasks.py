@@ -24,6 +24,8 @@ from mlsyskit.runtime import devcontainer as kit_devcontainer
 from mlsyskit.runtime import shell as kit_shell
 
 ARCH_HELP = "amd64 or arm64 (default: this host's; arm64 on x86_64 runs under qemu: `invoke doctor --fix`)"
+# --base and --arch: which images a command means (every task that takes them says so alike)
+IMAGES_HELP = {"base": "base flavour of the images: pypi (no registry needed) or nvidia (default: kit.toml's)", "arch": ARCH_HELP}
 
 
 def with_arch(base: str | None, arch: str) -> str:
@@ -34,6 +36,13 @@ def with_arch(base: str | None, arch: str) -> str:
 
 def say(line: str) -> None:
     print(line, flush=True)
+
+
+def say_then_exit(text: str, error: str, code: int) -> None:
+    """A command's report, then its exit: `code` with `error` where it found a problem."""
+    say(text)
+    if code:
+        raise Exit(f"error: {error}", code=code)
 
 
 P = ParamSpec("P")
@@ -60,16 +69,14 @@ def kit_errors(body: Callable[P, R]) -> Callable[P, R]:
 def doctor(c: Context, fix: bool = False) -> None:
     """Check the Docker engine, Compose, disk, and NVIDIA driver/toolkit against the images."""
     text, healthy = commands.doctor(fix, say)
-    say(text)
-    if not healthy:
-        raise Exit("error: some checks failed (see the fixes above)", code=3)
+    say_then_exit(text, "some checks failed (see the fixes above)", 0 if healthy else 3)
 
 
 @task(
     positional=["topics"],
     help={
         "topics": "topic names, comma-separated, or `all`",
-        "base": "base flavour: pypi (no registry needed) or nvidia", "arch": ARCH_HELP,
+        **IMAGES_HELP,
         "no-cache": "rebuild every layer from scratch",
         "verbose": "show every line of the build log",
         "dry-run": "print each layer's tag, parent, inputs and build args, and whether it would be built or reused; build nothing",
@@ -95,21 +102,21 @@ def lock(c: Context, topics: str = "", check: bool = False) -> None:
     commands.lock(topics, check, say)
 
 
-@task(positional=["topic"], help={"topic": "the topic to check", "base": "base flavour", "arch": ARCH_HELP})
+@task(positional=["topic"], help={"topic": "the topic to check", **IMAGES_HELP})
 @kit_errors
 def check(c: Context, topic: str, base: str | None = None, arch: str = "") -> None:
     """CPU check inside a built topic image: imports and key versions."""
     say(commands.check(topic, with_arch(base, arch), say))
 
 
-@task(help={"base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP})
+@task(help={**IMAGES_HELP})
 @kit_errors
 def topics(c: Context, base: str | None = None, arch: str = "") -> None:
     """Every topic: its stack, key versions, GPU needs and whether its image is built."""
     say(commands.topics(with_arch(base, arch)))
 
 
-@task(positional=["topic"], help={"topic": "the topic", "base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP})
+@task(positional=["topic"], help={"topic": "the topic", **IMAGES_HELP})
 @kit_errors
 def versions(c: Context, topic: str, base: str | None = None, arch: str = "") -> None:
     """A topic's key packages (torch, CUDA, NCCL, sglang, ...) as locked, beside those in its image."""
@@ -118,7 +125,7 @@ def versions(c: Context, topic: str, base: str | None = None, arch: str = "") ->
 
 @task(
     positional=["topic"],
-    help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP, "output": "file to write (default: .kit/sbom/)"},
+    help={"topic": "the topic", **IMAGES_HELP, "output": "file to write (default: .kit/sbom/)"},
 )
 @kit_errors
 def sbom(c: Context, topic: str, base: str | None = None, output: str = "", arch: str = "") -> None:
@@ -129,7 +136,7 @@ def sbom(c: Context, topic: str, base: str | None = None, output: str = "", arch
 @task(
     positional=["names"],
     help={
-        "names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP,
+        "names": "TOPIC[,TOPIC] or one STACK", "output": "the file to write", **IMAGES_HELP,
         "sign": "an ed25519 private key (PEM or OpenSSH) to sign the bundle with (README: Signed bundles)",
         "with-cache": "also the topic images' kernel caches (`invoke cache ls`), so the other machine starts warm",
     },
@@ -156,15 +163,13 @@ def load(c: Context, file: str, to: str = "", require_signature: str = "", allow
 
 @task(
     positional=["topic"],
-    help={"topic": "the topic", "base": "base flavour (default: kit.toml's)", "arch": ARCH_HELP, "keep": "keep the rebuild as mlsyskit/verify-TOPIC:BASE"},
+    help={"topic": "the topic", **IMAGES_HELP, "keep": "keep the rebuild as mlsyskit/verify-TOPIC:BASE"},
 )
 @kit_errors
 def verify(c: Context, topic: str, base: str | None = None, keep: bool = False, arch: str = "") -> None:
     """Rebuild a topic from nothing (no layer or package cache) and compare every file with its image."""
     text, same = commands.verify(topic, with_arch(base, arch), keep, say)
-    say(text)
-    if not same:
-        raise Exit("error: the rebuild differs outside the documented paths (README: Rebuilds that match)", code=1)
+    say_then_exit(text, "the rebuild differs outside the documented paths (README: Rebuilds that match)", 0 if same else 1)
 
 
 @task(
@@ -202,7 +207,7 @@ def say_err(line: str) -> None:
     iterable=["mount", "env", "port"],
     help={
         "topic": "the topic whose image to run (built first if missing); optional with --name",
-        "base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+        **IMAGES_HELP,
         "workspace": "host directory mounted at /workspace, the working directory (default: the current one)",
         "gpus": "all (default where there are GPUs), none, N (the N least-used), or devices: 0,1 / 3, / GPU-uuid",
         "shm-size": "a private /dev/shm of this size (e.g. 16g) instead of --ipc=host",
@@ -244,7 +249,7 @@ def shell(
         "topic": "the topic whose container to describe (its image is built first if missing)",
         "output": "the folder that gets .devcontainer/devcontainer.json and becomes /workspace (default: the current one)",
         "check": "write nothing; fail (exit 5) when the file no longer matches the image, its lock or the shell's rules",
-        "base": "base flavour: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+        **IMAGES_HELP,
     },
 )
 @kit_errors
@@ -269,7 +274,7 @@ def ps(c: Context) -> None:
         "cpu": "the CPU variant (gloo, Ray without GPUs), where the stack has one",
         "wait": "seconds to wait for healthy services and finished jobs (default: the stack's)",
         "model": "a Hugging Face model id from the HF cache for the SGLang stacks (default: a tiny random-weight model)",
-        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+        **IMAGES_HELP,
         "option": "NAME=VALUE, one of the stack's options (`invoke stacks` lists them; repeatable)",
         "rdma": "give the GPU services /dev/infiniband and IPC_LOCK (NCCL and UCX over InfiniBand/RoCE)",
     },
@@ -331,7 +336,7 @@ def stacks(c: Context) -> None:
         "gpus-per-node": "GPUs per node (router workers: 1); default: the stack's own",
         "image-registry": "registry the kit's images were pushed to, e.g. ghcr.io/me (default: the local names)",
         "runtime": "slurm: pyxis (enroot .sqsh) or apptainer (.sif)",
-        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+        **IMAGES_HELP,
         "model": "SGLang stacks: a Hugging Face model id, or tiny (a random-weight model written in the pod)",
         "namespace": "k8s: the namespace of every object",
         "host-ipc": "k8s: hostIPC on GPU pods",
@@ -378,7 +383,7 @@ def export(
         "timeout": "seconds each test may take (default: each test's own)",
         "tests": "comma-separated smoke tests to run in the topic's image instead of its list",
         "model": "a Hugging Face model id (from the HF cache) for the SGLang test (default: a tiny random model)",
-        "base": "base flavour of the images: pypi or nvidia (default: kit.toml's)", "arch": ARCH_HELP,
+        **IMAGES_HELP,
         "no-stacks": "skip the multi-container variants (nccl-2node)",
         "require-gpu": "no GPU visible is a failure, not a skip (always so on a host with GPUs unless --cpu)",
         "no-gates": "judge correctness only: every test's gates (shares of peak, link, transport) off",
@@ -398,7 +403,5 @@ def smoke(
         stacks=not no_stacks, require_gpu=require_gpu, no_gates=no_gates, gates=tuple(gate or ()),
     )  # fmt: skip
     report = kit_smoke.smoke(options, say)
-    say(kit_smoke.render(report))
-    if report.exit_code:
-        failed = report.counts()["failed"]
-        raise Exit("error: interrupted" if report.interrupted else f"error: {failed} smoke test(s) failed", code=report.exit_code)
+    failed = "interrupted" if report.interrupted else f"{report.counts()['failed']} smoke test(s) failed"
+    say_then_exit(kit_smoke.render(report), failed, report.exit_code)

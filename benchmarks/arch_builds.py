@@ -33,7 +33,7 @@ def build(engine: Engine, topic: str, arch: str) -> dict:
     catalog, config = load_catalog(), load_config()
     base = catalog.base("pypi", arch)
     start = time.monotonic()
-    ensure_root_image(engine, base, config, print)
+    ensure_root_image(engine, base, config, print, lock=catalog.debian_lock)
     rootfs_s = time.monotonic() - start
     engine.prune_build_cache(cache_mounts_only=True)
     results = build_topics(engine, catalog, config, [catalog.topic(topic)], base_name=base.name, no_cache=True, log=print)

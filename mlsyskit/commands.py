@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.arch import ARCHES
 from mlsyskit.checks import doctor as doctor_mod
 from mlsyskit.checks import versions as topics_mod
 from mlsyskit.context import Context
-from mlsyskit.data.catalog import ARCHES, Topic, load_catalog
+from mlsyskit.data.catalog import Catalog, Topic, load_catalog
 from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
 from mlsyskit.images.build import build_topics, dry_run
+from mlsyskit.images.ensure import built_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.images.relock import lock as lock_all
 from mlsyskit.report import seconds, size, table
@@ -54,6 +56,8 @@ def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log
     selected = ctx.catalog.select(names)
     if not names:  # every topic: those of another architecture only are left out, named
         selected = ctx.every_topic_for_arch(selected, log)
+    else:  # a topic without this architecture, or a host that cannot run it: one line, before anything
+        selected = ctx.topics_for_arch(selected)
     base_name = ctx.base_name
     if dry_run:
         return build_plan(ctx, selected)
@@ -142,8 +146,7 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
     topic: Topic = ctx.catalog.topic(topic_name)
     engine = ctx.engine
     image = topic_alias(topic.name, ctx.base_name)
-    if not engine.image_exists(image):
-        raise UsageError(f"image {image} is not built", fix=f"invoke build {topic.name}")
+    built_image(engine, topic, image)
     script = (
         "import importlib, json, importlib.metadata as md\n"
         f"mods = {list(topic.imports)!r}\n"
@@ -212,7 +215,7 @@ def bundle(names: str, output: str, base: str | None, log: Log, *, sign: str = "
     if not output:
         raise UsageError("say where to write the bundle", fix="add -o FILE, e.g. `invoke bundle docs -o docs.bundle`")
     ctx = Context.resolve(base or "")
-    contents = bundle_mod.resolve(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
+    contents = bundle_contents(ctx.catalog, split_names(names) if names != "all" else [], ctx.base_name)
     out = Path(output).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".mlsyskit-kernels-", dir=out.parent) as scratch:
@@ -242,6 +245,19 @@ def load(file: str, to: str, log: Log, *, require_signature: str = "", allow_tag
     return text
 
 
+def bundle_contents(catalog: Catalog, names: list[str], base: str) -> Contents:
+    """What `invoke bundle NAMES` carries: `TOPIC[,TOPIC]`, or one compose stack's topics and files."""
+    from mlsyskit.compose.stacks import load_stack, stack_names
+    from mlsyskit.images.bundle import Contents
+
+    if not names:
+        raise UsageError("name the topics or the stack to bundle", fix="e.g. `invoke bundle docs -o docs.bundle`")
+    if len(names) == 1 and names[0] in stack_names() and names[0] not in catalog.topics:
+        stack = load_stack(names[0])
+        return Contents([catalog.topic(t) for t in stack.topics()], stack.name, base)
+    return Contents(catalog.select(names), "", base)
+
+
 def bundled_caches(ctx: Context, contents: Contents, scratch: Path, log: Log) -> tuple[list[tuple[str, Path]], dict[str, Any]]:
     """`--with-cache`: the kernel caches of the bundle's topic images (every architecture and
     container user), as one tar member, and what it holds for the manifest."""
@@ -252,9 +268,7 @@ def bundled_caches(ctx: Context, contents: Contents, scratch: Path, log: Log) ->
         raise UsageError(f"--with-cache, but {caches.HOME_VARIABLE} turns the kernel caches off", fix=f"unset {caches.HOME_VARIABLE}")
     keys = {}
     for topic in contents.topics:
-        info = ctx.engine.image(topic_alias(topic.name, contents.base))
-        if info is None:
-            raise UsageError(f"image {topic_alias(topic.name, contents.base)} is not built", fix=f"invoke build {topic.name}")
+        info = built_image(ctx.engine, topic, topic_alias(topic.name, contents.base))
         keys[caches.image_key(info.id)] = topic.name
     found = [e for e in caches.entries(home) if keys.get(e.key.image) == e.key.topic]
     if not found:
@@ -322,7 +336,7 @@ def verify(topic_name: str, base: str | None, keep: bool, log: Log) -> tuple[str
     from mlsyskit.images import verify as verify_mod
 
     ctx = Context.resolve(base or "")
-    topic = ctx.catalog.topic(topic_name)
+    (topic,) = ctx.topics_for_arch([ctx.catalog.topic(topic_name)])
     comparison = verify_mod.verify_topic(ctx.engine, ctx.catalog, ctx.config, topic, ctx.base_name, log, keep=keep)
     path = REPO_ROOT / ".kit" / "verify" / f"{topic.name}-{ctx.base_name}.json"
     verify_mod.write_json(comparison, path)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlsyskit import REPO_ROOT
-from mlsyskit.data.catalog import ARCHES, Base, Catalog, Topic, arch_of, host_arch, load_catalog
+from mlsyskit.arch import ARCHES, host_arch
+from mlsyskit.data.catalog import Base, Catalog, Topic, arch_of, load_catalog
 from mlsyskit.data.config import Config, load_config
 from mlsyskit.engine import Engine
 

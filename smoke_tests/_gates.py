@@ -86,6 +86,21 @@ class Gate:
             raise ValueError(f"gate {self.name}: {', '.join(bad) or 'nothing'} is not a word it takes{allowed}")
         return words
 
+    def parse_option(self, text: str, flag: str) -> Value:
+        """`parse` for an option of a test's own that sets this gate (``--min-busbw`` for
+        busbw): argparse's error, naming the option."""
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(f"gate {self.name}", flag)) from None
+
+    def parse_number_option(self, text: str, flag: str, needs: str) -> float:
+        """`parse_option` for a number (``off`` is refused: `needs` says what to give)."""
+        value = self.parse_option(text, flag)
+        if not isinstance(value, float):
+            raise argparse.ArgumentTypeError(f"{flag} takes {needs}")
+        return value
+
     def format(self, value: Value) -> str:
         """The value as ``--gate NAME=VALUE`` takes it back."""
         if value is None:

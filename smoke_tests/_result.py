@@ -24,13 +24,16 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -512,6 +515,37 @@ def stop_child(proc: subprocess.Popen[str], grace: float = 10.0) -> int | None:
     return proc.returncode
 
 
+def block_seconds(torch: Any, cuda: bool, fn: Callable[[], object], iters: int) -> float:
+    """Mean seconds per call of ``iters`` back-to-back calls of ``fn``: between two CUDA events
+    on a GPU (the device's clock, the queued work included), by the wall clock on the CPU.
+    The caller synchronizes first (and, in a distributed job, meets its peers)."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3 / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
+
+
+@contextmanager
+def work_folder(given: str | None, prefix: str) -> Iterator[Path]:
+    """A test's folder for its model, data and logs: `given` (its --workdir), made if missing
+    and kept afterwards, or a temporary one, removed however the test ends."""
+    path = Path(given or tempfile.mkdtemp(prefix=prefix)).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def tail_text(path: str | os.PathLike[str], lines: int = 20) -> str:
     """The last ``lines`` non-empty lines of a log file ('' when there is none)."""
     try:
@@ -618,6 +652,27 @@ def add_common_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
     parser.add_argument(
         "--timeout", type=float, default=timeout, help=f"fail after this many seconds (default {timeout:g})"
     )
+
+
+def test_parser(doc: str | None, *, timeout: float) -> argparse.ArgumentParser:
+    """A smoke test's command line: its module doc's first paragraph, the common options."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    add_common_args(parser, timeout=timeout)
+    return parser
+
+
+def run_main(
+    name: str, parser: argparse.ArgumentParser, argv: Iterable[str] | None, body_for: Callable[[argparse.Namespace], Callable[[Report], None]],
+    *, offline: bool = False,
+) -> int:  # fmt: skip
+    """A test's ``main``: its options parsed (``sys.argv`` when none are given), then its body
+    run by ``run_test``. ``offline``: the test makes its own model and data, so the Hugging
+    Face hub and datasets are never asked (unless the caller set them otherwise)."""
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    return run_test(name, body_for(args), json_path=args.json, timeout=args.timeout)
 
 
 def run_test(

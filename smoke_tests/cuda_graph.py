@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, block_seconds, fmt, no_gpu, run_test, test_parser
 
 TEST = "cuda_graph"
 
@@ -89,14 +89,8 @@ def compare_outputs(torch: Any, got: Any, want: Any, rtol: float, atol: float) -
 def _median_block_seconds(torch: Any, fn: Any, iters: int, repeats: int) -> float:
     blocks = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        blocks.append(start.elapsed_time(end) / 1e3 / iters)
+        blocks.append(block_seconds(torch, True, fn, iters))
     return float(statistics.median(blocks))
 
 
@@ -196,8 +190,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)

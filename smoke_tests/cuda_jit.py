@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests._gates import Gate, add_gate_args, from_args
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_test, test_parser
 
 TEST = "cuda_jit"
 DEFAULT_ARCH = "9.0"
@@ -441,8 +441,7 @@ SMOKE = SmokeTest(TEST, timeout=600, key_figure=key_figure, gates=GATES)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"compute capability to build for without a GPU (default {DEFAULT_ARCH})")
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
     add_gate_args(parser, GATES)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, SmokeTest, add_common_args, run_command, run_test
+from smoke_tests._result import Fail, Report, SmokeTest, run_command, run_main, test_parser
 
 TEST = "docs_site"
 #: What the notebook's cell prints: computed only when the cell runs (sum of squares below 2026).
@@ -151,11 +151,9 @@ def body_for(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--keep", default="", help="build in this folder and keep it")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+    return run_main(TEST, parser, argv, body_for)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from smoke_tests._hardware import (
     peaks_for,
     share,
 )
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, fmt_bytes, no_gpu, nvidia_smi, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, block_seconds, fmt, fmt_bytes, no_gpu, nvidia_smi, run_test, test_parser
 from smoke_tests.nccl import link_between, parse_size, parse_topo, physical_gpu_indices
 
 TEST = "gpu_health"
@@ -241,18 +241,7 @@ def timed(torch: Any, device: Any, fn: Callable[[], Any], warmup: int, iters: in
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3 / iters)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            samples.append((time.perf_counter() - t0) / iters)
+        samples.append(block_seconds(torch, device.type == "cuda", fn, iters))
     return float(statistics.median(samples))
 
 
@@ -583,8 +572,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--gemm", type=_kinds, default=list(GEMM_KINDS), help="bf16,fp8 (fp8 where the GPU has it)")
     parser.add_argument("--gemm-sizes", type=_sizes, default=list(GEMM_SIZES), metavar="N,N", help="square GEMM sizes (default 4096,8192,16384)")
     parser.add_argument("--copy-bytes", type=parse_size, default=parse_size("1G"), help="device copy size (default 1G)")
@@ -599,13 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _share(text: str) -> float:
-    try:
-        value = GATES[0].parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("gate bf16_gemm_share", "--min-share")) from None
-    if not isinstance(value, float):
-        raise argparse.ArgumentTypeError("--min-share takes a share between 0 and 1 (leave it out, or --no-gates, for none)")
-    return value
+    return GATES[0].parse_number_option(text, "--min-share", "a share between 0 and 1 (leave it out, or --no-gates, for none)")
 
 
 def main(argv: Iterable[str] | None = None) -> int:

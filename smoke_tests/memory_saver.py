@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, no_gpu, run_command, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, no_gpu, run_command, run_test, test_parser
 from smoke_tests.libs import unresolved_libraries
 
 TEST = "memory_saver"
@@ -172,8 +172,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--gib", type=float, default=2.0, help="GPU memory put in the two regions together")
     parser.add_argument("--slack-mib", type=float, default=256.0, help="how far NVML's figures may fall short")
     parser.add_argument("--child-out", default="", help=argparse.SUPPRESS)

@@ -38,7 +38,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from smoke_tests._result import (
     Verdict,
     add_cleanup,
     add_common_args,
+    block_seconds,
     fmt,
     fmt_bytes,
     no_gpu,
@@ -761,19 +761,7 @@ def _time_op(torch: Any, dist: Any, op: Callable[[], None], device: Any, warmup:
         if cuda:
             torch.cuda.synchronize(device)
         dist.barrier()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                op()
-            end.record()
-            end.synchronize()
-            seconds = start.elapsed_time(end) / 1e3 / iters
-        else:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                op()
-            seconds = (time.perf_counter() - t0) / iters
+        seconds = block_seconds(torch, cuda, op, iters)
         worst = torch.tensor([seconds], dtype=torch.float64, device=device)
         dist.all_reduce(worst, op=dist.ReduceOp.MAX)
         samples.append(float(worst.item()))
@@ -838,20 +826,11 @@ def build_parser(description: str = __doc__ or "") -> argparse.ArgumentParser:
 
 
 def _gbps(text: str) -> float:
-    try:
-        value = GATES[2].parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("gate busbw", "--min-busbw")) from None
-    if not isinstance(value, float):
-        raise argparse.ArgumentTypeError("--min-busbw takes GB/s (leave it out for no floor)")
-    return value
+    return GATES[2].parse_number_option(text, "--min-busbw", "GB/s (leave it out for no floor)")
 
 
 def _transports(text: str) -> list[str]:
-    try:
-        value = GATES[1].parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("gate transport", "--expect-transport")) from None
+    value = GATES[1].parse_option(text, "--expect-transport")
     return list(value) if isinstance(value, tuple) else []
 
 

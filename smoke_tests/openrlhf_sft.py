@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests import tiny_model
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, no_gpu, run_command, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, no_gpu, run_command, run_main, test_parser
 
 TEST = "openrlhf_sft"
 
@@ -174,8 +174,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--nproc", type=int, default=1, help="trainer processes (one GPU each)")
     parser.add_argument("--rows", type=int, default=64, help="chats in the training set")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch (one optimizer step)")
@@ -185,10 +184,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--min-drop", type=float, default=0.02, help="the loss must fall this share from first to last step")
     parser.add_argument("--workdir", default="", help="keep the model, data and logs here")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+    return run_main(TEST, parser, argv, body_for, offline=True)
 
 
 if __name__ == "__main__":

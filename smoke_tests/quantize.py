@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_main, test_parser
 
 TEST = "quantize"
 
@@ -378,8 +377,7 @@ def _version(dist: str) -> str | None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--rows", type=int, default=64, help="conversations the tokenizer is trained on")
     parser.add_argument("--prompts", type=int, default=16, help="prompts whose logits are compared")
     parser.add_argument("--calibration-samples", type=int, default=32)
@@ -391,10 +389,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--max-size-ratio", type=float, default=0.6, help="quantized Linear bytes / original's")
     parser.add_argument("--workdir", default="", help="keep the models here (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
+    return run_main(TEST, parser, argv, body_for, offline=True)
 
 
 if __name__ == "__main__":

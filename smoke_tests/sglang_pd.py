@@ -31,17 +31,15 @@ import argparse
 import os
 import re
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests import sglang_serve, tiny_model
+from smoke_tests import sglang_serve
 from smoke_tests._gates import Gate, add_gate_args, from_args, judge_switch
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_test, start_child, stop_child, tail_text
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_test, start_child, stop_child, tail_text, test_parser, work_folder
 from smoke_tests.sglang_serve import HOST, command_words, free_port, request, wait_healthy
 
 TEST = "sglang_pd"
@@ -405,10 +403,7 @@ def body_for(args: argparse.Namespace) -> Any:
         report.figures["server"] = "custom" if custom else "sglang"
         report.figures["transfer_backend"] = args.transfer_backend
         gpus = sglang_serve.gpu_count()
-        keep = args.workdir is not None
-        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-sglang-pd-")).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
+        with work_folder(args.workdir, "smoke-sglang-pd-") as workdir:
             if not custom:
                 installed = sglang_serve.sglang_version()
                 if installed is None:
@@ -431,16 +426,12 @@ def body_for(args: argparse.Namespace) -> Any:
             if args.bootstrap_port and port_taken(args.bootstrap_port):
                 raise Fail(f"--bootstrap-port {args.bootstrap_port} is already in use on this host: pick a free one or leave it out")
             run_phases(args, report, workdir, model, tokenizer)
-        finally:
-            if not keep:
-                shutil.rmtree(workdir, ignore_errors=True)
 
     return body
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
     parser.add_argument("--transfer-backend", default="nixl", choices=BACKENDS, help="SGLang's --disaggregation-transfer-backend")
     parser.add_argument("--expect-transport", choices=EXPECT, help="the kv_link gate set to this: fail unless the KV moved over this kind of link")
@@ -449,13 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens of each greedy output compared")
     parser.add_argument("--mem-fraction", type=float, default=0.35, help="--mem-fraction-static of each server (two share GPU 0 in turn)")
     parser.add_argument("--startup-timeout", type=float, help="seconds for each server's /health to answer 200 (default: 600, within --timeout)")
-    parser.add_argument("--bench-timeout", type=float, default=300, help="seconds for each load")
-    parser.add_argument("--stop-grace", type=float, default=15, help="seconds between SIGTERM and SIGKILL when stopping a server")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--input-len", type=int, default=256)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    sglang_serve.add_load_args(parser, input_len=256, servers="a server")
     parser.add_argument("--workdir", help="keep the model, logs and bench output here (default: a temp dir, removed)")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra launch_server argument for the pair (repeatable)")
     parser.add_argument("--server-cmd", help="replace the server command (tests); see the module doc")
@@ -468,13 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.startup_timeout is None:
-        args.startup_timeout = min(600.0, 0.4 * args.timeout)  # two starts (the plain server, then the pair) fit
-    elif args.startup_timeout >= args.timeout:
-        parser.error("--startup-timeout must be shorter than --timeout")
-    context = tiny_model.SERVE_CONFIG.max_position_embeddings
-    if args.input_len + args.output_len > context and not args.model:
-        parser.error(f"the tiny model holds {context} positions: --input-len + --output-len must fit")
+    sglang_serve.check_load_args(parser, args, startup_share=0.4)  # two starts (the plain server, then the pair) fit
     if args.bootstrap_port is not None and not 1 <= args.bootstrap_port <= 65535:
         parser.error(f"--bootstrap-port {args.bootstrap_port}: not a port")
     return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)

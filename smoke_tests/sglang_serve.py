@@ -34,33 +34,20 @@ import math
 import os
 import random
 import shlex
-import shutil
 import socket
+import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smoke_tests import tiny_model
-from smoke_tests._result import (
-    Fail,
-    Report,
-    Skip,
-    SmokeTest,
-    add_common_args,
-    fmt,
-    no_gpu,
-    run_command,
-    run_test,
-    start_child,
-    stop_child,
-    tail_text,
-)
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_command, run_test, start_child, stop_child, tail_text, test_parser, work_folder
 
 TEST = "sglang_serve"
 HOST = "127.0.0.1"
@@ -341,10 +328,7 @@ def body_for(args: argparse.Namespace) -> Any:
         custom = bool(args.server_cmd)
         report.figures["server"] = "custom" if custom else "sglang"
         gpus = gpu_count()
-        keep = args.workdir is not None
-        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-sglang-")).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
+        with work_folder(args.workdir, "smoke-sglang-") as workdir:
             if not custom:
                 installed = sglang_version()
                 if installed is None:
@@ -362,9 +346,6 @@ def body_for(args: argparse.Namespace) -> Any:
             if not custom and gpus < args.tp:
                 raise Skip(f"--tp {args.tp} needs {args.tp} GPUs; {gpus} visible")
             serve(args, report, workdir, model, tokenizer)
-        finally:
-            if not keep:
-                shutil.rmtree(workdir, ignore_errors=True)
 
     return body
 
@@ -377,14 +358,10 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
     report.figures["server_command"] = shlex.join(cmd)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("HF_HUB_OFFLINE", "1")  # the model comes from the mounted cache, not the hub
-    log_path = workdir / "server.log"
-    print("+", shlex.join(cmd), f"> {log_path}", flush=True)
-    start = time.monotonic()
-    server = start_child(cmd, log_path=log_path, env=env)
     rows: list[list[str]] = []
     # Shared, not copied: a failure half-way still prints the checks that passed.
     report.table_headers, report.table_rows = ["check", "result", "figure"], rows
-    try:
+    with server_process(cmd, workdir / "server.log", env, report, args.stop_grace) as (server, start):
         ready = wait_healthy(base_url, args.startup_timeout, server.poll)
         report.figures["ready_seconds"] = ready
         rows.append(["/health", "200", f"ready after {ready:.1f} s"])
@@ -406,24 +383,39 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         report.figures["bench_command"] = shlex.join(bench_cmd)
         report.figures["bench"] = figures
         report.figures["bench"].update(num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len, concurrency=args.concurrency)
-        rows.append([
-            "bench_serving", "ok" if verdict is None else "FAILED",
-            f"{figures.get('completed')}/{args.num_prompts} req, {fmt(figures.get('output_throughput'), 1)} tok/s out, "
-            f"TTFT median {fmt(figures.get('median_ttft_ms'), 1)} ms",
-        ])  # fmt: skip
-        completed = f"{figures.get('completed')}/{args.num_prompts} requests"
-        report.verdict("bench_serving", verdict is None, completed, f"every request with {args.output_len} tokens", verdict or "")
-        if verdict:
-            raise Fail(verdict)
+        judge_load(report, "bench_serving", figures, verdict, args.num_prompts, f"every request with {args.output_len} tokens")
+
+
+@contextmanager
+def server_process(cmd: list[str], log_path: Path, env: Mapping[str, str], report: Report, grace: float) -> Iterator[tuple[subprocess.Popen[str], float]]:
+    """The server (this test's, vllm_serve's) as a child writing `log_path`: (the process, its
+    start). Stopped however the test ends, its exit code and lifetime in the figures; a
+    failure adds the log's last lines to the report."""
+    print("+", shlex.join(cmd), f"> {log_path}", flush=True)
+    start = time.monotonic()
+    server = start_child(cmd, log_path=log_path, env=env)
+    try:
+        yield server, start
     except Fail:
         tail = tail_text(log_path, 15)
         if tail:
             report.notes.append(f"server log ({log_path}), last lines:\n{tail}")
         raise
     finally:
-        code = stop_child(server, grace=args.stop_grace)
-        report.figures["server_exit"] = code
+        report.figures["server_exit"] = stop_child(server, grace=grace)
         report.figures["server_seconds"] = time.monotonic() - start
+
+
+def judge_load(report: Report, what: str, figures: Mapping[str, Any], verdict: str | None, num_prompts: int, expected: str) -> None:
+    """A load's row in the test's table and its verdict (`judge_bench`'s); Fail when it failed."""
+    report.table_rows.append([
+        what, "ok" if verdict is None else "FAILED",
+        f"{figures.get('completed')}/{num_prompts} req, {fmt(figures.get('output_throughput'), 1)} tok/s out, "
+        f"TTFT median {fmt(figures.get('median_ttft_ms'), 1)} ms",
+    ])  # fmt: skip
+    report.verdict(what, verdict is None, f"{figures.get('completed')}/{num_prompts} requests", expected, verdict or "")
+    if verdict:
+        raise Fail(verdict)
 
 
 def run_bench(
@@ -452,9 +444,31 @@ def run_bench(
     return figures, verdict, cmd
 
 
+def add_load_args(parser: argparse.ArgumentParser, *, input_len: int, servers: str = "the server") -> None:
+    """The options of the load a serving test puts on its servers (this test, sglang_pd, vllm_serve)."""
+    parser.add_argument("--bench-timeout", type=float, default=300, help="seconds for each load")
+    parser.add_argument("--stop-grace", type=float, default=15, help=f"seconds between SIGTERM and SIGKILL when stopping {servers}")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=input_len)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def check_load_args(parser: argparse.ArgumentParser, args: argparse.Namespace, *, startup_share: float) -> None:
+    """--startup-timeout (default: this share of --timeout, at most 600 s; always shorter than
+    --timeout) and, for the tiny model, a load that fits its context."""
+    if args.startup_timeout is None:
+        args.startup_timeout = min(600.0, startup_share * args.timeout)
+    elif args.startup_timeout >= args.timeout:
+        parser.error("--startup-timeout must be shorter than --timeout")
+    context = tiny_model.SERVE_CONFIG.max_position_embeddings
+    if args.input_len + args.output_len > context and not args.model:
+        parser.error(f"the tiny model holds {context} positions: --input-len + --output-len must fit")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size (GPUs)")
     parser.add_argument("--port", type=int, help="server port (default: a free one)")
@@ -462,14 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--startup-timeout", type=float, help="seconds for /health to answer 200 (default: 600, within --timeout)"
     )
-    parser.add_argument("--bench-timeout", type=float, default=300, help="seconds for the load")
-    parser.add_argument("--stop-grace", type=float, default=15, help="seconds between SIGTERM and SIGKILL when stopping the server")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=16)
+    add_load_args(parser, input_len=128)
     parser.add_argument("--check-tokens", type=int, default=8, help="tokens asked of /generate and the chat endpoint")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the model, server log and bench output here (default: a temp dir, removed)")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra launch_server argument (repeatable)")
     parser.add_argument("--server-cmd", help="replace the server command (tests); see the module doc")
@@ -480,13 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.startup_timeout is None:
-        args.startup_timeout = min(600.0, 0.8 * args.timeout)
-    elif args.startup_timeout >= args.timeout:
-        parser.error("--startup-timeout must be shorter than --timeout")
-    context = tiny_model.SERVE_CONFIG.max_position_embeddings
-    if args.input_len + args.output_len > context and not args.model:
-        parser.error(f"the tiny model holds {context} positions: --input-len + --output-len must fit")
+    check_load_args(parser, args, startup_share=0.8)
     if args.port is not None and not 1 <= args.port <= MAX_SERVER_PORT:
         parser.error(f"--port {args.port}: SGLang takes ports up to {MAX_SERVER_PORT} (it adds 10000 for its gRPC port)")
     return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)

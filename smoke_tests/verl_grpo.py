@@ -36,10 +36,8 @@ import argparse
 import math
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -51,12 +49,12 @@ from smoke_tests._result import (
     Skip,
     SmokeTest,
     add_cleanup,
-    add_common_args,
     fmt,
     no_gpu,
     remove_cleanup,
-    run_command,
     run_test,
+    test_parser,
+    work_folder,
 )
 
 TEST = "verl_grpo"
@@ -362,83 +360,67 @@ def body_for(args: argparse.Namespace) -> Any:
             report.environment[package] = version(package)
         from smoke_tests import tiny_model
 
-        keep = args.workdir is not None
-        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-grpo-")).resolve()
-        ray_dir = workdir / "ray"
-        cleanup = add_cleanup(lambda: kill_processes_using(str(ray_dir)))
-        try:
-            info = tiny_model.build(workdir, rows=args.rows, seed=args.seed, cfg=tiny_model.SERVE_CONFIG, rl_rows=args.rows)
-            shown = ("vocab_size", "hidden_size", "layers", "heads", "context", "dtype", "rl_rows", "max_prompt_tokens")
-            report.figures["tiny_model"] = {k: info[k] for k in shown}
-            if info["max_prompt_tokens"] > args.max_prompt_length:
-                raise Fail(f"a prompt has {info['max_prompt_tokens']} tokens, over --max-prompt-length {args.max_prompt_length}")
-            items = overrides(
-                model=info["model"], train_files=info["rl_files"], workdir=str(workdir), steps=args.steps,
-                nproc=args.nproc, batch_size=args.batch_size, rollout_n=args.rollout_n, micro_batch=args.micro_batch,
-                max_prompt_length=args.max_prompt_length, max_response_length=args.max_response_length,
-                gpu_memory_utilization=args.gpu_memory_utilization, ray_dir=str(ray_dir), extra=args.override,
-            )  # fmt: skip
-            report.figures["config"] = compose_and_validate(items)
-            gpus = gpu_count()
-            if args.cpu or gpus == 0:
-                what = (
-                    "GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and "
-                    "verl's composed config were checked on the CPU)"
-                )
-                if args.cpu:
-                    raise Skip(f"--cpu given: {what}")
-                raise no_gpu(args.require_gpu, what)
-            if gpus < args.nproc:
-                raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {gpus} visible")
-            cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *items]
-            report.figures["command"] = " ".join(cmd)
-            print("+", " ".join(cmd), flush=True)
-            env = {
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1",
-                "WANDB_MODE": "disabled",
-                "RAY_DEDUP_LOGS": "0",  # every worker's lines, not "repeated 2x"
-            }
-            budget = max(10.0, args.timeout - 45)  # time left to stop Ray and report
-            run = run_command(cmd, timeout=budget, env=env, cwd=str(workdir), log_path=workdir / "trainer.log")
-            steps = parse_metrics(run.output)
-            report.figures.update(
-                steps=len(steps),
-                metrics={s: {k: m[k] for k in KEPT_KEYS if k in m} for s, m in steps.items()},
-                trainer_seconds=run.seconds,
-                returncode=run.returncode,
-            )
-            report.table(
-                ["step", "reward mean", "score mean", "pg_loss", "response len"],
-                [[str(s), fmt(m.get(REWARD_KEY), 4), fmt(m.get(SCORE_KEY), 4), fmt(m.get(LOSS_KEY), 5),
-                  fmt(m.get("response_length/mean"), 1)] for s, m in steps.items()],
-            )  # fmt: skip
-            if run.timed_out:
-                raise Fail(f"the trainer ran past {budget:g} s and was killed")
-            if run.returncode != 0:
-                from smoke_tests.verl_sft import failure_hint
+        with work_folder(args.workdir, "smoke-grpo-") as workdir:
+            ray_dir = workdir / "ray"
+            cleanup = add_cleanup(lambda: kill_processes_using(str(ray_dir)))
+            try:
+                info = tiny_model.build(workdir, rows=args.rows, seed=args.seed, cfg=tiny_model.SERVE_CONFIG, rl_rows=args.rows)
+                shown = ("vocab_size", "hidden_size", "layers", "heads", "context", "dtype", "rl_rows", "max_prompt_tokens")
+                report.figures["tiny_model"] = {k: info[k] for k in shown}
+                if info["max_prompt_tokens"] > args.max_prompt_length:
+                    raise Fail(f"a prompt has {info['max_prompt_tokens']} tokens, over --max-prompt-length {args.max_prompt_length}")
+                items = overrides(
+                    model=info["model"], train_files=info["rl_files"], workdir=str(workdir), steps=args.steps,
+                    nproc=args.nproc, batch_size=args.batch_size, rollout_n=args.rollout_n, micro_batch=args.micro_batch,
+                    max_prompt_length=args.max_prompt_length, max_response_length=args.max_response_length,
+                    gpu_memory_utilization=args.gpu_memory_utilization, ray_dir=str(ray_dir), extra=args.override,
+                )  # fmt: skip
+                report.figures["config"] = compose_and_validate(items)
+                gpus = gpu_count()
+                if args.cpu or gpus == 0:
+                    what = (
+                        "GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and "
+                        "verl's composed config were checked on the CPU)"
+                    )
+                    if args.cpu:
+                        raise Skip(f"--cpu given: {what}")
+                    raise no_gpu(args.require_gpu, what)
+                if gpus < args.nproc:
+                    raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {gpus} visible")
+                from smoke_tests.verl_sft import run_trainer, trainer_failed
 
-                raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
-            verdict = judge_metrics(steps, args.steps)
-            report.verdict("training metrics", verdict is None, f"{len(steps)} steps logged", "finite rewards and losses; the policy trained", verdict or "")
-            if verdict:
-                raise Fail(verdict)
-        finally:
-            left = kill_processes_using(str(ray_dir))
-            if left:
-                report.figures["ray_processes_stopped"] = len(left)
-            remove_cleanup(cleanup)
-            if not keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+                budget = max(10.0, args.timeout - 45)  # time left to stop Ray and report
+                # RAY_DEDUP_LOGS=0: every worker's lines, not "repeated 2x"
+                run = run_trainer([sys.executable, "-m", "verl.trainer.main_ppo", *items], report, workdir, budget, RAY_DEDUP_LOGS="0")
+                steps = parse_metrics(run.output)
+                report.figures.update(
+                    steps=len(steps),
+                    metrics={s: {k: m[k] for k in KEPT_KEYS if k in m} for s, m in steps.items()},
+                    trainer_seconds=run.seconds,
+                    returncode=run.returncode,
+                )
+                report.table(
+                    ["step", "reward mean", "score mean", "pg_loss", "response len"],
+                    [[str(s), fmt(m.get(REWARD_KEY), 4), fmt(m.get(SCORE_KEY), 4), fmt(m.get(LOSS_KEY), 5),
+                      fmt(m.get("response_length/mean"), 1)] for s, m in steps.items()],
+                )  # fmt: skip
+                trainer_failed(run, budget)
+                verdict = judge_metrics(steps, args.steps)
+                expected = "finite rewards and losses; the policy trained"
+                report.verdict("training metrics", verdict is None, f"{len(steps)} steps logged", expected, verdict or "")
+                if verdict:
+                    raise Fail(verdict)
+            finally:
+                left = kill_processes_using(str(ray_dir))
+                if left:
+                    report.figures["ray_processes_stopped"] = len(left)
+                remove_cleanup(cleanup)
 
     return body
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks and SGLang replicas)")
     parser.add_argument("--rows", type=int, default=64, help="prompts in the tiny RL dataset")

@@ -24,14 +24,12 @@ import argparse
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, add_common_args, fmt, no_gpu, run_command, run_test
+from smoke_tests._result import CommandResult, Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_command, run_test, test_parser, work_folder
 
 TEST = "verl_sft"
 _STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([-+0-9.eEinfa]+)")
@@ -58,6 +56,27 @@ def failure_hint(log: str) -> str:
         return lines[-1][:400]
     tail = [line for line in log.strip().splitlines() if line.strip()][-1:]
     return tail[0][:400] if tail else "no output"
+
+
+#: The trainers' environment: unbuffered, offline (the model and data are made here), no W&B.
+TRAINER_ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+def run_trainer(cmd: Sequence[str], report: Report, workdir: Path, budget: float, **env: str) -> CommandResult:
+    """verl's trainer (this test's SFT, verl_grpo's GRPO) as a child: the command shown and
+    recorded, TRAINER_ENV (and `env`) over ours, its log beside its data, `budget` seconds."""
+    report.figures["command"] = " ".join(cmd)
+    print("+", " ".join(cmd), flush=True)
+    return run_command(list(cmd), timeout=budget, env={**os.environ, **TRAINER_ENV, **env}, cwd=str(workdir), log_path=workdir / "trainer.log")
+
+
+def trainer_failed(run: CommandResult, budget: float) -> None:
+    """Fail for a trainer that ran past its budget or exited non-zero (with its own error line);
+    called once what it logged is in the report."""
+    if run.timed_out:
+        raise Fail(f"the trainer ran past {budget:g} s and was killed")
+    if run.returncode != 0:
+        raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
 
 
 #: The loss must fall by at least this share from the first step to the last. Measured on
@@ -161,9 +180,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
         from smoke_tests import tiny_model
 
-        keep = args.workdir is not None
-        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-verl-sft-")).resolve()
-        try:
+        with work_folder(args.workdir, "smoke-verl-sft-") as workdir:
             info = tiny_model.build(workdir, rows=args.rows, seed=args.seed)
             report.figures["tiny_model"] = {k: info[k] for k in ("vocab_size", "hidden_size", "layers", "rows")}
             if info["max_tokens"] > args.max_length:
@@ -177,18 +194,9 @@ def body_for(args: argparse.Namespace) -> Any:
                     max_length=args.max_length, device=device, extra=args.override,
                 ),
             ]  # fmt: skip
-            report.figures["command"] = " ".join(cmd)
-            print("+", " ".join(cmd), flush=True)
-            env = {
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1",
-                "WANDB_MODE": "disabled",
-            }
             # The trainer gets what is left of our time, less a margin to kill it and report.
             budget = max(10.0, args.timeout - 30)
-            run = run_command(cmd, timeout=budget, env=env, cwd=str(workdir), log_path=workdir / "trainer.log")
+            run = run_trainer(cmd, report, workdir, budget)
             losses = parse_losses(run.output)
             report.figures.update(
                 steps=len(losses),
@@ -202,10 +210,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 ["step", "loss"],
                 [[str(s), fmt(v, 4)] for s, v in losses.items()],
             )
-            if run.timed_out:
-                raise Fail(f"the trainer ran past {budget:g} s and was killed")
-            if run.returncode != 0:
-                raise Fail(f"the trainer exited with {run.returncode}: {failure_hint(run.output)}")
+            trainer_failed(run, budget)
             verdict = judge_losses(losses, args.steps, args.min_drop)
             first, last = report.figures["loss_first"], report.figures["loss_last"]
             report.verdict(
@@ -214,16 +219,12 @@ def body_for(args: argparse.Namespace) -> Any:
             )  # fmt: skip
             if verdict:
                 raise Fail(verdict)
-        finally:
-            if not keep:
-                shutil.rmtree(workdir, ignore_errors=True)
 
     return body
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks) to train on")
     parser.add_argument("--rows", type=int, default=64, help="conversations in the tiny dataset")

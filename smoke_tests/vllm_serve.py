@@ -19,29 +19,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from smoke_tests import sglang_serve as harness
-from smoke_tests._result import (
-    Fail,
-    Report,
-    Skip,
-    SmokeTest,
-    add_common_args,
-    fmt,
-    no_gpu,
-    run_command,
-    run_test,
-    start_child,
-    stop_child,
-    tail_text,
-)
+from smoke_tests._result import Fail, Report, Skip, SmokeTest, no_gpu, run_command, run_test, test_parser, work_folder
 
 TEST = "vllm_serve"
 # `vllm serve` (vllm.entrypoints.openai.api_server is deprecated in 0.29).
@@ -132,9 +117,7 @@ def body_for(args: argparse.Namespace) -> Any:
         from importlib.metadata import version
 
         report.environment["vllm"] = version("vllm")
-        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="smoke-vllm-")).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
+        with work_folder(args.workdir, "smoke-vllm-") as workdir:
             model, tokenizer = harness.prepare_model(args, workdir, report)
             report.figures["flags_checked"] = check_flags(sys.executable)
             if args.cpu or harness.gpu_count() == 0:
@@ -147,9 +130,6 @@ def body_for(args: argparse.Namespace) -> Any:
             if harness.gpu_count() < args.tp:
                 raise Skip(f"--tp {args.tp} needs {args.tp} GPUs; {harness.gpu_count()} visible")
             serve(args, report, workdir, model, tokenizer)
-        finally:
-            if not args.workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
 
     return body
 
@@ -162,13 +142,9 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
     report.figures["server_command"] = shlex.join(cmd)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     env.setdefault("HF_HUB_OFFLINE", "1")
-    log_path = workdir / "server.log"
-    print("+", shlex.join(cmd), f"> {log_path}", flush=True)
-    start = time.monotonic()
-    server = start_child(cmd, log_path=log_path, env=env)
     rows: list[list[str]] = []
     report.table_headers, report.table_rows = ["check", "result", "figure"], rows
-    try:
+    with harness.server_process(cmd, workdir / "server.log", env, report, args.stop_grace) as (server, start):
         ready = harness.wait_healthy(base_url, args.startup_timeout, server.poll)
         report.figures["ready_seconds"] = ready
         rows.append(["/health", "200", f"ready after {ready:.1f} s"])
@@ -201,47 +177,22 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         figures, verdict = harness.judge_bench(data, args.num_prompts, args.output_len)
         sizes = {"num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency}
         report.figures["bench"] = {**figures, **sizes}
-        rows.append([
-            "vllm bench serve", "ok" if verdict is None else "FAILED",
-            f"{figures.get('completed')}/{args.num_prompts} req, {fmt(figures.get('output_throughput'), 1)} tok/s out, "
-            f"TTFT median {fmt(figures.get('median_ttft_ms'), 1)} ms",
-        ])  # fmt: skip
-        report.verdict("vllm bench serve", verdict is None, f"{figures.get('completed')}/{args.num_prompts} requests", "every request complete", verdict or "")
-        if verdict:
-            raise Fail(verdict)
-    except Fail:
-        tail = tail_text(log_path, 15)
-        if tail:
-            report.notes.append(f"server log ({log_path}), last lines:\n{tail}")
-        raise
-    finally:
-        report.figures["server_exit"] = stop_child(server, grace=args.stop_grace)
-        report.figures["server_seconds"] = time.monotonic() - start
+        harness.judge_load(report, "vllm bench serve", figures, verdict, args.num_prompts, "every request complete")
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add_common_args(parser, timeout=SMOKE.timeout)
+    parser = test_parser(__doc__, timeout=SMOKE.timeout)
     parser.add_argument("--model", help="Hugging Face model id (from the mounted cache) or folder; default: a tiny random model")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--port", type=int)
     parser.add_argument("--mem-fraction", type=float, default=0.4, help="--gpu-memory-utilization for the server")
     parser.add_argument("--startup-timeout", type=float, help="seconds for /health to answer 200 (default: 600, within --timeout)")
-    parser.add_argument("--bench-timeout", type=float, default=300)
-    parser.add_argument("--stop-grace", type=float, default=15)
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=16)
+    harness.add_load_args(parser, input_len=128)
     parser.add_argument("--check-tokens", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the model, server log and bench output here")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra server argument (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.startup_timeout is None:
-        args.startup_timeout = min(600.0, 0.8 * args.timeout)
-    elif args.startup_timeout >= args.timeout:
-        parser.error("--startup-timeout must be shorter than --timeout")
+    harness.check_load_args(parser, args, startup_share=0.8)
     return run_test(TEST, body_for(args), json_path=args.json, timeout=args.timeout)
 
 

@@ -103,8 +103,8 @@ def check_memlock() -> Check:
 def check_emulation() -> Check:
     """Can this host build and run the other architecture's images (qemu through binfmt_misc,
     with the F flag so that containers and BuildKit find the interpreter)?"""
+    from mlsyskit.arch import ARCHES, host_arch
     from mlsyskit.context import binfmt_state
-    from mlsyskit.data.catalog import ARCHES, host_arch
 
     other = next(a for a in ARCHES if a != host_arch()) if host_arch() in ARCHES else "arm64"
     state = binfmt_state(other)
@@ -277,8 +277,8 @@ def fix(checks: list[Check], log: Callable[[str], None]) -> list[str]:
 def enable_binfmt(arch: str, log: Callable[[str], None]) -> str:
     """Register qemu for `arch` with the F flag. Nothing registers it where no init runs
     (containers, CI machines): binfmt_misc is mounted and the handler enabled here."""
+    from mlsyskit.arch import ARCHES
     from mlsyskit.context import binfmt_state
-    from mlsyskit.data.catalog import ARCHES
 
     if not os.path.exists("/proc/sys/fs/binfmt_misc/status"):
         subprocess.run(_privileged(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]), check=False)

@@ -46,20 +46,19 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.lockfile import normalize, read_packages
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import BuildError, EngineError, KitError, StackError, UsageError
+from mlsyskit.images.ensure import TopicImage, ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
-from mlsyskit.runtime.host import choose_gpus, ensure_image, memlock_allowed, read_host
+from mlsyskit.runtime.host import choose_gpus, memlock_allowed, read_host
 from mlsyskit.runtime.shell import ShellOptions, kernel_cache, one_off_spec, secret_values
-from smoke_tests._gates import Value
-from smoke_tests._result import SmokeTest
+from smoke_tests.schema import FAILED, PASSED, SKIPPED, SmokeTest, Value, validate_result
 
 Log = Callable[[str], None]
 
 SMOKE_DIR = "smoke_tests"
 IN_CONTAINER = "/opt/mlsyskit"
 LABEL = f"{LABEL_PREFIX}.smoke"
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 #: A container gets its test's own time limit (``SmokeTest.timeout``) plus this before the
 #: kit removes it: container start-up, torchrun's own margins, writing the result.
 MARGIN = 180
@@ -230,14 +229,18 @@ def _locked_packages(lock: Path) -> frozenset[str]:
     return frozenset(read_packages(lock)) if lock.is_file() else frozenset()
 
 
-def test_args(test: str, opts: SmokeOptions, json_in_container: str, gates: Sequence[str] = ()) -> tuple[str, ...]:
-    args = ["--json", json_in_container, *gates]
-    if opts.cpu:
-        args.append("--cpu")
+def passed_on(opts: SmokeOptions) -> list[str]:
+    """The options `invoke smoke` hands to every test as they are: --cpu, --require-gpu, --timeout."""
+    args = ["--cpu"] if opts.cpu else []
     if opts.require_gpu:
         args.append("--require-gpu")
     if opts.timeout:
         args += ["--timeout", f"{opts.timeout:g}"]
+    return args
+
+
+def test_args(test: str, opts: SmokeOptions, json_in_container: str, gates: Sequence[str] = ()) -> tuple[str, ...]:
+    args = ["--json", json_in_container, *gates, *passed_on(opts)]
     if opts.model and test in TAKES_MODEL:
         args += ["--model", opts.model]
     return tuple(args)
@@ -314,8 +317,6 @@ def made_up(test: str, status: str, reason: str, seconds: float = 0.0) -> dict[s
 
 def judge(run: PlannedRun, data: dict[str, Any] | None, returncode: int | None, timed_out: bool, seconds: float, last_line: str) -> dict[str, Any]:
     """The result to report: the test's own, unless what happened around it says otherwise."""
-    from smoke_tests._result import validate_result
-
     if data is not None:
         problems = validate_result(data)
         if problems:
@@ -405,20 +406,15 @@ def report_json(report: SmokeReport, opts: SmokeOptions, started: str) -> dict[s
 
 
 def _argv(opts: SmokeOptions) -> list[str]:
+    """The `invoke smoke` command line these options came from (recorded with the results)."""
     argv = [opts.topics]
     for flag, value in (("--gpus", opts.gpus), ("--tests", opts.tests), ("--model", opts.model), ("--base", opts.base)):
         if value:
             argv += [flag, value]
-    if opts.cpu:
-        argv.append("--cpu")
-    if opts.require_gpu:
-        argv.append("--require-gpu")
-    if opts.no_gates:
-        argv.append("--no-gates")
+    argv += ["--no-gates"] if opts.no_gates else []
     for gate in opts.gates:
         argv += ["--gate", gate]
-    if opts.timeout:
-        argv += ["--timeout", f"{opts.timeout:g}"]
+    argv += passed_on(opts)
     if opts.json_path:
         argv += ["--json", opts.json_path]
     return argv
@@ -575,7 +571,7 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
     engine = ctx.engine
     host = read_host()
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
-    images: dict[str, str | BuildError] = {}
+    images: dict[str, TopicImage | BuildError] = {}
     try:
         for run in runs:
             topic = catalog.topic(run.topic)
@@ -595,20 +591,19 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
                 continue
             start = time.monotonic()
             if run.where == "container":
-                facts = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-                found = engine.image(image)  # the result records which image it ran in
-                run_env = (*shell_opts.env, f"KIT_IMAGE_ID={found.id}") if found else shell_opts.env
+                facts = replace(host, memlock=memlock_allowed(engine, image.ref, host.environ, log))
+                run_env = (*shell_opts.env, f"KIT_IMAGE_ID={image.id}")  # the result records which image it ran in
                 run_opts = replace(shell_opts, topic=run.topic, command=run.command, env=run_env)
                 # tokens as files of a private folder, removed with the container (runtime/secrets.py)
                 with secrets.private_folder(secret_values(run_opts, facts, config), host.environ) as folder:
                     spec = one_off_spec(
-                        run_opts, facts, config, gpus, workspace=workspace, topic=run.topic, base=base, image=image, secrets_at=folder,
-                        kernels=kernel_cache(ctx, topic, image, gpus, root=host.as_root, host=host),
+                        run_opts, facts, config, gpus, workspace=workspace, topic=run.topic, base=base, image=image.ref, secrets_at=folder,
+                        kernels=kernel_cache(ctx, topic, image.id, gpus, root=host.as_root, host=host),
                     )  # fmt: skip
                     result = run_in_container(engine, run, spec, workspace, run_id, log)
             else:
                 result = run_stack(ctx, run, opts, workspace, log)
-            outcome = Outcome(run, result, image, time.monotonic() - start)
+            outcome = Outcome(run, result, image.ref, time.monotonic() - start)
             report.outcomes.append(outcome)
             log(f"-> {run.label}: {outcome.status}" + (f" ({result.get('reason')})" if result.get("reason") else ""))
     except KeyboardInterrupt:

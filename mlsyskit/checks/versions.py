@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlsyskit import LABEL_PREFIX
-from mlsyskit.data.catalog import ARCHES, Base, Catalog, Topic
+from mlsyskit.arch import ARCHES
+from mlsyskit.data.catalog import Base, Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.data.lockfile import ENVIRONMENT_SCRIPT, expected_packages, lock_sha256, normalize
 from mlsyskit.engine import ContainerSpec, Engine

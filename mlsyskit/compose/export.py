@@ -11,6 +11,10 @@ healthchecks. What differs per target is how KIT_NODE_RANK and KIT_HEAD are foun
   Kubernetes  Job completion index / LWS worker index; the leader's or rank 0's DNS name
   Slurm       $SLURM_NODEID inside each task; the first node of the allocation
 
+What differs by stack pattern (its shape rules, Kubernetes objects and Slurm steps) is in
+that pattern's module of compose/patterns/; this module builds what they share and asks
+the pattern, never its name.
+
 Everything here is pure (data in, text out) and tested offline: core objects with
 kubernetes-validate, the LeaderWorkerSet and RayJob CRDs with jsonschema, the batch
 scripts with bash -n and shellcheck."""
@@ -27,11 +31,11 @@ from typing import Any
 import yaml
 
 from mlsyskit import REPO_ROOT
+from mlsyskit.compose import patterns
 from mlsyskit.compose.stacks import HF_TARGET, ComposeStack, load_stack, option_values, stack_names
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import KernelCache
 from mlsyskit.data.fields import rel_path
-from mlsyskit.data.lockfile import key_versions
 from mlsyskit.errors import UsageError
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.runtime.caches import ROOT_USER, TARGET, TOPIC_RE, env_assignments, image_key
@@ -39,12 +43,8 @@ from mlsyskit.runtime.caches import ROOT_USER, TARGET, TOPIC_RE, env_assignments
 RUNTIMES = ("pyxis", "apptainer")
 MAX_GPUS_PER_NODE = 8  # the largest common GPU node; a stack may allow fewer
 SCRIPTS_TARGET = "/opt/mlsyskit/stacks"
-LWS_API = "leaderworkerset.x-k8s.io/v1"
-RAY_API = "ray.io/v1"
 SECRET_ENV = {"HF_TOKEN": ("hf-token", "token")}  # env var -> (Secret, key), optional in pods
 API_KEY_ENV, API_KEY_SECRET = "KIT_API_KEY", ("sglang-api-key", "key")  # --api-key: required in pods
-SGLANG_PATTERNS = ("server", "router", "pd")  # the stacks that serve SGLang's HTTP API
-KUBERAY_OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}  # the labels of KubeRay's Helm chart
 PART_OF = "mlsyskit"
 
 
@@ -97,17 +97,14 @@ class Shape:
 
 def max_gpus_per_node(stack: ComposeStack) -> tuple[int, str]:
     """The most GPUs one node of this stack can use, and why."""
-    if stack.pattern == "router":
-        return 1, "each worker serves on one GPU; ask for more workers with --nodes"
-    return MAX_GPUS_PER_NODE, f"the largest GPU node is {MAX_GPUS_PER_NODE} GPUs"
+    return patterns.get(stack.pattern).gpus_per_node_limit or (MAX_GPUS_PER_NODE, f"the largest GPU node is {MAX_GPUS_PER_NODE} GPUs")
 
 
 def default_shape(stack: ComposeStack) -> Shape:
+    own = patterns.get(stack.pattern).default_shape(stack)
+    if own is not None:
+        return own
     split = len(stack.split_services())
-    if stack.pattern == "router":
-        return Shape(stack.gpus_default, 1)
-    if stack.pattern == "pd":
-        return Shape(1, stack.gpus_default)  # the pair shares one node's GPUs (CUDA IPC between them)
     if split:
         return Shape(split, max(1, stack.gpus_default // split))
     return Shape(1, stack.gpus_default)
@@ -126,24 +123,14 @@ def shape_for(stack: ComposeStack, opts: ExportOptions) -> Shape:
             raise UsageError(f"--cpu: {stack.name} has no CPU variant: it needs GPUs", fix=f"stacks with --cpu: {with_cpu}")
         if opts.gpus_per_node is not None:
             raise UsageError("give either --cpu or --gpus-per-node, not both")
-        if stack.pattern == "nodes" and nodes < 2:
-            raise UsageError(f"--nodes {nodes}: {stack.name} on CPU all-reduces across at least 2 nodes (one process each)")
+        patterns.get(stack.pattern).check_shape(stack, Shape(nodes, 0))
         return Shape(nodes, 0)
     limit, why = max_gpus_per_node(stack)
     if gpus < 1:
         raise UsageError(f"--gpus-per-node {gpus}: {stack.name} needs at least 1 GPU per node")
     if gpus > limit:
         raise UsageError(f"--gpus-per-node {gpus}: {stack.name} can use at most {limit} GPU(s) per node ({why})")
-    if stack.pattern == "nodes" and nodes * gpus < 2:
-        raise UsageError(f"{stack.name} all-reduces over at least 2 GPUs: got {nodes} node(s) x {gpus} GPU(s)")
-    if stack.pattern == "pd":
-        if nodes > 2:
-            raise UsageError(f"--nodes {nodes}: {stack.name} runs on 1 node (prefill and decode share its GPUs) or 2 (one server each)")
-        if nodes == 1 and gpus % 2:
-            raise UsageError(
-                f"--gpus-per-node {gpus}: on one node {stack.name} gives half of the GPUs to prefill and half to decode",
-                fix=f"give an even count (`--gpus-per-node {gpus + 1}`), or --nodes 2 for one server per node",
-            )
+    patterns.get(stack.pattern).check_shape(stack, Shape(nodes, gpus))
     return Shape(nodes, gpus)
 
 
@@ -372,7 +359,7 @@ class K8s:
         return _name(f"{self.stack.name}-{folder.name}")
 
     def configmap_objects(self) -> list[dict[str, Any]]:
-        needed = kit_files(self.stack, extra=trainer_command(self.shape) if self.stack.pattern == "ray" else ())
+        needed = kit_files(self.stack, extra=patterns.get(self.stack.pattern).shipped_commands(self.shape))
         out = []
         for folder, _target in sorted(set(self.configmaps.values())):
             data = {name: (folder / name).read_text() for name in sorted(needed.get(folder, ()))}
@@ -417,7 +404,7 @@ class K8s:
             }
         ]
 
-    # patterns ---------------------------------------------------------------------------
+    # what the patterns build with --------------------------------------------------------
 
     def gpu_env(self, service: str, extra: Mapping[str, str]) -> dict[str, str]:
         base = {"KIT_DEVICE": "cuda", "KIT_GPUS": str(self.shape.gpus_per_node), "KIT_NNODES": str(self.shape.nodes)}
@@ -427,269 +414,12 @@ class K8s:
         base.update({k: v for k, v in option_values(self.stack, self.opts.settings).items() if k in declared})
         return service_env(self.stack, service, {**base, **extra}, self.opts.ifname or "eth0")
 
-    def server(self) -> list[dict[str, Any]]:
-        stack, shape = self.stack, self.shape
-        server = one(stack, "server")
-        port = stack.services[server].port
-        dist_port = int(interpolate(str((stack.compose["services"][server].get("environment") or {}).get("KIT_DIST_PORT", "20000")), {}))
-        name = f"{stack.name}-{server}"
-        labels = self.labels("server")
-        objects: list[dict[str, Any]] = []
-        if shape.nodes == 1:
-            env = self.gpu_env(server, {"KIT_NODE_RANK": "0", "KIT_HEAD": "localhost"})
-            pod = self.pod([self.container(server, gpus=shape.gpus_per_node, env=env)], init=self.prep_init(server))
-            objects.append(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": self.meta(name, "server"),
-                    "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": pod}},
-                }
-            )
-            selector = labels
-        else:
-            # LWS injects LWS_LEADER_ADDRESS and LWS_WORKER_INDEX first in every container's
-            # env, so $(...) expands them; rank 0 (the leader) hosts --dist-init-addr.
-            env = self.gpu_env(server, {"KIT_HEAD": "$(LWS_LEADER_ADDRESS)", "KIT_NODE_RANK": "$(LWS_WORKER_INDEX)"})
-            ports = [("http", port), ("dist-init", dist_port)]
-            leader = self.container(server, gpus=shape.gpus_per_node, env=env, ports=ports)
-            worker = self.container(server, gpus=shape.gpus_per_node, env=env, ports=ports, probe=False)  # ranks >= 1 always answer 200
-            init = self.prep_init(server)
-            objects.append(
-                {
-                    "apiVersion": LWS_API,
-                    "kind": "LeaderWorkerSet",
-                    "metadata": self.meta(name, "server"),
-                    "spec": {
-                        "replicas": 1,
-                        "startupPolicy": "LeaderCreated",
-                        "leaderWorkerTemplate": {
-                            "size": shape.nodes,
-                            "restartPolicy": "RecreateGroupOnPodRestart",
-                            "leaderTemplate": {"metadata": {"labels": {**labels, "role": "leader"}}, "spec": self.pod([leader], init=init)},
-                            "workerTemplate": {"metadata": {"labels": {**labels, "role": "worker"}}, "spec": self.pod([worker], init=init)},
-                        },
-                    },
-                }
-            )
-            selector = {**labels, "role": "leader"}
-        objects.append(self.service_object(name, "server", selector, [("http", port)]))
-        objects += self.client_job(name, port)
-        return objects
-
-    def router(self) -> list[dict[str, Any]]:
-        stack, shape = self.stack, self.shape
-        worker = stack.by_role("worker")[0].name  # the group's template (worker-0)
-        router = one(stack, "router")
-        port = stack.services[worker].port
-        router_port = stack.services[router].port
-        worker_name = f"{stack.name}-worker"
-        worker_labels, router_labels = self.labels("worker"), self.labels("router")
-        env = self.gpu_env(worker, {"KIT_NNODES": "1", "KIT_NODE_RANK": "0", "KIT_GPUS": "1"})
-        worker_pod = self.pod([self.container(worker, gpus=1, env=env)], init=self.prep_init(worker))
-        worker_pod["containers"][0]["name"] = "worker"
-        selector = " ".join(f"{k}={v}" for k, v in worker_labels.items())
-        router_env = service_env(
-            stack,
-            router,
-            {"KIT_DISCOVERY": "1", "KIT_WORKER_SELECTOR": selector, "KIT_WORKER_PORT": str(port), "KIT_WORKER_HOSTS": ""},
-            self.opts.ifname or "eth0",
-        )
-        router_pod = self.pod(
-            [self.container(router, gpus=0, env=router_env, field_env={"KIT_NAMESPACE": "metadata.namespace"})],
-            serviceAccountName=f"{stack.name}-router",
-        )
-        account = f"{stack.name}-router"
-        return [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": self.meta(worker_name, "worker"),
-                "spec": {
-                    "replicas": shape.nodes,
-                    "selector": {"matchLabels": worker_labels},
-                    "template": {"metadata": {"labels": worker_labels}, "spec": worker_pod},
-                },
-            },
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": self.meta(account, "router")},
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": self.meta(account, "router"),
-                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": self.meta(account, "router"),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.opts.namespace}],
-            },
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": self.meta(f"{stack.name}-router", "router"),
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": router_labels},
-                    "template": {"metadata": {"labels": router_labels}, "spec": router_pod},
-                },
-            },
-            self.service_object(f"{stack.name}-router", "router", router_labels, [("http", router_port)]),
-            *self.client_job(f"{stack.name}-router", router_port),
-        ]
-
-    def ray(self) -> list[dict[str, Any]]:
-
-        stack, shape = self.stack, self.shape
-        head, worker = one(stack, "head"), one(stack, "worker")
-        # KubeRay starts Ray itself and points the nodes at the head: only the shape stays.
-        compose_only = ("KIT_HEAD", "KIT_NODE_RANK", "KIT_RAY_PORT", "KIT_DASHBOARD_PORT")
-        env_head = {k: v for k, v in self.gpu_env(head, {}).items() if k not in compose_only}
-        env_worker = {k: v for k, v in self.gpu_env(worker, {}).items() if k not in compose_only}
-        ray_ports = [("gcs", 6379), ("dashboard", 8265), ("client", 10001)]
-        # KubeRay writes the `ray start` command itself: the containers get none.
-        head_c = self.container(head, gpus=shape.gpus_per_node, env=env_head, probe=False, command=[], ports=ray_ports)
-        worker_c = self.container(worker, gpus=shape.gpus_per_node, env=env_worker, probe=False, command=[], ports=[("metrics", 8080)])
-        lock = REPO_ROOT / "envs" / stack.topic / "uv.lock"
-        ray_version = key_versions(lock, ["ray"]).get("ray", "") if lock.is_file() else ""
-        gpus = str(shape.gpus_per_node)
-        cluster: dict[str, Any] = {
-            "headGroupSpec": {
-                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": gpus},
-                "template": {"metadata": {"labels": self.labels("head")}, "spec": self.pod([head_c])},
-            },
-        }
-        if ray_version:
-            cluster = {"rayVersion": ray_version, **cluster}
-        if shape.nodes > 1:
-            cluster["workerGroupSpecs"] = [
-                {
-                    "groupName": "worker",
-                    "replicas": shape.nodes - 1,
-                    "minReplicas": shape.nodes - 1,
-                    "maxReplicas": shape.nodes - 1,
-                    "rayStartParams": {"num-gpus": gpus},
-                    "template": {"metadata": {"labels": self.labels("worker")}, "spec": self.pod([worker_c])},
-                }
-            ]
-        runtime_env = {"env_vars": {"KIT_NNODES": str(shape.nodes), "KIT_GPUS": gpus, "KIT_DEVICE": "cuda", "PYTHONPATH": "/opt/mlsyskit"}}
-        entrypoint = trainer_command(shape)
-        return [
-            {
-                "apiVersion": RAY_API,
-                "kind": "RayJob",
-                "metadata": self.meta(stack.name, "trainer"),
-                "spec": {
-                    "entrypoint": shlex.join(entrypoint),
-                    "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
-                    "shutdownAfterJobFinishes": True,
-                    "ttlSecondsAfterFinished": 600,
-                    "rayClusterSpec": cluster,
-                },
-            }
-        ]
-
-    def nodes(self) -> list[dict[str, Any]]:
-        stack, shape = self.stack, self.shape
-        node = stack.split_services()[0]
-        port = int(interpolate(str((stack.compose["services"][node].get("environment") or {}).get("KIT_PORT", "29500")), {}))
-        job = stack.name
-        env = self.gpu_env(node, {"KIT_HEAD": f"{job}-0.{job}", "KIT_PORT": str(port)})
-        env.pop("KIT_NODE_RANK", None)
-        container = self.container(
-            node,
-            gpus=shape.gpus_per_node,
-            env=env,
-            field_env={"KIT_NODE_RANK": "metadata.annotations['batch.kubernetes.io/job-completion-index']"},
-            ports=[("rendezvous", port)],
-        )
-        container["name"] = "node"
-        labels = self.labels("node")
-        pod = self.pod([container], restart="Never", subdomain=job)
-        return [
-            self.service_object(job, "node", labels, [("rendezvous", port)], headless=True),
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": self.meta(job, "node"),
-                "spec": {
-                    "completionMode": "Indexed",
-                    "completions": shape.nodes,
-                    "parallelism": shape.nodes,
-                    "backoffLimit": 0,
-                    "template": {"metadata": {"labels": labels}, "spec": pod},
-                },
-            },
-        ]
-
-    def pd(self) -> list[dict[str, Any]]:
-        """Prefill and decode as Deployments of their own (one pod each, half of a node's GPUs
-        each on one node, a node's GPUs each on two), the router in PD mode in front. Pods do
-        not share GPUs, so UCX moves the KV over the network (TCP, or InfiniBand with --rdma),
-        not CUDA IPC."""
-        stack, shape = self.stack, self.shape
-        prefill, decode, router = one(stack, "prefill"), one(stack, "decode"), one(stack, "router")
-        gpus = shape.gpus_per_node // 2 if shape.nodes == 1 else shape.gpus_per_node
-        port = stack.services[prefill].port
-        router_port = stack.services[router].port
-        bootstrap = int(interpolate(str((stack.compose["services"][prefill].get("environment") or {}).get("KIT_BOOTSTRAP_PORT", "8998")), {}))
-        objects: list[dict[str, Any]] = []
-        for service in (prefill, decode):
-            name, labels = f"{stack.name}-{service}", self.labels(service)
-            env = self.gpu_env(service, {"KIT_GPUS": str(gpus), "KIT_NNODES": "1", "KIT_NODE_RANK": "0", "KIT_PD_TP": str(gpus), "KIT_PD_BASE_GPU": "0"})
-            ports = [("http", port), *([("bootstrap", bootstrap)] if service == prefill else [])]
-            pod = self.pod([self.container(service, gpus=gpus, env=env, ports=ports)], init=self.prep_init(service))
-            objects.append(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": self.meta(name, service),
-                    "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": pod}},
-                }
-            )
-            objects.append(self.service_object(name, service, labels, ports))
-        # the router gives the decode pod this host name for the bootstrap: the prefill Service
-        router_env = service_env(
-            stack,
-            router,
-            {
-                "KIT_PREFILL_URL": f"http://{stack.name}-{prefill}:{port}",
-                "KIT_DECODE_URL": f"http://{stack.name}-{decode}:{port}",
-                "KIT_BOOTSTRAP_PORT": str(bootstrap),
-            },
-            self.opts.ifname or "eth0",
-        )
-        router_labels = self.labels("router")
-        router_pod = self.pod([self.container(router, gpus=0, env=router_env)])
-        objects += [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": self.meta(f"{stack.name}-router", "router"),
-                "spec": {"replicas": 1, "selector": {"matchLabels": router_labels}, "template": {"metadata": {"labels": router_labels}, "spec": router_pod}},
-            },
-            self.service_object(f"{stack.name}-router", "router", router_labels, [("http", router_port)]),
-            *self.client_job(f"{stack.name}-router", router_port),
-        ]
-        return objects
-
     def network_policy(self) -> dict[str, Any]:
-        """Only the stack's own pods reach its pods' ports (a Ray head's dashboard also KubeRay:
-        its operator and the RayJob's submitter pod, named after the RayJob, submit and follow
-        the job through it). Other workloads need a policy of their own to reach a server."""
+        """Only the stack's own pods reach its pods' ports, and whatever the pattern lets in (a
+        Ray head's dashboard: KubeRay). Other workloads need a policy of their own to reach a server."""
         own = {"app.kubernetes.io/name": self.stack.name, "app.kubernetes.io/part-of": PART_OF}
         ingress: list[dict[str, Any]] = [{"from": [{"podSelector": {"matchLabels": dict(own)}}]}]
-        if self.stack.pattern == "ray":
-            ingress.append(
-                {
-                    "from": [
-                        {"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": self.stack.name}}},
-                        {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(KUBERAY_OPERATOR)}},
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 8265}],
-                }
-            )
+        ingress += patterns.get(self.stack.pattern).ingress(self.stack)
         return {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
@@ -698,7 +428,7 @@ class K8s:
         }
 
     def objects(self) -> list[dict[str, Any]]:
-        body = PATTERNS[self.stack.pattern].k8s(self)  # first: it decides which scripts the ConfigMap ships
+        body = patterns.get(self.stack.pattern).k8s(self)  # first: it decides which scripts the ConfigMap ships
         return self.configmap_objects() + body + [self.network_policy()]
 
 
@@ -736,19 +466,9 @@ def kit_files(stack: ComposeStack, extra: Sequence[str] = ()) -> dict[Path, set[
     return needed
 
 
-def trainer_command(shape: Shape) -> list[str]:
-    """verl's trainer over the whole cluster (the Ray job's entrypoint / driver)."""
-    return [
-        "python",
-        f"{SCRIPTS_TARGET}/verl_trainer.py",
-        f"trainer.nnodes={shape.nodes}",
-        f"trainer.n_gpus_per_node={shape.gpus_per_node}",
-    ]
-
-
 def check_api_key(stack: ComposeStack, opts: ExportOptions) -> None:
-    if opts.api_key and stack.pattern not in SGLANG_PATTERNS:
-        sglang = ", ".join(name for name in stack_names() if load_stack(name).pattern in SGLANG_PATTERNS)
+    if opts.api_key and not patterns.get(stack.pattern).serves_api:
+        sglang = ", ".join(name for name in stack_names() if patterns.get(load_stack(name).pattern).serves_api)
         raise UsageError(f"--api-key: {stack.name} serves no SGLang API", fix=f"stacks with one: {sglang}")
 
 
@@ -923,7 +643,8 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         raise UsageError(f"--image-file {opts.image_file}: no such file", fix="make it first (apptainer build / enroot import), or leave --image-file out")
     shape = shape_for(stack, opts)
     options = option_values(stack, opts.settings)
-    main = stack.by_role(PATTERNS[stack.pattern].slurm_role)[0].name
+    pattern = patterns.get(stack.pattern)
+    main = stack.by_role(pattern.slurm_role)[0].name
     image = image_ref(stack, main, opts)
     kit_root = opts.kit_root or str(REPO_ROOT)
     mount_spec = ",".join([f"$KIT_ROOT/{rel_path(folder)}:{target}:ro" for folder, target in repo_mounts(stack, main)] + [f"$HF_HOME:{HF_TARGET}"])
@@ -942,7 +663,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         source = f"docker://{image}" if opts.image_registry else f"docker-daemon://{image}"
         importer = _import_function(f'apptainer build "$part" {shlex.quote(source)}')
         launch = apptainer_launch
-    steps = PATTERNS[stack.pattern].slurm(stack, shape)
+    steps = pattern.slurm(stack, shape)
     ifname = opts.ifname
     device = "cpu" if opts.cpu else "cuda"
     on = "CPU only" if opts.cpu else f"{shape.gpus_per_node} GPU(s)"
@@ -1014,7 +735,7 @@ def slurm_script(stack: ComposeStack, opts: ExportOptions) -> str:
         "fi",
         'say "image: $IMAGE_FILE"',
         "",
-        *(_api_key_lines(opts) if stack.pattern in SGLANG_PATTERNS else []),
+        *(_api_key_lines(opts) if pattern.serves_api else []),
         "# --- the nodes; the first is the head (rank 0, Ray head, SGLang leader) --------------",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         "HEAD=${NODES[0]}",
@@ -1124,180 +845,15 @@ def _slurm_kernels(stack: ComposeStack, main: str, opts: ExportOptions) -> list[
     ]
 
 
-def _slurm_nodes(stack: ComposeStack, shape: Shape) -> list[str]:
-    node = stack.split_services()[0]
-    port = interpolate(str((stack.compose["services"][node].get("environment") or {}).get("KIT_PORT", "29500")), {})
-    return [
-        f"# --- torchrun on every node, rank = the node's index, rendezvous on the head:{port} ---",
-        f"export KIT_PORT={port}",
-        "# rank 0's torchrun store listens on the head's address only (KIT_BIND_HOST)",
-        'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
-        f'  bash -c "$ON_NODE exec bash {SCRIPTS_TARGET}/nccl_node.sh"',
-    ]
-
-
-def _slurm_ray(stack: ComposeStack, shape: Shape) -> list[str]:
-    return [
-        "# --- Ray: the head, then the workers once it answers; the driver on the head ----------",
-        "# The dashboard (and its job API, which runs code as you) on the head's loopback only: the",
-        "# driver below reaches Ray through the GCS; `ssh -L 8265:localhost:8265 HEAD` to look at it.",
-        "export KIT_RAY_PORT=6379 KIT_DASHBOARD_PORT=8265 KIT_DASHBOARD_HOST=127.0.0.1",
-        f'in_container --nodes=1 --ntasks=1 -w "$HEAD" -- bash {SCRIPTS_TARGET}/ray_head.sh &',
-        'started $! "the Ray head on $HEAD"',
-        'wait_for "the Ray head on $HEAD" 600 in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- ray status --address "$KIT_HEAD:$KIT_RAY_PORT"',
-        'if [ "$KIT_NNODES" -gt 1 ]; then',
-        "  # --ntasks too: the job's own SLURM_NTASKS (one per node) would ask for the head's as well",
-        '  in_container --nodes=$((KIT_NNODES - 1)) --ntasks=$((KIT_NNODES - 1)) --ntasks-per-node=1 --exclude="$HEAD" -- \\',
-        f"    bash {SCRIPTS_TARGET}/ray_worker.sh &",
-        '  started $! "the Ray workers"',
-        "fi",
-        *(
-            [
-                "# The driver: a trivial Ray program that waits for every node and runs tasks on each.",
-                f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env RAY_ADDRESS="$KIT_HEAD:$KIT_RAY_PORT" python {SCRIPTS_TARGET}/ray_job.py &',
-            ]
-            if shape.cpu
-            else [
-                "# The driver waits until every node has joined (ray_job.py --wait), then trains.",
-                f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env RAY_ADDRESS="$KIT_HEAD:$KIT_RAY_PORT" {shlex.join(trainer_command(shape))} &',
-            ]
-        ),
-        "finish $!",
-        'say "the Ray job ended; stopping the cluster"',
-    ]
-
-
 #: The SGLang stacks' model, made once on the head in the job's folder and mounted at /models.
-_SLURM_MODEL = (
+SLURM_MODEL = (
     'MOUNTS="$MOUNTS,$WORK_DIR/models:/models"',
     'mkdir -p "$WORK_DIR/models"',
     f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- python {SCRIPTS_TARGET}/prepare_model.py',
 )
 
 
-def _slurm_server(stack: ComposeStack, shape: Shape) -> list[str]:
-    server = one(stack, "server")
-    port = stack.services[server].port
-    return [
-        "# --- the model (the tiny one is written from a config, no hub), then SGLang on every node ---",
-        *_SLURM_MODEL,
-        f"export KIT_SERVE_PORT={port} KIT_DIST_PORT=20000",
-        "# each node's server listens on that node's address (KIT_BIND_HOST)",
-        'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
-        f'  bash -c "$ON_NODE exec bash {SCRIPTS_TARGET}/sglang_server.sh" &',
-        "SERVERS=$!",
-        'started "$SERVERS" "the SGLang servers"',
-        "# Only rank 0 answers /health truthfully: ranks >= 1 say 200 whatever their state.",
-        f'wait_for "SGLang on $HEAD:{port}" 3600 curl -fsS "http://$KIT_HEAD:{port}/health"',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:{port}" python {SCRIPTS_TARGET}/sglang_client.py',
-        f'echo "serving at http://$KIT_HEAD:{port} until the time limit (scancel $SLURM_JOB_ID stops it)"',
-        'finish "$SERVERS"',
-    ]
-
-
-def _slurm_router(stack: ComposeStack, shape: Shape) -> list[str]:
-    worker = stack.by_role("worker")[0].name
-    port = stack.services[worker].port
-    return [
-        "# --- the model, then one SGLang worker per node (one GPU each), then the router --------",
-        *_SLURM_MODEL,
-        "# each worker listens on its node's address (KIT_BIND_HOST)",
-        'in_container --nodes="$KIT_NNODES" --ntasks-per-node=1 -- \\',
-        f'  bash -c "$ON_NODE exec env KIT_NNODES=1 KIT_GPUS=1 KIT_SERVE_PORT={port} bash {SCRIPTS_TARGET}/sglang_server.sh" &',
-        "WORKERS=$!",
-        'started "$WORKERS" "the SGLang workers"',
-        'for addr in "${NODE_ADDRS[@]}"; do',
-        f'  wait_for "the worker at $addr:{port}" 3600 curl -fsS "http://$addr:{port}/health"',
-        "done",
-        "# The router shares the head node's network with a worker: it serves on ROUTER_PORT.",
-        "ROUTER_PORT=${ROUTER_PORT:-8000}",
-        f'export KIT_WORKER_HOSTS="${{NODE_ADDRS[*]}}" KIT_WORKER_PORT={port}',
-        'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- \\',
-        f'  env KIT_SERVE_PORT="$ROUTER_PORT" KIT_BIND_HOST="$KIT_HEAD" bash {SCRIPTS_TARGET}/sglang_router.sh &',
-        'started $! "the router"',
-        'wait_for "the router on $HEAD:$ROUTER_PORT" 600 curl -fsS "http://$KIT_HEAD:$ROUTER_PORT/health"',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:$ROUTER_PORT" python {SCRIPTS_TARGET}/sglang_client.py',
-        'echo "routing at http://$KIT_HEAD:$ROUTER_PORT until the time limit (scancel $SLURM_JOB_ID stops it)"',
-        'finish "$WORKERS"',
-    ]
-
-
-def _slurm_pd(stack: ComposeStack, shape: Shape) -> list[str]:
-    prefill = one(stack, "prefill")
-    one(stack, "decode")
-    port = stack.services[prefill].port
-    bootstrap = interpolate(str((stack.compose["services"][prefill].get("environment") or {}).get("KIT_BOOTSTRAP_PORT", "8998")), {})
-    lines = [
-        "# --- the model, then the prefill and decode servers, then the router in PD mode ---------",
-        *_SLURM_MODEL,
-        f"export KIT_BOOTSTRAP_PORT=${{KIT_BOOTSTRAP_PORT:-{bootstrap}}} UCX_PROTO_INFO=${{UCX_PROTO_INFO:-y}}",
-    ]
-    if shape.nodes == 1:
-        lines += [
-            "# One node: the pair shares its GPUs (prefill the first half, decode the second) and its",
-            "# network, so they serve on two ports; both see every GPU, which CUDA IPC between them needs.",
-            f"PREFILL_NODE=$HEAD PREFILL_ADDR=$KIT_HEAD PREFILL_PORT={port}",
-            f"DECODE_NODE=$HEAD DECODE_ADDR=$KIT_HEAD DECODE_PORT={port + 1}",
-            "PREFILL_ENV=(KIT_NNODES=1 KIT_PD_ROLE=prefill)",
-            "DECODE_ENV=(KIT_NNODES=1 KIT_PD_ROLE=decode)",
-            "DECODE_STEP=(--overlap)  # a second step on the node whose GPUs the prefill step holds",
-        ]
-    else:
-        lines += [
-            "# Two nodes: one server on each, with every GPU of its node.",
-            f"PREFILL_NODE=$HEAD PREFILL_ADDR=$KIT_HEAD PREFILL_PORT={port}",
-            'DECODE_NODE=${NODES[1]}',
-            'DECODE_ADDR=$(node_addr "$DECODE_NODE")',
-            f"DECODE_ADDR=${{DECODE_ADDR:-$DECODE_NODE}} DECODE_PORT={port}",
-            'PREFILL_ENV=(KIT_NNODES=1 KIT_PD_ROLE=prefill KIT_PD_TP="$KIT_GPUS" KIT_PD_BASE_GPU=0)',
-            'DECODE_ENV=(KIT_NNODES=1 KIT_PD_ROLE=decode KIT_PD_TP="$KIT_GPUS" KIT_PD_BASE_GPU=0)',
-            "DECODE_STEP=()",
-        ]
-    lines += [
-        "# each server's own NCCL port (on one node they share the network) and its node's address",
-        'PREFILL_ENV+=(KIT_SERVE_PORT="$PREFILL_PORT" KIT_NCCL_PORT=30100 KIT_BIND_HOST="$PREFILL_ADDR")',
-        'DECODE_ENV+=(KIT_SERVE_PORT="$DECODE_PORT" KIT_NCCL_PORT=30200 KIT_BIND_HOST="$DECODE_ADDR")',
-        f'in_container --nodes=1 --ntasks=1 -w "$PREFILL_NODE" -- env "${{PREFILL_ENV[@]}}" bash {SCRIPTS_TARGET}/sglang_server.sh &',
-        'started $! "the prefill server on $PREFILL_NODE"',
-        f'in_container "${{DECODE_STEP[@]}}" --nodes=1 --ntasks=1 -w "$DECODE_NODE" -- env "${{DECODE_ENV[@]}}" bash {SCRIPTS_TARGET}/sglang_server.sh &',
-        "DECODE=$!",
-        'started "$DECODE" "the decode server on $DECODE_NODE"',
-        'wait_for "the prefill server at $PREFILL_ADDR:$PREFILL_PORT" 3600 curl -fsS "http://$PREFILL_ADDR:$PREFILL_PORT/health"',
-        'wait_for "the decode server at $DECODE_ADDR:$DECODE_PORT" 3600 curl -fsS "http://$DECODE_ADDR:$DECODE_PORT/health"',
-        "# The router hands the decode server the prefill URL's host as the bootstrap host: an address.",
-        "ROUTER_PORT=${ROUTER_PORT:-8000}",
-        'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_SERVE_PORT="$ROUTER_PORT" KIT_BIND_HOST="$KIT_HEAD" \\',
-        f'  KIT_PREFILL_URL="http://$PREFILL_ADDR:$PREFILL_PORT" KIT_DECODE_URL="http://$DECODE_ADDR:$DECODE_PORT" bash {SCRIPTS_TARGET}/sglang_router.sh &',
-        'started $! "the router"',
-        'wait_for "the router on $HEAD:$ROUTER_PORT" 600 curl -fsS "http://$KIT_HEAD:$ROUTER_PORT/health"',
-        f'in_container --overlap --nodes=1 --ntasks=1 -w "$HEAD" -- env KIT_TARGET="http://$KIT_HEAD:$ROUTER_PORT" python {SCRIPTS_TARGET}/sglang_client.py',
-        'echo "routing prefill/decode at http://$KIT_HEAD:$ROUTER_PORT until the time limit (scancel $SLURM_JOB_ID stops it)"',
-        'finish "$DECODE"',
-    ]
-    return lines
-
-
 # --- the command ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """How one stack pattern (x-mlsyskit `pattern`) leaves the host: its Kubernetes objects,
-    its Slurm steps, and the role whose image and mounts the Slurm script takes."""
-
-    k8s: Callable[[K8s], list[dict[str, Any]]]
-    slurm: Callable[[ComposeStack, Shape], list[str]]
-    slurm_role: str
-
-
-#: Every pattern the stacks may declare, each in one entry (compose/stacks.py checks the name).
-PATTERNS: dict[str, Pattern] = {
-    "server": Pattern(K8s.server, _slurm_server, "server"),
-    "router": Pattern(K8s.router, _slurm_router, "worker"),
-    "ray": Pattern(K8s.ray, _slurm_ray, "head"),
-    "nodes": Pattern(K8s.nodes, _slurm_nodes, "node"),
-    "pd": Pattern(K8s.pd, _slurm_pd, "prefill"),
-}
 
 
 @dataclass(frozen=True)

@@ -40,21 +40,21 @@ from typing import Any
 import yaml
 
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
+from mlsyskit.compose import patterns
 from mlsyskit.context import Context
 from mlsyskit.data.fields import Fields, rel_path
-from mlsyskit.engine import ComposeProject, ContainerInfo, Engine
-from mlsyskit.engine.emulation import emulation_volumes, foreign_platform
+from mlsyskit.engine import ComposeProject, ContainerInfo, Engine, emulation_volumes, foreign_platform
 from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import seconds, table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.caches import KernelMount
 from mlsyskit.runtime.gpus import host_has_gpus, least_used, parse_request, query_gpus, select
-from mlsyskit.runtime.host import ensure_image, first_taken_port, memlock_allowed, port_taken, read_host
+from mlsyskit.runtime.host import first_taken_port, memlock_allowed, port_taken, read_host
 
 Log = Callable[[str], None]
 
-PATTERNS = ("server", "router", "ray", "nodes", "pd")
 ROLES = ("prep", "server", "client", "worker", "router", "head", "driver", "node", "prefill", "decode")
 RUNS = ("service", "job")
 GPU_MODES = ("all", "split", "each", "none")
@@ -211,7 +211,7 @@ def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
         name=name,
         path=path,
         description=top.str("description"),
-        pattern=top.str("pattern", choices=PATTERNS),
+        pattern=top.str("pattern", choices=patterns.NAMES),
         topic=top.str("topic"),
         cpu=top.bool("cpu", False),
         gpus_default=gpus.int("default", 1, minimum=1),
@@ -695,14 +695,15 @@ def up(
         log(f"warning: {devices.warning}")
     engine = ctx.engine
     compose = engine.compose()
-    images = []
     for topic_name in stack.topics():
         if topic_name not in catalog.topics:
             raise UsageError(
                 f"stack {stack.name} runs the topic image mlsyskit/{topic_name}:{base_name}, and envs/{topic_name}/ does not exist",
                 fix=f"known topics: {', '.join(sorted(catalog.topics))}",
             )
-        images.append(ensure_image(ctx, catalog.topic(topic_name), log))
+    topics = ctx.topics_for_arch([catalog.topic(name) for name in stack.topics()])  # one line, before anything is built
+    found = {topic.name: ensure_image(ctx, topic, log) for topic in topics}
+    images = [image.ref for image in found.values()]
     memlock = memlock_allowed(engine, images[0], os.environ, log)
     if not memlock:
         log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")
@@ -719,7 +720,7 @@ def up(
     opts = RenderOptions(
         devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
         options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform), secrets=tokens,
-        secrets_at=secrets_at if tokens else None, kernels=stack_kernels(ctx),
+        secrets_at=secrets_at if tokens else None, kernels=stack_kernels(ctx, {name: image.id for name, image in found.items()}),
     )  # fmt: skip
     rendered = render(stack, opts)
     check_ports_free(stack, rendered)
@@ -795,14 +796,15 @@ def up(
     return UpResult(stack.name, elapsed, "\n".join(parts))
 
 
-def stack_kernels(ctx: Context) -> Callable[[str, tuple[str, ...]], KernelMount | None]:
-    """Each service's kernel cache, as `invoke shell` gives one: its topic image's ID, the
-    architecture of its GPUs (cpu for none), and root (the services run as the images' root)."""
+def stack_kernels(ctx: Context, image_ids: Mapping[str, str]) -> Callable[[str, tuple[str, ...]], KernelMount | None]:
+    """Each service's kernel cache, as `invoke shell` gives one: its topic image's ID (as `up`
+    found the image), the architecture of its GPUs (cpu for none), and root (the services run
+    as the images' root)."""
     from mlsyskit.runtime import caches
 
     def kernels(topic: str, gpus: tuple[str, ...]) -> KernelMount | None:
-        image, label = topic_alias(topic, ctx.base_name), ",".join(gpus) or "none"
-        return caches.for_container(ctx.engine, ctx.catalog, ctx.catalog.topic(topic), image, gpus=label, user=caches.ROOT_USER, environ=os.environ)
+        label = ",".join(gpus) or "none"
+        return caches.for_container(ctx.catalog, ctx.catalog.topic(topic), image_ids[topic], gpus=label, user=caches.ROOT_USER, environ=os.environ)
 
     return kernels
 

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from mlsyskit import REPO_ROOT
+from mlsyskit.arch import ARCHES
+from mlsyskit.data import debian_lock
+from mlsyskit.data.debian_lock import DebianLock
 from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
 from mlsyskit.errors import UsageError
 
@@ -37,21 +40,10 @@ class Base:
         return f"linux/{self.arch}"
 
 
-# Docker's architecture names and the kernel's (uname -m, platform_machine).
-ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
 def arch_of(base_name: str) -> str:
     """The architecture a base name says (`pypi-arm64` -> arm64), "" when it says none."""
     suffix = base_name.rpartition("-")[2]
     return suffix if suffix in ARCHES else ""
-
-
-def host_arch() -> str:
-    import platform
-
-    machine = platform.machine()
-    return next((arch for arch, kernel in ARCHES.items() if kernel == machine), machine)
 
 
 def with_arch(base: Base, arch: str) -> Base:
@@ -146,6 +138,15 @@ class Catalog:
     bases: dict[str, Base]
     stacks: dict[str, Stack]
     topics: dict[str, Topic] = field(default_factory=dict)
+    _read: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # files read once
+
+    @property
+    def debian_lock(self) -> DebianLock:
+        """images/debian-lock.toml of this catalog's tree, read once."""
+        if "debian_lock" not in self._read:
+            self._read["debian_lock"] = debian_lock.load(self.root)
+        found: DebianLock = self._read["debian_lock"]
+        return found
 
     def base(self, name: str, arch: str = "") -> Base:
         """A base by name (`pypi`, or `pypi-arm64`: the flavour for one architecture); `arch`

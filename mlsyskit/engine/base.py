@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from mlsyskit.engine import api
 from mlsyskit.engine.clients import DAEMON_FIX, PERMISSION_FIX, Client
 from mlsyskit.errors import EngineError
+
+Record = TypeVar("Record")
 
 
 class EngineBase:
@@ -70,3 +72,18 @@ class EngineBase:
         if "No such" in proc.stderr:
             return None
         raise self.failure(args, proc.stderr)
+
+    def _lookup(self, kind: str, ref: str, from_api: Callable[[str], dict[str, Any]], record: Callable[[dict[str, Any]], Record]) -> Record | None:
+        """One image or container by name or ID as a record, or None when there is none:
+        through the CLI for the shell's engine, else the API. A daemon that is down raises
+        (with the fix) instead of reading as "not there"."""
+        if self.cli_lookups:
+            data = self._inspect_cli(kind, ref)
+            return record(data) if data is not None else None
+        try:
+            with api.errors(f"docker {kind} inspect", lookup=True):
+                return record(from_api(ref))
+        except Exception as exc:
+            if api.not_found(exc):
+                return None
+            raise

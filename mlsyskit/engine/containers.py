@@ -21,7 +21,7 @@ from mlsyskit.engine.images import ImagesPart
 from mlsyskit.engine.records import ContainerInfo
 from mlsyskit.engine.refs import container_ref
 from mlsyskit.engine.spec import ContainerSpec, DockerCall, run_call
-from mlsyskit.errors import EngineError, KitError
+from mlsyskit.errors import KitError
 
 #: docker's refusal of a second container of the same name. A port that is taken also says
 #: "already in use" ("bind: address already in use"): that container is the caller's own.
@@ -46,17 +46,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
 
     def container_info(self, name: str) -> ContainerInfo | None:
         """The container of that name or ID, or None when there is none."""
-        container_ref(name)
-        if self.cli_lookups:
-            data = self._inspect_cli("container", name)
-            return ContainerInfo.from_inspect(data) if data is not None else None
-        try:
-            with api.errors("docker container inspect", lookup=True):
-                return ContainerInfo.from_inspect(self.api.inspect_container(name))
-        except Exception as exc:
-            if api.not_found(exc):
-                return None
-            raise
+        return self._lookup("container", container_ref(name), lambda r: self.api.inspect_container(r), ContainerInfo.from_inspect)
 
     def start_container(self, name: str) -> None:
         if self.cli_lookups:
@@ -86,14 +76,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
             self._cli("rm", "--force", "--volumes", *ids, check=False)
             return
         for container in ids:
-            try:
-                with api.errors("docker rm", lookup=True):
-                    self.api.remove_container(container, v=True, force=True)
-            except EngineError:
-                pass  # as `docker rm --force`: a removal already under way is not an error here
-            except Exception as exc:
-                if not api.not_found(exc):
-                    raise
+            self._remove_container(container)
 
     def container_logs(self, container: str, tail: int = 30) -> str:
         """The container's last lines, its stdout and stderr interleaved as written."""

@@ -52,6 +52,11 @@ class Engine(ComposePart, BuildPart):
             raise EngineError("no docker client found", fix="install Docker (`invoke doctor --fix` on Debian/Ubuntu)")
         return cls(Client(path, version="", buildx=False), cli_lookups=True)
 
+    def for_building(self) -> Engine:
+        """This engine where it can run BuildKit builds; the shell's (`for_running`: the first
+        client on PATH, which may have no BuildKit) connects one that can, for the build."""
+        return Engine.connect() if self.cli_lookups else self
+
     def server_version(self) -> str:
         with api.errors("docker version"):
             version = str(self.api.version().get("Version") or "")

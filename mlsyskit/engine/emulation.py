@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mlsyskit.data.catalog import host_arch
+from mlsyskit.arch import host_arch
 
 #: /proc/cpuinfo of one Neoverse V2 core as the arm64 kernel writes it.
 _ARM64_CPU = (

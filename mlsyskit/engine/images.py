@@ -25,17 +25,7 @@ class ImagesPart(EngineBase):
         """The image, or None when there is none of that name (a daemon that is down
         raises, with the fix, instead of reading as "not built"). A ref outside Docker's
         grammar is refused before anything is asked."""
-        image_ref(ref)
-        if self.cli_lookups:
-            data = self._inspect_cli("image", ref)
-            return ImageInfo.from_inspect(data) if data is not None else None
-        try:
-            with api.errors("docker image inspect", lookup=True):
-                return ImageInfo.from_inspect(self.api.inspect_image(ref))
-        except Exception as exc:
-            if api.not_found(exc):
-                return None
-            raise
+        return self._lookup("image", image_ref(ref), lambda r: self.api.inspect_image(r), ImageInfo.from_inspect)
 
     def images(self, label: str) -> list[ImageInfo]:
         """Every image carrying the label (`key` or `key=value`), once each."""

@@ -9,11 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsyskit import REPO_ROOT
 from mlsyskit.data import debian_lock
-from mlsyskit.data.catalog import Catalog, Topic, host_arch
+from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import Engine
+from mlsyskit.engine import Engine, foreign_platform
 from mlsyskit.errors import BuildError
 from mlsyskit.images.plan import Layer, RootImage, plan, topic_alias
 from mlsyskit.images.rootfs import bootstrap_ref, ensure_root_image, find_root_image
@@ -56,7 +55,10 @@ def build_layers(
     no_cache: bool = False,
     log: Callable[[str], None] = print,
     verbose: bool = False,
+    lock: debian_lock.DebianLock,
 ) -> list[LayerResult]:
+    """Each layer built when missing (or when `no_cache`, or its parent was rebuilt), else
+    reused; `lock`: the Debian lock its apt pins came from (named when the mirror lacks one)."""
     results = []
     rebuilt: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="mlsyskit-secrets-") as tmp:
@@ -90,12 +92,12 @@ def build_layers(
                         secrets=secrets,
                         no_cache=no_cache,
                         on_line=show,
-                        platform="" if layer.arch == host_arch() else f"linux/{layer.arch}",
+                        platform=foreign_platform(layer.arch),
                     )
                 except BuildError as exc:
                     # a locked Debian version the mirror no longer serves: say so in one line
                     mirror = config.apt_mirror or "the root filesystem's apt sources"
-                    missing = debian_lock.missing_version_error(exc.log_tail, debian_lock.load(REPO_ROOT), mirror)
+                    missing = debian_lock.missing_version_error(exc.log_tail, lock, mirror)
                     if missing is not None:
                         raise missing from None
                     raise
@@ -118,13 +120,11 @@ def build_topics(
     verbose: bool = False,
     tag_aliases: bool = True,
 ) -> list[LayerResult]:
-    from mlsyskit.context import require_arch
-
+    """Build the topics' layers that are missing (or all, `no_cache`) and tag each topic's
+    alias. The caller has checked the topics against the base's architecture, and this host
+    for running it (`Context.topics_for_arch`), once, before anything else."""
     base = catalog.base(base_name)
-    for topic in topics:  # before anything is built: a topic without this architecture
-        topic.check_arch(base.arch)
-    require_arch(base.arch)
-    root: RootImage = ensure_root_image(engine, base, config, log)
+    root: RootImage = ensure_root_image(engine, base, config, log, lock=catalog.debian_lock)
     layers = plan(catalog, config, topics, base, root)
     results: list[LayerResult] = []
     # Topic by topic, so each topic's friendly tag moves as soon as its image exists: a
@@ -136,7 +136,7 @@ def build_topics(
             chain.insert(0, layer)
             layer = layer.parent
         done = {r.layer.tag for r in results}
-        results += build_layers(engine, config, [x for x in chain if x.tag not in done], no_cache=no_cache, log=log, verbose=verbose)
+        results += build_layers(engine, config, [x for x in chain if x.tag not in done], no_cache=no_cache, log=log, verbose=verbose, lock=catalog.debian_lock)
         if tag_aliases:
             engine.tag(chain[-1].tag, topic_alias(topic.name, base.name))
     return results

@@ -46,10 +46,10 @@ from typing import IO, Any
 
 from mlsyskit import IMAGE_PREFIX, KIT_VERSION, LABEL_PREFIX, REPO_ROOT
 from mlsyskit.data.catalog import Catalog, Topic
-from mlsyskit.engine import Engine, ImageInfo
-from mlsyskit.engine.refs import image_ref
+from mlsyskit.engine import Engine, ImageInfo, image_ref
 from mlsyskit.errors import KitError, UsageError
 from mlsyskit.images import sbom, signing
+from mlsyskit.images.ensure import built_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.report import size as human_size
 
@@ -99,25 +99,10 @@ class Contents:
     base: str
 
 
-def resolve(catalog: Catalog, names: list[str], base: str) -> Contents:
-    """`TOPIC[,TOPIC]` or one `STACK` name."""
-    from mlsyskit.compose.stacks import load_stack, stack_names
-
-    if not names:
-        raise UsageError("name the topics or the stack to bundle", fix="e.g. `invoke bundle docs -o docs.bundle`")
-    if len(names) == 1 and names[0] in stack_names() and names[0] not in catalog.topics:
-        stack = load_stack(names[0])
-        return Contents([catalog.topic(t) for t in stack.topics()], stack.name, base)
-    return Contents(catalog.select(names), "", base)
-
-
 def image_chain(engine: Engine, topic: Topic, base: str) -> list[ImageInfo]:
     """The topic image and its parents, as the engine has them (all needed: `invoke build`
     on the other side then finds every layer current)."""
-    alias = topic_alias(topic.name, base)
-    info = engine.image(alias)
-    if info is None:
-        raise UsageError(f"image {alias} is not built", fix=f"invoke build {topic.name}")
+    info = built_image(engine, topic, topic_alias(topic.name, base))
     return [info, *sbom.parents(engine, info)]
 
 

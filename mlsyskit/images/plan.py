@@ -15,7 +15,6 @@ from functools import cached_property
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
-from mlsyskit.data import debian_lock
 from mlsyskit.data.catalog import Base, Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.data.lockfile import key_versions, lock_sha256
@@ -145,7 +144,7 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
             "UV_VERSION": config.uv_version,
             "UV_REQUIREMENT": uv_requirement(catalog.root, config.uv_version),
             "PYTHON": python,
-            "APT_PACKAGES": " ".join(debian_lock.load(catalog.root).pins(f"{base.name}/base", base.apt_packages)),
+            "APT_PACKAGES": " ".join(catalog.debian_lock.pins(f"{base.name}/base", base.apt_packages)),
         },
         inputs=tuple(sorted(p for p in (images / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts)),
         root=root,
@@ -184,7 +183,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             flavour=base.flavour,
             dockerfile=env_dockerfile,
             context=topic.path,
-            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(debian_lock.load(catalog.root).pins(topic_key, topic.apt_packages))},
+            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(catalog.debian_lock.pins(topic_key, topic.apt_packages))},
             inputs=(topic.path / "pyproject.toml", topic.lock_path, *topic.patches),
             parent=parent,
             arch=base.arch,

@@ -12,8 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
-from mlsyskit.data.catalog import Base, host_arch
+from mlsyskit.arch import host_arch
+from mlsyskit.data import debian_lock
+from mlsyskit.data.catalog import Base
 from mlsyskit.data.config import Config
+from mlsyskit.data.debian_lock import DebianLock
 from mlsyskit.engine import Engine
 from mlsyskit.errors import EngineError, UsageError
 from mlsyskit.images.plan import RootImage
@@ -44,11 +47,11 @@ def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | N
     return None
 
 
-def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
+def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[[str], None], *, lock: DebianLock) -> RootImage:
     if found := find_root_image(engine, base, config):
         return found
     if base.arch != host_arch() and base.can_bootstrap:
-        return bootstrap(engine, base, config, log)
+        return bootstrap(engine, base, config, log, lock=lock)
     if config.rootfs in ("auto", "registry") or not base.can_bootstrap:
         log(f"pulling {base.registry_image} (up to {PULL_TIMEOUT_S}s)")
         if engine.pull(base.registry_image, PULL_TIMEOUT_S):
@@ -59,15 +62,11 @@ def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[
                 fix="configure a registry mirror for dockerd, or use `--base pypi` (bootstraps without a registry)",
             )
         log("no registry answered: bootstrapping the root filesystem from the apt mirror instead")
-    return bootstrap(engine, base, config, log)
+    return bootstrap(engine, base, config, log, lock=lock)
 
 
-def _check_locked(base: Base, target: str, mirror: str) -> None:
+def _check_locked(base: Base, target: str, mirror: str, lock: DebianLock) -> None:
     """The root filesystem must hold the packages images/debian-lock.toml records for it."""
-    from mlsyskit import REPO_ROOT
-    from mlsyskit.data import debian_lock
-
-    lock = debian_lock.load(REPO_ROOT)
     entry = lock.entries.get(f"{base.name}/rootfs")
     if entry is None:
         return
@@ -97,7 +96,7 @@ def _import_foreign(engine: Engine, base: Base, target: str, ref: str, mirror: s
     )  # fmt: skip
 
 
-def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], None]) -> RootImage:
+def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], None], *, lock: DebianLock) -> RootImage:
     debootstrap = shutil.which("debootstrap") or shutil.which("mmdebstrap")
     if not debootstrap:
         raise UsageError("debootstrap is not installed", fix="`sudo apt-get install debootstrap`, or `invoke doctor --fix`")
@@ -114,7 +113,7 @@ def bootstrap(engine: Engine, base: Base, config: Config, log: Callable[[str], N
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise UsageError(f"debootstrap failed: {' | '.join(tail)}", fix="check network.apt_mirror in kit.toml")
-        _check_locked(base, target, mirror)
+        _check_locked(base, target, mirror, lock)
         # Downloaded .debs and package lists are not part of the OS.
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             subprocess.run(["find", os.path.join(target, leftover), "-type", "f", "-delete"], check=False)

@@ -30,6 +30,7 @@ from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.lockfile import normalize
 from mlsyskit.engine import ContainerSpec, Engine, ImageInfo
 from mlsyskit.errors import KitError, UsageError
+from mlsyskit.images.ensure import built_image
 
 SCHEMA = "CycloneDX 1.6"
 PARENT_LABEL = f"{LABEL_PREFIX}.parent"
@@ -269,9 +270,7 @@ def image_locks(catalog: Catalog, topic: Topic) -> list[Path]:
 
 def write_sbom(engine: Engine, catalog: Catalog, topic: Topic, image_ref: str, out: Path, log: Callable[[str], None] = lambda _: None) -> dict[str, int]:
     """Probe the image, write its SBOM to `out`; returns the number of components by kind."""
-    info = engine.image(image_ref)
-    if info is None:
-        raise UsageError(f"image {image_ref} is not built", fix=f"invoke build {topic.name}")
+    info = built_image(engine, topic, image_ref)
     log(f"reading the packages in {image_ref} (a container with no network)")
     inventory = probe(engine, image_ref)
     chain = parents(engine, info)

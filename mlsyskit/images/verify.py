@@ -26,11 +26,11 @@ from pathlib import Path
 from mlsyskit import IMAGE_PREFIX
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import Engine
-from mlsyskit.engine.build import CacheRecord
+from mlsyskit.engine import CacheRecord, Engine
 from mlsyskit.errors import UsageError
 from mlsyskit.images import sbom
 from mlsyskit.images.build import build_topics
+from mlsyskit.images.ensure import built_image
 from mlsyskit.images.plan import freshness, topic_alias
 
 # Paths whose content cannot be made the same from one build to the next, and why. Empty is
@@ -130,9 +130,7 @@ def compare(before: dict[str, Entry], after: dict[str, Entry]) -> Comparison:
 
 def verify_topic(engine: Engine, catalog: Catalog, config: Config, topic: Topic, base_name: str, log: Log, keep: bool = False) -> Comparison:
     alias = topic_alias(topic.name, base_name)
-    info = engine.image(alias)
-    if info is None:
-        raise UsageError(f"image {alias} is not built", fix=f"invoke build {topic.name}")
+    info = built_image(engine, topic, alias)
     if not freshness(catalog, config, topic, catalog.base(base_name), info.labels).current:
         raise UsageError(f"image {alias} is not what today's files build", fix=f"invoke build {topic.name} first, then verify it")
     chain = [info, *sbom.parents(engine, info)]

@@ -299,22 +299,17 @@ def gpu_arch(label: str, capabilities: Mapping[str, str]) -> str:
 # --- containers -----------------------------------------------------------------------------
 
 
-def for_container(
-    engine: Engine, catalog: Catalog, topic: Topic, image: str, *, gpus: str, user: str, environ: Mapping[str, str]
-) -> KernelMount | None:
-    """The kernel cache of a container the kit starts: the image's ID (asked of the engine),
-    the architecture of the GPUs it gets (`gpus`: the GPU choice's label), the container's
+def for_container(catalog: Catalog, topic: Topic, image_id: str, *, gpus: str, user: str, environ: Mapping[str, str]) -> KernelMount | None:
+    """The kernel cache of a container the kit starts: the image's ID (as the command found
+    the image: images/ensure.py), the architecture of the GPUs it gets (`gpus`: the GPU choice's label), the container's
     user (`root` or `uid-N`). Its folders are made; None when the topic declares no cache
     or the caches are off."""
     caches = declared(catalog, topic)
     home = cache_home(environ)
     if home is None or not caches:
         return None
-    info = engine.image(image)
-    if info is None:
-        return None
     arch = gpu_arch(gpus, host_capabilities(environ) if gpus not in ("", "none") else {})
-    mount = plan(home, topic.name, caches, info.id, arch, user)
+    mount = plan(home, topic.name, caches, image_id, arch, user)
     if mount is not None:
         prepare(mount)
     return mount

@@ -41,12 +41,12 @@ from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
 from mlsyskit.data.fields import rel_path
-from mlsyskit.engine import ContainerSpec, Engine, ImageInfo
-from mlsyskit.engine.spec import run_call
+from mlsyskit.engine import ContainerSpec, Engine, ImageInfo, run_call
 from mlsyskit.errors import LockError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.images.plan import freshness, topic_alias
 from mlsyskit.runtime.gpus import GpuSelection, host_has_gpus
-from mlsyskit.runtime.host import Host, ensure_image, memlock_allowed, read_host
+from mlsyskit.runtime.host import Host, memlock_allowed, read_host
 from mlsyskit.runtime.shell import LABEL_WORKSPACE, PASSTHROUGH, WORKSPACE, ShellOptions, editor_spec, kernel_cache
 
 Log = Callable[[str], None]
@@ -249,10 +249,7 @@ def devcontainer(opts: DevcontainerOptions, log: Log) -> str:
         return f"{rel_path(path)} is current: {content_tag(info, topic.name)}"
     if existing is not None and not existing.startswith(MARKER):
         raise UsageError(f"{path} exists and was not written by `invoke devcontainer`", fix="move it aside, or write elsewhere with --output DIR")
-    ensure_image(ctx, topic, log)  # built when missing; a stale one gets a warning, not a rebuild
-    info = ctx.engine.image(alias)
-    if info is None:
-        raise UsageError(f"{alias} is not there after the build", fix=f"invoke build {topic.name}")
+    info = ensure_image(ctx, topic, log).info  # built when missing; a stale one gets a warning, not a rebuild
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # a bind mount's source must exist, and be yours
     text = render_for(ctx, topic, host, folder, info, log)
     for name in from_config_only(host, text):
@@ -276,7 +273,7 @@ def render_for(ctx: Context, topic: Topic, host: Host, folder: Path, info: Image
     host = replace(host, memlock=memlock_allowed(ctx.engine, tag, host.environ, log))
     # The editor gives the container every GPU where Docker can (hostRequirements.gpu): the
     # kernel cache is this host's GPUs' (the file is written per machine).
-    kernels = kernel_cache(ctx, topic, tag, GpuSelection("all", "all") if host_has_gpus() else GpuSelection(None, "none"), root=host.as_root, host=host)
+    kernels = kernel_cache(ctx, topic, info.id, GpuSelection("all", "all") if host_has_gpus() else GpuSelection(None, "none"), root=host.as_root, host=host)
     spec = editor_spec(
         ShellOptions(topic=topic.name), host, ctx.config, GPUS, workspace=folder, topic=topic.name, base=ctx.base_name, image=tag, kernels=kernels,
     )  # fmt: skip

@@ -1,8 +1,8 @@
 """The facts about the machine a container is started on, gathered in one place for
 `shell`, `smoke` and `up`: who the user is, where the Hugging Face cache lives, whether
 the Docker daemon lets containers raise memlock (probed once per daemon start, cached in
-~/.cache/mlsyskit/), which GPUs to hand over, and the topic image (built when missing,
-with a warning when it was built from other inputs than today's: `plan.freshness`)."""
+~/.cache/mlsyskit/), which GPUs to hand over, which ports are taken. (The topic image
+itself comes from images/ensure.py.)"""
 
 from __future__ import annotations
 
@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mlsyskit.context import Context
-from mlsyskit.data.catalog import Topic
 from mlsyskit.engine import Engine
 from mlsyskit.errors import EngineError
-from mlsyskit.images.plan import freshness, topic_alias
 from mlsyskit.runtime.gpus import GpuSelection, container_toolkit_present, host_has_gpus, parse_request, query_gpus, select
 
 Log = Callable[[str], None]
@@ -147,24 +144,6 @@ def forget_memlock(environ: Mapping[str, str]) -> None:
     facts = _load_facts(path)
     facts.pop(daemon_key(environ), None)
     _save_facts(path, facts)
-
-
-def ensure_image(ctx: Context, topic: Topic, log: Log) -> str:
-    """The topic's image, built first (with progress) when it is missing. An image built from
-    other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
-    warning line naming what changed, not a rebuild the user did not ask for."""
-    image = topic_alias(topic.name, ctx.base_name)
-    found = ctx.engine.image(image)
-    if found is None:
-        from mlsyskit.images.build import build_topics  # the build machinery loads only when a build is due
-
-        log(f"{image} is not built yet: building it (this happens once)")
-        build_topics(Engine.connect(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
-        return image
-    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.labels)
-    if not fresh.current:
-        log(f"warning: {image} was built before {fresh.describe()} changed: `invoke build {topic.name}` updates it")
-    return image
 
 
 def choose_gpus(request: str) -> GpuSelection:

@@ -43,9 +43,9 @@ from mlsyskit import LABEL_PREFIX
 from mlsyskit.context import Context
 from mlsyskit.data.catalog import Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine
-from mlsyskit.engine.spec import exec_call, run_call
+from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine, exec_call, foreign_platform, run_call
 from mlsyskit.errors import EngineError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.caches import KernelMount
@@ -55,7 +55,6 @@ from mlsyskit.runtime.host import (
     MEMLOCK_WARNING,
     Host,
     choose_gpus,
-    ensure_image,
     first_taken_port,
     forget_memlock,
     memlock_allowed,
@@ -141,7 +140,11 @@ def home_in_container(host: Host, root: bool) -> str:
     return ROOT_HOME if root or host.as_root else USER_HOME
 
 
-def parse_mounts(specs: Sequence[str], cwd: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+#: `--mount` values parsed: (bind volumes, docker `--mount` values).
+Binds = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def parse_mounts(specs: Sequence[str], cwd: Path) -> Binds:
     """`--mount` values as (bind volumes, docker `--mount` values). HOST:CTR[:MODE] (HOST
     relative to the current directory, `~` expanded) must exist; `type=...` is docker's own
     syntax, passed on."""
@@ -236,14 +239,14 @@ def identity(host: Host, root: bool, config: Config) -> Identity:
 
 def container_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str, kind: str,
-    kernels: KernelMount | None = None,
+    kernels: KernelMount | None = None, binds: Binds | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """The container every kit command starts for a topic (shell, smoke): GPUs, shared
     memory, limits, workspace, identity, HF cache, kernel cache, labels. Not the command,
-    stdio or the runtime env."""
+    stdio or the runtime env. `binds`: `--mount`s as `parse_mounts` gave them (else parsed here)."""
     root = opts.root or host.as_root
     who = identity(host, root, config)
-    volumes, mounts = parse_mounts(opts.mounts, host.cwd)
+    volumes, mounts = binds if binds is not None else parse_mounts(opts.mounts, host.cwd)
     kernel_volumes, kernel_env = (kernels.volumes, kernels.env) if kernels else ((), ())
     ulimits = (MEMLOCK,) if host.memlock else ()  # RDMA (NCCL over InfiniBand) pins memory
     return ContainerSpec(
@@ -272,10 +275,9 @@ def container_spec(
 def platform_of(base: str) -> str:
     """`linux/arm64` for an image of another architecture than this host's (run under qemu);
     "" for the host's own, so docker's default applies."""
-    from mlsyskit.data.catalog import arch_of, host_arch
+    from mlsyskit.data.catalog import arch_of
 
-    arch = arch_of(base) or "amd64"
-    return "" if arch == host_arch() else f"linux/{arch}"
+    return foreign_platform(arch_of(base) or "amd64")
 
 
 def secret_values(opts: ShellOptions, host: Host, config: Config) -> dict[str, str]:
@@ -285,11 +287,11 @@ def secret_values(opts: ShellOptions, host: Host, config: Config) -> dict[str, s
 
 def one_off_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
-    secrets_at: Path | None = None, kernels: KernelMount | None = None,
+    secrets_at: Path | None = None, kernels: KernelMount | None = None, binds: Binds | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """`invoke shell TOPIC [-- CMD...]`: removed when the command ends. Secrets come from the
     private folder `secrets_at`, where the caller wrote `secret_values` (secrets.write)."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off", kernels=kernels)
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off", kernels=kernels, binds=binds)
     typed, by_name = runtime_env(opts, host, config)
     plain, hidden = secrets.split(by_name)
     command = opts.command or SHELL
@@ -307,11 +309,11 @@ def one_off_spec(
 
 def named_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
-    kernels: KernelMount | None = None,
+    kernels: KernelMount | None = None, binds: Binds | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """A named, long-lived container (`sleep infinity`, entered with exec). Tokens are not
     given here: each `docker exec` passes the current ones."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named", kernels=kernels)
+    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named", kernels=kernels, binds=binds)
     typed = tuple(item for item in opts.env if "=" in item)
     return replace(shape, name=opts.name, hostname=opts.name, command=KEEP_ALIVE, env=(*shape.env, *typed))
 
@@ -381,18 +383,19 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     assert topic is not None
     ctx.topics_for_arch([topic])  # no image for this architecture, or no emulation: one line
     workspace = resolve_workspace(opts, host)
-    parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
+    binds = parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
     gpus = choose_gpus(opts.gpus)
     check_ports_free(opts)
-    image = ensure_image(ctx, topic, log)
+    found = ensure_image(ctx, topic, log)
+    image = found.ref
     if gpus.warning:
         log(f"warning: {gpus.warning}")
     if opts.network == "host" and opts.ports:
         log("warning: -p is ignored with --network host (the container uses the host's ports)")
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
-    kernels = kernel_cache(ctx, topic, image, gpus, root=opts.root or host.as_root, host=host)
-    where = Where(workspace=workspace, topic=topic.name, base=base, image=image, kernels=kernels)
+    kernels = kernel_cache(ctx, topic, found.id, gpus, root=opts.root or host.as_root, host=host)
+    where = Where(workspace=workspace, topic=topic.name, base=base, image=image, kernels=kernels, binds=binds)
     if not opts.name:
         become_one_off(engine, opts, host, config, gpus, where)
     create_named(engine, opts, host, config, gpus, where, log)
@@ -422,15 +425,16 @@ class Where:
     base: str
     image: str
     kernels: KernelMount | None = None
+    binds: Binds | None = None  # the `--mount`s, parsed once
 
 
-def kernel_cache(ctx: Context, topic: Topic, image: str, gpus: GpuSelection, *, root: bool, host: Host) -> KernelMount | None:
+def kernel_cache(ctx: Context, topic: Topic, image_id: str, gpus: GpuSelection, *, root: bool, host: Host) -> KernelMount | None:
     """The container's kernel cache (runtime/caches.py): keyed by the image's ID, the
     architecture of the GPUs it gets and whether it runs as root or as the host's UID."""
     from mlsyskit.runtime import caches
 
     user = caches.ROOT_USER if root else caches.user_dim(host.uid)
-    return caches.for_container(ctx.engine, ctx.catalog, topic, image, gpus=gpus.label, user=user, environ=host.environ)
+    return caches.for_container(ctx.catalog, topic, image_id, gpus=gpus.label, user=user, environ=host.environ)
 
 
 def create_named(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where, log: Log) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from mlsyskit.data.catalog import host_arch
+from mlsyskit.arch import host_arch
 from mlsyskit.engine import Engine
 from tests.conftest import need
 from tests.integration.conftest import run_kit

@@ -148,13 +148,14 @@ def test_kit_version_is_pyprojects():
 
 
 def test_bundle_of_nothing_or_of_an_unknown_name_is_a_usage_error():
+    from mlsyskit.commands import bundle_contents
     from mlsyskit.data.catalog import load_catalog
 
     with pytest.raises(UsageError, match="name the topics or the stack"):
-        bundle.resolve(load_catalog(), [], "pypi")
+        bundle_contents(load_catalog(), [], "pypi")
     with pytest.raises(UsageError, match="unknown topic 'nope'"):
-        bundle.resolve(load_catalog(), ["nope"], "pypi")
-    contents = bundle.resolve(load_catalog(), ["nccl-2node"], "pypi")
+        bundle_contents(load_catalog(), ["nope"], "pypi")
+    contents = bundle_contents(load_catalog(), ["nccl-2node"], "pypi")
     assert contents.stack == "nccl-2node" and [t.name for t in contents.topics] == ["distributed"]
 
 

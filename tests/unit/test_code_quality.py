@@ -1,7 +1,7 @@
 """The linter and the type checker, as CI runs them: a regression in either fails the suite.
 ruff (pyproject.toml's [tool.ruff]) over the whole checkout; mypy --strict over mlsyskit/,
-tasks.py and smoke_tests/ ([tool.mypy]); shellcheck over every tracked shell script. Under
-CI=true a missing tool is a failure, never a skip."""
+tasks.py and smoke_tests/ ([tool.mypy]); the layering ([tool.importlinter]); shellcheck over
+every tracked shell script. Under CI=true a missing tool is a failure, never a skip."""
 
 from __future__ import annotations
 
@@ -35,6 +35,21 @@ def test_mypy_strict_finds_nothing():
     assert "Success: no issues found" in proc.stdout
     checked = int(proc.stdout.split("no issues found in ", 1)[1].split()[0])
     assert checked >= len(list((REPO_ROOT / "smoke_tests").glob("*.py"))) + len(list((REPO_ROOT / "mlsyskit").rglob("*.py")))
+
+
+def test_the_layers_import_only_downwards():
+    """ARCHITECTURE.md's layers as import-linter contracts: a lower layer importing a higher
+    one, an engine module (or the Docker SDK) used outside engine/, or the kit reaching into a
+    smoke test's private module fails here, naming the import and its line."""
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contracts = {c["id"]: c for c in config["contracts"]}
+    assert {"layers", "engine-api", "docker-sdk", "smoke-private"} <= set(contracts)
+    # every module of the kit sits in a layer (a new top-level module must be given one)
+    assert contracts["layers"]["exhaustive"] is True and contracts["layers"]["containers"] == ["mlsyskit"]
+    assert contracts["layers"]["layers"][-2:] == ["engine | data", "errors | report | arch"]
+    proc = subprocess.run([tool("lint-imports"), "--no-cache", "--no-logo"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert f"Contracts: {len(contracts)} kept, 0 broken." in proc.stdout
 
 
 def shell_scripts() -> list[str]:

@@ -32,7 +32,7 @@ from mlsyskit.compose.export import (
     shape_for,
     slurm_script,
 )
-from mlsyskit.compose.stacks import load_stack, parse_stack, stack_names
+from mlsyskit.compose.stacks import ROLES, load_stack, parse_stack, stack_names
 from mlsyskit.errors import UsageError
 from tests.conftest import need
 
@@ -515,10 +515,29 @@ def test_cli_writes_the_files(tmp_path, capsys):
 
 
 def test_every_pattern_a_stack_may_declare_exports_to_every_target():
-    from mlsyskit.compose import export, stacks
+    from mlsyskit.compose import export, patterns
 
-    assert set(export.PATTERNS) == set(stacks.PATTERNS)
+    assert set(patterns.NAMES) == {"server", "router", "ray", "nodes", "pd"}
+    for name, pattern in patterns.every().items():  # each module of compose/patterns/ is a whole pattern
+        assert type(pattern).k8s is not patterns.Pattern.k8s and type(pattern).slurm is not patterns.Pattern.slurm, name
+        assert pattern.slurm_role in ROLES, name
+    assert {load_stack(name).pattern for name in stack_names()} == set(patterns.NAMES)
     assert set(export.TARGETS) == {"k8s", "slurm"}
+
+
+def test_nothing_outside_compose_patterns_chooses_by_the_pattern_name():
+    """What differs by pattern lives in its module of compose/patterns/: no comparison of a
+    stack's `pattern` with anything elsewhere (the if-chains this replaced)."""
+    import ast
+
+    found = []
+    for path in sorted((REPO_ROOT / "mlsyskit").rglob("*.py")):
+        if "patterns" in path.relative_to(REPO_ROOT / "mlsyskit").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "pattern" for side in [node.left, *node.comparators]):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not found
 
 
 # --- --bundle: the image from an `invoke bundle` file ------------------------------------------
