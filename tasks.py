@@ -286,9 +286,7 @@ def up(
     option: list[str] | None = None, rdma: bool = False,
 ) -> None:  # fmt: skip
     """Start a compose stack and wait until every service is healthy and every job has finished."""
-    result = kit_stacks.up(
-        stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=with_arch(base, arch), settings=option or (), rdma=rdma, log=say
-    )
+    result = kit_stacks.up(stack, gpus=gpus, cpu=cpu, wait=wait, model=model, base=with_arch(base, arch), settings=option or (), rdma=rdma, log=say)
     say(result.text)
 
 

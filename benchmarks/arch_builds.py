@@ -38,8 +38,7 @@ def build(engine: Engine, topic: str, arch: str) -> dict:
     engine.prune_build_cache(cache_mounts_only=True)
     results = build_topics(engine, catalog, config, [catalog.topic(topic)], base_name=base.name, no_cache=True, log=print)
     layers = [
-        {"layer": r.layer.kind, "name": r.layer.name, "seconds": round(r.seconds, 1), "bytes": r.size_bytes, "image_bytes": r.total_bytes}
-        for r in results
+        {"layer": r.layer.kind, "name": r.layer.name, "seconds": round(r.seconds, 1), "bytes": r.size_bytes, "image_bytes": r.total_bytes} for r in results
     ]
     return {"arch": arch, "rootfs_s": round(rootfs_s, 1), "layers": layers}
 

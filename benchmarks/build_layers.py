@@ -48,16 +48,29 @@ def run(engine: Engine, tree: Path, topic: str, no_cache: bool = False):
     catalog = load_catalog(tree)
     start = time.monotonic()
     results = build_topics(
-        engine, catalog, load_config(tree), [catalog.topic(topic)], base_name="pypi",
-        no_cache=no_cache, log=lambda line: print(line, flush=True), tag_aliases=False,
+        engine,
+        catalog,
+        load_config(tree),
+        [catalog.topic(topic)],
+        base_name="pypi",
+        no_cache=no_cache,
+        log=lambda line: print(line, flush=True),
+        tag_aliases=False,
     )
     return results, time.monotonic() - start
 
 
 def rows(results) -> list[dict]:
     return [
-        {"layer": r.layer.kind, "name": r.layer.name, "status": r.status, "seconds": round(r.seconds, 1),
-         "layer_bytes": r.size_bytes, "image_bytes": r.total_bytes, "tag": r.layer.tag}
+        {
+            "layer": r.layer.kind,
+            "name": r.layer.name,
+            "status": r.status,
+            "seconds": round(r.seconds, 1),
+            "layer_bytes": r.size_bytes,
+            "image_bytes": r.total_bytes,
+            "tag": r.layer.tag,
+        }
         for r in results
     ]
 

@@ -146,8 +146,7 @@ def plot(data: dict, path: Path) -> None:
                 colours[key] = next(stack_colours)
             label = {"rootfs": "root filesystem", "base": "base layer", "topic": "topic layer(s)"}.get(key, f"stack {key}")
             width = layer["layer_bytes"] / 1e9
-            ax.barh(row, width, left=left, color=colours[key], edgecolor="white", linewidth=0.3,
-                    label=None if label in labelled else label)
+            ax.barh(row, width, left=left, color=colours[key], edgecolor="white", linewidth=0.3, label=None if label in labelled else label)
             labelled.add(label)
             left += width
         ax.text(left + 0.2, row, f"{left:.1f} GB", va="center", fontsize=9)

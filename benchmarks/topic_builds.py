@@ -141,9 +141,7 @@ def main() -> None:
                         }
                     )
                 peak = sampler.stop()
-                unique = sum(
-                    r["topic_layer_bytes"] + (r["stack_layer_bytes"] or 0) for r in rows if r["topic"] in {t.name for t in group}
-                )
+                unique = sum(r["topic_layer_bytes"] + (r["stack_layer_bytes"] or 0) for r in rows if r["topic"] in {t.name for t in group})
                 groups_out.append(
                     {
                         "stack": group[0].stack or "(none)",
@@ -184,9 +182,7 @@ def markdown(data: dict) -> str:
         )
     lines += ["", "| stack group | topics | build time | layers written | peak disk above start |", "|---|---|---|---|---|"]
     for g in data["groups"]:
-        lines.append(
-            f"| {g['stack']} | {', '.join(g['topics'])} | {g['seconds'] / 60:.1f} min | {gb(g['layers_bytes'])} | {gb(g['peak_disk_bytes'])} |"
-        )
+        lines.append(f"| {g['stack']} | {', '.join(g['topics'])} | {g['seconds'] / 60:.1f} min | {gb(g['layers_bytes'])} | {gb(g['peak_disk_bytes'])} |")
     lines += [
         "",
         f"All stacks and topics cold, one after the other: **{data['total_seconds'] / 60:.1f} min** "

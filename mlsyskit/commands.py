@@ -62,10 +62,7 @@ def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log
     if dry_run:
         return build_plan(ctx, selected)
     results = build_topics(ctx.engine, ctx.catalog, ctx.config, selected, base_name=base_name, no_cache=no_cache, log=log, verbose=verbose)
-    rows = [
-        (r.layer.kind, r.layer.name, r.layer.tag, r.status, size(r.size_bytes), size(r.total_bytes), seconds(r.seconds))
-        for r in results
-    ]
+    rows = [(r.layer.kind, r.layer.name, r.layer.tag, r.status, size(r.size_bytes), size(r.total_bytes), seconds(r.seconds)) for r in results]
     aliases = ", ".join(topic_alias(t.name, base_name) for t in selected)
     return table(("layer", "name", "tag", "status", "layer size", "image size", "time"), rows) + f"\ntagged: {aliases}"
 
@@ -76,8 +73,10 @@ def build_plan(ctx: Context, selected: list[Topic]) -> str:
     root, layers = dry_run(ctx.engine, ctx.catalog, ctx.config, selected, base_name=ctx.base_name)
     lines = []
     if root is None:
-        lines.append(f"root filesystem: not in the engine yet ({ctx.base.registry_image} pulled, or bootstrapped): "
-                     "`invoke build` makes it first, and the tags below change with its digest")
+        lines.append(
+            f"root filesystem: not in the engine yet ({ctx.base.registry_image} pulled, or bootstrapped): "
+            "`invoke build` makes it first, and the tags below change with its digest"
+        )
     else:
         lines.append(f"root filesystem: {root.ref} ({root.origin}, {root.image_id[:19]})")
     rows = []

@@ -297,10 +297,7 @@ def cuda_diagnosis(dev: str = "/dev") -> str:
     too old for the CUDA runtime in torch's wheels)."""
     nodes = gpu_device_nodes(dev)
     if not nodes:
-        return (
-            "no /dev/nvidia* device: this container or machine was given no GPU "
-            "(on a GPU host: the NVIDIA container toolkit missing, or no --gpus)"
-        )
+        return "no /dev/nvidia* device: this container or machine was given no GPU (on a GPU host: the NVIDIA container toolkit missing, or no --gpus)"
     try:
         import torch
     except ImportError:
@@ -649,9 +646,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
         help=f"GPUs were asked for: no GPU visible is a failure, not a skip (also {REQUIRE_GPU_ENV}=1)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the JSON result here")
-    parser.add_argument(
-        "--timeout", type=float, default=timeout, help=f"fail after this many seconds (default {timeout:g})"
-    )
+    parser.add_argument("--timeout", type=float, default=timeout, help=f"fail after this many seconds (default {timeout:g})")
 
 
 def test_parser(doc: str | None, *, timeout: float) -> argparse.ArgumentParser:

@@ -152,9 +152,7 @@ def build_torch_extension(build_dir: Path, arch: str, verbose: bool) -> tuple[Pa
     start = time.monotonic()
     try:
         # is_python_module=False: a plain shared library, loaded into the process
-        cpp_extension.load(
-            name=EXTENSION, sources=[str(source)], build_directory=str(build_dir), verbose=verbose, is_python_module=False
-        )
+        cpp_extension.load(name=EXTENSION, sources=[str(source)], build_directory=str(build_dir), verbose=verbose, is_python_module=False)
     except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
         detail = getattr(exc, "output", None) or str(exc)
         if isinstance(detail, bytes):

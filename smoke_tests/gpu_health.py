@@ -110,28 +110,46 @@ def relative_error(torch: Any, got: Any, want: Any) -> float:
 #: healthy share: under every compute and memory gate.
 GATES = (
     Gate(
-        "bf16_gemm_share", "share", 0.5, "every bf16 GEMM's TFLOP/s as a share of the GPU's dense bf16 peak",
+        "bf16_gemm_share",
+        "share",
+        0.5,
+        "every bf16 GEMM's TFLOP/s as a share of the GPU's dense bf16 peak",
         basis="healthy 0.69-0.82: H200 771/737/704 and 736/699/687 TFLOP/s at n=4096/8192/16384, H100 739/701/720, "
         "of 989.5; 0.5 is 28% under the lowest, half clocks give about 0.37",
     ),
     Gate(
-        "fp8_gemm_share", "share", 0.45, "every fp8 GEMM's TFLOP/s as a share of the GPU's dense fp8 peak (GPUs with FP8 tensor cores)",
+        "fp8_gemm_share",
+        "share",
+        0.45,
+        "every fp8 GEMM's TFLOP/s as a share of the GPU's dense fp8 peak (GPUs with FP8 tensor cores)",
         basis="healthy 0.63-0.74: H200 1357/1462/1322 and 1238/1427/1255 TFLOP/s of 1979; 0.45 is 28% under the lowest",
     ),
     Gate(
-        "hbm_share", "share", 0.6, "the device-to-device copy's GB/s (read + write) as a share of the memory peak",
+        "hbm_share",
+        "share",
+        0.6,
+        "the device-to-device copy's GB/s (read + write) as a share of the memory peak",
         basis="healthy 0.85-0.90: H200 4211/4081/4100 GB/s of 4800, H100 about 3000 of 3350; 0.6 is 29% under the lowest",
     ),
     Gate(
-        "pcie_link", "switch", True, "each GPU's PCIe link, read while host copies run, at its maximum generation and width",
+        "pcie_link",
+        "switch",
+        True,
+        "each GPU's PCIe link, read while host copies run, at its maximum generation and width",
         basis="a healthy H200 pair ran at Gen5 x16 under load; a card trained at x8 or Gen4 in a Gen5 x16 slot fails",
     ),
     Gate(
-        "host_copy_share", "share", 0.6, "pinned host-to-device and device-to-host GB/s as a share of the PCIe link at its maximum",
+        "host_copy_share",
+        "share",
+        0.6,
+        "pinned host-to-device and device-to-host GB/s as a share of the PCIe link at its maximum",
         basis="healthy 0.87-0.88: H200 55.0/55.2 GB/s of 63.0 (Gen5 x16); 0.6 is 31% under, a link at half width gives 0.44",
     ),
     Gate(
-        "nvlink_copy_share", "share", 0.6, "each GPU-to-GPU copy over NVLink as a share of NVLink's bandwidth per direction",
+        "nvlink_copy_share",
+        "share",
+        0.6,
+        "each GPU-to-GPU copy over NVLink as a share of NVLink's bandwidth per direction",
         basis="healthy 0.85: H200 pair 384/383 GB/s of 450; 0.6 is 29% under, a copy through the host gives under 0.15",
     ),
 )
@@ -277,9 +295,7 @@ def _random_bytes(torch: Any, nbytes: int, device: Any, seed: int) -> Any:
     return torch.randint(0, 256, (nbytes,), generator=gen, dtype=torch.uint8, device=device)
 
 
-def measure_device_copy(
-    torch: Any, device: Any, nbytes: int, iters: int, repeats: int, copy: Callable[[Any, Any], Any] | None = None
-) -> dict[str, Any]:
+def measure_device_copy(torch: Any, device: Any, nbytes: int, iters: int, repeats: int, copy: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
     """``copy(dst, src)`` is the copy measured and checked (default ``dst.copy_(src)``)."""
     src = _random_bytes(torch, nbytes, device, 1)
     dst = torch.empty_like(src)

@@ -276,11 +276,17 @@ def link_used(transports: Sequence[str], nodes: int) -> str:
 LARGE_BYTES = 256 << 20
 GATES = (
     Gate(
-        "busbw_share", "share", 0.5, "all-reduce busbw at every size from 256 MiB as a share of NVLink's bandwidth per direction (GPUs joined by NVLink)",
+        "busbw_share",
+        "share",
+        0.5,
+        "all-reduce busbw at every size from 256 MiB as a share of NVLink's bandwidth per direction (GPUs joined by NVLink)",
         basis="healthy 0.67-0.79: 2 x H100 301/333 GB/s at 256 MiB/1 GiB, 2 x H200 302/334, 4 x H100 339/355, of 450; 0.5 is 25% under the lowest",
     ),
     Gate(
-        "transport", "words", ("auto",), "the transports NCCL connected its channels through: auto expects what nvidia-smi topo -m allows "
+        "transport",
+        "words",
+        ("auto",),
+        "the transports NCCL connected its channels through: auto expects what nvidia-smi topo -m allows "
         "(NVLink: P2P or NVLS; one node: no sockets; several nodes: a named one), or give prefixes (P2P, SHM, NVLS, NET/IB, NET/Socket)",
         basis="H100/H200 NVLink pairs connect P2P/CUMEM; with NCCL_P2P_DISABLE=1 the H200 pair fell back to SHM/direct/direct",
         pattern=r"(auto|P2P|SHM|NVLS|NET|CollNet)(/[A-Za-z0-9_]+)*",
@@ -289,9 +295,7 @@ GATES = (
 )
 
 
-def physical_gpu_indices(
-    pci_ids: Sequence[tuple[int, int, int] | None], smi_csv: str | None, visible: str | None
-) -> list[int] | None:
+def physical_gpu_indices(pci_ids: Sequence[tuple[int, int, int] | None], smi_csv: str | None, visible: str | None) -> list[int] | None:
     """nvidia-smi's index of each rank's GPU: matched by PCI address, else CUDA_VISIBLE_DEVICES."""
     if smi_csv and all(pci_ids):
         by_pci = {}
@@ -768,9 +772,7 @@ def _time_op(torch: Any, dist: Any, op: Callable[[], None], device: Any, warmup:
     return statistics.median(samples)
 
 
-def _describe_links(
-    torch: Any, dist: Any, figures: dict[str, Any] | None, device: Any, world: int, log: _NcclLog
-) -> None:
+def _describe_links(torch: Any, dist: Any, figures: dict[str, Any] | None, device: Any, world: int, log: _NcclLog) -> None:
     """Rank 0 records the topology matrix, the link between the GPUs in use and NCCL's transport."""
     props = torch.cuda.get_device_properties(device)
     mine = None

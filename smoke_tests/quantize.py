@@ -106,9 +106,7 @@ def linear_weight_bytes(tensors: Mapping[str, Mapping[str, Any]], linear_prefixe
     return sum(tensor_bytes(info) for name, info in tensors.items() if name.startswith(prefixes) and not name.endswith(".bias"))
 
 
-def check_quantized_checkpoint(
-    folder: Path, scheme: str, linear_prefixes: Sequence[str], original_bytes: int, max_size_ratio: float
-) -> dict[str, Any]:
+def check_quantized_checkpoint(folder: Path, scheme: str, linear_prefixes: Sequence[str], original_bytes: int, max_size_ratio: float) -> dict[str, Any]:
     """The checkpoint is what the scheme promises: its config, every Linear's tensors and
     their dtypes, and fewer bytes than the original Linear weights. Raises Fail otherwise."""
     want = SCHEMES[scheme]

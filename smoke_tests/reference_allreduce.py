@@ -38,9 +38,7 @@ from smoke_tests.nccl import (
 TEST = "reference_allreduce"
 
 
-def compare(
-    smoke_rows: Sequence[Mapping[str, Any]], ref_rows: Sequence[Mapping[str, Any]], min_bytes: int
-) -> list[dict[str, Any]]:
+def compare(smoke_rows: Sequence[Mapping[str, Any]], ref_rows: Sequence[Mapping[str, Any]], min_bytes: int) -> list[dict[str, Any]]:
     """busbw smoke / reference for each size both measured; ``gated`` marks sizes >= min_bytes."""
     ref_by_size = {r["bytes"]: r for r in ref_rows}
     out = []
@@ -83,9 +81,7 @@ def worker(args: Any) -> int:
             dtype_name = args.dtype or ("fp32" if args.cpu else "bf16")
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
             lo, hi, factor = CPU_SIZES if args.cpu else GPU_SIZES
-            sizes = sweep_sizes(
-                parse_size(args.min_bytes or lo), parse_size(args.max_bytes or hi), args.factor or factor
-            )
+            sizes = sweep_sizes(parse_size(args.min_bytes or lo), parse_size(args.max_bytes or hi), args.factor or factor)
             rows: list[dict[str, Any]] = []
             report.figures.update(world_size=world, dtype=dtype_name, warmup=args.warmup, iters=args.iters)
             report.figures["sizes"] = rows
@@ -125,9 +121,7 @@ def worker(args: Any) -> int:
         # A reference measures; what it judges is that every size was timed (and, with --compare, the ratio).
         report.verdict("every size timed", len(rows) == len(sizes), f"{len(rows)} of {len(sizes)} sizes", "a time for every size")
         headers = ["size", "time us", "algbw GB/s", "busbw GB/s"]
-        table = [
-            [fmt_bytes(r["bytes"]), fmt(r["time_us"], 1), fmt(r["algbw_gbps"]), fmt(r["busbw_gbps"])] for r in rows
-        ]
+        table = [[fmt_bytes(r["bytes"]), fmt(r["time_us"], 1), fmt(r["algbw_gbps"]), fmt(r["busbw_gbps"])] for r in rows]
         if args.compare:
             smoke = read_json(args.compare)
             cmp = compare(smoke["figures"].get("sizes", []), rows, parse_size(args.compare_min_bytes))
@@ -136,11 +130,7 @@ def worker(args: Any) -> int:
             headers += ["smoke busbw", "smoke/ref"]
             for line, r in zip(table, rows):
                 c = by_size.get(r["bytes"])
-                line += (
-                    [fmt(c["smoke_busbw_gbps"]), fmt(c["ratio"], 3) + ("" if c["gated"] else " (not gated)")]
-                    if c
-                    else ["-", "-"]
-                )
+                line += [fmt(c["smoke_busbw_gbps"]), fmt(c["ratio"], 3) + ("" if c["gated"] else " (not gated)")] if c else ["-", "-"]
             report.table(headers, table)
             report.figures["table"] = {"headers": headers, "rows": table}
             gated = [c["ratio"] for c in cmp if c["gated"]]

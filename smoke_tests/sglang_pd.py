@@ -229,8 +229,10 @@ def key_figure(figures: Mapping[str, Any]) -> str:
 
 GATES = (
     Gate(
-        "kv_link", "words", ("named",), "the link the KV moved over, from the prefill server's UCX log: named (any known link) or "
-        "the one expected (cuda_ipc, rdma, tcp)",
+        "kv_link",
+        "words",
+        ("named",),
+        "the link the KV moved over, from the prefill server's UCX log: named (any known link) or the one expected (cuda_ipc, rdma, tcp)",
         basis="2 x H200 (2026-11-30): NIXL over UCX named cuda_ipc for every remote KV write once UCX_PROTO_INFO=y was set",
         pattern=r"named|cuda_ipc|rdma|tcp",
     ),

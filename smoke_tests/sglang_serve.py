@@ -54,8 +54,7 @@ HOST = "127.0.0.1"
 PROMPT = "What is 12 + 30?"
 
 SERVER_CMD = (
-    "{python} -m sglang.launch_server --model-path {model} --host {host} --port {port} "
-    "--tp-size {tp} --mem-fraction-static {mem_fraction} --random-seed 0"
+    "{python} -m sglang.launch_server --model-path {model} --host {host} --port {port} --tp-size {tp} --mem-fraction-static {mem_fraction} --random-seed 0"
 )
 # `sglang.bench_serving` is the documented entry point; in 0.5.23 it forwards to
 # sglang.benchmark.serving (with a FutureWarning). Flags as defined in its cli_main().
@@ -138,8 +137,7 @@ def judge_bench(data: Mapping[str, Any], num_prompts: int, output_len: int) -> t
         off = [n for n in lens if n != output_len]
         if len(lens) != num_prompts or off:
             return figures, (
-                f"bench_serving: {len(off)} of {len(lens)} requests returned other than the {output_len} tokens "
-                f"asked for (e.g. {off[0] if off else '-'})"
+                f"bench_serving: {len(off)} of {len(lens)} requests returned other than the {output_len} tokens asked for (e.g. {off[0] if off else '-'})"
             )
     total = data.get("total_output_tokens")
     if total != num_prompts * output_len:
@@ -473,9 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel size (GPUs)")
     parser.add_argument("--port", type=int, help="server port (default: a free one)")
     parser.add_argument("--mem-fraction", type=float, default=0.5, help="--mem-fraction-static for the server")
-    parser.add_argument(
-        "--startup-timeout", type=float, help="seconds for /health to answer 200 (default: 600, within --timeout)"
-    )
+    parser.add_argument("--startup-timeout", type=float, help="seconds for /health to answer 200 (default: 600, within --timeout)")
     add_load_args(parser, input_len=128)
     parser.add_argument("--check-tokens", type=int, default=8, help="tokens asked of /generate and the chat endpoint")
     parser.add_argument("--workdir", help="keep the model, server log and bench output here (default: a temp dir, removed)")

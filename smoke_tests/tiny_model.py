@@ -183,9 +183,7 @@ def write_rl_dataset(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def build(
-    workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | None = None, rl_rows: int = 0
-) -> dict[str, Any]:
+def build(workdir: str | Path, rows: int = 64, seed: int = 0, cfg: TinyConfig | None = None, rl_rows: int = 0) -> dict[str, Any]:
     """Write model, tokenizer and dataset (and with ``rl_rows`` an RL prompt set) under
     ``workdir``; return their paths and sizes."""
     cfg = cfg or TinyConfig()
@@ -219,8 +217,7 @@ def build(
         info["rl_files"] = str(write_rl_dataset(root / "rl.parquet", rl))
         info["rl_rows"] = rl_rows
         info["max_prompt_tokens"] = max(
-            len(loaded.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-            for r in rl
+            len(loaded.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for r in rl
         )
     (root / "tiny_model.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -130,10 +130,7 @@ def judge_metrics(steps: Mapping[int, Mapping[str, float]], want: int) -> str | 
     if empty:
         return f"the rollout generated empty responses at step(s) {empty} ({RESPONSE_KEY} 0)"
     if all(steps[s][ADV_MAX] == steps[s][ADV_MIN] for s in wanted):
-        return (
-            "every sample of every group got the same reward (GRPO advantages all "
-            f"{steps[1][ADV_MAX]:g}): nothing to learn from"
-        )
+        return f"every sample of every group got the same reward (GRPO advantages all {steps[1][ADV_MAX]:g}): nothing to learn from"
     if all(steps[s][GRAD_KEY] == 0 and steps[s][LOSS_KEY] == 0 for s in wanted):
         return f"no update: {GRAD_KEY} and {LOSS_KEY} were 0 at every step"
     return None
@@ -378,10 +375,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 report.figures["config"] = compose_and_validate(items)
                 gpus = gpu_count()
                 if args.cpu or gpus == 0:
-                    what = (
-                        "GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and "
-                        "verl's composed config were checked on the CPU)"
-                    )
+                    what = "GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and verl's composed config were checked on the CPU)"
                     if args.cpu:
                         raise Skip(f"--cpu given: {what}")
                     raise no_gpu(args.require_gpu, what)
@@ -432,9 +426,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="SGLang's share of each GPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep model, data, Ray folder and log here (default: a temp dir, removed)")
-    parser.add_argument(
-        "--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)"
-    )
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.steps < 1:
         parser.error("--steps must be at least 1")

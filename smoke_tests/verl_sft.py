@@ -232,13 +232,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=4, help="micro batch per GPU")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--min-drop", type=float, default=MIN_DROP, help=f"share the loss must fall, first step to last (default {MIN_DROP:g})"
-    )
+    parser.add_argument("--min-drop", type=float, default=MIN_DROP, help=f"share the loss must fall, first step to last (default {MIN_DROP:g})")
     parser.add_argument("--workdir", help="keep model, data, log and checkpoint here (default: a temp dir, removed)")
-    parser.add_argument(
-        "--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)"
-    )
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.steps < 2:
         parser.error("--steps must be at least 2 to see the loss fall")

@@ -399,9 +399,7 @@ def report_json(report: SmokeReport, opts: SmokeOptions, started: str) -> dict[s
         "started": started,
         "exit_code": report.exit_code,
         "counts": report.counts(),
-        "results": [
-            {"topic": o.run.topic, "where": o.run.where, "image": o.image, "result": o.result} for o in report.outcomes
-        ],
+        "results": [{"topic": o.run.topic, "where": o.run.where, "image": o.image, "result": o.result} for o in report.outcomes],
     }
 
 
@@ -625,4 +623,3 @@ def smoke(opts: SmokeOptions, log: Log) -> SmokeReport:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(data, indent=2) + "\n")
     return report
-

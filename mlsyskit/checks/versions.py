@@ -144,9 +144,7 @@ def topics_table(
     return text
 
 
-def versions_rows(
-    catalog: Catalog, topic: Topic, base: Base, locked: Mapping[str, str], probe: ImageProbe | None
-) -> list[tuple[str, str, str, str]]:
+def versions_rows(catalog: Catalog, topic: Topic, base: Base, locked: Mapping[str, str], probe: ImageProbe | None) -> list[tuple[str, str, str, str]]:
     """(package, locked, in image, match) for every key package, then python, CUDA and
     NCCL. Without a probe the image column is '-' and match ''; else 'ok' or 'DIFFERS'."""
     stack = catalog.stacks[topic.stack] if topic.stack else None
@@ -176,9 +174,7 @@ def versions_rows(
     return rows
 
 
-def versions_table(
-    catalog: Catalog, topic: Topic, base: Base, image: str, locked: Mapping[str, str], probe: ImageProbe | None
-) -> str:
+def versions_table(catalog: Catalog, topic: Topic, base: Base, image: str, locked: Mapping[str, str], probe: ImageProbe | None) -> str:
     rows = versions_rows(catalog, topic, base, locked, probe)
     if probe is None:
         note = f"{image}: not built (`invoke build {topic.name}`); locked versions for Python {base.python}"

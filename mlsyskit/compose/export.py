@@ -587,7 +587,7 @@ def _import_function(build: str, *, bundle: str = "", image: str = "") -> list[s
     lines = [
         "# Made under a temporary name and renamed when whole: a job killed halfway leaves no image file.",
         "import_image() {",
-        "  rm -f \"$IMAGE_FILE\".part-*  # halves left by killed jobs (the lock is held: no other import runs)",
+        '  rm -f "$IMAGE_FILE".part-*  # halves left by killed jobs (the lock is held: no other import runs)',
         '  local part="$IMAGE_FILE.part-${SLURM_JOB_ID:-$$}" status',
     ]
     if bundle:
@@ -835,7 +835,7 @@ def _slurm_kernels(stack: ComposeStack, main: str, opts: ExportOptions) -> list[
         '  if [ "$(id -u)" -eq 0 ]; then KERNEL_USER=root; else KERNEL_USER=uid-$(id -u); fi',
         f'  KERNEL_DIR="$KERNEL_CACHE/{topic}/{key}/$KERNEL_ARCH/$KERNEL_USER"',
         "  # made on every node: the folder may be node-local",
-        f'  srun --ntasks-per-node=1 mkdir -p {folders}',
+        f"  srun --ntasks-per-node=1 mkdir -p {folders}",
         f'  MOUNTS="$MOUNTS,$KERNEL_DIR:{TARGET}"',
         *(f"  export {line}" for line in env_assignments(caches, TARGET)),
         '  say "kernel caches: $KERNEL_DIR"',

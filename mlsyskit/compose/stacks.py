@@ -224,14 +224,12 @@ def parse_stack(name: str, path: Path, text: str) -> ComposeStack:
     )
     for service_name, body in data["services"].items():
         depends = body.get("depends_on") or {}
-        for target, condition in (depends.items() if isinstance(depends, dict) else []):
+        for target, condition in depends.items() if isinstance(depends, dict) else []:
             if target not in data["services"]:
                 raise UsageError(f"{rel_path(path)}: services.{service_name}.depends_on names unknown service '{target}'")
             wants_health = isinstance(condition, dict) and condition.get("condition") == "service_healthy"
             if wants_health and not data["services"][target].get("healthcheck"):
-                raise UsageError(
-                    f"{rel_path(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck"
-                )
+                raise UsageError(f"{rel_path(path)}: services.{service_name} waits for '{target}' to be healthy, and '{target}' has no healthcheck")
     if stack.gpus_default % stack.gpus_multiple or stack.gpus_min % stack.gpus_multiple:
         raise gpus.fail("multiple", f"a divisor of x-mlsyskit.gpus.default and .min ({stack.gpus_default}, {stack.gpus_min})")
     if stack.gpus_min > stack.gpus_default:
@@ -270,8 +268,7 @@ def check_layout(stack: ComposeStack, gpus: Sequence[str]) -> None:
     split = stack.split_services()
     if split and count % len(split):
         raise UsageError(
-            f"{stack.name} shares its GPUs evenly over {len(split)} services ({', '.join(split)}): "
-            f"{count} GPU(s) do not divide",
+            f"{stack.name} shares its GPUs evenly over {len(split)} services ({', '.join(split)}): {count} GPU(s) do not divide",
             fix=f"give a multiple of {len(split)} (`--gpus {len(split) * max(1, count // len(split))}`)",
         )
 
@@ -595,6 +592,7 @@ def rendered_yaml(rendered: Mapping[str, Any], stack: ComposeStack) -> str:
 
 # --- watching the containers ------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Assessment:
     ready: tuple[str, ...]
@@ -729,10 +727,7 @@ def up(
     path.write_text(rendered_yaml(rendered, stack))
     compose.check(stack.project, path)
     limit = wait or stack.wait
-    log(
-        f"{stack.name}: {len(rendered['services'])} container(s) on {devices.describe()}, "
-        f"{', '.join(images)}; waiting up to {limit}s ({compose.describe()})"
-    )
+    log(f"{stack.name}: {len(rendered['services'])} container(s) on {devices.describe()}, {', '.join(images)}; waiting up to {limit}s ({compose.describe()})")
     start = time.time()
     since = start - 1.0
     expected = _expected(rendered)
@@ -831,10 +826,7 @@ def _timeout(project: ComposeProject, stack: ComposeStack, verdict: Assessment, 
     tails = []
     for service in verdict.waiting:
         state = by_service.get(service)
-        tails.append(
-            f"--- {service}: {describe(state, 'service')}; its last {LOG_LINES} lines ---\n"
-            f"{project.service_logs(service, LOG_LINES)}"
-        )
+        tails.append(f"--- {service}: {describe(state, 'service')}; its last {LOG_LINES} lines ---\n{project.service_logs(service, LOG_LINES)}")
     raise StackError(
         f"{stack.name}: not ready after {limit}s: still waiting for {', '.join(verdict.waiting)}",
         fix=f"`--wait SECONDS` to wait longer, `invoke logs {stack.name}` to see why; `invoke down {stack.name}` stops it",

@@ -211,7 +211,7 @@ def load_stack(path: Path) -> Stack:
     _require_lock_inputs(path)
     cuda = f.str("cuda")
     if not re.fullmatch(r"\d+\.\d+", cuda):
-        raise f.fail("cuda", "a CUDA version such as \"13.0\"")
+        raise f.fail("cuda", 'a CUDA version such as "13.0"')
     return Stack(
         name=path.name,
         path=path,
@@ -259,7 +259,7 @@ def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
     if stack and stack not in stacks:
         raise UsageError(
             f"{rel_path(data_file)}: field 'stack' names unknown stack '{stack}'",
-            fix=f"use one of: {', '.join(sorted(stacks))}, or \"\" for none",
+            fix=f'use one of: {", ".join(sorted(stacks))}, or "" for none',
         )
     gpus, run = f.sub("gpus"), f.sub("run")
     gpus.reject_unknown({"min", "recommended"})
@@ -293,8 +293,6 @@ def _require_lock_inputs(path: Path) -> None:
 
 
 def load_catalog(root: Path = REPO_ROOT) -> Catalog:
-    stacks = {
-        p.name: load_stack(p) for p in sorted((root / "images" / "stacks").iterdir()) if (p / "stack.toml").exists()
-    }
+    stacks = {p.name: load_stack(p) for p in sorted((root / "images" / "stacks").iterdir()) if (p / "stack.toml").exists()}
     topics = {p.name: load_topic(p, stacks) for p in sorted((root / "envs").iterdir()) if (p / "topic.toml").exists()}
     return Catalog(root=root, bases=load_bases(root), stacks=stacks, topics=topics)

@@ -72,7 +72,7 @@ class Fields:
         interpret), sorted so that the same table always renders the same Dockerfile."""
         value = self.table.get(key, {})
         if not isinstance(value, dict):
-            raise self.fail(key, "a table of NAME = \"value\"")
+            raise self.fail(key, 'a table of NAME = "value"')
         for name, text in value.items():
             if not ENV_NAME.fullmatch(name):
                 raise self.fail(f"{key}.{name}", "named in capitals, digits and _ (an environment variable)")

@@ -62,9 +62,23 @@ def expected_packages(lock: Path, environment: dict[str, str]) -> dict[str, str]
     from packaging.requirements import Requirement
 
     proc = subprocess.run(
-        [uv_binary(), "export", "--frozen", "--no-hashes", "--no-header", "--no-annotate", "--no-emit-project",
-         "--no-dev", "--format", "requirements.txt", "--project", str(lock.parent), "--quiet"],
-        capture_output=True, text=True,
+        [
+            uv_binary(),
+            "export",
+            "--frozen",
+            "--no-hashes",
+            "--no-header",
+            "--no-annotate",
+            "--no-emit-project",
+            "--no-dev",
+            "--format",
+            "requirements.txt",
+            "--project",
+            str(lock.parent),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -100,8 +114,4 @@ def disagreements(stack_lock: Path, topic_lock: Path) -> list[tuple[str, str, st
     """Packages both locks hold at different versions. A topic must agree with its stack,
     or the topic layer would reinstall (and duplicate) what the stack layer holds."""
     stack, topic = read_packages(stack_lock), read_packages(topic_lock)
-    return [
-        (name, "|".join(stack[name]), "|".join(topic[name]))
-        for name in sorted(stack.keys() & topic.keys())
-        if stack[name] != topic[name]
-    ]
+    return [(name, "|".join(stack[name]), "|".join(topic[name])) for name in sorted(stack.keys() & topic.keys()) if stack[name] != topic[name]]

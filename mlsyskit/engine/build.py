@@ -94,7 +94,6 @@ class BuildPart(EngineBase):
             text = "\n".join(by_step[failed_step] if failed_step else tail)
             raise BuildError(f"building {tag} failed", fix="see the failing step's output above", log_tail=text)
 
-
     def prune_build_cache(self, *, cache_mounts_only: bool = False) -> None:
         """Empty BuildKit's cache (all of it: it cannot tell which records are the kit's), or
         only the cache mounts (uv, pip, apt downloads)."""
@@ -110,4 +109,3 @@ class BuildPart(EngineBase):
 
     def remove_build_cache_record(self, record: str) -> None:
         self._cli("builder", "prune", "--force", "--filter", f"id={record}", check=False)
-

@@ -101,8 +101,6 @@ class Compose:
             return 130
 
 
-
-
 class ComposePart(ContainersPart):
     def compose(self) -> Compose:
         cli = find_compose()
@@ -167,6 +165,7 @@ class ComposeProject:
 
     def __init__(self, engine: ComposePart, project: str, path: Path | None) -> None:
         self.engine, self.project, self.path = engine, project, path
+
     def start(self, log_path: Path) -> ComposeRun:
         assert self.path is not None
         return self.engine.compose().start(self.project, self.path, log_path)

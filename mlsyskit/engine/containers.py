@@ -149,9 +149,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
         name = spec.name or f"mlsyskit-run-{os.urandom(6).hex()}"
         call = run_call(replace(self._with_platform(spec), name=name, remove=True, interactive=False, tty=False))
         try:
-            return subprocess.run(
-                self._cmd(*call.args), capture_output=True, text=True, timeout=timeout, env={**self._env(), **call.env}
-            )
+            return subprocess.run(self._cmd(*call.args), capture_output=True, text=True, timeout=timeout, env={**self._env(), **call.env})
         except subprocess.TimeoutExpired:
             self.remove_containers([name])
             raise KitError(f"`{' '.join(spec.command)[:60]}` in {spec.image} ran past {timeout:.0f}s; its container was removed") from None
@@ -202,9 +200,7 @@ class ContainersPart(ImagesPart):  # a container's platform is its image's
         sys.stderr.flush()
         os.execve(self.client.path, [self.client.path, *call.args], {**os.environ, **call.env})
 
-    def stream(
-        self, args: Sequence[str], env: dict[str, str], *, timeout: float, on_line: Callable[[str], None]
-    ) -> tuple[int | None, bool]:
+    def stream(self, args: Sequence[str], env: dict[str, str], *, timeout: float, on_line: Callable[[str], None]) -> tuple[int | None, bool]:
         """`docker ARGS` as a child: stdin closed, each output line passed to `on_line`.
         Returns (exit code, timed out); at the time limit, or on Ctrl-C (re-raised), the
         client is stopped (what it started is the caller's to remove)."""

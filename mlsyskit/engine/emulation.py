@@ -24,6 +24,7 @@ _ARM64_CPU = (
     "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd4f\nCPU revision\t: 0\n\n"
 )
 
+
 def foreign_platform(arch: str) -> str:
     """`linux/ARCH` when ARCH is not this host's (the container runs under qemu), else ""."""
     return f"linux/{arch}" if arch and arch != host_arch() else ""

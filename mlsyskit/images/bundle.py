@@ -396,7 +396,8 @@ def check_manifest(manifest: Any, members: dict[str, Member], path: Path, allowe
                 raise refused(path, f"would set the tag {_shown(tag)}, which is not an image reference") from None
             if not tag.startswith(f"{IMAGE_PREFIX}/") and tag not in allowed_tags:
                 raise refused(
-                    path, f"would set the tag {_shown(tag)}, outside {IMAGE_PREFIX}/ (it could replace an image builds start from)",
+                    path,
+                    f"would set the tag {_shown(tag)}, outside {IMAGE_PREFIX}/ (it could replace an image builds start from)",
                     fix=f"if you mean it, name it: `invoke load FILE --allow-tags {tag}`",
                 )
         if not all(isinstance(k, str) and k.startswith(LABEL_PREFIX) and isinstance(v, str) for k, v in labels.items()):

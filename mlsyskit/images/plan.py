@@ -53,8 +53,7 @@ class Layer:
         # image carrying stale labels.
         digest.update(
             json.dumps(
-                [self.kind, self.name, self.flavour, sorted(self.build_args.items()),
-                 sorted(self.extra_labels.items()), list(self.key_packages), self.arch]
+                [self.kind, self.name, self.flavour, sorted(self.build_args.items()), sorted(self.extra_labels.items()), list(self.key_packages), self.arch]
                 + ([[list(kv) for kv in self.env]] if self.env else [])
             ).encode()
         )

@@ -75,10 +75,9 @@ def _check_locked(base: Base, target: str, mirror: str, lock: DebianLock) -> Non
     differ = debian_lock.differences(entry.packages, found)
     if differ:
         raise UsageError(
-            f"debootstrap from {mirror} gave other packages than {debian_lock.FILE} records for the root filesystem "
-            f"({len(differ)} differ, e.g. {differ[0]})",
+            f"debootstrap from {mirror} gave other packages than {debian_lock.FILE} records for the root filesystem ({len(differ)} differ, e.g. {differ[0]})",
             fix=f"set network.apt_mirror in kit.toml to a snapshot of the day it was recorded ({lock.snapshot_url()}), "
-            f"or delete its [layer.\"{base.name}/rootfs\"] and [layer.\"{base.name}/base\"] tables and run `invoke build`, then `invoke lock`",
+            f'or delete its [layer."{base.name}/rootfs"] and [layer."{base.name}/base"] tables and run `invoke build`, then `invoke lock`',
         )
 
 

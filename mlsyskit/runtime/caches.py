@@ -215,6 +215,7 @@ def _fingerprint() -> str:
     """Names this host's GPUs and driver without running nvidia-smi ("" where the driver
     has no /proc entries): the architectures read once are kept under it."""
     import hashlib
+
     try:
         entries = sorted(os.listdir(PROC_GPUS))
     except OSError:

@@ -252,7 +252,11 @@ def container_spec(
     return ContainerSpec(
         image=image,
         labels={
-            LABEL: kind, LABEL_TOPIC: topic, LABEL_BASE: base, LABEL_WORKSPACE: str(workspace), LABEL_GPUS: gpus.label,
+            LABEL: kind,
+            LABEL_TOPIC: topic,
+            LABEL_BASE: base,
+            LABEL_WORKSPACE: str(workspace),
+            LABEL_GPUS: gpus.label,
             LABEL_USER: "root" if root else f"{host.uid}:{host.gid}",
         },
         gpus=gpus.docker_value,

@@ -67,7 +67,10 @@ def enough_disk_for_the_suite(no_stack_left_from_before: None) -> None:  # lefto
         # Only .ci/run, on a machine of its own, says the kit's images may go: CI=true on a
         # shared machine (several people's images on one engine) must not remove them.
         # A note, not a warning: the suite turns warnings into errors, and a few tests fit anyway
-        print(f"note: {free_gb():.0f} GB free under {root}; a cold run of the whole suite needs about {SUITE_DISK_GB} GB (`invoke clean` frees the kit's images)", file=sys.__stderr__)
+        print(
+            f"note: {free_gb():.0f} GB free under {root}; a cold run of the whole suite needs about {SUITE_DISK_GB} GB (`invoke clean` frees the kit's images)",
+            file=sys.__stderr__,
+        )
         return
     before = free_gb()
     images = engine.images(f"{LABEL_PREFIX}.kind")
@@ -163,9 +166,7 @@ def run_kit(*args: str, env: dict[str, str] | None = None, timeout: float = 1800
     from mlsyskit import REPO_ROOT
 
     invoke = [sys.executable, "-m", "invoke"]
-    return subprocess.run(
-        [*invoke, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
+    return subprocess.run([*invoke, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def iter_lines(text: str) -> Iterator[str]:

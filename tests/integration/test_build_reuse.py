@@ -24,9 +24,7 @@ def test_bumping_a_topic_dependency_rebuilds_only_the_topic(engine, build_topic,
     pyproject.write_text(pyproject.read_text().replace('"psutil",', '"psutil",\n    "tabulate==0.9.0",'))
     subprocess.run([uv_binary(), "lock", "--directory", str(kit_tree / "envs/distributed")], check=True, capture_output=True)
     catalog = load_catalog(kit_tree)
-    results = build_topics(
-        engine, catalog, load_config(kit_tree), [catalog.topic("distributed")], base_name="pypi", log=print, tag_aliases=False
-    )
+    results = build_topics(engine, catalog, load_config(kit_tree), [catalog.topic("distributed")], base_name="pypi", log=print, tag_aliases=False)
     try:
         assert [r.status for r in results] == ["reused", "reused", "built"]
         assert [r.layer.tag for r in results[:2]] == [r.layer.tag for r in first[:2]]

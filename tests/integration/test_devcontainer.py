@@ -183,7 +183,11 @@ def test_it_is_the_container_invoke_shell_gives(opened, owner, cli):
     in_editor = exec_in(owner, cli, opened, "sh", "-c", PROBE)
     in_shell = kit(owner, "shell", opened.topic, "--", "sh", "-c", PROBE, cwd=opened.workspace)
     assert in_editor.returncode == 0 and in_shell.returncode == 0, in_editor.stderr[-2000:] + in_shell.stderr
-    lines = [line for line in in_editor.stdout.splitlines() if line.split(" ", 1)[0] in {"id", "home", "pwd", "stack", "memlock", "shm", "init", "python", "env", "mount"} or line == "home writable"]
+    lines = [
+        line
+        for line in in_editor.stdout.splitlines()
+        if line.split(" ", 1)[0] in {"id", "home", "pwd", "stack", "memlock", "shm", "init", "python", "env", "mount"} or line == "home writable"
+    ]
     assert lines == in_shell.stdout.splitlines()
     assert f"id {owner.uid}:{owner.gid}" in lines and "home /home/kit" in lines and "home writable" in lines
     assert "init docker-init" in lines and "stack 65536" in lines

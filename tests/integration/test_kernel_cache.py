@@ -26,7 +26,7 @@ from tests.integration.conftest import KitUser, kit, run_kit, shared_dir
 from tests.integration.test_shell import image, remove_topic_images, workspace
 
 LIBRARY = "torch-extensions/mlsyskit_cache_probe/mlsyskit_cache_probe.so"
-PROBE = '''
+PROBE = """
 import json, os, time
 import torch
 from torch.utils import cpp_extension
@@ -41,7 +41,7 @@ seconds = time.perf_counter() - start
 assert torch.equal(module.axpy(2.0, torch.ones(3), torch.ones(3)), torch.full((3,), 3.0))
 print(json.dumps({"seconds": seconds, "library": module.__file__, "uid": os.getuid(),
                   "variables": {k: v for k, v in os.environ.items() if k.endswith(("_CACHE_DIR", "_CACHE_PATH", "EXTENSIONS_DIR"))}}))
-'''
+"""
 
 
 @pytest.fixture
@@ -95,8 +95,12 @@ def scratch_tree(user: KitUser, topic: str, marker: str) -> Path:
     env = root / "envs" / topic
     env.mkdir(parents=True)
     set_marker(env, marker)
-    (env / "pyproject.toml").write_text(f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n')
-    (env / "uv.lock").write_text(f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n')
+    (env / "pyproject.toml").write_text(
+        f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n'
+    )
+    (env / "uv.lock").write_text(
+        f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n'
+    )
     for path in [root, *root.rglob("*")]:
         path.chmod(path.stat().st_mode | 0o055)
     return root
@@ -156,7 +160,17 @@ def test_a_bundle_with_cache_brings_the_kernels_to_another_machine(kit_user, wor
         assert made.returncode == 0, made.stderr[-3000:]
         image_key = engine.image(f"mlsyskit/{topic}:pypi").id[7:19]
         bundle = out / "topic.bundle"
-        written = kit(kit_user, "bundle", topic, "-o", str(bundle), "--with-cache", cwd=workspace, env={"MLSYSKIT_ROOT": str(root), "MLSYSKIT_KERNEL_CACHE": str(sender)}, timeout=1800)
+        written = kit(
+            kit_user,
+            "bundle",
+            topic,
+            "-o",
+            str(bundle),
+            "--with-cache",
+            cwd=workspace,
+            env={"MLSYSKIT_ROOT": str(root), "MLSYSKIT_KERNEL_CACHE": str(sender)},
+            timeout=1800,
+        )
         assert written.returncode == 0, written.stdout[-2000:] + written.stderr[-2000:]
         with tarfile.open(bundle) as archive:
             manifest = json.load(archive.extractfile("mlsyskit-bundle/manifest.json"))

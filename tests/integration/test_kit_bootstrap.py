@@ -32,9 +32,7 @@ def write_index(wheels: Path, root: Path) -> None:
     for project, files in projects.items():
         folder = root / "simple" / project
         folder.mkdir(parents=True)
-        links = "".join(
-            f'<a href="../../files/{f.name}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}">{f.name}</a>\n' for f in files
-        )
+        links = "".join(f'<a href="../../files/{f.name}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}">{f.name}</a>\n' for f in files)
         (folder / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
     shutil.copytree(wheels, root / "files")
 

@@ -76,7 +76,14 @@ def test_sglang_jit_kernels_compile_in_the_verl_image_and_fail_without_the_patch
     build_topic("verl")
     result = smoke("verl", "cuda_jit", tmp_path / "j.json")[("cuda_jit", "container")]
     assert result["status"] == "skipped" and "SGLang's JIT kernels compiled and linked for sm_90" in result["reason"]
-    assert set(result["figures"]["sglang_jit"]["kernels"]) == {"activation_bfloat16", "activation_float16", "fused_rope", "store_kvcache", "rmsnorm_hf", "clamp_position"}
+    assert set(result["figures"]["sglang_jit"]["kernels"]) == {
+        "activation_bfloat16",
+        "activation_float16",
+        "fused_rope",
+        "store_kvcache",
+        "rmsnorm_hf",
+        "clamp_position",
+    }
     patch = "/opt/patches/sglang-0.5.12-activation-gcc12.patch"
     script = (
         f"cd /opt/venv/lib/python3.11/site-packages && patch -R -p1 < {patch} >/dev/null && cd /tmp && "
@@ -160,4 +167,3 @@ def test_the_library_check_fails_when_a_dependency_is_missing(engine: Engine, bu
     script = "rm -f /usr/lib/x86_64-linux-gnu/libnuma.so.1* && ldconfig && cd /tmp && python -m smoke_tests.libs sgl_kernel; echo rc=$?"
     proc = in_image(engine, topic_alias("verl", "pypi"), script)
     assert "libnuma.so.1 not found" in proc.stdout and proc.stdout.strip().endswith("rc=1")
-

@@ -111,7 +111,9 @@ def test_a_smoke_container_keeps_its_tokens_out_of_docker_inspect(engine, build_
                 assert_no_canary(data)
                 folder = secrets_source(data)
                 # the test's own process has them (the loader exported the rest before exec)
-                probe = engine.exec_in(found.id, ["sh", "-c", 'cat "$HF_TOKEN_PATH"; echo; cat /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" | grep -m1 "^WANDB_API_KEY="'])
+                probe = engine.exec_in(
+                    found.id, ["sh", "-c", 'cat "$HF_TOKEN_PATH"; echo; cat /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" | grep -m1 "^WANDB_API_KEY="']
+                )
                 if probe.returncode == 0:
                     seen = probe.stdout
             time.sleep(0.2)

@@ -23,7 +23,6 @@ from tests.integration.conftest import KitUser, kit, shared_dir
 IMAGE = "mlsyskit/distributed:pypi"
 
 
-
 @pytest.fixture
 def workspace(kit_user: KitUser) -> Iterator[Path]:
     path = shared_dir(kit_user, "mlsyskit-ws-")
@@ -35,7 +34,6 @@ def workspace(kit_user: KitUser) -> Iterator[Path]:
 def image(build_topic) -> str:
     build_topic("distributed")
     return IMAGE
-
 
 
 def containers_of(engine: Engine, workspace: Path) -> list[ContainerInfo]:
@@ -63,7 +61,7 @@ def test_files_written_in_the_workspace_belong_to_the_user(kit_user, workspace, 
 
 
 def test_home_and_its_cache_are_writable(kit_user, workspace, image):
-    script = "mkdir -p ~/.cache/torch ~/.triton && echo ok > ~/.cache/torch/x && cat ~/.cache/torch/x && echo \"$USER\""
+    script = 'mkdir -p ~/.cache/torch ~/.triton && echo ok > ~/.cache/torch/x && cat ~/.cache/torch/x && echo "$USER"'
     proc = kit(kit_user, "shell", "distributed", "--", "sh", "-c", script, cwd=workspace)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ok", kit_user.name]
@@ -245,7 +243,9 @@ def tiny_tree(user: KitUser, topic: str, apt_packages: list[str]) -> Path:
     (env / "pyproject.toml").write_text(
         f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n'
     )
-    (env / "uv.lock").write_text(f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n')
+    (env / "uv.lock").write_text(
+        f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n'
+    )
     for path in [root, *root.rglob("*")]:
         path.chmod(path.stat().st_mode | 0o055)
     return root
@@ -342,7 +342,10 @@ def test_a_taken_port_is_one_line_and_leaves_no_container(kit_user, workspace, e
         args = ["shell", "distributed", *(["--name", name] if named else []), "-p", f"{port}:80", "--", "true"]
         proc = kit(kit_user, *args, cwd=workspace)
         line = error_line(proc)
-        assert proc.returncode == 3 and line == f"error: port {port}/tcp is already in use on this host (fix: pick another (-p {port + 1}:...) or stop what holds it)"
+        assert (
+            proc.returncode == 3
+            and line == f"error: port {port}/tcp is already in use on this host (fix: pick another (-p {port + 1}:...) or stop what holds it)"
+        )
         assert proc.stderr.strip() == line
         assert engine.container_info(name) is None and containers_of(engine, workspace) == []
 

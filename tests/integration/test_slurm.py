@@ -283,7 +283,6 @@ def test_sglang_pd_orchestration_with_a_rehearsal_runtime(slurm: Slurm):
     assert servers["prefill"]["env"]["KIT_BIND_HOST"] == NODES["n1"] and servers["decode"]["env"]["KIT_BIND_HOST"] == NODES["n2"]
 
 
-
 # --- what listens where --------------------------------------------------------------------
 
 
@@ -455,6 +454,7 @@ def test_a_job_killed_while_importing_leaves_no_image_file_a_later_job_accepts(s
     out, _ = _rehearse(slurm, script, "serving at", env={"KIT_IMAGE_DIR": str(images)})
     assert "importing the image to" in out and image.read_text().startswith("rehearsal image")
     assert not list(images.glob("*.part-*"))
+
 
 # --- the tooling's own teardown (last: it takes the cluster down and brings it back up) -------
 

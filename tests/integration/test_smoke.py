@@ -324,9 +324,20 @@ def _two_json(text: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize(
     "topic, module",
-    [("sglang", "sglang_serve"), ("sglang", "sglang_pd"), ("verl", "verl_grpo"), ("verl", "verl_sft"), ("cuda-graph", "cuda_graph"), ("distributed", "nccl"),
-     ("verl", "cuda_jit"), ("cuda-graph", "memory_saver"), ("quantization", "quantize"), ("docs", "docs_site"), ("openrlhf", "vllm_serve"),
-     ("openrlhf", "openrlhf_sft")],
+    [
+        ("sglang", "sglang_serve"),
+        ("sglang", "sglang_pd"),
+        ("verl", "verl_grpo"),
+        ("verl", "verl_sft"),
+        ("cuda-graph", "cuda_graph"),
+        ("distributed", "nccl"),
+        ("verl", "cuda_jit"),
+        ("cuda-graph", "memory_saver"),
+        ("quantization", "quantize"),
+        ("docs", "docs_site"),
+        ("openrlhf", "vllm_serve"),
+        ("openrlhf", "openrlhf_sft"),
+    ],
 )
 def test_every_tests_time_limit_in_its_image(engine: Engine, build_topic, topic, module):
     """--timeout 1: a failed result naming the limit, exit 1, and no process of the test left

@@ -30,7 +30,11 @@ PYTEST_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pyg
 #: Unit test files that need the image's packages, and where they run.
 UNIT_TESTS_IN = {
     "distributed": [
-        "test_smoke_nccl.py", "test_smoke_gpu_health.py", "test_smoke_cuda_graph.py", "test_smoke_cuda_jit.py", "test_smoke_result.py",
+        "test_smoke_nccl.py",
+        "test_smoke_gpu_health.py",
+        "test_smoke_cuda_graph.py",
+        "test_smoke_cuda_jit.py",
+        "test_smoke_result.py",
     ],
     "verl": ["test_smoke_verl_sft.py", "test_smoke_verl_grpo.py", "test_smoke_tiny_model.py", "test_smoke_sglang.py"],
 }
@@ -62,7 +66,7 @@ def test_torch_unit_tests_run_inside_the_image_and_none_skips(engine: Engine, bu
     # The checkout read-only; pytest's cache off; the JUnit report is how the host counts.
     script = (
         "cp -r /repo /tmp/repo && cd /tmp/repo && python -c \"import sys; sys.path.append('/opt/kit-pytest'); "
-        "import pytest; sys.exit(pytest.main(sys.argv[1:]))\" -p no:cacheprovider -q -rs "
+        'import pytest; sys.exit(pytest.main(sys.argv[1:]))" -p no:cacheprovider -q -rs '
         f"--junitxml=/out/junit.xml {' '.join(files)}"
     )
     out = pytest_dir.parent / f"junit-{topic}"
@@ -139,7 +143,7 @@ def test_cuda_jit_fails_with_the_old_toolkit_layout(engine: Engine, build_topic)
     images had it: the test fails and names the linker's complaint."""
     build_topic("distributed")
     script = (
-        "rm -rf /usr/local/cuda && ln -s \"$(python -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], \"cu13\"))')\" "
+        'rm -rf /usr/local/cuda && ln -s "$(python -c \'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))\')" '
         "/usr/local/cuda && python -m smoke_tests.cuda_jit --cpu --json /tmp/r.json >/tmp/log 2>&1; echo rc=$?; cat /tmp/r.json"
     )
     proc = engine.run(with_smoke_tests(topic_alias("distributed", "pypi"), script), timeout=600)

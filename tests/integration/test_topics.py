@@ -118,8 +118,7 @@ def test_sglang_server_and_router_answer_help(hosts):
 def test_sglang_runs_on_the_stacks_torch_and_cuda(hosts):
     versions = python_json(
         hosts("sglang"),
-        "import json, torch, sglang, flashinfer\n"
-        "print(json.dumps([torch.__version__, torch.version.cuda, sglang.__version__, flashinfer.__version__]))\n",
+        "import json, torch, sglang, flashinfer\nprint(json.dumps([torch.__version__, torch.version.cuda, sglang.__version__, flashinfer.__version__]))\n",
     )
     locked = key_versions(CATALOG.topic("sglang").lock_path, ["torch", "sglang", "flashinfer-python"])
     assert versions[0].split("+")[0] == locked["torch"]
@@ -167,7 +166,9 @@ def test_verl_sft_trainer_config_composes(hosts):
 
 
 def test_cuda_graph_memory_saver_is_the_locked_one(hosts):
-    version = python_json(hosts("cuda-graph"), "import json, importlib.metadata as md, torch_memory_saver\nprint(json.dumps(md.version('torch-memory-saver')))\n")
+    version = python_json(
+        hosts("cuda-graph"), "import json, importlib.metadata as md, torch_memory_saver\nprint(json.dumps(md.version('torch-memory-saver')))\n"
+    )
     assert version == key_versions(CATALOG.topic("cuda-graph").lock_path, ["torch-memory-saver"])["torch-memory-saver"]
 
 

@@ -25,7 +25,10 @@ def docker_archive(repo_tags: list[str], labels: dict[str, str] | None = None) -
     digest = hashlib.sha256(config).hexdigest()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in ((f"{digest}.json", config), ("manifest.json", json.dumps([{"Config": f"{digest}.json", "RepoTags": repo_tags, "Layers": []}]).encode())):
+        for name, data in (
+            (f"{digest}.json", config),
+            ("manifest.json", json.dumps([{"Config": f"{digest}.json", "RepoTags": repo_tags, "Layers": []}]).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

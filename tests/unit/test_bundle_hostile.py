@@ -36,7 +36,10 @@ def cases(target: Path) -> dict[str, tuple[hb.Recipe, str]]:
     """{case: (recipe, what the one line must say)}; `target` is where escapes aim."""
     E = hb.entry
     return {
-        "path traversal": (hb.Recipe(extra=[E(f"{ROOT}/../../{target.name}/escaped.txt", b"pwnd")], listed=[f"{ROOT}/../../{target.name}/escaped.txt"]), "unexpected member"),
+        "path traversal": (
+            hb.Recipe(extra=[E(f"{ROOT}/../../{target.name}/escaped.txt", b"pwnd")], listed=[f"{ROOT}/../../{target.name}/escaped.txt"]),
+            "unexpected member",
+        ),
         "absolute path": (hb.Recipe(extra=[E(f"{target}/absolute.txt", b"pwnd")], listed=[f"{target}/absolute.txt"]), "unexpected member"),
         "symlink chain": (
             hb.Recipe(

@@ -26,6 +26,11 @@ def test_ruff_finds_nothing():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+def test_ruff_format_finds_nothing_to_change():
+    proc = subprocess.run([tool("ruff"), "format", "--check", "--no-cache", "."], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
 def test_mypy_strict_finds_nothing():
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     # the smoke tests' verdict code is checked like the kit's own

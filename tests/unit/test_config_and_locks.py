@@ -51,8 +51,14 @@ def test_forked_lock_gives_one_version_per_python():
     from mlsyskit.data.lockfile import expected_packages
 
     lock = load_catalog().topic("distributed").lock_path
-    base = {"sys_platform": "linux", "platform_machine": "x86_64", "platform_system": "Linux", "os_name": "posix",
-            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    base = {
+        "sys_platform": "linux",
+        "platform_machine": "x86_64",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
     py311 = expected_packages(lock, {**base, "python_version": "3.11", "python_full_version": "3.11.2"})
     py312 = expected_packages(lock, {**base, "python_version": "3.12", "python_full_version": "3.12.3"})
     assert py311["torch"] == py312["torch"] == "2.11.0"
@@ -99,8 +105,13 @@ def test_proxy_values_reach_builds_by_name_only(monkeypatch, tmp_path):
     monkeypatch.setattr(subprocess, "Popen", FakePopen)
     secret = "http://alice:s3cret@proxy.example:3128"
     Engine(Client("/usr/bin/docker", "20.10.24", False)).build(
-        dockerfile=tmp_path / "Dockerfile", context=tmp_path, tag="t:1", build_args={"A": "1"}, labels={},
-        secrets={}, build_env={"HTTPS_PROXY": secret},
+        dockerfile=tmp_path / "Dockerfile",
+        context=tmp_path,
+        tag="t:1",
+        build_args={"A": "1"},
+        labels={},
+        secrets={},
+        build_env={"HTTPS_PROXY": secret},
     )
     assert not any("s3cret" in arg for arg in seen["args"])
     assert "HTTPS_PROXY" in seen["args"] and seen["env"]["HTTPS_PROXY"] == secret

@@ -23,7 +23,7 @@ SCRIPT = REPO / "benchmarks" / "gpu" / "degrade.py"
 # gpu_health as it answers: a pass, or a failed gate named in the reason (while STATE/load or
 # STATE/locked exists); MODE=pass-anyway ignores the load, MODE=fail-healthy fails at once,
 # MODE=hang sleeps (to be interrupted), MODE=no-gate fails without naming a gate.
-FAKE_SMOKE = r'''
+FAKE_SMOKE = r"""
 import json, os, sys, time
 from pathlib import Path
 state, mode = Path(os.environ["STATE"]), os.environ.get("MODE", "")
@@ -48,10 +48,10 @@ result = {"test": "gpu_health", "status": status, "reason": reason, "seconds": 1
           "environment": {"image_id": os.environ.get("KIT_IMAGE_ID")}, "verdicts": verdicts}
 Path(out).write_text(json.dumps(result))
 sys.exit(code)
-'''
+"""
 
 # The load: marks the GPU busy until SIGTERM, as degrade.py's own --load does with GEMMs.
-FAKE_LOAD = r'''
+FAKE_LOAD = r"""
 import json, os, signal, sys, time
 from pathlib import Path
 state, ready, stats = Path(os.environ["STATE"]), Path(sys.argv[1]), Path(sys.argv[2])
@@ -69,7 +69,7 @@ while not stop:
     count += 1
 (state / "load").unlink(missing_ok=True)
 stats.write_text(json.dumps({"pid": os.getpid(), "gemms_while_busy": count}))
-'''
+"""
 
 FAKE_SMI = """#!/bin/sh
 echo "$*" >> "$STATE/smi.log"
@@ -190,7 +190,9 @@ def test_sigterm_stops_the_load_and_resets_the_clocks(rig):
     assert "-lgc" not in (rig / "state" / "smi.log").read_text()  # interrupted before the capped run
 
 
-@pytest.mark.parametrize(("args", "message"), [((), "give the folder"), (("x", "--load-procs", "0"), "at least 1"), (("x", "--clock-cap", "99999"), "an SM clock in MHz")])
+@pytest.mark.parametrize(
+    ("args", "message"), [((), "give the folder"), (("x", "--load-procs", "0"), "at least 1"), (("x", "--clock-cap", "99999"), "an SM clock in MHz")]
+)
 def test_bad_arguments_exit_2(args, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr

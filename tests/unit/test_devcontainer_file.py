@@ -126,7 +126,24 @@ def options(args: list[str] | tuple[str, ...]) -> Counter[tuple[str, str]]:
     """docker run options as (flag, value) pairs, in one vocabulary: `-v A:B[:ro]` as the
     `--mount` it means, `--user` as `-u`; bare flags get ""."""
     pairs: Counter[tuple[str, str]] = Counter()
-    with_value = {"--mount", "-v", "-e", "-u", "--user", "--label", "--ulimit", "--tmpfs", "-w", "--shm-size", "--network", "-p", "--platform", "--hostname", "--gpus", "--name"}
+    with_value = {
+        "--mount",
+        "-v",
+        "-e",
+        "-u",
+        "--user",
+        "--label",
+        "--ulimit",
+        "--tmpfs",
+        "-w",
+        "--shm-size",
+        "--network",
+        "-p",
+        "--platform",
+        "--hostname",
+        "--gpus",
+        "--name",
+    }
     i = 0
     while i < len(args):
         flag = args[i]
@@ -316,7 +333,9 @@ def test_unknown_topic_is_one_line(tmp_path, monkeypatch):
 def test_a_spec_without_the_workspace_is_a_bug_not_a_file(tmp_path):
     spec, workspace = editor(tmp_path)
     with pytest.raises(ValueError):
-        dc.config(replace(spec, workdir="/elsewhere"), workspace=workspace, topic=load_catalog().topic("distributed"), base="pypi", image=image_for("distributed"))
+        dc.config(
+            replace(spec, workdir="/elsewhere"), workspace=workspace, topic=load_catalog().topic("distributed"), base="pypi", image=image_for("distributed")
+        )
 
 
 def test_gpus_label_says_the_editor_decides(tmp_path):

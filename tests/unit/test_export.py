@@ -667,7 +667,7 @@ def test_slurm_services_listen_on_their_nodes_address_and_ray_dashboard_on_loopb
         assert multi and all(line.startswith('  bash -c "$ON_NODE exec ') for line in multi), multi
     for name in ("sglang-router", "sglang-pd"):
         text = slurm_script(load_stack(name), ExportOptions(nodes=2, gpus_per_node=1) if name == "sglang-pd" else ExportOptions())
-        router = next(line for line in text.splitlines() if "sglang_router.sh" in line or "KIT_SERVE_PORT=\"$ROUTER_PORT\"" in line)
+        router = next(line for line in text.splitlines() if "sglang_router.sh" in line or 'KIT_SERVE_PORT="$ROUTER_PORT"' in line)
         assert 'KIT_BIND_HOST="$KIT_HEAD"' in router
     pd = slurm_script(load_stack("sglang-pd"), ExportOptions(nodes=2, gpus_per_node=1))
     assert 'KIT_BIND_HOST="$PREFILL_ADDR"' in pd and 'KIT_BIND_HOST="$DECODE_ADDR"' in pd
@@ -709,14 +709,17 @@ RUN_REAL = f"""
 
 # A stand-in for SGLang's launcher: reads --config as SGLang does, then logs its arguments as
 # SGLang 0.5.23 does (the key among them), and says where the config was.
-FAKE_SGLANG = """
+FAKE_SGLANG = (
+    """
 args = sys.argv[1:]
 if args[:2] == ["-m", "sglang.launch_server"]:
     config = args[args.index("--config") + 1]
     key = open(config).read().split(": ", 1)[1].strip()
     print("server_args={'api_key': " + repr(json.loads(key)) + "}", flush=True)
     print("config was " + config, flush=True)
-else:""" + RUN_REAL
+else:"""
+    + RUN_REAL
+)
 
 
 def test_sglang_server_gets_the_api_key_through_a_private_file_never_argv_and_masks_it(tmp_path):
@@ -732,12 +735,15 @@ def test_sglang_server_gets_the_api_key_through_a_private_file_never_argv_and_ma
     assert not (tmp_path / "pwned").exists()
 
 
-FAKE_ROUTER = """
+FAKE_ROUTER = (
+    """
 args = sys.argv[1:]
 if args[:1] == ["-c"] and "launch_router" in args[1]:
     print("router api_key=" + os.environ.get("KIT_API_KEY", "(not in its environment)"), flush=True)
     print("router argv " + " ".join(args[2:]), flush=True)
-else:""" + RUN_REAL
+else:"""
+    + RUN_REAL
+)
 
 
 def test_sglang_router_listens_on_kit_bind_host_and_takes_the_key_inside_python(tmp_path):
@@ -746,7 +752,7 @@ def test_sglang_router_listens_on_kit_bind_host_and_takes_the_key_inside_python(
     assert proc.returncode == 0, proc.stderr
     (router,) = [c for c in calls if c[1:2] == ["-c"] and "launch_router" in c[2]]
     assert router[router.index("--host") + 1] == "10.0.0.1" and "--api-key" not in router
-    assert "os.environ.pop(\"KIT_API_KEY\")" in router[2]  # the key goes to the router's args in Python
+    assert 'os.environ.pop("KIT_API_KEY")' in router[2]  # the key goes to the router's args in Python
     assert "s3cret" not in proc.stdout and "router api_key=***" in proc.stdout
     proc, calls = _run_script(tmp_path, "sglang_router.sh", {"KIT_WORKER_HOSTS": "w"}, {"python": ""})
     plain = [c for c in calls if "sglang_router.launch_router" in c][-1]

@@ -444,4 +444,3 @@ def test_the_command_line_runs_on_the_standard_library_alone(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "TRITON_CACHE_DIR=/kitcache/distributed/ab12ab12ab12/sm_90/root/triton" in proc.stdout.splitlines()
-

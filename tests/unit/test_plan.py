@@ -203,7 +203,7 @@ def test_gpu_stacks_say_they_want_the_gpu_and_which_cuda():
 def test_layer_env_and_patches_are_inputs(kit_tree):
     before = tags()[0]
     toml = kit_tree / "envs/distributed/topic.toml"
-    toml.write_text(toml.read_text().replace('[gpus]', '[env]\nFOO = "bar"\n\n[gpus]'))
+    toml.write_text(toml.read_text().replace("[gpus]", '[env]\nFOO = "bar"\n\n[gpus]'))
     with_env = tags(kit_tree)[0]
     assert with_env["stack"] == before["stack"] and with_env["topic"] != before["topic"]
     patches = kit_tree / "envs/distributed/patches"

@@ -19,7 +19,20 @@ from mlsyskit.errors import UsageError
 from smoke_tests._result import validate_result
 
 GPU_RESULTS = REPO_ROOT / "benchmarks" / "gpu" / "2026-11-27-h100x2"
-KNOWN = ["cuda_graph", "docs_site", "gpu_health", "memory_saver", "nccl", "openrlhf_sft", "quantize", "sglang_pd", "sglang_serve", "verl_grpo", "verl_sft", "vllm_serve"]
+KNOWN = [
+    "cuda_graph",
+    "docs_site",
+    "gpu_health",
+    "memory_saver",
+    "nccl",
+    "openrlhf_sft",
+    "quantize",
+    "sglang_pd",
+    "sglang_serve",
+    "verl_grpo",
+    "verl_sft",
+    "vllm_serve",
+]
 
 
 def topic(name: str, tests=(), stacks=()) -> Topic:
@@ -46,9 +59,7 @@ def test_each_test_declares_its_own_time_limit_and_the_kit_uses_it():
     import sys
 
     for name, declared in smoke.registry().items():
-        helptext = subprocess.run(
-            [sys.executable, "-m", f"smoke_tests.{name}", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout
+        helptext = subprocess.run([sys.executable, "-m", f"smoke_tests.{name}", "--help"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
         parser_default = re.search(r"fail after this many seconds\s+\(default (\d+)\)", " ".join(helptext.split()))
         assert parser_default and float(parser_default.group(1)) == declared.timeout > 0, name
         opts = smoke.SmokeOptions(topics="x")
@@ -100,9 +111,7 @@ def test_plan_passes_gates_to_the_tests_that_have_them():
     assert by[("nccl", "nccl-2node")] == ("--no-gates", "--gate", "transport=P2P")  # through the stack's NCCL_TEST_ARGS
     assert by[("cuda_graph", "container")] == ("python", "-m", "smoke_tests.cuda_graph", "--json", "/workspace/cuda_graph.json")
     report = smoke.SmokeReport()
-    assert smoke.report_json(report, opts, "t")["command"] == (
-        "invoke smoke distributed --no-gates --gate bf16_gemm_share=0.60 --gate nccl.transport=P2P"
-    )
+    assert smoke.report_json(report, opts, "t")["command"] == ("invoke smoke distributed --no-gates --gate bf16_gemm_share=0.60 --gate nccl.transport=P2P")
 
 
 def test_the_flashinfer_gate_is_on_for_topics_whose_lock_holds_it():
@@ -256,9 +265,7 @@ def test_key_figures_on_cpu_and_when_missing():
     assert smoke.key_figure("nccl", cpu_nccl) == "busbw 0.8 GB/s at 4 MiB, gloo x2, sums exact"
     assert smoke.key_figure("cuda_graph", {"cpu_eager_repeatable": True}) == "eager on CPU repeatable"
     assert smoke.key_figure("sglang_serve", {"cpu_check": {"chat_prompt_tokens": 12}}) == "tiny model loads, chat prompt 12 tokens"
-    assert smoke.key_figure("verl_grpo", {"config": {"adv_estimator": "grpo", "rollout": "sglang", "rollout_n": 4}}) == (
-        "config ok: grpo, sglang rollout, n=4"
-    )
+    assert smoke.key_figure("verl_grpo", {"config": {"adv_estimator": "grpo", "rollout": "sglang", "rollout_n": 4}}) == ("config ok: grpo, sglang rollout, n=4")
     for test in KNOWN + ["unknown"]:
         assert smoke.key_figure(test, {}) == "-"
     assert smoke.key_figure("nccl", {"sizes": [{"bytes": "x"}]}) == "-"

@@ -51,12 +51,8 @@ def test_toolkit_from_the_wheels_or_not(tmp_path):
 
 
 def test_build_error_names_the_linker_line_not_the_wrapper():
-    assert cuda_jit.build_error(LINK_FAILURE) == (
-        "/usr/bin/ld: cannot find -lcudart: No such file or directory | collect2: error: ld returned 1 exit status"
-    )
-    assert cuda_jit.build_error("Ninja is required to load C++ extensions (pip install ninja to get it)").startswith(
-        "Ninja is required"
-    )
+    assert cuda_jit.build_error(LINK_FAILURE) == ("/usr/bin/ld: cannot find -lcudart: No such file or directory | collect2: error: ld returned 1 exit status")
+    assert cuda_jit.build_error("Ninja is required to load C++ extensions (pip install ninja to get it)").startswith("Ninja is required")
     assert cuda_jit.build_error("") == "no output"
 
 
@@ -80,9 +76,7 @@ def test_key_figure():
 
 
 def test_bad_arch_is_refused():
-    proc = subprocess.run(
-        [sys.executable, "-m", "smoke_tests.cuda_jit", "--arch", "hopper"], cwd=REPO, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "smoke_tests.cuda_jit", "--arch", "hopper"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--arch hopper: give a compute capability such as 9.0" in proc.stderr
 
 
@@ -91,9 +85,7 @@ def test_a_toolkit_without_nvcc_fails_the_test(tmp_path):
     torch = pytest.importorskip("torch")
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_HOME": str(tmp_path)}
     out = tmp_path / "r.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "smoke_tests.cuda_jit", "--cpu", "--json", str(out)], capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run([sys.executable, "-m", "smoke_tests.cuda_jit", "--cpu", "--json", str(out)], capture_output=True, text=True, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert data["status"] == "failed"
@@ -125,7 +117,9 @@ def test_a_missing_flashinfer_fails_where_the_topic_ships_it(tmp_path):
     data = json.loads(out.read_text())
     assert proc.returncode == 1 and data["status"] == "failed", proc.stdout[-2000:]
     assert data["reason"].startswith("flashinfer is not installed, and this topic ships it")
-    assert {"name": "flashinfer", "gate": True, "status": "failed", "measured": "not installed", "expected": "installed and building", "detail": ""} in data["verdicts"]
+    assert {"name": "flashinfer", "gate": True, "status": "failed", "measured": "not installed", "expected": "installed and building", "detail": ""} in data[
+        "verdicts"
+    ]
 
 
 def test_warm_builds_go_where_the_kit_cache_points():

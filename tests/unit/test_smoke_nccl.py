@@ -85,7 +85,9 @@ def test_message_elements_divide_among_the_ranks():
 # The line shapes NCCL writes: ring channels with their connection index ("00/0"), SHM
 # channels without it ("Channel 00 :"; seen with NCCL_P2P_DISABLE=1), sockets across nodes.
 NCCL_LOG_H200_P2P = "h200:9:9 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/direct pointer\n"
-NCCL_LOG_H200_SHM = "h200:9:9 [0] NCCL INFO Channel 00 : 0[0] -> 1[1] via SHM/direct/direct\nh200:9:9 [0] NCCL INFO Channel 01 : 1[1] -> 0[0] via SHM/direct/direct\n"
+NCCL_LOG_H200_SHM = (
+    "h200:9:9 [0] NCCL INFO Channel 00 : 0[0] -> 1[1] via SHM/direct/direct\nh200:9:9 [0] NCCL INFO Channel 01 : 1[1] -> 0[0] via SHM/direct/direct\n"
+)
 NCCL_LOG_SOCKET = "n1:7:7 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] [send] via NET/Socket/0\n"
 
 
@@ -223,7 +225,9 @@ def test_the_user_gets_back_what_their_nccl_debug_asked_for():
     assert nccl.expand_debug_file("/tmp/nccl.%h.%p.log", "node-0", 52) == "/tmp/nccl.node-0.52.log"
 
 
-@pytest.mark.parametrize("user", [{}, {"NCCL_DEBUG": "WARN"}, {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "COLL"}, {"NCCL_DEBUG": "WARN", "NCCL_DEBUG_FILE": "FILE"}])
+@pytest.mark.parametrize(
+    "user", [{}, {"NCCL_DEBUG": "WARN"}, {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "COLL"}, {"NCCL_DEBUG": "WARN", "NCCL_DEBUG_FILE": "FILE"}]
+)
 def test_the_transport_is_captured_whatever_nccl_debug_says(monkeypatch, tmp_path, capsys, user):
     """The stack sets NCCL_DEBUG=WARN: rank 0 still reads the INFO lines that name the
     transport, then the user's settings come back and their lines go where they asked."""

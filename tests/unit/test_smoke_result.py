@@ -145,8 +145,10 @@ def test_run_test_turns_outcomes_into_results(tmp_path, capsys, outcome, status,
         # a gate that does not apply here is not a judgement either
         ([("nvlink_copy_share", None, "-", "-", "one GPU")], "the test returned without judging anything"),
         # a failed verdict the body forgot to raise still fails the test, named with its figure
-        ([("sums", True, "exact", "exact", ""), ("bf16_gemm_share", False, "35% (GPU0 n=8192)", ">= 50% of peak", "")],
-         "bf16_gemm_share: 35% (GPU0 n=8192), expected >= 50% of peak"),
+        (
+            [("sums", True, "exact", "exact", ""), ("bf16_gemm_share", False, "35% (GPU0 n=8192)", ">= 50% of peak", "")],
+            "bf16_gemm_share: 35% (GPU0 n=8192), expected >= 50% of peak",
+        ),
     ],
 )
 def test_a_body_that_returns_without_a_passing_judgement_fails(tmp_path, capsys, record, reason):
@@ -188,9 +190,7 @@ def test_non_writer_ranks_write_nothing(tmp_path, capsys):
 
 def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_watchdog_fails_a_stuck_test_and_still_writes_its_figures(tmp_path):
@@ -267,9 +267,7 @@ def test_run_command_kills_the_whole_group_on_timeout(tmp_path):
 
 def test_run_command_keeps_output_and_exit_code(tmp_path):
     log = tmp_path / "log.txt"
-    result = run_command(
-        [sys.executable, "-c", "import sys; print('step:1'); sys.exit(3)"], timeout=30, echo=False, log_path=log
-    )
+    result = run_command([sys.executable, "-c", "import sys; print('step:1'); sys.exit(3)"], timeout=30, echo=False, log_path=log)
     assert (result.returncode, result.timed_out) == (3, False)
     assert result.output == "step:1\n"
     assert log.read_text() == "step:1\n"

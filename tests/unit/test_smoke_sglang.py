@@ -93,9 +93,7 @@ def test_free_port_stays_where_sglang_can_add_10000():
 
 
 def test_a_port_sglang_refuses_is_refused_up_front():
-    proc = subprocess.run(
-        [sys.executable, "-m", "smoke_tests.sglang_serve", "--port", "60000"], cwd=REPO, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "smoke_tests.sglang_serve", "--port", "60000"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--port 60000: SGLang takes ports up to 55535" in proc.stderr
 
 
@@ -217,7 +215,9 @@ def test_endpoint_checks_against_the_fake(fake_server):
 def smoke_cmd(tmp_path, mode="ok", bench="ok", extra=(), server_extra=""):
     pid_file = tmp_path / "pids.json"
     server = f"{{python}} {FAKE} serve --port {{port}} --model {{model}} --mode {mode} --ready-after 0.5 --pid-file {pid_file} {server_extra}"
-    bench_cmd = f"{{python}} {FAKE} bench --base-url {{base_url}} --output-file {{output}} --num-prompts {{num_prompts}} --output-len {{output_len}} --mode {bench}"
+    bench_cmd = (
+        f"{{python}} {FAKE} bench --base-url {{base_url}} --output-file {{output}} --num-prompts {{num_prompts}} --output-len {{output_len}} --mode {bench}"
+    )
     cmd = [
         sys.executable, "-m", "smoke_tests.sglang_serve", "--model", "fake-model", "--json", str(tmp_path / "result.json"),
         "--server-cmd", server, "--bench-cmd", bench_cmd, "--num-prompts", "6", "--output-len", "4", *extra,

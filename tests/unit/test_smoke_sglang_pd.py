@@ -148,8 +148,7 @@ def test_a_kv_link_nobody_can_name_fails_by_default(tmp_path):
     proc, result, _ = run_pd(tmp_path, transport="")
     assert proc.returncode == 1 and result["status"] == "failed"
     assert result["reason"] == (
-        "nixl named no transport in the prefill server's log (UCX_PROTO_INFO=y was set): "
-        "the kv_link gate wants a named link (--gate kv_link=off accepts none)"
+        "nixl named no transport in the prefill server's log (UCX_PROTO_INFO=y was set): the kv_link gate wants a named link (--gate kv_link=off accepts none)"
     )
     assert result["figures"]["kv_link"] == "unknown" and result["figures"]["greedy"]["identical"]
     proc, result, _ = run_pd(tmp_path, transport="", extra=("--gate", "kv_link=off"))

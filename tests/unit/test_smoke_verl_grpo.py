@@ -135,7 +135,12 @@ def test_main_refuses_bad_sizes_before_anything_runs(capsys):
 
 
 def test_key_figure():
-    figures = {"metrics": {"1": {"critic/rewards/mean": 0.05, "actor/pg_loss": 0.01}, "2": {"critic/rewards/mean": 0.1, "actor/pg_loss": -0.02, "actor/grad_norm": 0.412}}}
+    figures = {
+        "metrics": {
+            "1": {"critic/rewards/mean": 0.05, "actor/pg_loss": 0.01},
+            "2": {"critic/rewards/mean": 0.1, "actor/pg_loss": -0.02, "actor/grad_norm": 0.412},
+        }
+    }
     assert verl_grpo.key_figure(figures) == "reward 0.050 -> 0.100, pg_loss -0.0200, grad norm 0.412, 2 steps"
     assert verl_grpo.key_figure({}) == "-"
 

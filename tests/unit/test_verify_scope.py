@@ -15,10 +15,16 @@ from mlsyskit.engine.records import ImageInfo
 from mlsyskit.errors import BuildError
 from mlsyskit.images import verify
 
-KIT_RECORD = CacheRecord(id="kituv", description="cached mount /root/.cache/uv from exec /bin/sh -c . /usr/local/lib/mlsyskit/net.sh && uv pip install", in_use=False)
+KIT_RECORD = CacheRecord(
+    id="kituv", description="cached mount /root/.cache/uv from exec /bin/sh -c . /usr/local/lib/mlsyskit/net.sh && uv pip install", in_use=False
+)
 RECORDS = [
     KIT_RECORD,
-    CacheRecord(id="kitapt", description="cached mount /var/cache/apt from exec /bin/sh -c if [ -n \"$APT_PACKAGES\" ]; then . /usr/local/lib/mlsyskit/net.sh", in_use=False),
+    CacheRecord(
+        id="kitapt",
+        description='cached mount /var/cache/apt from exec /bin/sh -c if [ -n "$APT_PACKAGES" ]; then . /usr/local/lib/mlsyskit/net.sh',
+        in_use=False,
+    ),
     CacheRecord(id="theirs", description="cached mount /root/.cache/pip from exec /bin/sh -c pip install -r requirements.txt", in_use=False),
     CacheRecord(id="layer", description="[2/3] RUN . /usr/local/lib/mlsyskit/net.sh && apt-get install x", in_use=False),  # a layer, not a cache mount
     CacheRecord(id="busy", description="cached mount /root/.cache/uv from exec /bin/sh -c . /usr/local/lib/mlsyskit/net.sh", in_use=True),
@@ -45,7 +51,12 @@ class FakeEngine:
     """Images by tag, and a build that moves the chain's tags to new IDs (as a rebuild does)."""
 
     def __init__(self) -> None:
-        self.tags = {"mlsyskit/base-pypi:b": "sha256:base", "mlsyskit/stack-t:s": "sha256:stack", "mlsyskit/topic-x:t": "sha256:topic", "mlsyskit/x:pypi": "sha256:topic"}
+        self.tags = {
+            "mlsyskit/base-pypi:b": "sha256:base",
+            "mlsyskit/stack-t:s": "sha256:stack",
+            "mlsyskit/topic-x:t": "sha256:topic",
+            "mlsyskit/x:pypi": "sha256:topic",
+        }
         self.removed_records: list[str] = []
         self.removed_images: list[str] = []
         self.images = set(self.tags.values())

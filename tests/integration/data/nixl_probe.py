@@ -85,7 +85,18 @@ def main():
     if args.role == "initiator":
         return initiator(args)
     exchange = os.path.join(tempfile.mkdtemp(), "target.json")
-    common = ["--memory", args.memory, "--target-threads", str(args.target_threads), "--exchange", exchange, "--wait", str(args.wait), "--linger", str(args.linger)]
+    common = [
+        "--memory",
+        args.memory,
+        "--target-threads",
+        str(args.target_threads),
+        "--exchange",
+        exchange,
+        "--wait",
+        str(args.wait),
+        "--linger",
+        str(args.linger),
+    ]
     t = subprocess.Popen([sys.executable, __file__, "target", *common])
     i = subprocess.Popen([sys.executable, __file__, "initiator", *common])
     try:
@@ -96,8 +107,10 @@ def main():
         for child in (t, i):
             child.kill()
             child.wait()
-    print(f"probe memory={args.memory} target_threads={args.target_threads} UCX_TLS={os.environ.get('UCX_TLS', '')}: "
-          f"{'PASS' if rc_t == rc_i == 0 else 'FAIL'}", flush=True)
+    print(
+        f"probe memory={args.memory} target_threads={args.target_threads} UCX_TLS={os.environ.get('UCX_TLS', '')}: {'PASS' if rc_t == rc_i == 0 else 'FAIL'}",
+        flush=True,
+    )
     return rc_t or rc_i
 
 

@@ -50,9 +50,17 @@ def serve(args: argparse.Namespace) -> int:
     print(f"fake sglang: serving {args.model} on port {args.port}, mode {args.mode}, {args.disaggregation_mode or 'plain'}", flush=True)
     if args.transport:  # the KV write's table and a notification's, in UCX_PROTO_INFO's layout
         prefix = f"[1764500000.000000] [fake:{os.getpid()}:0]  "
-        for title, chosen in (("remote memory write by ucp_put* from cuda memory to cuda", args.transport), ("active message by ucp_am_send* from host memory", "tcp/lo")):
+        for title, chosen in (
+            ("remote memory write by ucp_put* from cuda memory to cuda", args.transport),
+            ("active message by ucp_am_send* from host memory", "tcp/lo"),
+        ):
             rows = ["+--------+-------------+----+", "| fake intra-node cfg#1 |", f"| {title} |", "+--------+-------------+----+"]
-            rows += ["| Range  | Description | Config |", "+--------+-------------+----+", f"| 0..inf | zero-copy | {chosen} |", "+--------+-------------+----+"]
+            rows += [
+                "| Range  | Description | Config |",
+                "+--------+-------------+----+",
+                f"| 0..inf | zero-copy | {chosen} |",
+                "+--------+-------------+----+",
+            ]
             print("\n".join(f"{prefix} {row}" for row in rows), flush=True)
 
     def ready() -> bool:
@@ -97,7 +105,16 @@ def serve(args: argparse.Namespace) -> int:
                 n = body.get("max_tokens", 16)
                 message = {"role": "assistant", "content": " y" * n}
                 usage = {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}
-                self.reply(200, {"id": "1", "object": "chat.completion", "model": body.get("model"), "choices": [{"index": 0, "message": message, "finish_reason": "length"}], "usage": usage})
+                self.reply(
+                    200,
+                    {
+                        "id": "1",
+                        "object": "chat.completion",
+                        "model": body.get("model"),
+                        "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
+                        "usage": usage,
+                    },
+                )
             else:
                 self.reply(404, {"error": self.path})
 
