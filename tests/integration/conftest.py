@@ -40,9 +40,85 @@ def engine() -> Engine:
         raise
 
 
-# Measured: a cold run of the whole suite peaks at 61 GB above an empty engine (BENCHMARKS.md,
-# "CI: .ci/run cold"), plus a margin for the locks growing between runs.
-SUITE_DISK_GB = 65
+# The suite runs stack group by stack group (see `pytest_collection_modifyitems` below): in CI
+# only one group's images are on disk at a time. Measured: the largest group (the
+# `distributed` stack's: four topics, arm64, verify's rebuild, the stack bundle) peaks at
+# about 35 GB above an empty engine (BENCHMARKS.md, "CI: .ci/run cold").
+SUITE_DISK_GB = 38
+
+# Topics whose images are needed together; the first group also holds the topics on no stack
+# and every test that names no topic (most of the suite uses `distributed`).
+CATALOG = load_catalog()
+FIRST_TOPIC = "distributed"
+
+
+def stack_group_order() -> list[str]:
+    first = CATALOG.topic(FIRST_TOPIC).stack or ""
+    return [first, *sorted({t.stack for t in CATALOG.topics.values() if t.stack and t.stack != first})]
+
+
+def topic_of(item: pytest.Item) -> str | None:
+    """The topic an integration test builds: `@pytest.mark.topic(name)`, else a parameter
+    whose value is a topic's name, else none (the first group's)."""
+    marker = item.get_closest_marker("topic")
+    if marker:
+        return marker.args[0]
+    for value in getattr(getattr(item, "callspec", None), "params", {}).values():
+        if isinstance(value, str) and value in CATALOG.topics:
+            return value
+    return None
+
+
+def group_of(item: pytest.Item) -> int:
+    if "tests/integration/" not in str(item.fspath):
+        return 0
+    topic = topic_of(item)
+    stack = (CATALOG.topic(topic).stack if topic else None) or ""
+    order = stack_group_order()
+    return order.index(stack) if stack in order else 0
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by parametrized fixtures, kept within a group
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Stack group by stack group, each module's tests of a group together and in file order:
+    a group's images are built once, and in CI the next group starts on a disk without them
+    (three torch stacks and seven topics are ~32 GB at once, more than CI's disk leaves)."""
+    items.sort(key=group_of)
+
+
+def may_free_disk() -> bool:
+    # Only .ci/run, on a machine of its own, says the kit's images may go: CI=true on a shared
+    # machine (several people's images on one engine) must not remove them.
+    return IN_CI and os.environ.get("KIT_SUITE_MAY_FREE_DISK") == "1"
+
+
+def free_the_kit_images(engine: Engine, *, keep_kinds: tuple[str, ...] = ()) -> int:
+    """Remove the kit's images (but those of `keep_kinds`) and BuildKit's records that hold
+    their layers; every test rebuilds what it needs (build_topic forgets what it built)."""
+    images = [i for i in engine.images(f"{LABEL_PREFIX}.kind") if i.labels.get(f"{LABEL_PREFIX}.kind") not in keep_kinds]
+    engine.remove_images(image.id for image in images)
+    engine.prune_build_cache()
+    _built.clear()
+    return len(images)
+
+
+_group_on_disk: list[int] = []
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test: a module fixture may build its image
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """In CI, when the suite moves to the next stack group, the last group's images go (the
+    root filesystems and base layers stay: every group builds on them). The last test's
+    module fixtures have ended by now; a container still running keeps its image."""
+    group = group_of(item)
+    if _group_on_disk and _group_on_disk[-1] != group and may_free_disk():
+        try:
+            engine = Engine.connect()
+        except EngineError:
+            return
+        removed = free_the_kit_images(engine, keep_kinds=("rootfs", "base"))
+        print(f"stack group {group}: removed the last group's {removed} image(s) of the kit", file=sys.__stderr__)
+    _group_on_disk.append(group)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,9 +139,7 @@ def enough_disk_for_the_suite(no_stack_left_from_before: None) -> None:  # lefto
 
     if free_gb() >= SUITE_DISK_GB:
         return
-    if not IN_CI or os.environ.get("KIT_SUITE_MAY_FREE_DISK") != "1":
-        # Only .ci/run, on a machine of its own, says the kit's images may go: CI=true on a
-        # shared machine (several people's images on one engine) must not remove them.
+    if not may_free_disk():
         # A note, not a warning: the suite turns warnings into errors, and a few tests fit anyway
         print(
             f"note: {free_gb():.0f} GB free under {root}; a cold run of the whole suite needs about {SUITE_DISK_GB} GB (`invoke clean` frees the kit's images)",
@@ -73,10 +147,8 @@ def enough_disk_for_the_suite(no_stack_left_from_before: None) -> None:  # lefto
         )
         return
     before = free_gb()
-    images = engine.images(f"{LABEL_PREFIX}.kind")
-    engine.remove_images(image.id for image in images)
-    engine.prune_build_cache()
-    print(f"only {before:.0f} GB free under {root}: removed {len(images)} image(s) of the kit and the build cache, now {free_gb():.0f} GB free")
+    removed = free_the_kit_images(engine)
+    print(f"only {before:.0f} GB free under {root}: removed {removed} image(s) of the kit and the build cache, now {free_gb():.0f} GB free")
     if free_gb() < SUITE_DISK_GB:
         pytest.exit(f"{free_gb():.0f} GB free under {root}, the suite needs about {SUITE_DISK_GB} GB: free disk space and run again", returncode=3)
 
@@ -139,10 +211,11 @@ def nccl_2node_bundle(build_topic, tmp_path_factory) -> Iterator[Path]:
     path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def topic_container(engine: Engine, build_topic):
     """topic_container(name) -> a testinfra host on a running container of the topic, owned
-    by the engine's context manager until the session ends."""
+    by the engine's context manager until the module's run of tests ends (a running container
+    keeps its image on disk)."""
     with ExitStack() as owned:
 
         def start(name: str, base: str = "pypi") -> testinfra.host.Host:

@@ -105,6 +105,7 @@ def test_cuda_graph_memory_saver_hook_loads_in_the_image(engine: Engine, build_t
     assert result["figures"]["hook_library"].endswith("torch_memory_saver_hook_mode_preload_cu13.abi3.so")
 
 
+@pytest.mark.topic("openrlhf")
 def test_openrlhf_checks_vllm_and_its_trainer_on_cpu(engine: Engine, build_topic, tmp_path):
     build_topic("openrlhf")
     results = smoke("openrlhf", "vllm_serve,openrlhf_sft", tmp_path / "o.json")
@@ -117,6 +118,7 @@ def test_openrlhf_checks_vllm_and_its_trainer_on_cpu(engine: Engine, build_topic
     nothing_left(engine)
 
 
+@pytest.mark.topic("openrlhf")
 def test_openrlhf_trainer_imports_only_through_flash_attns_triton_path(engine: Engine, build_topic):
     """The image has flash-attn without kernels: with the image's FLASH_ATTENTION_TRITON_AMD_ENABLE
     OpenRLHF's models import; unset, the import fails on the missing extension (what a user

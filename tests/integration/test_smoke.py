@@ -242,6 +242,7 @@ def verl_image(build_topic):
     return topic_alias("verl", "pypi")
 
 
+@pytest.mark.topic("sglang")
 def test_sglang_cpu_path_writes_and_loads_the_tiny_model(engine: Engine, sglang_image, tmp_path):
     out = tmp_path / "smoke.json"
     proc = run_kit("smoke", "sglang", "--cpu", "--tests", "sglang_serve,sglang_pd", "--json", str(out), timeout=1800)
@@ -259,6 +260,7 @@ def test_sglang_cpu_path_writes_and_loads_the_tiny_model(engine: Engine, sglang_
     nothing_left(engine)
 
 
+@pytest.mark.topic("sglang")
 def test_tiny_model_in_the_sglang_image_has_what_the_server_reads(engine: Engine, sglang_image):
     """The files SGLang's model loader and tokenizer manager read: config with head_dim 64,
     generation_config with the EOS id, safetensors, a tokenizer with a chat template."""

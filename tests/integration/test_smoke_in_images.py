@@ -156,6 +156,7 @@ def test_cuda_jit_fails_with_the_old_toolkit_layout(engine: Engine, build_topic)
 # --- prefill/decode disaggregation in the sglang image --------------------------------------
 
 
+@pytest.mark.topic("sglang")
 def test_pd_flags_exist_in_the_installed_sglang(engine: Engine, build_topic):
     """Every flag the PD smoke test and compose/scripts/sglang_server.sh give the pair, and the
     transfer backends the stack offers, against `launch_server --help` of the image's SGLang."""
@@ -176,6 +177,7 @@ def test_pd_flags_exist_in_the_installed_sglang(engine: Engine, build_topic):
     assert choices is not None and set(backends) <= set(choices[1].split(",")), proc.stdout[-3000:]
 
 
+@pytest.mark.topic("sglang")
 def test_the_real_pd_router_gives_both_servers_one_bootstrap_room(engine: Engine, build_topic, tmp_path):
     """On a CPU: SGLang's own router (sglang_router 0.3.2) in PD mode in front of two stand-in
     servers, driven by the PD smoke test's harness. What is real: the router, its PD routing,
@@ -219,6 +221,7 @@ def test_the_real_pd_router_gives_both_servers_one_bootstrap_room(engine: Engine
     assert len(rooms) >= 4 and all(modes == {"prefill", "decode"} for modes in rooms.values()), rooms
 
 
+@pytest.mark.topic("sglang")
 def test_nixl_loads_its_cuda13_build_in_the_sglang_image(engine: Engine, build_topic):
     """The transfer backend the stack uses is importable as SGLang imports it (nixl._api),
     from the CUDA 13 build (the CUDA 12 one is not installed)."""
@@ -233,6 +236,7 @@ def test_nixl_loads_its_cuda13_build_in_the_sglang_image(engine: Engine, build_t
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["nixl_cu13", True, True]
 
 
+@pytest.mark.topic("sglang")
 def test_nixl_moves_memory_and_the_pd_test_reads_ucx_s_own_protocol_table(engine: Engine, build_topic):
     """Two processes' NIXL agents, as the prefill and decode servers hold them, write memory
     over UCX in the sglang image, with UCX_PROTO_INFO=y as the PD test sets it: the bytes and the
