@@ -324,6 +324,30 @@ def shared_dir(user: KitUser, prefix: str) -> Path:
     return path
 
 
+def scratch_kit_tree(user: KitUser, topic: str, topic_toml: str) -> Path:
+    """A kit tree (MLSYSKIT_ROOT) for `user`: the real images/, kit.toml, uv.lock (the base's
+    uv is hash-pinned from it) and kit.local.toml (the same mirrors: the same base layer), and
+    one topic with this topic.toml and an empty lock: building it reuses the layers below and
+    adds a topic layer in seconds."""
+    root = shared_dir(user, "mlsyskit-tree-")
+    shutil.copytree(REPO_ROOT / "images", root / "images")
+    for name in ("kit.toml", "uv.lock", "kit.local.toml"):
+        if (REPO_ROOT / name).exists():
+            shutil.copy(REPO_ROOT / name, root / name)
+    env = root / "envs" / topic
+    env.mkdir(parents=True)
+    (env / "topic.toml").write_text(topic_toml)
+    (env / "pyproject.toml").write_text(
+        f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n'
+    )
+    (env / "uv.lock").write_text(
+        f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n'
+    )
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o055)
+    return root
+
+
 def user_env(user: KitUser, extra: dict[str, str] | None = None) -> dict[str, str]:
     """A user's plain environment (not the suite's), plus `extra`."""
     env = {

@@ -22,7 +22,7 @@ import pytest
 from mlsyskit import REPO_ROOT
 from mlsyskit.engine import Engine
 from mlsyskit.runtime.caches import TARGET
-from tests.integration.conftest import KitUser, kit, run_kit, shared_dir
+from tests.integration.conftest import KitUser, kit, run_kit, scratch_kit_tree, shared_dir
 from tests.integration.test_shell import image, remove_topic_images, workspace
 
 LIBRARY = "torch-extensions/mlsyskit_cache_probe/mlsyskit_cache_probe.so"
@@ -84,25 +84,11 @@ def test_a_jit_build_is_reused_by_the_next_container(kit_user, workspace, image,
 
 
 def scratch_tree(user: KitUser, topic: str, marker: str) -> Path:
-    """A kit tree (MLSYSKIT_ROOT) with one topic on the `distributed` topic's stack that adds
-    no package: building it reuses base and stack and makes a topic layer in seconds. Its
-    [env] marker changes the image (a rebuild) without changing anything else."""
-    root = shared_dir(user, "mlsyskit-tree-")
-    shutil.copytree(REPO_ROOT / "images", root / "images")
-    for name in ("kit.toml", "uv.lock", "kit.local.toml"):
-        if (REPO_ROOT / name).exists():
-            shutil.copy(REPO_ROOT / name, root / name)
-    env = root / "envs" / topic
-    env.mkdir(parents=True)
-    set_marker(env, marker)
-    (env / "pyproject.toml").write_text(
-        f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n'
-    )
-    (env / "uv.lock").write_text(
-        f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n'
-    )
-    for path in [root, *root.rglob("*")]:
-        path.chmod(path.stat().st_mode | 0o055)
+    """A kit tree with one topic on the `distributed` topic's stack that adds no package:
+    building it reuses base and stack and makes a topic layer in seconds. Its [env] marker
+    changes the image (a rebuild) without changing anything else."""
+    root = scratch_kit_tree(user, topic, "")
+    set_marker(root / "envs" / topic, marker)
     return root
 
 

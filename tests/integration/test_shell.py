@@ -18,7 +18,7 @@ import pytest
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.engine import ContainerInfo, ContainerSpec, Engine
 from mlsyskit.runtime.shell import LABEL_WORKSPACE, MEMLOCK
-from tests.integration.conftest import KitUser, kit, shared_dir
+from tests.integration.conftest import KitUser, kit, scratch_kit_tree, shared_dir
 
 IMAGE = "mlsyskit/distributed:pypi"
 
@@ -230,25 +230,8 @@ def test_ps_without_containers_says_how_to_start_one(kit_user, workspace, engine
 def tiny_tree(user: KitUser, topic: str, apt_packages: list[str]) -> Path:
     """A kit tree (MLSYSKIT_ROOT) with the real images/ and one small topic on the bare base:
     building it reuses the base layer and adds a topic layer in seconds."""
-    root = shared_dir(user, "mlsyskit-tree-")
-    shutil.copytree(REPO_ROOT / "images", root / "images")
-    shutil.copy(REPO_ROOT / "kit.toml", root / "kit.toml")
-    shutil.copy(REPO_ROOT / "uv.lock", root / "uv.lock")  # the base's uv is hash-pinned from it: the same base layer
-    if (REPO_ROOT / "kit.local.toml").exists():  # the same mirrors and build choices: the same base layer
-        shutil.copy(REPO_ROOT / "kit.local.toml", root / "kit.local.toml")
-    env = root / "envs" / topic
-    env.mkdir(parents=True)
     packages = ", ".join(f'"{p}"' for p in apt_packages)
-    (env / "topic.toml").write_text(f'description = "invoke shell test topic"\nstack = ""\napt_packages = [{packages}]\n')
-    (env / "pyproject.toml").write_text(
-        f'[project]\nname = "{topic}"\nversion = "0"\nrequires-python = ">=3.11"\ndependencies = []\n\n[tool.uv]\npackage = false\n'
-    )
-    (env / "uv.lock").write_text(
-        f'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n[[package]]\nname = "{topic}"\nversion = "0"\nsource = {{ virtual = "." }}\n'
-    )
-    for path in [root, *root.rglob("*")]:
-        path.chmod(path.stat().st_mode | 0o055)
-    return root
+    return scratch_kit_tree(user, topic, f'description = "invoke shell test topic"\nstack = ""\napt_packages = [{packages}]\n')
 
 
 def remove_topic_images(engine: Engine, topic: str) -> None:
