@@ -151,7 +151,9 @@ def _kit_files(contents: Contents, catalog: Catalog) -> dict[str, Path]:
         files[f"compose/{contents.stack}.yml"] = compose / f"{contents.stack}.yml"
         for path in sorted((compose / "scripts").iterdir()):
             files[f"compose/scripts/{path.name}"] = path
-        for path in sorted((catalog.root / "smoke_tests").glob("*.py")):
+        # the whole package a stack's services run (`python -m smoke_tests.X`): its __init__,
+        # the shared _result/_gates/_hardware modules and the GPU peaks table beside them
+        for path in sorted([*(catalog.root / "smoke_tests").glob("*.py"), *(catalog.root / "smoke_tests").glob("*.toml")]):
             files[f"smoke_tests/{path.name}"] = path
     return files
 
@@ -244,7 +246,7 @@ def write_bundle(
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 KNOWN = re.compile(
     rf"{ROOT}/(?:images\.tar|manifest\.json|manifest\.sig|sbom/{_PART}\.cdx\.json|locks/(?:{_PART}/){{0,4}}uv\.lock"
-    rf"|compose/{_PART}\.yml|compose/scripts/{_PART}|smoke_tests/{_PART}\.py|kernel-cache\.tar)",
+    rf"|compose/{_PART}\.yml|compose/scripts/{_PART}|smoke_tests/_{{0,2}}{_PART}\.(?:py|toml)|kernel-cache\.tar)",
     re.ASCII,
 )
 MANIFEST_MAX = 4 << 20  # bytes: a manifest of hundreds of images is ~100 KB

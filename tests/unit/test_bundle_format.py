@@ -178,3 +178,20 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
         bundle.write_bundle(FullDisk(), catalog, bundle.Contents([catalog.topic("docs")], "", "pypi"), out, lambda _: None)  # type: ignore[arg-type]
     assert "free space" in caught.value.fix
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("stack", ["nccl-2node", "sglang-pd", "verl"])
+def test_every_file_a_stack_bundle_carries_is_one_the_reader_accepts(stack):
+    """The reader's allow-list and the writer's file list agree: a stack bundle carries the
+    whole smoke_tests package (its __init__, the _-prefixed shared modules, gpu_peaks.toml),
+    and `invoke load` must not refuse the kit's own bundle (it did: `__init__.py`)."""
+    from mlsyskit.compose.stacks import load_stack
+    from mlsyskit.data.catalog import load_catalog
+
+    catalog = load_catalog()
+    topics = [catalog.topic(name) for name in load_stack(stack).topics()]
+    files = bundle._kit_files(bundle.Contents(topics=topics, stack=stack, base="pypi"), catalog)
+    names = set(files)
+    assert {"smoke_tests/__init__.py", "smoke_tests/_result.py", "smoke_tests/_gates.py", "smoke_tests/gpu_peaks.toml"} <= names
+    refused = [name for name in names if not bundle.KNOWN.fullmatch(f"{bundle.ROOT}/{name}")]
+    assert refused == []
