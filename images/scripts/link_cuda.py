@@ -83,6 +83,7 @@ def make_driver_stub(stubs: Path) -> bool:
 
 
 LD_CONF = Path("/etc/ld.so.conf.d/mlsyskit-cuda-wheels.conf")
+AUX_CACHE = Path("/var/cache/ldconfig/aux-cache")
 
 
 def wheel_library_dirs() -> list[Path]:
@@ -103,6 +104,9 @@ def register_libraries(conf: Path = LD_CONF) -> list[Path]:
         return []
     conf.write_text("# NVIDIA's CUDA wheels (images/scripts/link_cuda.py)\n" + "".join(f"{d}\n" for d in dirs))
     subprocess.run(["ldconfig"], check=True)
+    # ldconfig's aux cache records the libraries' inodes and times: a rebuild never matches it
+    # (`invoke verify`), and the loader does not read it. Deleted in the step that writes it.
+    AUX_CACHE.unlink(missing_ok=True)
     return dirs
 
 
