@@ -117,7 +117,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         except EngineError:
             return
         removed = free_the_kit_images(engine, keep_kinds=("rootfs", "base"))
-        print(f"stack group {group}: removed the last group's {removed} image(s) of the kit", file=sys.__stderr__)
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")  # shown, not captured with the test's output
+        if reporter is not None:
+            reporter.write_line(f"stack group {stack_group_order()[group] or 'none'}: removed the last group's {removed} image(s) of the kit")
     _group_on_disk.append(group)
 
 

@@ -131,11 +131,13 @@ def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_stack(engine: Engine, b
     if flashinfer:
         assert result["figures"]["flashinfer"]["version"] == flashinfer
         assert "flashinfer's kernel" in result["reason"] and "compiled and linked for sm_90" in result["reason"]
+    else:
+        assert result["figures"]["flashinfer"] == "not installed"
     sglang = key_versions(REPO_ROOT / "envs" / topic / "uv.lock", ["sglang"]).get("sglang")
     if sglang:  # SGLang's own JIT kernels, built by the image's nvcc and host compiler
         assert result["figures"]["sglang_jit"]["version"] == sglang and result["figures"]["sglang_jit"]["kernels"]
     else:
-        assert result["figures"]["flashinfer"] == "not installed"
+        assert "sglang_jit" not in result["figures"]
 
 
 def test_cuda_jit_fails_with_the_old_toolkit_layout(engine: Engine, build_topic):
