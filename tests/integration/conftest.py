@@ -117,9 +117,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         except EngineError:
             return
         removed = free_the_kit_images(engine, keep_kinds=("rootfs", "base"))
-        reporter = item.config.pluginmanager.get_plugin("terminalreporter")  # shown, not captured with the test's output
-        if reporter is not None:
-            reporter.write_line(f"stack group {stack_group_order()[group] or 'none'}: removed the last group's {removed} image(s) of the kit")
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        capture = item.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # on the terminal, not in the test's captured output
+                reporter.write_line(f"stack group {stack_group_order()[group] or 'none'}: removed the last group's {removed} image(s) of the kit")
     _group_on_disk.append(group)
 
 
