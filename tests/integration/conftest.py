@@ -43,7 +43,7 @@ def engine() -> Engine:
 # The suite runs stack group by stack group (see `pytest_collection_modifyitems` below): in CI
 # only one group's images are on disk at a time. Measured (BENCHMARKS.md, "CI: .ci/run cold"):
 # the largest group, the `distributed` stack's (four topics, arm64, the Slurm tests' image
-# files, verify's rebuild, the stack bundle), peaks 34 GB above an empty engine.
+# files, verify's rebuild, the stack bundle), peaks 34-35 GB above an empty engine.
 SUITE_DISK_GB = 38
 
 # Topics whose images are needed together; the first group also holds the topics on no stack
