@@ -310,6 +310,17 @@ def cuda_diagnosis(dev: str = "/dev") -> str:
     return f"{', '.join(nodes)} present, but torch.cuda.is_available() is False"
 
 
+def gpu_unavailable(args: Any, what: str) -> Exception:
+    """The outcome where a test's GPU part cannot run: a skip when `--cpu` asked for the CPU
+    path only, else `no_gpu`'s skip or failure (``args`` has ``cpu`` and ``require_gpu``)."""
+    return Skip(f"--cpu given: {what}") if args.cpu else no_gpu(args.require_gpu, what)
+
+
+def too_few_gpus(option: str, wanted: int, visible: int) -> Skip:
+    """A skip for a run asked onto more GPUs than are visible (`--tp 2`, `--nproc 2`)."""
+    return Skip(f"{option} {wanted} needs {wanted} GPUs; {visible} visible")
+
+
 def gpu_device_nodes(dev: str = "/dev") -> list[str]:
     """The GPU device nodes here (nvidia0, nvidia1...; not nvidiactl or nvidia-uvm)."""
     return sorted(p.name for p in Path(dev).glob("nvidia[0-9]*"))

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, block_seconds, fmt, no_gpu, run_test, test_parser
+from smoke_tests._result import Fail, Report, SmokeTest, block_seconds, fmt, gpu_unavailable, run_test, test_parser
 
 TEST = "cuda_graph"
 
@@ -126,9 +126,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 if not check["ok"]:
                     raise Fail(f"eager forward on the CPU is not repeatable: max diff {check['max_abs_diff']:.3g}")
                 what = "CUDA graphs need a GPU (the eager path ran on the CPU and was repeatable)"
-                if args.cpu:
-                    raise Skip(f"--cpu given: {what}")
-                raise no_gpu(args.require_gpu, what)
+                raise gpu_unavailable(args, what)
 
             report.figures["gpu"] = torch.cuda.get_device_name(device)
             static_x = torch.randn(shape, device=device)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests._gates import Gate, add_gate_args, from_args
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_test, test_parser
+from smoke_tests._result import Fail, Report, SmokeTest, fmt, gpu_unavailable, run_test, test_parser
 
 TEST = "cuda_jit"
 DEFAULT_ARCH = "9.0"
@@ -384,9 +384,7 @@ def body_for(args: argparse.Namespace) -> Any:
             built = "the CUDA extension" + (" and flashinfer's kernel" if spec is not None else "")
             built += " and SGLang's JIT kernels" if "sglang_jit" in report.figures else ""
             what = f"running the kernels needs a GPU ({built} compiled and linked for sm_{arch.replace('.', '')})"
-            if args.cpu:
-                raise Skip(f"--cpu given: {what}")
-            raise no_gpu(args.require_gpu, what)
+            raise gpu_unavailable(args, what)
 
     return body
 

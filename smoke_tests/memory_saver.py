@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, no_gpu, run_command, run_test, test_parser
+from smoke_tests._result import Fail, Report, SmokeTest, gpu_unavailable, run_command, run_test, test_parser
 from smoke_tests.libs import unresolved_libraries
 
 TEST = "memory_saver"
@@ -144,9 +144,7 @@ def body_for(args: argparse.Namespace) -> Any:
         use_gpu = not args.cpu and torch.cuda.is_available()
         if not use_gpu:
             what = "pausing GPU memory needs a GPU (the hook library's links resolve)"
-            if args.cpu:
-                raise Skip(f"--cpu given: {what}")
-            raise no_gpu(args.require_gpu, what)
+            raise gpu_unavailable(args, what)
 
         with tempfile.TemporaryDirectory(prefix="smoke-memory-saver-") as tmp:
             out = Path(tmp) / "child.json"

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests import tiny_model
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, no_gpu, run_command, run_main, test_parser
+from smoke_tests._result import Fail, Report, SmokeTest, gpu_unavailable, run_command, run_main, test_parser, too_few_gpus
 
 TEST = "openrlhf_sft"
 
@@ -143,11 +143,9 @@ def body_for(args: argparse.Namespace) -> Any:
             gpus = torch.cuda.device_count() if torch.cuda.is_available() and not args.cpu else 0
             if gpus == 0:
                 what = "OpenRLHF's DeepSpeed trainer needs a GPU (its modules import and its flags check out)"
-                if args.cpu:
-                    raise Skip(f"--cpu given: {what}")
-                raise no_gpu(args.require_gpu, what)
+                raise gpu_unavailable(args, what)
             if gpus < args.nproc:
-                raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {gpus} visible")
+                raise too_few_gpus("--nproc", args.nproc, gpus)
             report.figures["gpu"] = torch.cuda.get_device_name(0)
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
                    "-m", "openrlhf.cli.train_sft", *cmd_args]  # fmt: skip

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_main, test_parser
+from smoke_tests._result import Fail, Report, SmokeTest, fmt, gpu_unavailable, no_gpu, run_main, test_parser
 
 TEST = "quantize"
 
@@ -358,9 +358,7 @@ def body_for(args: argparse.Namespace) -> Any:
 
         if not use_gpu:
             what = "FP8 tensor-core products need a GPU (quantized, saved, reloaded, compared and scored by lm-eval on the CPU)"
-            if args.cpu:
-                raise Skip(f"--cpu given: {what}")
-            raise no_gpu(args.require_gpu, what)
+            raise gpu_unavailable(args, what)
 
     return body
 

@@ -39,7 +39,20 @@ from typing import Any
 
 from smoke_tests import sglang_serve
 from smoke_tests._gates import Gate, add_gate_args, from_args, judge_switch
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_test, start_child, stop_child, tail_text, test_parser, work_folder
+from smoke_tests._result import (
+    Fail,
+    Report,
+    Skip,
+    SmokeTest,
+    fmt,
+    gpu_unavailable,
+    run_test,
+    start_child,
+    stop_child,
+    tail_text,
+    test_parser,
+    work_folder,
+)
 from smoke_tests.sglang_serve import HOST, command_words, free_port, request, wait_healthy
 
 TEST = "sglang_pd"
@@ -416,9 +429,7 @@ def body_for(args: argparse.Namespace) -> Any:
                 if not args.model:
                     sglang_serve.check_tiny_model(model, report)
                 what = "prefill/decode disaggregation needs two GPUs (the tiny model was written and loaded on the CPU)"
-                if args.cpu:
-                    raise Skip(f"--cpu given: {what}")
-                raise no_gpu(args.require_gpu, what)
+                raise gpu_unavailable(args, what)
             if not custom and gpus < 2:
                 raise Skip(f"prefill and decode need a GPU each; {gpus} visible")
             defect = None if custom else known_defect(args.transfer_backend, installed_source(args.transfer_backend))

@@ -47,7 +47,21 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests import tiny_model
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_command, run_test, start_child, stop_child, tail_text, test_parser, work_folder
+from smoke_tests._result import (
+    Fail,
+    Report,
+    SmokeTest,
+    fmt,
+    gpu_unavailable,
+    run_command,
+    run_test,
+    start_child,
+    stop_child,
+    tail_text,
+    test_parser,
+    too_few_gpus,
+    work_folder,
+)
 
 TEST = "sglang_serve"
 HOST = "127.0.0.1"
@@ -338,11 +352,9 @@ def body_for(args: argparse.Namespace) -> Any:
                     check_tiny_model(model, report)
                 done = "the tiny model was written and loaded on the CPU" if not args.model else "nothing was started"
                 what = f"an SGLang server needs a GPU ({done})"
-                if args.cpu:
-                    raise Skip(f"--cpu given: {what}")
-                raise no_gpu(args.require_gpu, what)
+                raise gpu_unavailable(args, what)
             if not custom and gpus < args.tp:
-                raise Skip(f"--tp {args.tp} needs {args.tp} GPUs; {gpus} visible")
+                raise too_few_gpus("--tp", args.tp, gpus)
             serve(args, report, workdir, model, tokenizer)
 
     return body

@@ -46,14 +46,14 @@ from typing import Any
 from smoke_tests._result import (
     Fail,
     Report,
-    Skip,
     SmokeTest,
     add_cleanup,
     fmt,
-    no_gpu,
+    gpu_unavailable,
     remove_cleanup,
     run_test,
     test_parser,
+    too_few_gpus,
     work_folder,
 )
 
@@ -376,11 +376,9 @@ def body_for(args: argparse.Namespace) -> Any:
                 gpus = gpu_count()
                 if args.cpu or gpus == 0:
                     what = "GRPO with SGLang rollout needs a GPU (the tiny model, its RL prompts and verl's composed config were checked on the CPU)"
-                    if args.cpu:
-                        raise Skip(f"--cpu given: {what}")
-                    raise no_gpu(args.require_gpu, what)
+                    raise gpu_unavailable(args, what)
                 if gpus < args.nproc:
-                    raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {gpus} visible")
+                    raise too_few_gpus("--nproc", args.nproc, gpus)
                 from smoke_tests.verl_sft import run_trainer, trainer_failed
 
                 budget = max(10.0, args.timeout - 45)  # time left to stop Ray and report

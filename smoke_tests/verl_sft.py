@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoke_tests._result import CommandResult, Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_command, run_test, test_parser, work_folder
+from smoke_tests._result import CommandResult, Fail, Report, Skip, SmokeTest, fmt, no_gpu, run_command, run_test, test_parser, too_few_gpus, work_folder
 
 TEST = "verl_sft"
 _STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([-+0-9.eEinfa]+)")
@@ -167,7 +167,7 @@ def body_for(args: argparse.Namespace) -> Any:
             raise Skip("--cpu given: verl 0.9.1's SFT trainer has no CPU device (FSDP engine is cuda/npu only)")
         if torch.cuda.is_available():
             if torch.cuda.device_count() < args.nproc:
-                raise Skip(f"--nproc {args.nproc} needs {args.nproc} GPUs; {torch.cuda.device_count()} visible")
+                raise too_few_gpus("--nproc", args.nproc, torch.cuda.device_count())
             device = "cuda"
         else:
             raise no_gpu(args.require_gpu, "verl's FSDP SFT trainer needs one")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from smoke_tests import sglang_serve as harness
-from smoke_tests._result import Fail, Report, Skip, SmokeTest, no_gpu, run_command, run_test, test_parser, work_folder
+from smoke_tests._result import Fail, Report, SmokeTest, gpu_unavailable, run_command, run_test, test_parser, too_few_gpus, work_folder
 
 TEST = "vllm_serve"
 # `vllm serve` (vllm.entrypoints.openai.api_server is deprecated in 0.29).
@@ -124,11 +124,9 @@ def body_for(args: argparse.Namespace) -> Any:
                 if not args.model:
                     harness.check_tiny_model(model, report)
                 what = "vLLM's CUDA build needs a GPU to serve (the tiny model loads on the CPU, the flags check out)"
-                if args.cpu:
-                    raise Skip(f"--cpu given: {what}")
-                raise no_gpu(args.require_gpu, what)
+                raise gpu_unavailable(args, what)
             if harness.gpu_count() < args.tp:
-                raise Skip(f"--tp {args.tp} needs {args.tp} GPUs; {harness.gpu_count()} visible")
+                raise too_few_gpus("--tp", args.tp, harness.gpu_count())
             serve(args, report, workdir, model, tokenizer)
 
     return body

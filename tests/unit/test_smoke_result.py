@@ -326,3 +326,15 @@ def test_cuda_diagnosis_tells_no_device_from_a_driver_that_does_not_start(tmp_pa
     else:
         # a CPU build of torch (or no driver) cannot start CUDA; torch says why
         assert got.startswith("nvidia0 present, but CUDA does not start (")
+
+
+def test_gpu_unavailable_skips_on_cpu_and_fails_when_gpus_were_asked_for():
+    from argparse import Namespace
+
+    from smoke_tests._result import Fail, Skip, gpu_unavailable, too_few_gpus
+
+    skipped = gpu_unavailable(Namespace(cpu=True, require_gpu=True), "X needs a GPU")
+    assert isinstance(skipped, Skip) and str(skipped) == "--cpu given: X needs a GPU"
+    failed = gpu_unavailable(Namespace(cpu=False, require_gpu=True), "X needs a GPU")
+    assert isinstance(failed, Fail) and "GPUs were asked for" in str(failed) and "X needs a GPU" in str(failed)
+    assert str(too_few_gpus("--tp", 2, 1)) == "--tp 2 needs 2 GPUs; 1 visible"
