@@ -13,11 +13,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+def save(fig: Any, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
 
 
 def passed_results(folder: Path) -> dict[tuple[str, int], float]:
@@ -47,10 +54,7 @@ def plot_tests(folder: Path) -> Path:
     ax.set_xlabel("seconds (test, start to verdict)")
     ax.set_title("Every topic's smoke tests inside its own image, 1 x H100, 2026-12-05")
     ax.legend()
-    fig.tight_layout()
-    out = folder / "tests.png"
-    fig.savefig(out, dpi=110)
-    return out
+    return save(fig, folder / "tests.png")
 
 
 def plot_warm(folder: Path) -> Path:
@@ -63,10 +67,7 @@ def plot_warm(folder: Path) -> Path:
         ax.text(i, v + 1, f"{v:.1f} s", ha="center")
     ax.set_ylabel("server healthy after (s)")
     ax.set_title(f"SGLang 0.5.12 (verl image) start: warm = {values[1] / values[0]:.0%} of cold")
-    fig.tight_layout()
-    out = folder / "warm_start.png"
-    fig.savefig(out, dpi=110)
-    return out
+    return save(fig, folder / "warm_start.png")
 
 
 def plot_degrade(folder: Path) -> Path:
@@ -88,10 +89,7 @@ def plot_degrade(folder: Path) -> Path:
     ax.set_ylabel("share of the datasheet peak")
     ax.set_title("gpu_health's default gates (dashed): healthy passes, loaded GPU fails")
     ax.legend()
-    fig.tight_layout()
-    out = folder / "degrade.png"
-    fig.savefig(out, dpi=110)
-    return out
+    return save(fig, folder / "degrade.png")
 
 
 def main(argv: list[str]) -> int:
