@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoke_tests import _startup as startup
 from smoke_tests import tiny_model
 from smoke_tests._result import (
     Fail,
@@ -371,6 +372,7 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
     rows: list[list[str]] = []
     # Shared, not copied: a failure half-way still prints the checks that passed.
     report.table_headers, report.table_rows = ["check", "result", "figure"], rows
+    started_at = time.time()  # wall clock: the server log's stamps are wall-clock times
     with server_process(cmd, workdir / "server.log", env, report, args.stop_grace) as (server, start):
         ready = wait_healthy(base_url, args.startup_timeout, server.poll)
         report.figures["ready_seconds"] = ready
@@ -394,6 +396,13 @@ def serve(args: argparse.Namespace, report: Report, workdir: Path, model: str, t
         report.figures["bench"] = figures
         report.figures["bench"].update(num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len, concurrency=args.concurrency)
         judge_load(report, "bench_serving", figures, verdict, args.num_prompts, f"every request with {args.output_len} tokens")
+    # where the start-up went (weights, KV cache, graph capture and its JIT, warm-up), from the
+    # server's own log, complete now that it stopped
+    with open(workdir / "server.log", errors="replace") as log:
+        parts = startup.phases(log, startup.SGLANG_MARKS, startup.SGLANG_STAMP, started_at)
+    report.figures["startup"] = parts
+    if parts:
+        report.notes.append(f"start-up ({ready:.1f} s to healthy), longest phases: {startup.summary(parts)}")
 
 
 @contextmanager

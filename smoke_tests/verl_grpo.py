@@ -43,6 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from smoke_tests import _startup as startup
 from smoke_tests._result import (
     Fail,
     Report,
@@ -383,8 +384,16 @@ def body_for(args: argparse.Namespace) -> Any:
 
                 budget = max(10.0, args.timeout - 45)  # time left to stop Ray and report
                 # RAY_DEDUP_LOGS=0: every worker's lines, not "repeated 2x"
+                started_at = time.time()  # wall clock: verl's log stamps are wall-clock times
                 run = run_trainer([sys.executable, "-m", "verl.trainer.main_ppo", *items], report, workdir, budget, RAY_DEDUP_LOGS="0")
                 steps = parse_metrics(run.output)
+                # where the trainer's start went, the rollout engine's (SGLang) start among it
+                parts = startup.phases(run.output.splitlines(), startup.VERL_MARKS, startup.VERL_STAMP, started_at)
+                report.figures["startup"] = parts
+                rollout = [p["seconds"] for p in parts if p["phase"] == startup.VERL_ROLLOUT]
+                if rollout:
+                    report.figures["rollout_start_seconds"] = rollout[0]
+                    report.notes.append(f"start-up, longest phases: {startup.summary(parts)}")
                 report.figures.update(
                     steps=len(steps),
                     metrics={s: {k: m[k] for k in KEPT_KEYS if k in m} for s, m in steps.items()},

@@ -10,6 +10,7 @@
 #   images_run.sh unpack [PREFIX...]     # /tmp/pieces -> /tmp/roots/<image>, each set up with the GPU
 #   images_run.sh one IMAGE TEST UID CACHE [ARGS...]   # one test, waits (CACHE: a kernel-cache key or -)
 #   images_run.sh lanes                  # the session's plan (below) in the background; log /tmp/lanes.log
+#   images_run.sh lanes-sglang           # the second run's plan (sglang image, verl GRPO cold/warm), the same way
 #   images_run.sh status                 # what has finished so far
 #   images_run.sh collect OUT            # every result and log into OUT/results.tgz
 #
@@ -52,7 +53,7 @@ summary() {
   done
 }
 
-case ${1:?stage|unpack|one|lanes|status|collect} in
+case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
   stage)
     mkdir -p /tmp/pieces && cp -n .img*/*.part-* .img*/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
   unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
@@ -102,6 +103,29 @@ case ${1:?stage|unpack|one|lanes|status|collect} in
       echo ALL DONE
     " > /tmp/lanes.log 2>&1 < /dev/null &
     echo "lanes started" ;;
+  lanes-sglang)
+    # The second image run (issues 20 and 23): the sglang topic's own image and the verl
+    # image's GRPO. One lane holds every SGLang start, one after the other, so cold and warm
+    # starts see the same idle GPU and cores: SGLang serving as root cold, then warm (the
+    # same kernel cache `s`), then cold as UID 1000 (its own cache `u`) while the small
+    # tests run beside it (cuda_jit, cuda_graph, root and UID 1000); then verl GRPO cold and
+    # warm (cache `g`) once the small tests are done; GPU health alone at the end. Each
+    # SGLang serving run keeps its server log (--workdir) beside its result.
+    rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/
+    S="bash /tmp/kit/benchmarks/gpu/images_run.sh one"
+    W=/tmp/results
+    rm -f /tmp/small.done
+    setsid nohup bash -c "
+      ( $S sglang-pypi sglang_serve 0 s --workdir $W/wd-sglang_serve-0-cold
+        $S sglang-pypi sglang_serve 0 s --workdir $W/wd-sglang_serve-0-warm
+        ( for u in 0 1000; do $S sglang-pypi cuda_jit \$u - & $S sglang-pypi cuda_graph \$u - & done; wait; touch /tmp/small.done ) &
+        $S sglang-pypi sglang_serve 1000 u --workdir $W/wd-sglang_serve-1000-cold
+        until [ -e /tmp/small.done ]; do sleep 2; done
+        $S verl-pypi verl_grpo 0 g; $S verl-pypi verl_grpo 0 g )
+      $S sglang-pypi gpu_health 1000 -
+      echo ALL DONE
+    " > /tmp/lanes.log 2>&1 < /dev/null &
+    echo "lanes-sglang started" ;;
   status)
     cat /tmp/lanes.log 2>/dev/null; summary
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader ;;
