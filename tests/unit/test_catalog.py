@@ -8,10 +8,10 @@ from mlsyskit.data.catalog import load_catalog
 from mlsyskit.errors import UsageError
 
 
-def test_real_catalog_loads_with_distributed_on_its_stack():
+def test_real_catalog_loads_with_distributed_on_its_framework():
     catalog = load_catalog()
     topic = catalog.topic("distributed")
-    assert topic.stack in catalog.stacks
+    assert topic.framework in catalog.frameworks
     assert "torch" in topic.key_packages
     assert {"pypi", "nvidia"} <= set(catalog.bases)
 
@@ -33,7 +33,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ('stack = "torch-2.11-cu130"', 'stack = "torch-9"', "field 'stack' names unknown stack 'torch-9'"),
+        ('framework = "torch-2.11-cu130"', 'framework = "torch-9"', "field 'framework' names unknown framework 'torch-9'"),
         ("min = 0", 'min = "none"', "field 'gpus.min' must be a whole number"),
         ("ports = []", "ports = [99999]", "field 'run.ports' must be a list of port numbers"),
         ('description = "NCCL', 'colour = "red"\ndescription = "NCCL', "unknown field 'colour'"),
