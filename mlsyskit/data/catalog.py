@@ -5,6 +5,7 @@ name the file and the field; nothing about a particular topic is written in code
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def load_bases(root: Path) -> dict[str, Base]:
 
 
 def load_framework(data_file: Path) -> Framework:
-    """images/frameworks/<name>/framework.toml."""
+    """images/frameworks/<name>/framework.toml (or an older tree's images/stacks/<name>/stack.toml)."""
     path = data_file.parent
     f = Fields(data_file, _read_toml(data_file))
     f.reject_unknown({"description", "cuda", "key_packages", "env", "caches"})
@@ -258,11 +259,12 @@ def _arches(f: Fields) -> tuple[str, ...]:
 def load_topic(path: Path, frameworks: dict[str, Framework]) -> Topic:
     data_file = path / "topic.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "framework", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env", "caches"})
-    framework = f.str("framework", "")
+    key = _framework_key(f)  # "framework", or the old "stack"
+    f.reject_unknown({"description", key, "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env", "caches"})
+    framework = f.str(key, "")
     if framework and framework not in frameworks:
         raise UsageError(
-            f"{rel_path(data_file)}: field 'framework' names unknown framework '{framework}'",
+            f"{rel_path(data_file)}: field '{key}' names unknown framework '{framework}'",
             fix=f'use one of: {", ".join(sorted(frameworks))}, or "" for none',
         )
     gpus, run = f.sub("gpus"), f.sub("run")
@@ -296,8 +298,50 @@ def _require_lock_inputs(path: Path) -> None:
             raise UsageError(f"{rel_path(path / name)}: file is missing", fix="write pyproject.toml, then run `invoke lock`")
 
 
+# --- the old spellings: read for one more release, each with a one-line warning -----------
+
+OLD_FRAMEWORK_KEY = "stack"  # topic.toml's `stack = "..."`, now `framework = "..."`
+_warned: set[str] = set()  # each old spelling is named once per run, however often it is read
+
+
+def warn_old_spelling(line: str) -> None:
+    if line not in _warned:
+        _warned.add(line)
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _framework_key(f: Fields) -> str:
+    """Which key of topic.toml names the framework: `framework`, or the old `stack`."""
+    if OLD_FRAMEWORK_KEY not in f.table:
+        return "framework"
+    if "framework" in f.table:
+        raise UsageError(
+            f"{rel_path(f.path)}: fields 'framework' and '{OLD_FRAMEWORK_KEY}' both given ('{OLD_FRAMEWORK_KEY}' is the old name of 'framework')",
+            fix=f"keep only framework = ... and remove {OLD_FRAMEWORK_KEY} = ...",
+        )
+    warn_old_spelling(f"{rel_path(f.path)}: field '{OLD_FRAMEWORK_KEY}' is now spelled 'framework' (the old name is read until the next release)")
+    return OLD_FRAMEWORK_KEY
+
+
+def framework_files(root: Path) -> dict[str, Path]:
+    """{name: its data file}: images/frameworks/<name>/framework.toml, then an older tree's
+    images/stacks/<name>/stack.toml for a name images/frameworks/ lacks (with a warning)."""
+    found = {}
+    for folder, file_name in (("frameworks", "framework.toml"), ("stacks", "stack.toml")):
+        top = root / "images" / folder
+        for path in sorted(top.iterdir()) if top.is_dir() else ():
+            if path.name in found or not (path / file_name).exists():
+                continue
+            if folder == "stacks":
+                warn_old_spelling(
+                    f"{rel_path(path / file_name)} is the old place of a framework: move it to images/frameworks/{path.name}/framework.toml "
+                    "(the old place is read until the next release)"
+                )
+            found[path.name] = path / file_name
+    return found
+
+
 def load_catalog(root: Path = REPO_ROOT) -> Catalog:
-    top = root / "images" / "frameworks"
-    frameworks = {p.name: load_framework(p / "framework.toml") for p in sorted(top.iterdir()) if (p / "framework.toml").exists()}
+    frameworks = {name: load_framework(data_file) for name, data_file in sorted(framework_files(root).items())}
     topics = {p.name: load_topic(p, frameworks) for p in sorted((root / "envs").iterdir()) if (p / "topic.toml").exists()}
     return Catalog(root=root, bases=load_bases(root), frameworks=frameworks, topics=topics)
