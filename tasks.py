@@ -84,7 +84,7 @@ def doctor(c: Context, fix: bool = False) -> None:
 )
 @kit_errors
 def build(c: Context, topics: str, base: str | None = None, no_cache: bool = False, verbose: bool = False, dry_run: bool = False, arch: str = "") -> None:
-    """Build base -> stack -> topic, only what is missing or changed."""
+    """Build base -> framework -> topic, only what is missing or changed."""
     say(commands.build(topics, with_arch(base, arch), no_cache, verbose, say, dry_run=dry_run))
 
 
@@ -98,7 +98,7 @@ def images(c: Context) -> None:
 @task(help={"check": "fail if any lock is stale (resolves nothing)", "topics": "comma-separated (default: all)"})
 @kit_errors
 def lock(c: Context, topics: str = "", check: bool = False) -> None:
-    """Re-resolve the stack and topic locks (`--check`: fail when one is stale)."""
+    """Re-resolve the framework and topic locks (`--check`: fail when one is stale)."""
     commands.lock(topics, check, say)
 
 
@@ -112,7 +112,7 @@ def check(c: Context, topic: str, base: str | None = None, arch: str = "") -> No
 @task(help={**IMAGES_HELP})
 @kit_errors
 def topics(c: Context, base: str | None = None, arch: str = "") -> None:
-    """Every topic: its stack, key versions, GPU needs and whether its image is built."""
+    """Every topic: its framework, key versions, GPU needs and whether its image is built."""
     say(commands.topics(with_arch(base, arch)))
 
 

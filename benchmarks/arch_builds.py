@@ -4,7 +4,7 @@ topic for both architectures, in one run.
     uv run python benchmarks/arch_builds.py [--topic distributed] [--out benchmarks/results]
 
 For each architecture: BuildKit's cache mounts (uv, pip, apt) are pruned, then the topic's
-base, stack and topic layers are built with --no-cache on the existing root filesystem (the
+base, framework and topic layers are built with --no-cache on the existing root filesystem (the
 arm64 one is bootstrapped first if missing; its time is reported apart). Every wheel and .deb
 is downloaded again. Writes arch_builds.{json,md,png} (bars: time per layer, both arches)."""
 

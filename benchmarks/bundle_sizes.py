@@ -3,7 +3,7 @@ of each image on its own, and the time to write, check and load.
 
     uv run python benchmarks/bundle_sizes.py [--names docs nccl-2node] [--out benchmarks/results]
 
-For each name (a topic, or a stack), in one run: `invoke bundle NAME`; the bytes `docker save`
+For each name (a topic, or a compose stack), in one run: `invoke bundle NAME`; the bytes `docker save`
 writes for each of the bundle's images on its own (counted, not stored); the images' summed
 sizes as `docker images` shows them; then the topic images' own tags are removed and
 `invoke load` restores them (the parents, shared with other topics, stay: the load writes the

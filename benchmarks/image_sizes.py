@@ -1,12 +1,12 @@
 """Image sizes of every topic (issue 3): each image and each of its layers (root
-filesystem, base, stack, topic), the disk all topics take with shared layers counted once
+filesystem, base, framework, topic), the disk all topics take with shared layers counted once
 against the largest single image (goal <= 1.5x), and the `sglang` image against the
 official SGLang runtime image (20 GB per sglang PR #13861; goal <= 10 GB).
 
     uv run python benchmarks/image_sizes.py [--base pypi] [--out benchmarks/results]
 
 Reads the built images (`invoke build all` first; nothing is built here) through their
-labels: a topic image names its parent (the stack or base image), which names its own.
+labels: a topic image names its parent (the framework or base image), which names its own.
 A layer's size is its image's size minus its parent's, as `invoke build` reports it.
 Writes topics_sizes.json, topics_sizes.md (rows for BENCHMARKS.md) and
 topics_sizes.png (stacked bars: image size by layer)."""
@@ -32,7 +32,7 @@ SHARED_GOAL_RATIO = 1.5
 
 
 def chain(engine: Engine, ref: str) -> list[dict]:
-    """[root filesystem, base, (stack), topic]: each image with its own size and the size
+    """[root filesystem, base, (framework), topic]: each image with its own size and the size
     it adds to its parent."""
     images = []
     while ref:
@@ -62,7 +62,7 @@ def measure(engine: Engine, base: str) -> dict:
     unique: dict[str, dict] = {}  # image id -> the layer it adds, each once
     for topic in catalog.select([]):
         layers = chain(engine, topic_alias(topic.name, base))
-        topics[topic.name] = {"stack": topic.stack, "bytes": layers[-1]["bytes"], "layers": layers}
+        topics[topic.name] = {"framework": topic.framework, "bytes": layers[-1]["bytes"], "layers": layers}
         for layer in layers:
             unique.setdefault(layer["id"], layer)
     total_shared = sum(layer["layer_bytes"] for layer in unique.values())
@@ -79,7 +79,7 @@ def measure(engine: Engine, base: str) -> dict:
         "shared_ratio": total_shared / topics[largest]["bytes"],
         "unique_layers": sorted(
             ({"kind": layer["kind"], "name": layer["name"], "layer_bytes": layer["layer_bytes"]} for layer in unique.values()),
-            key=lambda layer: ("rootfs", "base", "stack", "topic").index(layer["kind"]),
+            key=lambda layer: ("rootfs", "base", "framework", "topic").index(layer["kind"]),
         ),
         "sglang_bytes": topics.get("sglang", {}).get("bytes"),
     }
@@ -91,14 +91,14 @@ def gb(num_bytes: float) -> str:
 
 def markdown(data: dict) -> str:
     lines = [
-        "| topic | stack | image | root fs | base layer | stack layer | topic layer |",
+        "| topic | framework | image | root fs | base layer | framework layer | topic layer |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, topic in sorted(data["topics"].items(), key=lambda item: -item[1]["bytes"]):
         by_kind = {layer["kind"]: layer["layer_bytes"] for layer in topic["layers"]}
         lines.append(
-            f"| {name} | {topic['stack'] or '(none)'} | **{gb(topic['bytes'])}** | {gb(by_kind.get('rootfs', 0))} "
-            f"| {gb(by_kind.get('base', 0))} | {gb(by_kind['stack']) if 'stack' in by_kind else '-'} | {gb(by_kind['topic'])} |"
+            f"| {name} | {topic['framework'] or '(none)'} | **{gb(topic['bytes'])}** | {gb(by_kind.get('rootfs', 0))} "
+            f"| {gb(by_kind.get('base', 0))} | {gb(by_kind['framework']) if 'framework' in by_kind else '-'} | {gb(by_kind['topic'])} |"
         )
     ratio = data["shared_ratio"]
     verdict = "meets" if ratio <= SHARED_GOAL_RATIO else "misses"
@@ -135,16 +135,16 @@ def plot(data: dict, path: Path) -> None:
     rows = [(name, data["topics"][name]["layers"]) for name in names]
     rows.append((f"all {len(names)} topics,\nshared layers once", data["unique_layers"]))
     colours = {"rootfs": "tab:gray", "base": "silver", "topic": "tab:red"}
-    stack_colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
+    framework_colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
     fig, ax = plt.subplots(figsize=(10, 5.5))
     labelled = set()
     for row, (_name, layers) in enumerate(rows):
         left = 0.0
         for layer in layers:
-            key = layer["name"] if layer["kind"] == "stack" else layer["kind"]
+            key = layer["name"] if layer["kind"] == "framework" else layer["kind"]
             if key not in colours:
-                colours[key] = next(stack_colours)
-            label = {"rootfs": "root filesystem", "base": "base layer", "topic": "topic layer(s)"}.get(key, f"stack {key}")
+                colours[key] = next(framework_colours)
+            label = {"rootfs": "root filesystem", "base": "base layer", "topic": "topic layer(s)"}.get(key, f"framework {key}")
             width = layer["layer_bytes"] / 1e9
             ax.barh(row, width, left=left, color=colours[key], edgecolor="white", linewidth=0.3, label=None if label in labelled else label)
             labelled.add(label)

@@ -1,4 +1,4 @@
-"""Plot a cold `.ci/run`'s disk use over time, with the stack groups marked.
+"""Plot a cold `.ci/run`'s disk use over time, with the framework groups marked.
 
 Input: the disk samples (`date +%T` and `df -BG --output=used,avail /`, every 10 s, written
 while `.ci/run` ran) and the run's `-v` log with a `date +%T` prefix on each line (the first

@@ -3,12 +3,13 @@ at its peak: what CI's cold `.ci/run` spends on images.
 
     uv run python benchmarks/topic_builds.py [--topics all] [--out benchmarks/results]
 
-Builds on a private copy of the kit's data in which every stack and topic layer has a new
+Builds on a private copy of the kit's data in which every framework and topic layer has a new
 tag and its own, empty uv cache mount, so nothing is reused: no layer, no downloaded or
 built wheel. The base layer is reused (its cold time is benchmarks/build_layers.py's).
-Topics are built stack by stack, as CI builds them one after the other; a stack's cold
-time is counted once, with the first topic on it. After each stack's topics the copy's
-images and build records are removed, so the run needs the disk of one stack group only.
+Topics are built framework by framework, as CI builds them one after the other; a
+framework's cold time is counted once, with the first topic on it. After each framework's
+topics the copy's images and build records are removed, so the run needs the disk of one
+framework group only.
 Disk: the engine's file system is sampled every second; "peak" is the most it held above
 the level before the group, the images' own size included.
 
@@ -91,11 +92,11 @@ def clean_up(engine: Engine, tags: set[str], marker: str) -> None:
         engine.remove_build_cache_record(record)
 
 
-def group_by_stack(catalog, names: list[str]) -> list[list]:
+def group_by_framework(catalog, names: list[str]) -> list[list]:
     groups: dict[str, list] = {}
     for topic in catalog.select(names):
-        groups.setdefault(topic.stack, []).append(topic)
-    return [groups[stack] for stack in sorted(groups, key=lambda s: (s == "", s))]
+        groups.setdefault(topic.framework, []).append(topic)
+    return [groups[framework] for framework in sorted(groups, key=lambda f: (f == "", f))]
 
 
 def main() -> None:
@@ -112,7 +113,7 @@ def main() -> None:
         tree = copy_tree(Path(tmp), marker)
         catalog, config = load_catalog(tree), load_config(tree)
         sampler = DiskSampler()
-        for group in group_by_stack(catalog, names):
+        for group in group_by_framework(catalog, names):
             before = sampler.start()
             group_start = time.monotonic()
             tags: set[str] = set()
@@ -131,20 +132,20 @@ def main() -> None:
                     rows.append(
                         {
                             "topic": topic.name,
-                            "stack": topic.stack,
-                            "stack_seconds": round(built["stack"].seconds, 1) if "stack" in built else None,
+                            "framework": topic.framework,
+                            "framework_seconds": round(built["framework"].seconds, 1) if "framework" in built else None,
                             "topic_seconds": round(built["topic"].seconds, 1),
                             "total_seconds": round(seconds, 1),
                             "topic_layer_bytes": built["topic"].size_bytes,
-                            "stack_layer_bytes": built["stack"].size_bytes if "stack" in built else None,
+                            "framework_layer_bytes": built["framework"].size_bytes if "framework" in built else None,
                             "image_bytes": results[-1].total_bytes,
                         }
                     )
                 peak = sampler.stop()
-                unique = sum(r["topic_layer_bytes"] + (r["stack_layer_bytes"] or 0) for r in rows if r["topic"] in {t.name for t in group})
+                unique = sum(r["topic_layer_bytes"] + (r["framework_layer_bytes"] or 0) for r in rows if r["topic"] in {t.name for t in group})
                 groups_out.append(
                     {
-                        "stack": group[0].stack or "(none)",
+                        "framework": group[0].framework or "(none)",
                         "topics": [t.name for t in group],
                         "seconds": round(time.monotonic() - group_start, 1),
                         "peak_disk_bytes": peak - before,
@@ -174,18 +175,18 @@ def markdown(data: dict) -> str:
     def gb(value):
         return "-" if value is None else f"{value / 1e9:.2f} GB"
 
-    lines = ["| topic | stack | stack layer (cold) | topic layer (cold) | topic layer size | image |", "|---|---|---|---|---|---|"]
+    lines = ["| topic | framework | framework layer (cold) | topic layer (cold) | topic layer size | image |", "|---|---|---|---|---|---|"]
     for r in data["rows"]:
         lines.append(
-            f"| {r['topic']} | {r['stack'] or '(none)'} | {t(r['stack_seconds'])} | {t(r['topic_seconds'])} "
+            f"| {r['topic']} | {r['framework'] or '(none)'} | {t(r['framework_seconds'])} | {t(r['topic_seconds'])} "
             f"| {gb(r['topic_layer_bytes'])} | {gb(r['image_bytes'])} |"
         )
-    lines += ["", "| stack group | topics | build time | layers written | peak disk above start |", "|---|---|---|---|---|"]
+    lines += ["", "| framework group | topics | build time | layers written | peak disk above start |", "|---|---|---|---|---|"]
     for g in data["groups"]:
-        lines.append(f"| {g['stack']} | {', '.join(g['topics'])} | {g['seconds'] / 60:.1f} min | {gb(g['layers_bytes'])} | {gb(g['peak_disk_bytes'])} |")
+        lines.append(f"| {g['framework']} | {', '.join(g['topics'])} | {g['seconds'] / 60:.1f} min | {gb(g['layers_bytes'])} | {gb(g['peak_disk_bytes'])} |")
     lines += [
         "",
-        f"All stacks and topics cold, one after the other: **{data['total_seconds'] / 60:.1f} min** "
+        f"All frameworks and topics cold, one after the other: **{data['total_seconds'] / 60:.1f} min** "
         f"(base layer and root filesystem not included). {data['date']}, {data['machine']}; "
         "`uv run python benchmarks/topic_builds.py`.",
     ]

@@ -1,5 +1,5 @@
-# Stack and topic layers: install one uv lock into the parent image's /opt/venv.
-# The build context is the folder holding pyproject.toml + uv.lock (images/stacks/<stack>
+# Framework and topic layers: install one uv lock into the parent image's /opt/venv.
+# The build context is the folder holding pyproject.toml + uv.lock (images/frameworks/<framework>
 # or envs/<topic>), so a change elsewhere never invalidates this layer.
 ARG PARENT_IMAGE
 FROM ${PARENT_IMAGE}
@@ -16,7 +16,7 @@ RUN --mount=type=cache,id=mlsyskit-apt-cache,target=/var/cache/apt,sharing=locke
 
 # The lock is exported with its hashes and installed through whatever index is configured:
 # `uv sync --frozen` would fetch from the URLs recorded in the lock and ignore a mirror.
-# Installing adds to the parent's packages (a topic keeps its stack's JIT tools).
+# Installing adds to the parent's packages (a topic keeps its framework's JIT tools).
 # The export is the whole resolved set, so it is installed as is (`--no-deps`: no second
 # resolution, which would trip over a lock's override-dependencies, e.g. verl's
 # transformers); uv verifies every hash in it. `--project` applies the lock's build

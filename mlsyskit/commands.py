@@ -162,7 +162,7 @@ def check(topic_name: str, base: str | None, log: Log) -> str:
 
 
 def topics(base: str | None) -> str:
-    """Every topic: stack, key versions (locked, for the base's Python), GPU needs and
+    """Every topic: framework, key versions (locked, for the base's Python), GPU needs and
     whether its image is built. Without a Docker engine the image column says '?'."""
     ctx = Context.resolve(base or "")
     catalog, config, base_name, base_obj = ctx.catalog, ctx.config, ctx.base_name, ctx.base

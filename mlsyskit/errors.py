@@ -35,7 +35,7 @@ class BuildError(KitError):
 
 
 class LockError(KitError):
-    """A lock is stale or disagrees with its stack."""
+    """A lock is stale or disagrees with its framework."""
 
     exit_code = 5
 

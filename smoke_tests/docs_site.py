@@ -55,7 +55,7 @@ INDEX_MD = """\
 
 | layer | holds |
 |-------|-------|
-| stack | torch-and-cuda-wheels |
+| framework | torch-and-cuda-wheels |
 
 !!! note "Kept in the image"
     The lock decides every byte.

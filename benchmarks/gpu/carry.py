@@ -7,7 +7,7 @@ Here, with the engine (the kit's environment):
 
 exports each image's whole filesystem (``docker export`` of a created container, through the
 kit's engine), stores every file's content once across all the images (images on one
-stack share torch and the CUDA wheels, stacks share the base; a file is stored once
+framework share torch and the CUDA wheels, frameworks share the base; a file is stored once
 whatever image holds it), and writes one zstd stream of a tar (the unique contents, then
 ``manifest.json``: each image's ID, environment and every path's type, mode, owner, mtime
 and content hash) split into pieces of 62 MiB under ``--out`` (the device tool carries
@@ -22,7 +22,7 @@ that ``pack`` leaves beside the pieces, since those machines have no zstd tool):
             [--env NAME=VALUE] -- COMMAND...
 
 ``unpack`` writes each content once and hard-links it into every image folder that holds
-it with the same mode and owner (a copy where those differ), so four images of one stack
+it with the same mode and owner (a copy where those differ), so four images of one framework
 take little more disk than one. ``setup`` does what the NVIDIA container toolkit's hook
 does for ``docker run --gpus all``: the host driver's user-space libraries (libcuda,
 libnvidia-*) go into the image's library folder and its ``ldconfig`` runs, ``nvidia-smi``

@@ -9,7 +9,7 @@
 # call, a zstandard wheel for machines without the zstd tool, and any other wheels to add (for
 # the PD stage: nixl 1.5.1, nixl-cu13 1.5.1 and sglang-router 0.3.2, the sglang topic's). The archive holds `site/` (the verl lock's packages that machine lacks, installed with
 # `pip install --no-deps --target`, plus transformers/tokenizers at the lock's versions) and
-# `cudasite/` (nvcc, cccl, crt, nvvm and the runtime: the stack lock's CUDA toolkit wheels).
+# `cudasite/` (nvcc, cccl, crt, nvvm and the runtime: the framework lock's CUDA toolkit wheels).
 # The CUDA toolkit JIT compilers see is the one those wheels make (images/scripts/link_cuda.py,
 # as in the images), not the machine's own /usr/local/cuda. NVLink multicast stays off.
 set -uo pipefail

@@ -19,7 +19,7 @@ from mlsyskit.engine import COMPOSE_FIX, Engine, find_clients, find_compose, pic
 from mlsyskit.errors import KitError
 from mlsyskit.runtime.gpus import PROC_GPUS, gpu_device_nodes, proc_gpu_count
 
-MIN_FREE_GB = 40  # one topic image with its stack and build cache
+MIN_FREE_GB = 40  # one topic image with its framework and build cache
 
 
 @dataclass(frozen=True)
@@ -145,14 +145,14 @@ def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
         return [check_failing_nvidia_smi(smi)]
     driver, cuda = parse_nvidia_smi(smi.stdout)
     checks = [Check("nvidia driver", "ok", f"driver {driver}, supports CUDA up to {cuda}")]
-    for stack in catalog.stacks.values():
-        fine = version_tuple(cuda)[:2] >= version_tuple(stack.cuda)[:2]
+    for framework in catalog.frameworks.values():
+        fine = version_tuple(cuda)[:2] >= version_tuple(framework.cuda)[:2]
         checks.append(
             Check(
-                f"cuda for {stack.name}",
+                f"cuda for {framework.name}",
                 "ok" if fine else "fail",
-                f"needs CUDA {stack.cuda}, driver offers {cuda}",
-                "" if fine else f"upgrade the NVIDIA driver to one supporting CUDA {stack.cuda}",
+                f"needs CUDA {framework.cuda}, driver offers {cuda}",
+                "" if fine else f"upgrade the NVIDIA driver to one supporting CUDA {framework.cuda}",
             )
         )
     runtimes = engine.daemon().runtimes if engine else ()

@@ -1,4 +1,4 @@
-"""The topic catalogue as tables: `invoke topics` (each topic's stack, key versions, GPU
+"""The topic catalogue as tables: `invoke topics` (each topic's framework, key versions, GPU
 needs and whether its image is built) and `invoke versions TOPIC` (its key packages as
 locked, beside the versions found inside its image).
 
@@ -64,10 +64,10 @@ class ImageProbe:
 
 
 def key_packages(catalog: Catalog, topic: Topic) -> list[str]:
-    """The topic's key packages, then its stack's, each once, in the order declared."""
+    """The topic's key packages, then its framework's, each once, in the order declared."""
     names = list(topic.key_packages)
-    if topic.stack:
-        names += list(catalog.stacks[topic.stack].key_packages)
+    if topic.framework:
+        names += list(catalog.frameworks[topic.framework].key_packages)
     first: dict[str, str] = {}
     for name in names:
         first.setdefault(normalize(name), name)
@@ -95,10 +95,10 @@ def base_environment(base: Base) -> dict[str, str]:
 
 def locked_versions(catalog: Catalog, topic: Topic, environment: Mapping[str, str]) -> dict[str, str]:
     """{normalized name: version} the topic's image must contain in `environment`: its
-    stack's lock and its own (which agree on shared packages; `invoke lock --check`)."""
+    framework's lock and its own (which agree on shared packages; `invoke lock --check`)."""
     locks: list[Path] = []
-    if topic.stack:
-        locks.append(catalog.stacks[topic.stack].lock_path)
+    if topic.framework:
+        locks.append(catalog.frameworks[topic.framework].lock_path)
     locks.append(topic.lock_path)
     versions: dict[str, str] = {}
     for lock in locks:
@@ -112,10 +112,10 @@ def gpu_needs(topic: Topic) -> str:
     return f"{topic.gpus_min} min, {topic.gpus_recommended} rec."
 
 
-def headline(topic: Topic, locked: Mapping[str, str], stack_torch: str | None) -> str:
-    """`torch 2.14.1, sglang 0.5.23, ...`: torch (where there is a stack), then the topic's
+def headline(topic: Topic, locked: Mapping[str, str], framework_torch: str | None) -> str:
+    """`torch 2.14.1, sglang 0.5.23, ...`: torch (where there is a framework), then the topic's
     first key packages."""
-    parts = [f"torch {stack_torch}"] if stack_torch else []
+    parts = [f"torch {framework_torch}"] if framework_torch else []
     shown = [n for n in topic.key_packages if normalize(n) != "torch"][:HEADLINE_PACKAGES]
     parts += [f"{n} {locked.get(normalize(n), '?')}" for n in shown]
     return ", ".join(parts)
@@ -132,11 +132,11 @@ def topics_table(
     rows = []
     for topic in catalog.select([]):
         versions = locked[topic.name]
-        torch = versions.get("torch") if topic.stack else None
+        torch = versions.get("torch") if topic.framework else None
         status = states[topic.name].status if states is not None else "?"
         image = topic_alias(topic.name, base_name) if status in ("built", "stale") else "-"
-        rows.append((topic.name, topic.stack or "(none)", headline(topic, versions, torch), gpu_needs(topic), status, image))
-    text = table(("topic", "stack", "key versions", "GPUs", "image", "tag"), rows)
+        rows.append((topic.name, topic.framework or "(none)", headline(topic, versions, torch), gpu_needs(topic), status, image))
+    text = table(("topic", "framework", "key versions", "GPUs", "image", "tag"), rows)
     if states is None:
         text += "\nimage: ? = no Docker engine answered (`invoke doctor`)"
     elif any(s.status == "stale" for s in states.values()):
@@ -147,7 +147,7 @@ def topics_table(
 def versions_rows(catalog: Catalog, topic: Topic, base: Base, locked: Mapping[str, str], probe: ImageProbe | None) -> list[tuple[str, str, str, str]]:
     """(package, locked, in image, match) for every key package, then python, CUDA and
     NCCL. Without a probe the image column is '-' and match ''; else 'ok' or 'DIFFERS'."""
-    stack = catalog.stacks[topic.stack] if topic.stack else None
+    framework = catalog.frameworks[topic.framework] if topic.framework else None
 
     def row(name: str, want: str, found: str | None) -> tuple[str, str, str, str]:
         if probe is None:
@@ -167,8 +167,8 @@ def versions_rows(catalog: Catalog, topic: Topic, base: Base, locked: Mapping[st
     if probe is not None and python_found and python_found.startswith(f"{base.python}."):
         python_row = (PYTHON, base.python, python_found, "ok")
     rows.append(python_row)
-    if stack is not None:
-        rows.append(row(CUDA, stack.cuda, runtime.get(CUDA)))
+    if framework is not None:
+        rows.append(row(CUDA, framework.cuda, runtime.get(CUDA)))
         nccl = next((locked[n] for n in ("nvidia-nccl-cu13", "nvidia-nccl-cu12") if n in locked), "(not locked)")
         rows.append(row(NCCL, nccl, runtime.get(NCCL)))
     return rows
@@ -238,7 +238,7 @@ def label_problems(topic: Topic, labels: Mapping[str, str]) -> list[str]:
     want = {
         f"{LABEL_PREFIX}.kind": "topic",
         f"{LABEL_PREFIX}.topic": topic.name,
-        f"{LABEL_PREFIX}.stack": topic.stack,
+        f"{LABEL_PREFIX}.framework": topic.framework,
         f"{LABEL_PREFIX}.lock-sha256": lock_sha256(topic.lock_path),
     }
     problems = [f"{key}={labels.get(key)!r}, expected {value!r}" for key, value in want.items() if labels.get(key) != value]

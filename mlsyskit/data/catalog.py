@@ -1,10 +1,11 @@
-"""The kit's data: base flavours (images/bases.toml), stacks (images/stacks/<name>/) and
-topics (envs/<name>/). Everything here is read from files and validated with errors that
+"""The kit's data: base flavours (images/bases.toml), frameworks (images/frameworks/<name>/)
+and topics (envs/<name>/). Everything here is read from files and validated with errors that
 name the file and the field; nothing about a particular topic is written in code."""
 
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ def with_arch(base: Base, arch: str) -> Base:
 
 @dataclass(frozen=True)
 class KernelCache:
-    """One JIT or compile cache a stack's or topic's software writes (`[caches]`): the
+    """One JIT or compile cache a framework's or topic's software writes (`[caches]`): the
     folder's name and the environment variables that point the software at it. The folder
     lives in the kit's kernel cache (runtime/caches.py), never in an image."""
 
@@ -68,14 +69,17 @@ class KernelCache:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Stack:
+class Framework:
+    """The heavy, shared layer between the base and a topic: torch and the CUDA user-space it
+    runs on (images/frameworks/<name>/: framework.toml, pyproject.toml, uv.lock)."""
+
     name: str
     path: Path
     description: str
     cuda: str
     key_packages: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()  # stack.toml's [env]
-    caches: tuple[KernelCache, ...] = ()  # stack.toml's [caches]: what torch and its compilers write
+    env: tuple[tuple[str, str], ...] = ()  # framework.toml's [env]
+    caches: tuple[KernelCache, ...] = ()  # framework.toml's [caches]: what torch and its compilers write
 
     @property
     def lock_path(self) -> Path:
@@ -83,10 +87,10 @@ class Stack:
 
     @property
     def image_env(self) -> tuple[tuple[str, str], ...]:
-        """What the stack's image (and every topic on it) says to GPU runtimes, as NVIDIA's
+        """What the framework's image (and every topic on it) says to GPU runtimes, as NVIDIA's
         CUDA images do: without NVIDIA_VISIBLE_DEVICES enroot/pyxis give no GPU and, without
         NVIDIA_DRIVER_CAPABILITIES, only `utility` (NVIDIA/enroot#205, #258); the container
-        toolkit refuses a driver older than NVIDIA_REQUIRE_CUDA says. Then stack.toml's [env]."""
+        toolkit refuses a driver older than NVIDIA_REQUIRE_CUDA says. Then framework.toml's [env]."""
         gpu = {
             "NVIDIA_VISIBLE_DEVICES": "all",
             "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
@@ -100,7 +104,7 @@ class Topic:
     name: str
     path: Path
     description: str
-    stack: str  # a Stack name, or "" for a topic on the bare base (no torch)
+    framework: str  # a Framework name, or "" for a topic on the bare base (no torch)
     notes: tuple[str, ...] = ()
     apt_packages: tuple[str, ...] = ()
     key_packages: tuple[str, ...] = ()
@@ -109,11 +113,11 @@ class Topic:
     gpus_recommended: int = 0
     ports: tuple[int, ...] = ()
     smoke_tests: tuple[str, ...] = ()
-    stacks: tuple[str, ...] = ()
+    stacks: tuple[str, ...] = ()  # [run] stacks: the compose stacks (compose/<name>.yml) of the topic
     arches: tuple[str, ...] = ("amd64", "arm64")
     arch_note: str = ""  # why an architecture is missing
     env: tuple[tuple[str, str], ...] = ()  # topic.toml's [env]: baked into the topic image
-    caches: tuple[KernelCache, ...] = ()  # topic.toml's [caches], beside its stack's (runtime/caches.py)
+    caches: tuple[KernelCache, ...] = ()  # topic.toml's [caches], beside its framework's (runtime/caches.py)
 
     def check_arch(self, arch: str) -> None:
         if arch not in self.arches:
@@ -136,7 +140,7 @@ class Topic:
 class Catalog:
     root: Path
     bases: dict[str, Base]
-    stacks: dict[str, Stack]
+    frameworks: dict[str, Framework]
     topics: dict[str, Topic] = field(default_factory=dict)
     _read: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # files read once
 
@@ -204,15 +208,16 @@ def load_bases(root: Path) -> dict[str, Base]:
     return bases
 
 
-def load_stack(path: Path) -> Stack:
-    data_file = path / "stack.toml"
+def load_framework(data_file: Path) -> Framework:
+    """images/frameworks/<name>/framework.toml (or an older tree's images/stacks/<name>/stack.toml)."""
+    path = data_file.parent
     f = Fields(data_file, _read_toml(data_file))
     f.reject_unknown({"description", "cuda", "key_packages", "env", "caches"})
     _require_lock_inputs(path)
     cuda = f.str("cuda")
     if not re.fullmatch(r"\d+\.\d+", cuda):
         raise f.fail("cuda", 'a CUDA version such as "13.0"')
-    return Stack(
+    return Framework(
         name=path.name,
         path=path,
         description=f.str("description"),
@@ -251,15 +256,16 @@ def _arches(f: Fields) -> tuple[str, ...]:
     return arches
 
 
-def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
+def load_topic(path: Path, frameworks: dict[str, Framework]) -> Topic:
     data_file = path / "topic.toml"
     f = Fields(data_file, _read_toml(data_file))
-    f.reject_unknown({"description", "stack", "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env", "caches"})
-    stack = f.str("stack", "")
-    if stack and stack not in stacks:
+    key = _framework_key(f)  # "framework", or the old "stack"
+    f.reject_unknown({"description", key, "notes", "apt_packages", "key_packages", "imports", "gpus", "run", "arches", "arch_note", "env", "caches"})
+    framework = f.str(key, "")
+    if framework and framework not in frameworks:
         raise UsageError(
-            f"{rel_path(data_file)}: field 'stack' names unknown stack '{stack}'",
-            fix=f'use one of: {", ".join(sorted(stacks))}, or "" for none',
+            f"{rel_path(data_file)}: field '{key}' names unknown framework '{framework}'",
+            fix=f'use one of: {", ".join(sorted(frameworks))}, or "" for none',
         )
     gpus, run = f.sub("gpus"), f.sub("run")
     gpus.reject_unknown({"min", "recommended"})
@@ -269,7 +275,7 @@ def load_topic(path: Path, stacks: dict[str, Stack]) -> Topic:
         name=path.name,
         path=path,
         description=f.str("description"),
-        stack=stack,
+        framework=framework,
         notes=f.str_list("notes"),
         apt_packages=f.str_list("apt_packages"),
         key_packages=f.str_list("key_packages"),
@@ -292,7 +298,50 @@ def _require_lock_inputs(path: Path) -> None:
             raise UsageError(f"{rel_path(path / name)}: file is missing", fix="write pyproject.toml, then run `invoke lock`")
 
 
+# --- the old spellings: read for one more release, each with a one-line warning -----------
+
+OLD_FRAMEWORK_KEY = "stack"  # topic.toml's `stack = "..."`, now `framework = "..."`
+_warned: set[str] = set()  # each old spelling is named once per run, however often it is read
+
+
+def warn_old_spelling(line: str) -> None:
+    if line not in _warned:
+        _warned.add(line)
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _framework_key(f: Fields) -> str:
+    """Which key of topic.toml names the framework: `framework`, or the old `stack`."""
+    if OLD_FRAMEWORK_KEY not in f.table:
+        return "framework"
+    if "framework" in f.table:
+        raise UsageError(
+            f"{rel_path(f.path)}: fields 'framework' and '{OLD_FRAMEWORK_KEY}' both given ('{OLD_FRAMEWORK_KEY}' is the old name of 'framework')",
+            fix=f"keep only framework = ... and remove {OLD_FRAMEWORK_KEY} = ...",
+        )
+    warn_old_spelling(f"{rel_path(f.path)}: field '{OLD_FRAMEWORK_KEY}' is now spelled 'framework' (the old name is read until the next release)")
+    return OLD_FRAMEWORK_KEY
+
+
+def framework_files(root: Path) -> dict[str, Path]:
+    """{name: its data file}: images/frameworks/<name>/framework.toml, then an older tree's
+    images/stacks/<name>/stack.toml for a name images/frameworks/ lacks (with a warning)."""
+    found = {}
+    for folder, file_name in (("frameworks", "framework.toml"), ("stacks", "stack.toml")):
+        top = root / "images" / folder
+        for path in sorted(top.iterdir()) if top.is_dir() else ():
+            if path.name in found or not (path / file_name).exists():
+                continue
+            if folder == "stacks":
+                warn_old_spelling(
+                    f"{rel_path(path / file_name)} is the old place of a framework: move it to images/frameworks/{path.name}/framework.toml "
+                    "(the old place is read until the next release)"
+                )
+            found[path.name] = path / file_name
+    return found
+
+
 def load_catalog(root: Path = REPO_ROOT) -> Catalog:
-    stacks = {p.name: load_stack(p) for p in sorted((root / "images" / "stacks").iterdir()) if (p / "stack.toml").exists()}
-    topics = {p.name: load_topic(p, stacks) for p in sorted((root / "envs").iterdir()) if (p / "topic.toml").exists()}
-    return Catalog(root=root, bases=load_bases(root), stacks=stacks, topics=topics)
+    frameworks = {name: load_framework(data_file) for name, data_file in sorted(framework_files(root).items())}
+    topics = {p.name: load_topic(p, frameworks) for p in sorted((root / "envs").iterdir()) if (p / "topic.toml").exists()}
+    return Catalog(root=root, bases=load_bases(root), frameworks=frameworks, topics=topics)

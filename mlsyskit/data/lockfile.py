@@ -110,8 +110,8 @@ def key_versions(lock: Path, names: tuple[str, ...] | list[str]) -> dict[str, st
     return {name: "|".join(packages[normalize(name)]) for name in names if normalize(name) in packages}
 
 
-def disagreements(stack_lock: Path, topic_lock: Path) -> list[tuple[str, str, str]]:
-    """Packages both locks hold at different versions. A topic must agree with its stack,
-    or the topic layer would reinstall (and duplicate) what the stack layer holds."""
-    stack, topic = read_packages(stack_lock), read_packages(topic_lock)
-    return [(name, "|".join(stack[name]), "|".join(topic[name])) for name in sorted(stack.keys() & topic.keys()) if stack[name] != topic[name]]
+def disagreements(framework_lock: Path, topic_lock: Path) -> list[tuple[str, str, str]]:
+    """Packages both locks hold at different versions. A topic must agree with its framework,
+    or the topic layer would reinstall (and duplicate) what the framework layer holds."""
+    framework, topic = read_packages(framework_lock), read_packages(topic_lock)
+    return [(name, "|".join(framework[name]), "|".join(topic[name])) for name in sorted(framework.keys() & topic.keys()) if framework[name] != topic[name]]

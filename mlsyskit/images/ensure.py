@@ -38,7 +38,7 @@ class TopicImage:
 
 def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> TopicImage:
     """The topic's image, built first (with progress) when it is missing. An image built from
-    other inputs than today's (a topic or stack lock, a Dockerfile, the base) gets one
+    other inputs than today's (a topic or framework lock, a Dockerfile, the base) gets one
     warning line naming what changed, not a rebuild the user did not ask for. The caller
     has checked the topic's architecture (`Context.topics_for_arch`)."""
     image = topic_alias(topic.name, ctx.base_name)

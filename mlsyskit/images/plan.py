@@ -31,7 +31,7 @@ class RootImage:
 
 @dataclass(frozen=True, kw_only=True)
 class Layer:
-    kind: str  # "base", "stack" or "topic"
+    kind: str  # "base", "framework" or "topic"
     name: str
     flavour: str
     dockerfile: Path
@@ -44,12 +44,12 @@ class Layer:
     key_packages: tuple[str, ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
     arch: str = "amd64"  # Docker's name: the layer is built with --platform linux/ARCH
-    env: tuple[tuple[str, str], ...] = ()  # ENV lines appended to the Dockerfile (stack/topic [env])
+    env: tuple[tuple[str, str], ...] = ()  # ENV lines appended to the Dockerfile (framework/topic [env])
 
     @cached_property
     def inputs_hash(self) -> str:
         digest = hashlib.sha256()
-        # Labels' own inputs too: an edited stack.toml or topic.toml must not leave a reused
+        # Labels' own inputs too: an edited framework.toml or topic.toml must not leave a reused
         # image carrying stale labels.
         digest.update(
             json.dumps(
@@ -67,12 +67,12 @@ class Layer:
     def dockerfile_text(self) -> str:
         """The Dockerfile this layer is built from: its template, then one ENV line for the
         layer's environment (composed as repo2docker composes its build packs, so that
-        one template serves every stack and topic). Values are validated plain text."""
+        one template serves every framework and topic). Values are validated plain text."""
         text = self.dockerfile.read_text()
         if not self.env:
             return text
         lines = " \\\n    ".join(f'{name}="{value}"' for name, value in self.env)
-        return f"{text.rstrip()}\n\n# The layer's environment (stack.toml / topic.toml [env]).\nENV {lines}\n"
+        return f"{text.rstrip()}\n\n# The layer's environment (framework.toml / topic.toml [env]).\nENV {lines}\n"
 
     @property
     def repository(self) -> str:
@@ -152,27 +152,27 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
 
 
 def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) -> list[Layer]:
-    """[base, stack, topic] (or [base, topic] for a topic with no stack)."""
+    """[base, framework, topic] (or [base, topic] for a topic with no framework)."""
     topic_key = f"{base.flavour}/topic/{topic.name}"
     env_dockerfile = catalog.root / "images" / "env.Dockerfile"
     layers = [base]
     parent = base
-    if topic.stack:
-        stack = catalog.stacks[topic.stack]
+    if topic.framework:
+        framework = catalog.frameworks[topic.framework]
         parent = Layer(
-            kind="stack",
-            name=stack.name,
+            kind="framework",
+            name=framework.name,
             flavour=base.flavour,
             dockerfile=env_dockerfile,
-            context=stack.path,
+            context=framework.path,
             build_args={"PARENT_IMAGE": base.tag, "APT_PACKAGES": ""},
-            inputs=(stack.path / "pyproject.toml", stack.lock_path),
+            inputs=(framework.path / "pyproject.toml", framework.lock_path),
             parent=base,
             arch=base.arch,
-            lock=stack.lock_path,
-            key_packages=stack.key_packages,
-            extra_labels={f"{LABEL_PREFIX}.cuda": stack.cuda},
-            env=stack.image_env,
+            lock=framework.lock_path,
+            key_packages=framework.key_packages,
+            extra_labels={f"{LABEL_PREFIX}.cuda": framework.cuda},
+            env=framework.image_env,
         )
         layers.append(parent)
     layers.append(
@@ -188,7 +188,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             arch=base.arch,
             lock=topic.lock_path,
             key_packages=topic.key_packages,
-            extra_labels={f"{LABEL_PREFIX}.topic": topic.name, f"{LABEL_PREFIX}.stack": topic.stack},
+            extra_labels={f"{LABEL_PREFIX}.topic": topic.name, f"{LABEL_PREFIX}.framework": topic.framework},
             env=topic.env,
         )
     )
@@ -222,7 +222,7 @@ class Freshness:
 def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels: Mapping[str, str]) -> Freshness:
     """Is the topic image with these labels what `invoke build` would make today? Decided
     once, here, for `shell`, `smoke`, `up` and `topics`: the plan for today's files (topic
-    and stack locks, Dockerfiles, scripts, build settings) on the image's own root
+    and framework locks, Dockerfiles, scripts, build settings) on the image's own root
     filesystem, compared with the inputs hash it was built from. Pure: the labels come
     from the engine, nothing else does."""
     if ROOT_ID not in labels:  # built before the root was labelled: the topic lock decides
@@ -238,7 +238,7 @@ def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels
         changed.append(f"envs/{topic.name}/uv.lock")
     if labels.get(f"{LABEL_PREFIX}.parent") != planned[-2].tag:
         below = planned[-2]
-        changed.append(f"the {below.name} stack (its lock, or the base under it)" if below.kind == "stack" else "the base layer")
+        changed.append(f"the {below.name} framework (its lock, or the base under it)" if below.kind == "framework" else "the base layer")
     if not changed:
         changed.append(f"envs/{topic.name}'s pyproject.toml, topic.toml or images/env.Dockerfile")
     return Freshness(False, tuple(changed))

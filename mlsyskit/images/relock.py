@@ -1,5 +1,5 @@
-"""`invoke lock`: re-resolve every lock (stacks first, then topics) with the uv the kit
-itself is locked to, and check that each topic agrees with its stack."""
+"""`invoke lock`: re-resolve every lock (frameworks first, then topics) with the uv the kit
+itself is locked to, and check that each topic agrees with its framework."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def _lock_env() -> dict[str, str]:
 
 
 def lock(catalog: Catalog, topics: list[Topic], *, check: bool, log: Callable[[str], None] = print) -> None:
-    stacks = sorted({t.stack for t in topics if t.stack})
-    folders = [catalog.stacks[s].path for s in stacks] + [t.path for t in topics]
+    frameworks = sorted({t.framework for t in topics if t.framework})
+    folders = [catalog.frameworks[name].path for name in frameworks] + [t.path for t in topics]
     stale = []
     for folder in folders:
         name = folder.relative_to(catalog.root)
@@ -52,16 +52,16 @@ def lock(catalog: Catalog, topics: list[Topic], *, check: bool, log: Callable[[s
             raise LockError(f"cannot resolve {name}: {last}", fix=f"edit {name}/pyproject.toml")
         log(f"{'fresh' if check else 'locked'}  {name}/uv.lock")
     for topic in topics:
-        if not topic.stack:
+        if not topic.framework:
             continue
-        stack = catalog.stacks[topic.stack]
-        for package, stack_version, topic_version in disagreements(stack.lock_path, topic.lock_path):
+        framework = catalog.frameworks[topic.framework]
+        for package, framework_version, topic_version in disagreements(framework.lock_path, topic.lock_path):
             stale.append(f"{topic.name}:{package}")
-            log(f"drift  envs/{topic.name}: {package} {topic_version} but stack {stack.name} has {stack_version}")
+            log(f"drift  envs/{topic.name}: {package} {topic_version} but framework {framework.name} has {framework_version}")
     if stale:
         raise LockError(
-            f"{len(stale)} lock(s) stale or drifting from their stack: {', '.join(stale)}",
-            fix="run `invoke lock` (and pin the stack's version in the topic's pyproject.toml if it drifts)",
+            f"{len(stale)} lock(s) stale or drifting from their framework: {', '.join(stale)}",
+            fix="run `invoke lock` (and pin the framework's version in the topic's pyproject.toml if it drifts)",
         )
 
 

@@ -9,7 +9,7 @@ What goes in, and from where:
   wheel was built from);
 - every Debian package, from `dpkg-query` in the image;
 - the CUDA libraries (the shared objects NVIDIA's wheels install), each with its sha256;
-- the image's parents (topic -> stack -> base -> root filesystem), from the kit's labels.
+- the image's parents (topic -> framework -> base -> root filesystem), from the kit's labels.
 
 The document is a function of the image: its serial number is derived from the image ID
 and its timestamp is the image's creation time, so writing it twice gives the same bytes.
@@ -114,7 +114,7 @@ def probe(engine: Engine, image: str, timeout: float = 600) -> Inventory:
 
 def locked_files(locks: Iterable[Path]) -> dict[tuple[str, str], list[LockedFile]]:
     """{(normalized name, version): files} from uv locks; a later lock's entry wins (the
-    topic's lock over its stack's)."""
+    topic's lock over its framework's)."""
     import tomllib
 
     from packaging.utils import parse_wheel_filename
@@ -150,7 +150,7 @@ def match_locked(files: list[LockedFile], installed_tags: Iterable[str]) -> Lock
 
 
 def parents(engine: Engine, image: ImageInfo) -> list[ImageInfo]:
-    """topic -> stack -> base -> root filesystem, following the kit's labels."""
+    """topic -> framework -> base -> root filesystem, following the kit's labels."""
     chain: list[ImageInfo] = []
     ref = image.labels.get(PARENT_LABEL, "")
     root_ref = image.labels.get(ROOT_LABEL, "")
@@ -263,8 +263,8 @@ def render(bom: Any) -> str:
 
 def image_locks(catalog: Catalog, topic: Topic) -> list[Path]:
     """The locks an image of the topic was installed from: the kit's own (the base's uv is
-    installed from it, hash-checked), its stack's, then its own."""
-    locks = [catalog.stacks[topic.stack].lock_path] if topic.stack else []
+    installed from it, hash-checked), its framework's, then its own."""
+    locks = [catalog.frameworks[topic.framework].lock_path] if topic.framework else []
     return [catalog.root / "uv.lock", *locks, topic.lock_path]
 
 

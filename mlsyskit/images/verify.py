@@ -1,6 +1,6 @@
 """`invoke verify TOPIC`: would a rebuild from nothing give the same image?
 
-The topic's layers (base, stack, topic) are rebuilt with no layer cache and empty package
+The topic's layers (base, framework, topic) are rebuilt with no layer cache and empty package
 caches (the kit's own BuildKit cache mounts for uv, pip and apt are pruned first, found by
 the kit's build steps that made them; other projects' caches on the daemon stay) on the same root
 filesystem, and the rebuilt image's content manifest (every path with its type, mode, size

@@ -3,7 +3,7 @@ TVM-FFI, SGLang's own...), kept across containers, one folder per topic image ID
 architecture and container user, so that a second start reuses the first's kernels and a
 rebuilt image or another GPU never meets a stale one.
 
-Which caches a topic has is data: its stack's `[caches]` (stack.toml) and its own
+Which caches a topic has is data: its framework's `[caches]` (framework.toml) and its own
 (topic.toml), each a folder name and the variables that point the software at it. On the
 host they live under the kit's cache home ($MLSYSKIT_KERNEL_CACHE, else
 ~/.cache/mlsyskit/kernels; `off` turns them off):
@@ -75,17 +75,17 @@ Log = Callable[[str], None]
 
 
 def declared(catalog: Catalog, topic: Topic) -> tuple[KernelCache, ...]:
-    """The topic's caches: its stack's, then its own (one of the same name replaces the
-    stack's). Two caches may not set the same variable: the software would see only one."""
-    stack = catalog.stacks[topic.stack].caches if topic.stack in catalog.stacks else ()
-    merged = {c.name: c for c in stack} | {c.name: c for c in topic.caches}
+    """The topic's caches: its framework's, then its own (one of the same name replaces the
+    framework's). Two caches may not set the same variable: the software would see only one."""
+    framework = catalog.frameworks[topic.framework].caches if topic.framework in catalog.frameworks else ()
+    merged = {c.name: c for c in framework} | {c.name: c for c in topic.caches}
     owner: dict[str, str] = {}
     for cache in merged.values():
         for variable in cache.variables:
             if variable in owner:
                 raise UsageError(
                     f"topic '{topic.name}': caches '{owner[variable]}' and '{cache.name}' both set {variable}",
-                    fix=f"keep {variable} in one [caches] entry (envs/{topic.name}/topic.toml or its stack.toml)",
+                    fix=f"keep {variable} in one [caches] entry (envs/{topic.name}/topic.toml or its framework.toml)",
                 )
             owner[variable] = cache.name
     return tuple(merged.values())

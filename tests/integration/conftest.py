@@ -40,21 +40,22 @@ def engine() -> Engine:
         raise
 
 
-# The suite runs stack group by stack group (see `pytest_collection_modifyitems` below): in CI
-# only one group's images are on disk at a time. Measured (BENCHMARKS.md, "CI: .ci/run cold"):
-# the largest group, the `distributed` stack's (four topics, arm64, the Slurm tests' image
-# files, verify's rebuild, the stack bundle), peaks 34-35 GB above an empty engine.
+# The suite runs framework group by framework group (see `pytest_collection_modifyitems`
+# below): in CI only one group's images are on disk at a time. Measured (BENCHMARKS.md, "CI:
+# .ci/run cold"): the largest group, that of the `distributed` topic's framework (four topics,
+# arm64, the Slurm tests' image files, verify's rebuild, the nccl-2node stack bundle), peaks
+# 34-35 GB above an empty engine.
 SUITE_DISK_GB = 38
 
-# Topics whose images are needed together; the first group also holds the topics on no stack
+# Topics whose images are needed together; the first group also holds the topics on no framework
 # and every test that names no topic (most of the suite uses `distributed`).
 CATALOG = load_catalog()
 FIRST_TOPIC = "distributed"
 
 
-def stack_group_order() -> list[str]:
-    first = CATALOG.topic(FIRST_TOPIC).stack or ""
-    return [first, *sorted({t.stack for t in CATALOG.topics.values() if t.stack and t.stack != first})]
+def framework_group_order() -> list[str]:
+    first = CATALOG.topic(FIRST_TOPIC).framework or ""
+    return [first, *sorted({t.framework for t in CATALOG.topics.values() if t.framework and t.framework != first})]
 
 
 def topic_of(item: pytest.Item) -> str | None:
@@ -73,16 +74,16 @@ def group_of(item: pytest.Item) -> int:
     if "tests/integration/" not in str(item.fspath):
         return 0
     topic = topic_of(item)
-    stack = (CATALOG.topic(topic).stack if topic else None) or ""
-    order = stack_group_order()
-    return order.index(stack) if stack in order else 0
+    framework = (CATALOG.topic(topic).framework if topic else None) or ""
+    order = framework_group_order()
+    return order.index(framework) if framework in order else 0
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own ordering by parametrized fixtures, kept within a group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Stack group by stack group, each module's tests of a group together and in file order:
-    a group's images are built once, and in CI the next group starts on a disk without them
-    (three torch stacks and seven topics are ~32 GB at once, more than CI's disk leaves)."""
+    """Framework group by framework group, each module's tests of a group together and in file
+    order: a group's images are built once, and in CI the next group starts on a disk without
+    them (three torch frameworks and seven topics are ~32 GB at once, more than CI's disk leaves)."""
     items.sort(key=group_of)
 
 
@@ -107,7 +108,7 @@ _group_on_disk: list[int] = []
 
 @pytest.hookimpl(tryfirst=True)  # before any fixture of the test: a module fixture may build its image
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """In CI, when the suite moves to the next stack group, the last group's images go (the
+    """In CI, when the suite moves to the next framework group, the last group's images go (the
     root filesystems and base layers stay: every group builds on them). The last test's
     module fixtures have ended by now; a container still running keeps its image."""
     group = group_of(item)
@@ -121,7 +122,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         capture = item.config.pluginmanager.get_plugin("capturemanager")
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # on the terminal, not in the test's captured output
-                reporter.write_line(f"stack group {stack_group_order()[group] or 'none'}: removed the last group's {removed} image(s) of the kit")
+                reporter.write_line(f"framework group {framework_group_order()[group] or 'none'}: removed the last group's {removed} image(s) of the kit")
     _group_on_disk.append(group)
 
 

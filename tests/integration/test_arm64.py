@@ -1,5 +1,5 @@
 """arm64 (GH200/GB200) under qemu on this x86_64 machine: the `distributed` topic built from
-the same locks (root filesystem, base, torch stack, topic) and its CPU smoke test, the gloo
+the same locks (root filesystem, base, torch framework, topic) and its CPU smoke test, the gloo
 all-reduce in one container and across two (the nccl-2node stack). The image's own tests
 run for both architectures in test_image_distributed.py."""
 

@@ -14,7 +14,7 @@ def test_warm_rebuild_reuses_every_layer(engine, build_topic):
     build_topic("distributed")
     catalog = load_catalog()
     again = build_topics(engine, catalog, load_config(), [catalog.topic("distributed")], base_name="pypi", log=print)
-    assert [(r.layer.kind, r.status) for r in again] == [("base", "reused"), ("stack", "reused"), ("topic", "reused")]
+    assert [(r.layer.kind, r.status) for r in again] == [("base", "reused"), ("framework", "reused"), ("topic", "reused")]
 
 
 def test_bumping_a_topic_dependency_rebuilds_only_the_topic(engine, build_topic, kit_tree):
@@ -49,6 +49,6 @@ def test_dry_run_lists_the_plan_and_builds_nothing(engine, build_topic, kit_tree
     lock.write_text(lock.read_text() + "\n# changed\n")
     changed = run_kit("build", "distributed", "--dry-run", env={"MLSYSKIT_ROOT": str(kit_tree)})
     assert changed.returncode == 0, changed.stderr
-    rows = {line.split()[1]: line.split()[4] for line in changed.stdout.splitlines() if line.split()[:1] in (["base"], ["stack"], ["topic"])}
+    rows = {line.split()[1]: line.split()[4] for line in changed.stdout.splitlines() if line.split()[:1] in (["base"], ["framework"], ["topic"])}
     assert rows == {"pypi": "reuse", "torch-2.11-cu130": "reuse", "distributed": "build"}
     assert {i.id for i in engine.images("org.mlsyskit.kind")} == before

@@ -312,7 +312,7 @@ def test_sbom_agrees_with_the_locks_the_image_and_its_labels(engine: Engine, bui
         chain.append(ref := next_ref[0])
     assert chain == [p.id for p in sbom.parents(engine, info)] and set(chain) == containers
 
-    # CUDA libraries: present where the stack brings them, each hash that of the file inside
+    # CUDA libraries: present where the framework brings them, each hash that of the file inside
     cuda = [c for c in document["components"] if any(p["name"] == "mlsyskit:cuda-library" for p in c.get("properties", []))]
     if topic == "docs":
         assert cuda == []

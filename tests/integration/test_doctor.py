@@ -42,8 +42,8 @@ def test_doctor_on_this_machine_says_what_its_facts_call_for(engine):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_a_driver_too_old_for_the_stacks_fails_doctor_with_exit_3(engine, tmp_path):
-    """An nvidia-smi that answers for a driver offering CUDA 12.0 (the stacks need 13.0):
+def test_a_driver_too_old_for_the_frameworks_fails_doctor_with_exit_3(engine, tmp_path):
+    """An nvidia-smi that answers for a driver offering CUDA 12.0 (the frameworks need 13.0):
     doctor fails that check, names the fix, and exits 3."""
     fake = tmp_path / "nvidia-smi"
     fake.write_text(

@@ -74,7 +74,7 @@ def test_every_locked_package_is_installed_at_its_locked_version(host):
 
 def test_torch_imports_with_cuda_13_wheels(host):
     out = host.check_output("python -c 'import torch; print(torch.__version__, torch.version.cuda)'")
-    cuda = load_catalog().stacks[load_catalog().topic(TOPIC).stack].cuda
+    cuda = load_catalog().frameworks[load_catalog().topic(TOPIC).framework].cuda
     assert out.split()[0].split("+")[0] == locked("torch") and out.split()[1] == cuda
 
 
@@ -117,4 +117,4 @@ def test_labels_carry_the_lock_hash_and_versions(engine):
     labels = engine.image(topic_alias(TOPIC, "pypi")).labels
     assert labels[f"{LABEL_PREFIX}.lock-sha256"] == lock_sha256(topic.lock_path)
     assert json.loads(labels[f"{LABEL_PREFIX}.key-versions"])["torch"] == locked("torch")
-    assert labels[f"{LABEL_PREFIX}.stack"] == topic.stack
+    assert labels[f"{LABEL_PREFIX}.framework"] == topic.framework

@@ -84,8 +84,8 @@ def test_a_jit_build_is_reused_by_the_next_container(kit_user, workspace, image,
 
 
 def scratch_tree(user: KitUser, topic: str, marker: str) -> Path:
-    """A kit tree with one topic on the `distributed` topic's stack that adds no package:
-    building it reuses base and stack and makes a topic layer in seconds. Its [env] marker
+    """A kit tree with one topic on the `distributed` topic's framework that adds no package:
+    building it reuses base and framework and makes a topic layer in seconds. Its [env] marker
     changes the image (a rebuild) without changing anything else."""
     root = scratch_kit_tree(user, topic, "")
     set_marker(root / "envs" / topic, marker)
@@ -93,13 +93,13 @@ def scratch_tree(user: KitUser, topic: str, marker: str) -> Path:
 
 
 def set_marker(env: Path, marker: str) -> None:
-    text = f'description = "kernel cache test topic"\nstack = "torch-2.11-cu130"\n\n[env]\nKIT_TEST_BUILD = "{marker}"\n'
+    text = f'description = "kernel cache test topic"\nframework = "torch-2.11-cu130"\n\n[env]\nKIT_TEST_BUILD = "{marker}"\n'
     (env / "topic.toml").write_text(text)
     (env / "topic.toml").chmod(0o644)
 
 
 def test_a_rebuilt_image_starts_a_new_cache_and_prune_removes_the_old(kit_user, workspace, engine: Engine, build_topic, cache_home):
-    build_topic("distributed")  # base and stack, reused by the scratch topic
+    build_topic("distributed")  # base and framework, reused by the scratch topic
     topic = f"cachetest-{uuid.uuid4().hex[:6]}"
     root = scratch_tree(kit_user, topic, "1")
     where = {"MLSYSKIT_ROOT": str(root)}
@@ -137,7 +137,7 @@ def test_a_bundle_with_cache_brings_the_kernels_to_another_machine(kit_user, wor
     build_topic("distributed")  # the base layer the scratch topic sits on
     topic = f"cachebundle-{uuid.uuid4().hex[:6]}"
     root = scratch_tree(kit_user, topic, "1")
-    (root / "envs" / topic / "topic.toml").write_text('description = "kernel cache bundle test"\nstack = ""\n\n[caches]\nprobe = "KIT_PROBE_CACHE"\n')
+    (root / "envs" / topic / "topic.toml").write_text('description = "kernel cache bundle test"\nframework = ""\n\n[caches]\nprobe = "KIT_PROBE_CACHE"\n')
     sender, receiver, out = (shared_dir(kit_user, f"mlsyskit-{what}-") for what in ("sender", "receiver", "bundle"))
     user = "root" if kit_user.uid == 0 else f"uid-{kit_user.uid}"
     try:

@@ -22,7 +22,7 @@ from tests.integration.conftest import run_kit
 from tests.integration.test_smoke import by_where, in_image, nothing_left, read, with_smoke_tests
 
 CATALOG = load_catalog()
-GPU_TOPICS = sorted(t.name for t in CATALOG.topics.values() if t.stack)
+GPU_TOPICS = sorted(t.name for t in CATALOG.topics.values() if t.framework)
 #: Packages with native libraries that must load wherever they are installed. NIXL is not
 #: here: its wheel ships plugins for fabrics it loads only when present (DOCA, libfabric,
 #: GDS...); test_smoke_in_images.py loads NIXL and moves memory through its UCX plugin.
@@ -140,10 +140,10 @@ def test_images_say_what_gpu_runtimes_need(engine: Engine, build_topic, topic):
     assert info is not None
     env = info.environment
     t = CATALOG.topic(topic)
-    if not t.stack:
+    if not t.framework:
         assert not {k for k in env if k.startswith("NVIDIA_")}
         return
-    cuda = CATALOG.stacks[t.stack].cuda
+    cuda = CATALOG.frameworks[t.framework].cuda
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
     assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={cuda}"

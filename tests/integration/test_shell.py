@@ -231,7 +231,7 @@ def tiny_tree(user: KitUser, topic: str, apt_packages: list[str]) -> Path:
     """A kit tree (MLSYSKIT_ROOT) with the real images/ and one small topic on the bare base:
     building it reuses the base layer and adds a topic layer in seconds."""
     packages = ", ".join(f'"{p}"' for p in apt_packages)
-    return scratch_kit_tree(user, topic, f'description = "invoke shell test topic"\nstack = ""\napt_packages = [{packages}]\n')
+    return scratch_kit_tree(user, topic, f'description = "invoke shell test topic"\nframework = ""\napt_packages = [{packages}]\n')
 
 
 def remove_topic_images(engine: Engine, topic: str) -> None:

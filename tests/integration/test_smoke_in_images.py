@@ -2,7 +2,7 @@
 inside the topic images, on every push (the kit's environment has none of them, so there
 they skip). Also checked inside the images: that the bench_serving flags the SGLang test
 uses exist in the installed SGLang, and that torch's and flashinfer's JIT build a CUDA
-kernel with the toolkit of each stack's wheels, while the old toolkit layout fails."""
+kernel with the toolkit of each framework's wheels, while the old toolkit layout fails."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def with_smoke_tests(image: str, script: str) -> ContainerSpec:
 
 
 @pytest.mark.parametrize("topic", ["distributed", "openrlhf", "sglang", "verl"])
-def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_stack(engine: Engine, build_topic, topic):
+def test_cuda_jit_builds_with_the_wheels_toolkit_of_each_framework(engine: Engine, build_topic, topic):
     """torch 2.11 (distributed, verl), 2.13 (openrlhf), 2.14 (sglang): the JIT finds nvcc 13.0
     in NVIDIA's wheels through /usr/local/cuda, compiles and links; flashinfer's JIT too where
     the topic locks flashinfer (0.6.11 in verl, 0.6.18 in openrlhf through vLLM, 0.7.2 in sglang)."""

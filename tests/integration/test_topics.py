@@ -56,7 +56,7 @@ def python_json(host, script: str):
 def test_every_locked_package_is_installed_at_its_locked_version_and_nothing_else(hosts, topic):
     host = hosts(topic)
     environment = python_json(host, ENVIRONMENT_SCRIPT)
-    expected = locked_versions(CATALOG, CATALOG.topic(topic), environment)  # stack lock + topic lock
+    expected = locked_versions(CATALOG, CATALOG.topic(topic), environment)  # framework lock + topic lock
     installed = python_json(host, INSTALLED_SCRIPT)
     wrong = {name: (version, installed.get(name)) for name, version in expected.items() if installed.get(name) != version}
     assert wrong == {}
@@ -90,16 +90,16 @@ def test_installed_packages_are_compatible_but_for_documented_overrides(hosts, t
 
 
 @pytest.mark.parametrize("topic", TOPICS)
-def test_image_labels_name_the_topic_its_stack_and_lock(engine, build_topic, topic):
+def test_image_labels_name_the_topic_its_framework_and_lock(engine, build_topic, topic):
     build_topic(topic)
     spec = CATALOG.topic(topic)
     labels = engine.image(topic_alias(topic, "pypi")).labels
     assert label_problems(spec, labels) == []
     assert json.loads(labels[f"{LABEL_PREFIX}.key-versions"]) == key_versions(spec.lock_path, spec.key_packages)
-    if spec.stack:
-        stack_labels = engine.image(labels[f"{LABEL_PREFIX}.parent"]).labels
-        assert stack_labels[f"{LABEL_PREFIX}.name"] == spec.stack
-        assert stack_labels[f"{LABEL_PREFIX}.lock-sha256"] == lock_sha256(CATALOG.stacks[spec.stack].lock_path)
+    if spec.framework:
+        framework_labels = engine.image(labels[f"{LABEL_PREFIX}.parent"]).labels
+        assert framework_labels[f"{LABEL_PREFIX}.name"] == spec.framework
+        assert framework_labels[f"{LABEL_PREFIX}.lock-sha256"] == lock_sha256(CATALOG.frameworks[spec.framework].lock_path)
 
 
 # --- sglang ----------------------------------------------------------------------------------
@@ -117,14 +117,14 @@ def test_sglang_server_and_router_answer_help(hosts):
 
 
 @pytest.mark.topic("sglang")
-def test_sglang_runs_on_the_stacks_torch_and_cuda(hosts):
+def test_sglang_runs_on_the_frameworks_torch_and_cuda(hosts):
     versions = python_json(
         hosts("sglang"),
         "import json, torch, sglang, flashinfer\nprint(json.dumps([torch.__version__, torch.version.cuda, sglang.__version__, flashinfer.__version__]))\n",
     )
     locked = key_versions(CATALOG.topic("sglang").lock_path, ["torch", "sglang", "flashinfer-python"])
     assert versions[0].split("+")[0] == locked["torch"]
-    assert versions[1] == CATALOG.stacks["torch-2.14-cu130"].cuda
+    assert versions[1] == CATALOG.frameworks["torch-2.14-cu130"].cuda
     assert versions[2] == locked["sglang"] and versions[3] == locked["flashinfer-python"]
 
 
@@ -282,7 +282,7 @@ def test_docs_builds_a_site_from_markdown_and_an_executed_notebook(hosts):
 
 @pytest.mark.parametrize("topic", TOPICS)
 def test_invoke_topics_lists_every_topic_and_marks_it_built(build_topic, topic):
-    # One topic at a time, in its stack group's run: all seven images at once are more than CI's disk
+    # One topic at a time, in its framework group's run: all seven images at once are more than CI's disk
     build_topic(topic)
     proc = run_kit("topics")
     assert proc.returncode == 0, proc.stderr
@@ -301,5 +301,5 @@ def test_invoke_versions_finds_the_locked_versions_in_the_image(build_topic, top
     table = {line.split()[0]: line.split() for line in lines[2:-1]}
     for name in CATALOG.topic(topic).key_packages:
         assert table[name][-1] == "ok" and table[name][1] == table[name][2]
-    if CATALOG.topic(topic).stack:
+    if CATALOG.topic(topic).framework:
         assert any(line.startswith("NCCL") and line.rstrip().endswith("ok") for line in lines)

@@ -43,7 +43,7 @@ def test_tags_and_labels_differ_by_architecture():
     arm = topic_layers(catalog, config, catalog.topic("distributed"), base_layer(catalog, config, catalog.base("pypi-arm64"), ROOT))
     assert all(a.tag != b.tag for a, b in zip(amd, arm))
     assert [layer.labels()["org.mlsyskit.arch"] for layer in arm] == ["arm64"] * 3
-    assert arm[0].repository == "mlsyskit/base-pypi-arm64" and arm[1].repository == amd[1].repository  # stacks share a repository
+    assert arm[0].repository == "mlsyskit/base-pypi-arm64" and arm[1].repository == amd[1].repository  # frameworks share a repository
 
 
 def test_a_topic_without_arm64_says_why_before_anything_is_built():

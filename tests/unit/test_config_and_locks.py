@@ -33,18 +33,18 @@ def test_lock_reader_skips_the_virtual_project():
     assert "topic-distributed" not in packages
 
 
-def test_topic_agrees_with_its_stack():
+def test_topic_agrees_with_its_framework():
     catalog = load_catalog()
     for topic in catalog.topics.values():
-        if topic.stack:
-            assert disagreements(catalog.stacks[topic.stack].lock_path, topic.lock_path) == [], topic.name
+        if topic.framework:
+            assert disagreements(catalog.frameworks[topic.framework].lock_path, topic.lock_path) == [], topic.name
 
 
 def test_disagreement_is_reported(kit_tree):
     lock = kit_tree / "envs/distributed/uv.lock"
     lock.write_text(lock.read_text().replace('name = "torch"\nversion = "2.11.0"', 'name = "torch"\nversion = "2.10.0"'))
-    stack = kit_tree / "images/stacks/torch-2.11-cu130/uv.lock"
-    assert ("torch", "2.11.0", "2.10.0") in disagreements(stack, lock)
+    framework = kit_tree / "images/frameworks/torch-2.11-cu130/uv.lock"
+    assert ("torch", "2.11.0", "2.10.0") in disagreements(framework, lock)
 
 
 def test_forked_lock_gives_one_version_per_python():

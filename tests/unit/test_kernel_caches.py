@@ -35,7 +35,7 @@ from tests.unit.test_shell_args import make_host
 
 IMAGE_ID = "sha256:" + "ab12" * 16
 OTHER_ID = "sha256:" + "cd34" * 16
-STACK_VARIABLES = {"TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "CUDA_CACHE_PATH"}
+FRAMEWORK_VARIABLES = {"TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "CUDA_CACHE_PATH"}
 
 
 # --- what the topics declare ------------------------------------------------------------------
@@ -45,11 +45,11 @@ def variables(catalog, name):
     return {v for cache in caches.declared(catalog, catalog.topic(name)) for v in cache.variables}
 
 
-def test_every_torch_topic_gets_its_stacks_caches_and_its_own():
+def test_every_torch_topic_gets_its_frameworks_caches_and_its_own():
     catalog = load_catalog()
     for topic in catalog.topics.values():
         found = variables(catalog, topic.name)
-        assert (found >= STACK_VARIABLES) == bool(topic.stack), topic.name
+        assert (found >= FRAMEWORK_VARIABLES) == bool(topic.framework), topic.name
     assert variables(catalog, "docs") == set()  # no torch, nothing compiles: no mount at all
     sglang = variables(catalog, "sglang")
     assert {"SGLANG_CACHE_DIR", "SGLANG_JIT_CACHE_DIR", "SGLANG_DG_CACHE_DIR", "DG_JIT_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE", "TVM_FFI_CACHE_DIR"} <= sglang
@@ -90,7 +90,7 @@ def test_two_caches_may_not_set_one_variable(kit_tree):
         caches.declared(catalog, catalog.topic("distributed"))
 
 
-def test_a_topics_cache_replaces_its_stacks_of_the_same_name(kit_tree):
+def test_a_topics_cache_replaces_its_frameworks_of_the_same_name(kit_tree):
     path = kit_tree / "envs/distributed/topic.toml"
     path.write_text(path.read_text() + '\n[caches]\ntriton = ["TRITON_CACHE_DIR", "TRITON_HOME"]\n')
     catalog = load_catalog(kit_tree)

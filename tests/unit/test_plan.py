@@ -19,7 +19,7 @@ def tags(root_dir=None, root=ROOT, config=None):
 
 def test_layer_order_and_parents():
     _, layers = tags()
-    assert [layer.kind for layer in layers] == ["base", "stack", "topic"]
+    assert [layer.kind for layer in layers] == ["base", "framework", "topic"]
     assert layers[1].build_args["PARENT_IMAGE"] == layers[0].tag
     assert layers[2].build_args["PARENT_IMAGE"] == layers[1].tag
     assert layers[0].build_args["ROOT_IMAGE"] == ROOT.ref
@@ -33,16 +33,16 @@ def test_topic_lock_change_rebuilds_only_the_topic(kit_tree):
     lock = kit_tree / "envs/distributed/uv.lock"
     lock.write_text(lock.read_text() + "\n# changed\n")
     before, after = tags()[0], tags(kit_tree)[0]
-    assert before["base"] == after["base"] and before["stack"] == after["stack"]
+    assert before["base"] == after["base"] and before["framework"] == after["framework"]
     assert before["topic"] != after["topic"]
 
 
-def test_stack_lock_change_rebuilds_stack_and_topic(kit_tree):
-    lock = kit_tree / "images/stacks/torch-2.11-cu130/uv.lock"
+def test_framework_lock_change_rebuilds_framework_and_topic(kit_tree):
+    lock = kit_tree / "images/frameworks/torch-2.11-cu130/uv.lock"
     lock.write_text(lock.read_text() + "\n# changed\n")
     before, after = tags()[0], tags(kit_tree)[0]
     assert before["base"] == after["base"]
-    assert before["stack"] != after["stack"] and before["topic"] != after["topic"]
+    assert before["framework"] != after["framework"] and before["topic"] != after["topic"]
 
 
 def test_root_image_and_build_args_are_inputs():
@@ -67,7 +67,7 @@ def test_labels_carry_lock_hash_and_key_versions():
     assert labels["org.mlsyskit.topic"] == "distributed"
 
 
-def test_nvidia_base_starts_from_the_cuda_image_with_the_same_stack_and_topic():
+def test_nvidia_base_starts_from_the_cuda_image_with_the_same_framework_and_topic():
     catalog = load_catalog()
     base = catalog.base("nvidia")
     root = RootImage(ref=base.registry_image, image_id="sha256:" + "c" * 64, origin="registry")
@@ -75,7 +75,7 @@ def test_nvidia_base_starts_from_the_cuda_image_with_the_same_stack_and_topic():
     assert layers[0].build_args["ROOT_IMAGE"].startswith("nvidia/cuda:13.0")
     assert [layer.flavour for layer in layers] == ["nvidia"] * 3
     pypi_layers = tags()[1]
-    # Same recipe and lock for stack and topic, different parent: different tags.
+    # Same recipe and lock for framework and topic, different parent: different tags.
     assert layers[1].context == pypi_layers[1].context and layers[1].tag != pypi_layers[1].tag
 
 
@@ -85,7 +85,7 @@ def test_label_inputs_change_the_tag(kit_tree):
     toml = kit_tree / "envs/distributed/topic.toml"
     toml.write_text(toml.read_text().replace('key_packages = ["torch",', 'key_packages = ["psutil", "torch",'))
     assert tags()[0]["topic"] != tags(kit_tree)[0]["topic"]
-    assert tags()[0]["stack"] == tags(kit_tree)[0]["stack"]
+    assert tags()[0]["framework"] == tags(kit_tree)[0]["framework"]
 
 
 # --- is a built image current? (decided once, for shell, smoke, up and topics) ------------------
@@ -118,13 +118,13 @@ def test_a_changed_topic_lock_is_named(kit_tree):
     assert not fresh.current and fresh.changed == ("envs/distributed/uv.lock",)
 
 
-def test_a_changed_stack_lock_is_seen_though_the_topic_lock_is_the_same(kit_tree):
+def test_a_changed_framework_lock_is_seen_though_the_topic_lock_is_the_same(kit_tree):
     """What shell, up and smoke missed before: only the topic lock was compared."""
     labels = built_labels()
-    lock = kit_tree / "images/stacks/torch-2.11-cu130/uv.lock"
+    lock = kit_tree / "images/frameworks/torch-2.11-cu130/uv.lock"
     lock.write_text(lock.read_text() + "\n# changed\n")
     fresh = freshness_of(kit_tree, labels)
-    assert not fresh.current and fresh.changed == ("the torch-2.11-cu130 stack (its lock, or the base under it)",)
+    assert not fresh.current and fresh.changed == ("the torch-2.11-cu130 framework (its lock, or the base under it)",)
 
 
 def test_a_changed_base_script_or_dockerfile_is_seen(kit_tree):
@@ -179,22 +179,22 @@ def test_dry_run_says_what_would_be_built_and_reused():
     engine = FakeImages(root_id=ROOT.image_id, tags=[layers[0].tag, layers[1].tag])
     root, planned = dry_run(engine, catalog, Config(rootfs="bootstrap"), topic, base_name="pypi")
     assert root is not None and root.image_id == ROOT.image_id
-    assert [(p.layer.kind, p.action) for p in planned] == [("base", "reuse"), ("stack", "reuse"), ("topic", "build")]
+    assert [(p.layer.kind, p.action) for p in planned] == [("base", "reuse"), ("framework", "reuse"), ("topic", "build")]
     assert [p.layer.tag for p in planned] == [layer.tag for layer in layers]  # the tags `invoke build` would use
 
 
-def test_gpu_stacks_say_they_want_the_gpu_and_which_cuda():
+def test_gpu_frameworks_say_they_want_the_gpu_and_which_cuda():
     # enroot/pyxis give no GPU to an image without NVIDIA_VISIBLE_DEVICES, and only
     # `utility` without NVIDIA_DRIVER_CAPABILITIES (NVIDIA/enroot#205, #258).
     catalog = load_catalog()
-    for name, stack in catalog.stacks.items():
-        layers = plan(catalog, Config(), [t for t in catalog.topics.values() if t.stack == name][:1], catalog.base("pypi"), ROOT)
-        stack_layer = next(layer for layer in layers if layer.kind == "stack")
-        env = dict(stack_layer.env)
+    for name, framework in catalog.frameworks.items():
+        layers = plan(catalog, Config(), [t for t in catalog.topics.values() if t.framework == name][:1], catalog.base("pypi"), ROOT)
+        framework_layer = next(layer for layer in layers if layer.kind == "framework")
+        env = dict(framework_layer.env)
         assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
-        assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={stack.cuda}"
-        text = stack_layer.dockerfile_text()
-        assert text.startswith(stack_layer.dockerfile.read_text().rstrip())
+        assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={framework.cuda}"
+        text = framework_layer.dockerfile_text()
+        assert text.startswith(framework_layer.dockerfile.read_text().rstrip())
         assert 'NVIDIA_REQUIRE_CUDA="cuda>=13.0"' in text.splitlines()[-3] + text.splitlines()[-2] + text.splitlines()[-1]
     docs = plan(catalog, Config(), [catalog.topic("docs")], catalog.base("pypi"), ROOT)
     assert all(not layer.env for layer in docs)  # no GPU image: no GPU variables
@@ -205,7 +205,7 @@ def test_layer_env_and_patches_are_inputs(kit_tree):
     toml = kit_tree / "envs/distributed/topic.toml"
     toml.write_text(toml.read_text().replace("[gpus]", '[env]\nFOO = "bar"\n\n[gpus]'))
     with_env = tags(kit_tree)[0]
-    assert with_env["stack"] == before["stack"] and with_env["topic"] != before["topic"]
+    assert with_env["framework"] == before["framework"] and with_env["topic"] != before["topic"]
     patches = kit_tree / "envs/distributed/patches"
     patches.mkdir()
     (patches / "fix.patch").write_text("--- a/x\n+++ b/x\n")

@@ -36,7 +36,7 @@ KNOWN = [
 
 
 def topic(name: str, tests=(), stacks=()) -> Topic:
-    return Topic(name=name, path=Path("/x") / name, description="d", stack="", smoke_tests=tuple(tests), stacks=tuple(stacks))
+    return Topic(name=name, path=Path("/x") / name, description="d", framework="", smoke_tests=tuple(tests), stacks=tuple(stacks))
 
 
 TOPICS = {

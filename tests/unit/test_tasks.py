@@ -70,5 +70,5 @@ def test_the_driver_is_judged_against_each_images_cuda():
     assert status == "warn" and "forward compatibility" in detail and "cuda-compat" in fix and "580.65.06" in fix
     status, detail, fix = judge_driver("470.256.02", "11.4", "13.0", table)
     assert status == "fail" and "too old" in detail and fix == "upgrade the NVIDIA driver to >= 580.65.06"
-    # every stack's CUDA has a row: a new stack cannot go unjudged
-    assert {stack.cuda for stack in load_catalog().stacks.values()} <= set(table)
+    # every framework's CUDA has a row: a new framework cannot go unjudged
+    assert {framework.cuda for framework in load_catalog().frameworks.values()} <= set(table)

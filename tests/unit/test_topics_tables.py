@@ -51,18 +51,18 @@ def test_every_topic_of_the_issue_is_in_the_catalogue(catalog):
     assert {"sglang", "verl", "distributed", "cuda-graph", "quantization", "openrlhf", "docs"} <= set(catalog.topics)
 
 
-def test_topics_table_has_a_row_per_topic_with_stack_torch_and_image_state(catalog, locked):
+def test_topics_table_has_a_row_per_topic_with_framework_torch_and_image_state(catalog, locked):
     states = {name: ImageState(current=False) for name in catalog.topics}
     states["sglang"] = ImageState(current=True, alias_labels={})
     states["verl"] = ImageState(current=False, alias_labels={f"{LABEL_PREFIX}.topic": "verl"})
     rows = _rows(topics_table(catalog, locked, states, "pypi"))
     assert set(rows) == set(catalog.topics)
     for name, topic in catalog.topics.items():
-        topic_name, stack, versions, gpus, image, tag = rows[name]
-        assert stack == (topic.stack or "(none)")
-        if topic.stack:
-            stack_torch = key_versions(catalog.stacks[topic.stack].lock_path, ["torch"])["torch"]
-            assert versions.startswith(f"torch {stack_torch}, ")
+        topic_name, framework, versions, gpus, image, tag = rows[name]
+        assert framework == (topic.framework or "(none)")
+        if topic.framework:
+            framework_torch = key_versions(catalog.frameworks[topic.framework].lock_path, ["torch"])["torch"]
+            assert versions.startswith(f"torch {framework_torch}, ")
         else:
             assert "torch" not in versions
     assert rows["sglang"][4:] == ["built", "mlsyskit/sglang:pypi"]
@@ -101,12 +101,12 @@ def test_gpu_needs(catalog):
     assert gpu_needs(topic) == f"{topic.gpus_min} min, {topic.gpus_recommended} rec."
 
 
-def test_key_packages_are_the_topics_then_its_stacks_each_once(catalog):
+def test_key_packages_are_the_topics_then_its_frameworks_each_once(catalog):
     topic = catalog.topic("sglang")
     names = key_packages(catalog, topic)
     assert names[: len(topic.key_packages)] == list(topic.key_packages)
     assert names.count("torch") == 1
-    assert set(catalog.stacks[topic.stack].key_packages) <= set(names)
+    assert set(catalog.frameworks[topic.framework].key_packages) <= set(names)
     assert key_packages(catalog, catalog.topic("docs")) == list(catalog.topic("docs").key_packages)
 
 
@@ -124,8 +124,8 @@ def _probe_matching(catalog, topic, locked_for_topic, **changes):
     names = key_packages(catalog, topic)
     dists = {n: locked_for_topic.get(n) for n in names}
     dists.update(changes)
-    stack = catalog.stacks[topic.stack]
-    runtime = {PYTHON: "3.11.2", CUDA: stack.cuda, NCCL: locked_for_topic["nvidia-nccl-cu13"]}
+    framework = catalog.frameworks[topic.framework]
+    runtime = {PYTHON: "3.11.2", CUDA: framework.cuda, NCCL: locked_for_topic["nvidia-nccl-cu13"]}
     return ImageProbe(environment=base_environment(catalog.base("pypi")), distributions=dists, runtime=runtime)
 
 
@@ -155,7 +155,7 @@ def test_versions_rows_without_an_image_show_the_lock_only(catalog, pypi, locked
     topic = catalog.topic("docs")
     rows = versions_rows(catalog, topic, pypi, locked["docs"], None)
     assert {r[2] for r in rows} == {"-"} and {r[3] for r in rows} == {""}
-    assert [r[0] for r in rows][-1] == PYTHON  # no stack: no CUDA or NCCL rows
+    assert [r[0] for r in rows][-1] == PYTHON  # no framework: no CUDA or NCCL rows
     assert "not built" in versions_table(catalog, topic, pypi, "mlsyskit/docs:pypi", locked["docs"], None)
 
 
@@ -164,7 +164,7 @@ def test_label_problems(catalog):
     good = {
         f"{LABEL_PREFIX}.kind": "topic",
         f"{LABEL_PREFIX}.topic": topic.name,
-        f"{LABEL_PREFIX}.stack": topic.stack,
+        f"{LABEL_PREFIX}.framework": topic.framework,
         f"{LABEL_PREFIX}.lock-sha256": lock_sha256(topic.lock_path),
         f"{LABEL_PREFIX}.key-versions": "{}",
     }

@@ -53,7 +53,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.tags = {
             "mlsyskit/base-pypi:b": "sha256:base",
-            "mlsyskit/stack-t:s": "sha256:stack",
+            "mlsyskit/framework-t:s": "sha256:framework",
             "mlsyskit/topic-x:t": "sha256:topic",
             "mlsyskit/x:pypi": "sha256:topic",
         }
@@ -89,13 +89,13 @@ class FakeEngine:
 
 
 def run_verify(monkeypatch, engine: FakeEngine, fail_at: str = "", keep: bool = False):
-    chain = [engine.image("mlsyskit/stack-t:s"), engine.image("mlsyskit/base-pypi:b")]
+    chain = [engine.image("mlsyskit/framework-t:s"), engine.image("mlsyskit/base-pypi:b")]
     monkeypatch.setattr(verify.sbom, "parents", lambda e, info: chain)
     monkeypatch.setattr(verify, "freshness", lambda *a: SimpleNamespace(current=True))
     monkeypatch.setattr(verify, "content_manifest", lambda chunks: {})
 
     def build_topics(e, catalog, config, topics, **kwargs):
-        for tag, new in (("mlsyskit/base-pypi:b", "sha256:base2"), ("mlsyskit/stack-t:s", "sha256:stack2"), ("mlsyskit/topic-x:t", "sha256:topic2")):
+        for tag, new in (("mlsyskit/base-pypi:b", "sha256:base2"), ("mlsyskit/framework-t:s", "sha256:framework2"), ("mlsyskit/topic-x:t", "sha256:topic2")):
             if tag.split("/")[1].startswith(fail_at or "never"):
                 raise BuildError(f"building {tag} failed", fix="see above")
             engine.images.add(new)
@@ -108,27 +108,32 @@ def run_verify(monkeypatch, engine: FakeEngine, fail_at: str = "", keep: bool = 
     return verify.verify_topic(engine, catalog, None, topic, "pypi", lambda line: None, keep=keep)  # type: ignore[arg-type]
 
 
-BEFORE = {"mlsyskit/base-pypi:b": "sha256:base", "mlsyskit/stack-t:s": "sha256:stack", "mlsyskit/topic-x:t": "sha256:topic", "mlsyskit/x:pypi": "sha256:topic"}
+BEFORE = {
+    "mlsyskit/base-pypi:b": "sha256:base",
+    "mlsyskit/framework-t:s": "sha256:framework",
+    "mlsyskit/topic-x:t": "sha256:topic",
+    "mlsyskit/x:pypi": "sha256:topic",
+}
 
 
 def test_a_whole_rebuild_is_compared_then_removed_and_only_the_kits_caches_were_emptied(monkeypatch):
     engine = FakeEngine()
     run_verify(monkeypatch, engine)
     assert engine.removed_records == ["kituv", "kitapt"]  # not "theirs", not the busy one
-    assert engine.tags == BEFORE and engine.images == {"sha256:base", "sha256:stack", "sha256:topic"}
+    assert engine.tags == BEFORE and engine.images == {"sha256:base", "sha256:framework", "sha256:topic"}
 
 
-@pytest.mark.parametrize("fail_at", ["stack", "topic"])
+@pytest.mark.parametrize("fail_at", ["framework", "topic"])
 def test_a_rebuild_that_fails_part_way_leaves_nothing_and_moves_no_tag(monkeypatch, fail_at):
     engine = FakeEngine()
     with pytest.raises(BuildError):
         run_verify(monkeypatch, engine, fail_at=fail_at)
     assert engine.tags == BEFORE
-    assert engine.images == {"sha256:base", "sha256:stack", "sha256:topic"}, "the partial rebuild was left behind"
+    assert engine.images == {"sha256:base", "sha256:framework", "sha256:topic"}, "the partial rebuild was left behind"
 
 
 def test_keep_keeps_a_whole_rebuild_on_its_scratch_tag_only(monkeypatch):
     engine = FakeEngine()
     run_verify(monkeypatch, engine, keep=True)
     assert engine.tags == {**BEFORE, "mlsyskit/verify-x:pypi": "sha256:topic2"}
-    assert engine.images == {"sha256:base", "sha256:stack", "sha256:topic", "sha256:topic2"}
+    assert engine.images == {"sha256:base", "sha256:framework", "sha256:topic", "sha256:topic2"}
