@@ -109,8 +109,8 @@ case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
     # starts see the same idle GPU and cores: SGLang serving as root cold, then warm (the
     # same kernel cache `s`), then cold as UID 1000 (its own cache `u`) while the small
     # tests run beside it (cuda_jit, cuda_graph, root and UID 1000); then verl GRPO cold and
-    # warm (cache `g`) once the small tests are done; GPU health alone at the end. Each
-    # SGLang serving run keeps its server log (--workdir) beside its result.
+    # warm (cache `g`) once the small tests are done. Each SGLang serving run keeps its
+    # server log (--workdir) beside its result.
     rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/
     S="bash /tmp/kit/benchmarks/gpu/images_run.sh one"
     W=/tmp/results
@@ -122,7 +122,6 @@ case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
         $S sglang-pypi sglang_serve 1000 u --workdir $W/wd-sglang_serve-1000-cold
         until [ -e /tmp/small.done ]; do sleep 2; done
         $S verl-pypi verl_grpo 0 g; $S verl-pypi verl_grpo 0 g )
-      $S sglang-pypi gpu_health 1000 -
       echo ALL DONE
     " > /tmp/lanes.log 2>&1 < /dev/null &
     echo "lanes-sglang started" ;;
