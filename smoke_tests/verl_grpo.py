@@ -53,10 +53,10 @@ from smoke_tests._result import (
     gpu_unavailable,
     remove_cleanup,
     run_test,
-    test_parser,
     too_few_gpus,
     work_folder,
 )
+from smoke_tests.verl_sft import run_trainer, trainer_failed, trainer_parser
 
 TEST = "verl_grpo"
 REWARD_FILE = Path(__file__).resolve().with_name("_grpo_reward.py")
@@ -380,8 +380,6 @@ def body_for(args: argparse.Namespace) -> Any:
                     raise gpu_unavailable(args, what)
                 if gpus < args.nproc:
                     raise too_few_gpus("--nproc", args.nproc, gpus)
-                from smoke_tests.verl_sft import run_trainer, trainer_failed
-
                 budget = max(10.0, args.timeout - 45)  # time left to stop Ray and report
                 # RAY_DEDUP_LOGS=0: every worker's lines, not "repeated 2x"
                 started_at = time.time()  # wall clock: verl's log stamps are wall-clock times
@@ -421,19 +419,14 @@ def body_for(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = test_parser(__doc__, timeout=SMOKE.timeout)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks and SGLang replicas)")
-    parser.add_argument("--rows", type=int, default=64, help="prompts in the tiny RL dataset")
+    parser = trainer_parser(__doc__, SMOKE.timeout, steps=2, nproc="GPUs (FSDP ranks and SGLang replicas)", rows="prompts in the tiny RL dataset",
+                            kept="model, data, Ray folder and log")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
     parser.add_argument("--rollout-n", type=int, default=4, help="samples per prompt (GRPO's group)")
     parser.add_argument("--micro-batch", type=int, default=8, help="micro batch per GPU (samples)")
     parser.add_argument("--max-prompt-length", type=int, default=64)
     parser.add_argument("--max-response-length", type=int, default=32)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="SGLang's share of each GPU")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", help="keep model, data, Ray folder and log here (default: a temp dir, removed)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.steps < 1:
         parser.error("--steps must be at least 1")

@@ -223,18 +223,26 @@ def body_for(args: argparse.Namespace) -> Any:
     return body
 
 
+def trainer_parser(doc: str | None, timeout: float, *, steps: int, nproc: str, rows: str, kept: str) -> argparse.ArgumentParser:
+    """The options both verl tests take (this one's SFT, verl_grpo's GRPO): steps, GPUs, the
+    tiny dataset's size, the seed, a kept work folder and extra hydra overrides."""
+    parser = test_parser(doc, timeout=timeout)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--nproc", type=int, default=1, help=nproc)
+    parser.add_argument("--rows", type=int, default=64, help=rows)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help=f"keep {kept} here (default: a temp dir, removed)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)")
+    return parser
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = test_parser(__doc__, timeout=SMOKE.timeout)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--nproc", type=int, default=1, help="GPUs (FSDP ranks) to train on")
-    parser.add_argument("--rows", type=int, default=64, help="conversations in the tiny dataset")
+    parser = trainer_parser(__doc__, SMOKE.timeout, steps=4, nproc="GPUs (FSDP ranks) to train on", rows="conversations in the tiny dataset",
+                            kept="model, data, log and checkpoint")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16, help="global batch size")
     parser.add_argument("--micro-batch", type=int, default=4, help="micro batch per GPU")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-drop", type=float, default=MIN_DROP, help=f"share the loss must fall, first step to last (default {MIN_DROP:g})")
-    parser.add_argument("--workdir", help="keep model, data, log and checkpoint here (default: a temp dir, removed)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra hydra override (repeatable)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.steps < 2:
         parser.error("--steps must be at least 2 to see the loss fall")
