@@ -110,7 +110,7 @@ case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
     # same kernel cache `s`), then cold as UID 1000 (its own cache `u`) while the small
     # tests run beside it (cuda_jit, cuda_graph, root and UID 1000); then verl GRPO cold and
     # warm (cache `g`) once the small tests are done. Each SGLang serving run keeps its
-    # server log (--workdir) beside its result.
+    # server log (--workdir) beside its result. SKIP_VERL=1: the sglang image's runs only.
     rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/
     S="bash /tmp/kit/benchmarks/gpu/images_run.sh one"
     W=/tmp/results
@@ -121,7 +121,7 @@ case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
         ( for u in 0 1000; do $S sglang-pypi cuda_jit \$u - & $S sglang-pypi cuda_graph \$u - & done; wait; touch /tmp/small.done ) &
         $S sglang-pypi sglang_serve 1000 u --workdir $W/wd-sglang_serve-1000-cold
         until [ -e /tmp/small.done ]; do sleep 2; done
-        $S verl-pypi verl_grpo 0 g; $S verl-pypi verl_grpo 0 g )
+        [ -n \"\${SKIP_VERL:-}\" ] || { $S verl-pypi verl_grpo 0 g; $S verl-pypi verl_grpo 0 g; } )
       echo ALL DONE
     " > /tmp/lanes.log 2>&1 < /dev/null &
     echo "lanes-sglang started" ;;
