@@ -52,7 +52,7 @@ def plot_tests(folder: Path) -> Path:
                 color=color, label="root" if uid == 0 else "UID 1000, empty HOME")  # fmt: skip
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("seconds (test, start to verdict)")
-    ax.set_title("Every topic's smoke tests inside its own image, 1 x H100, 2026-12-05")
+    ax.set_title(f"Smoke tests inside the kit's images ({folder.name})")
     ax.legend()
     return save(fig, folder / "tests.png")
 

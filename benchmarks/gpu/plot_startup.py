@@ -51,7 +51,7 @@ def plot(found: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], out: Pat
     for _, parts, _ in found:
         phases.extend(str(p["phase"]) for p in parts if p["phase"] not in phases)
     colors = dict(zip(phases, plt.get_cmap("tab20").colors, strict=False))
-    fig, ax = plt.subplots(figsize=(10, 0.55 * len(found) + 2.2))
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(found) + 2.8))
     for row, (_, parts, _) in enumerate(found):
         left = 0.0
         for p in parts:
@@ -65,7 +65,7 @@ def plot(found: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], out: Pat
     ax.set_xlabel("seconds from the process start (phases from the software's own log)")
     ax.set_title(title)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[name]) for name in phases]
-    ax.legend(handles, phases, fontsize=8, loc="lower right")
+    ax.legend(handles, phases, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return out

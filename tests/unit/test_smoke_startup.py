@@ -79,3 +79,18 @@ def test_verl_grpo_driver_log_gives_the_rollout_engine_start() -> None:
     # 18:29:10,207 reward loop manager -> 18:30:35,292 checkpoint engine manager
     assert abs(got[startup.VERL_ROLLOUT] - 85.085) < 1e-6
     assert abs(got["Ray, config, data"] - 15.396) < 1e-6
+
+
+def test_sglang_0523_server_log_from_the_sglang_image() -> None:
+    # the sglang image's first start on an H100 (2026-12-06): SGLang says elapsed=25.93 s for
+    # the prefill capture; whole-second stamps give 26
+    log = GPU / "2026-12-06-h100-sglang-image" / "sglang-pypi" / "sglang_serve-0-cold.server.log"
+    with log.open(errors="replace") as lines:
+        parts = startup.phases(lines, startup.SGLANG_MARKS, startup.SGLANG_STAMP, at("2026-12-06 00:52:26"))
+    got = by_name(parts)
+    names = list(got)
+    assert names.index("prefill CUDA graphs (torch.compile, JIT)") < names.index("decode CUDA graphs")
+    assert got["process start, imports, distributed init"] == 16.0
+    assert got["prefill CUDA graphs (torch.compile, JIT)"] == 26.0
+    assert got["warm-up request"] == 8.0
+    assert sum(got.values()) == at("2026-12-06 00:53:20") - at("2026-12-06 00:52:26")
