@@ -10,7 +10,7 @@ kit's engine), stores every file's content once across all the images (images on
 framework share torch and the CUDA wheels, frameworks share the base; a file is stored once
 whatever image holds it), and writes one zstd stream of a tar (the unique contents, then
 ``manifest.json``: each image's ID, environment and every path's type, mode, owner, mtime
-and content hash) split into pieces of 62 MiB under ``--out`` (the device tool carries
+and content hash) split into pieces of 54 MiB under ``--out`` (the device tool carries
 one piece a call). ``--out``/pack.json says what was packed.
 
 On the GPU machine (root, no network; Python's standard library and the zstandard wheel
@@ -56,7 +56,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-PIECE_BYTES = 65011712  # 62 MiB: what one device call carries beside the checkout
+PIECE_BYTES = 56623104  # 54 MiB: one device call carries 64 MiB with the checkout (about 10 MB)
 SPOOL_BYTES = 256 << 20
 KIT_ROOT = Path(__file__).resolve().parents[2]
 
