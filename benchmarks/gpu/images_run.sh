@@ -9,6 +9,7 @@
 # and the runs, each stage one call:
 #   images_run.sh unpack [PREFIX...]     # /tmp/pieces -> /tmp/roots/<image>, each set up with the GPU
 #   images_run.sh one IMAGE TEST UID CACHE [ARGS...]   # one test, waits (CACHE: a kernel-cache key or -)
+#   images_run.sh jit                    # cuda_jit in every unpacked image, root and UID 1000, waits
 #   images_run.sh lanes                  # the session's plan (below) in the background; log /tmp/lanes.log
 #   images_run.sh lanes-sglang           # the second run's plan (sglang image, verl GRPO cold/warm), the same way
 #   images_run.sh status                 # what has finished so far
@@ -53,7 +54,7 @@ summary() {
   done
 }
 
-case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
+case ${1:?stage|unpack|one|jit|lanes|lanes-sglang|status|collect} in
   stage)
     mkdir -p /tmp/pieces && cp -n .img*/*.part-* .img*/*.whl /tmp/pieces/ 2>/dev/null; find /tmp/pieces -type f | wc -l; du -sh /tmp/pieces ;;
   unpack)  # PREFIX... (default: pack): each pack in order (a later one reuses the store of earlier ones)
@@ -125,6 +126,12 @@ case ${1:?stage|unpack|one|lanes|lanes-sglang|status|collect} in
       echo ALL DONE
     " > /tmp/lanes.log 2>&1 < /dev/null &
     echo "lanes-sglang started" ;;
+  jit)
+    # cuda_jit (every topic's toolchain test) in every unpacked image, root and UID 1000 side
+    # by side, in this call (short: a torch extension, and flashinfer/SGLang where installed)
+    for root in "$R"/*/; do
+      image=$(basename "$root"); for u in 0 1000; do one "$image" cuda_jit "$u" - & done
+    done; wait; summary ;;
   status)
     cat /tmp/lanes.log 2>/dev/null; summary
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader ;;
