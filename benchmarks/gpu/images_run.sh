@@ -48,6 +48,11 @@ one() {  # IMAGE TEST UID CACHE [ARGS...]: run one test in the image's root, wai
   echo "$(date +%T) $name: exit $rc in $((SECONDS - start)) s"
 }
 
+kit_copy() {  # background lanes run from a copy of what they read: a later call re-copies the checkout
+  rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/ || return 1
+  echo "bash /tmp/kit/benchmarks/gpu/images_run.sh one"
+}
+
 summary() {
   for f in "$R"/*/tmp/results/*.json; do
     [ -e "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"{sys.argv[1].split('/')[-1]:<46} {d['status']:<8} {d['seconds']:7.1f}s  {d['reason'][:140]}\")" "$f"
@@ -84,8 +89,7 @@ case ${1:?stage|unpack|one|jit|lanes|lanes-sglang|status|collect} in
     # The lanes outlive this device call: they run from a copy of what they read (this
     # script, carry.py, degrade.py, the kit's catalog for the caches, smoke_tests/), so a
     # checkout copied again by a later call cannot change a script under a running bash.
-    rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/
-    S="bash /tmp/kit/benchmarks/gpu/images_run.sh one"
+    S=$(kit_copy)
     D=(python3 /tmp/kit/benchmarks/gpu/carry.py run "$R/distributed-pypi" --bind /tmp/kit/benchmarks/gpu:/opt/mlsyskit/benchmarks
        --bind /tmp/degrade:/out -- python /opt/mlsyskit/benchmarks/degrade.py /out/degrade)
     mkdir -p /tmp/degrade
@@ -112,8 +116,7 @@ case ${1:?stage|unpack|one|jit|lanes|lanes-sglang|status|collect} in
     # tests run beside it (cuda_jit, cuda_graph, root and UID 1000); then verl GRPO cold and
     # warm (cache `g`) once the small tests are done. Each SGLang serving run keeps its
     # server log (--workdir) beside its result. SKIP_VERL=1: the sglang image's runs only.
-    rm -rf /tmp/kit && mkdir -p /tmp/kit && cp -r benchmarks mlsyskit smoke_tests envs images /tmp/kit/
-    S="bash /tmp/kit/benchmarks/gpu/images_run.sh one"
+    S=$(kit_copy)
     W=/tmp/results
     rm -f /tmp/small.done
     setsid nohup bash -c "
