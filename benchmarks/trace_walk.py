@@ -13,7 +13,11 @@ engine's internals below `mlsyskit.engine` (one stop: "engine") are folded, and 
 progress callbacks a command hands down (lambdas, tasks.say) nor a generator resumed by its
 consumer is a stop, so that the walk shows the pipeline's stages, not their plumbing.
 
-    .venv/bin/python benchmarks/trace_walk.py [shell|build|up ...] [--topic distributed] [--stack nccl-2node] [--by layer] [--walk]
+    .venv/bin/python benchmarks/trace_walk.py [shell|build|up ...] [--topic distributed] [--stack nccl-2node] [--by layer] [--edges] [--walk]
+
+`--edges` counts only calls from one module into another (the caller's module is the nearest
+kit frame below the call): a module calling its own helpers between two calls out stays one
+stop, as a walk drawn from the call graph counts.
 
 `--by layer` counts stops by the layers ARCHITECTURE.md draws (runtime, images, context,
 engine, data, ...) instead of modules: how often a command goes back to a layer it left.
@@ -61,8 +65,20 @@ def layer_of(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
-def walk(run: Callable[[], Any], by: Callable[[str], str] = lambda m: m) -> list[str]:
-    """The stops of one run (see the module doc)."""
+def caller_module(frame: FrameType) -> str | None:
+    """The kit module of the nearest kit frame below this call (stdlib frames between skipped)."""
+    back = frame.f_back
+    while back is not None:
+        module = module_of(back)
+        if module is not None:
+            return module
+        back = back.f_back
+    return None
+
+
+def walk(run: Callable[[], Any], by: Callable[[str], str] = lambda m: m, edges: bool = False) -> list[str]:
+    """The stops of one run (see the module doc). With `edges`, only a call made from another
+    module is a stop: a module calling its own helpers between two calls out stays one stop."""
     stops: list[str] = []
     started: set[FrameType] = set()  # generator frames already entered: a resumption is no stop
 
@@ -77,6 +93,10 @@ def walk(run: Callable[[], Any], by: Callable[[str], str] = lambda m: m) -> list
         if module is None:
             return
         module = by(module)
+        if edges:
+            caller = caller_module(frame)
+            if caller is not None and by(caller) == module:
+                return
         if not stops or stops[-1] != module:
             stops.append(module)
 
@@ -132,12 +152,13 @@ def main() -> None:
     parser.add_argument("--stack", default="nccl-2node")
     parser.add_argument("--by", choices=("module", "layer"), default="module")
     parser.add_argument("--walk", action="store_true", help="print each walk")
+    parser.add_argument("--edges", action="store_true", help="a stop only where one module calls into another (see walk)")
     args = parser.parse_args()
     print(f"| command (by {args.by}) | stops | {args.by}s | returns to a {args.by} already left |")
     print("|---|---:|---:|---:|")
     walks = {}
     for name in args.commands:
-        stops = walk(command(name, args.topic, args.stack), layer_of if args.by == "layer" else lambda m: m)
+        stops = walk(command(name, args.topic, args.stack), layer_of if args.by == "layer" else lambda m: m, args.edges)
         walks[name] = stops
         label = {"shell": f"./kit shell {args.topic} -- true", "build": f"invoke build {args.topic}", "up": f"invoke up {args.stack} --cpu"}[name]
         print(f"| `{label}` | {len(stops)} | {len(set(stops))} | {returns(stops)} |", flush=True)
