@@ -143,6 +143,6 @@ case ${1:?stage|unpack|one|jit|lanes|lanes-sglang|status|collect} in
     nvidia-smi > /tmp/nvidia-smi.txt 2>&1; nvidia-smi -q >> /tmp/nvidia-smi.txt 2>&1
     cp /tmp/lanes.log /tmp/unpack.log /tmp/ 2>/dev/null
     mapfile -t folders < <(cd "$R" && find . -mindepth 3 -maxdepth 3 -path './*/tmp/results')
-    tar -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt lanes.log degrade
+    tar --ignore-failed-read -czf "$out/results.tgz" -C "$R" --transform 's,tmp/results/,,' "${folders[@]}" -C /tmp nvidia-smi.txt lanes.log degrade
     summary; ls -la "$out" ;;
 esac

@@ -4,7 +4,7 @@ gated shares on a healthy and on a loaded GPU.
 
     python benchmarks/gpu/plot_images.py benchmarks/gpu/2026-12-05-h100-images
 
-writes tests.png, warm_start.png and degrade.png into the folder (matplotlib, which the
+writes tests.png, and warm_start.png and degrade.png where the run had them, into the folder (matplotlib, which the
 kit's environment has for its other plots).
 """
 
@@ -94,8 +94,12 @@ def plot_degrade(folder: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     folder = Path(argv[0])
-    for out in (plot_tests(folder), plot_warm(folder), plot_degrade(folder)):
-        print(out)
+    print(plot_tests(folder))
+    # the warm-start pair and the degraded GPU are plotted where the run had them
+    if (folder / "verl-pypi/sglang_serve-verl-0-s-run2.json").exists():
+        print(plot_warm(folder))
+    if (folder / "degrade/summary.json").exists():
+        print(plot_degrade(folder))
     return 0
 
 
