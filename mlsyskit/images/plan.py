@@ -221,9 +221,13 @@ class Freshness:
 
     current: bool
     changed: tuple[str, ...] = ()
+    what: str = field(init=False)  # what changed, in words (a field: read by the stage after)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "what", ", ".join(self.changed) or "its inputs")
 
     def describe(self) -> str:
-        return ", ".join(self.changed) or "its inputs"
+        return self.what
 
 
 def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels: Mapping[str, str]) -> Freshness:
