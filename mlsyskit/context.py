@@ -4,7 +4,8 @@ connects on first use (a command that needs none never starts the docker CLI).
 
 A command that runs a topic's image (`shell`, `up`) resolves everything its later stages
 read here, up front, as plain fields: the topics (looked up, checked for the architecture),
-the Debian lock's pins (`Catalog.apt`), the engine, the platform its containers ask for, and
+the Debian lock's pins (`Catalog.apt`), the engine, the platform its containers ask for (and
+the mounts emulating it needs), and
 one answer of the engine for each topic's image (`images`). The stages after it read those
 fields and never call back into the context or the data it came from."""
 
@@ -19,7 +20,7 @@ from mlsyskit import IMAGE_PREFIX, REPO_ROOT
 from mlsyskit.arch import ARCHES, host_arch
 from mlsyskit.data.catalog import Base, Catalog, Topic, arch_of, load_catalog
 from mlsyskit.data.config import Config, load_config
-from mlsyskit.engine import Engine, ImageInfo, foreign_platform
+from mlsyskit.engine import Engine, ImageInfo, emulation_volumes, foreign_platform
 
 
 def topic_alias(topic: str, flavour: str) -> str:
@@ -45,6 +46,7 @@ class Context:
     topics: tuple[Topic, ...] = ()  # the topics the command named (`resolve(topics=...)`), checked
     images: dict[str, Found] = field(default_factory=dict)  # topic name -> its image (`resolve(look_up=True)`)
     platform: str = ""  # `linux/arm64` for containers of a foreign architecture (`look_up`), else ""
+    emulation: tuple[str, ...] = ()  # the bind mounts such a container needs (engine/emulation.py)
     arch: str = field(init=False)  # the base's architecture
     base_name: str = field(init=False)  # the base's name: pypi, pypi-arm64
 
@@ -72,6 +74,7 @@ class Context:
         if look_up:
             _ = catalog.debian_lock  # fills catalog.apt: the plan reads the pins from there
             ctx.platform = foreign_platform(ctx.arch)
+            ctx.emulation = emulation_volumes(ctx.platform)
             for topic in ctx.topics:
                 ref = topic_alias(topic.name, ctx.base_name)
                 ctx.images[topic.name] = Found(ref, ctx.engine.image(ref))

@@ -19,6 +19,14 @@ from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
 from mlsyskit.errors import UsageError
 
 
+class UnknownTopic(UsageError):
+    """A topic name with no envs/<name>/topic.toml (`name`: the one asked for)."""
+
+    def __init__(self, name: str, message: str, *, fix: str = "") -> None:
+        super().__init__(message, fix=fix)
+        self.name = name
+
+
 @dataclass(frozen=True, kw_only=True)
 class Base:
     name: str
@@ -186,7 +194,7 @@ class Catalog:
     def topic(self, name: str) -> Topic:
         if name not in self.topics:
             known = ", ".join(sorted(self.topics)) or "(none)"
-            raise UsageError(f"unknown topic '{name}'", fix=f"known topics: {known}")
+            raise UnknownTopic(name, f"unknown topic '{name}'", fix=f"known topics: {known}")
         return self.topics[name]
 
     def select(self, names: list[str] | tuple[str, ...]) -> list[Topic]:
