@@ -47,6 +47,9 @@ class Context:
     images: dict[str, Found] = field(default_factory=dict)  # topic name -> its image (`resolve(look_up=True)`)
     platform: str = ""  # `linux/arm64` for containers of a foreign architecture (`look_up`), else ""
     emulation: tuple[str, ...] = ()  # the bind mounts such a container needs (engine/emulation.py)
+    # The kit's images (and the base's registry image) the engine holds, by tag, from one
+    # listing (`resolve(listing=True)`: what `invoke build` reuses); None: not listed.
+    held: dict[str, ImageInfo] | None = None
     arch: str = field(init=False)  # the base's architecture
     base_name: str = field(init=False)  # the base's name: pypi, pypi-arm64
 
@@ -56,14 +59,17 @@ class Context:
     @classmethod
     def resolve(
         cls, base: str = "", root: Path = REPO_ROOT, *, connect: Callable[[], Engine] = Engine.connect, arch: str = "",
-        topics: Sequence[str] = (), look_up: bool = False,
+        topics: Sequence[str] = (), every: Callable[[str], None] | None = None, look_up: bool = False, listing: bool = False,
     ) -> Context:  # fmt: skip
         """`base` as given (`--base`), else kit.toml's, for `arch` (`--arch`; default: the
         base name's own, `pypi-arm64`, else this host's); `connect` is how the engine is
         reached (`Engine.for_running` where only containers are run). `topics`: looked up
         (an unknown one: one line) and checked against the architecture (`topics_for_arch`).
         `look_up`: the Debian lock read, the engine connected and asked once for each topic's
-        image, the containers' platform decided: all a command's later stages read."""
+        image, the containers' platform decided: all a command's later stages read. `every`:
+        no topic named means all of them, those without this architecture left out and each
+        named to `every`. `listing`: the Debian lock read and the engine's images listed once
+        (`held`), each topic's image taken from that list."""
         config, catalog = load_config(root), load_catalog(root)
         name = base or config.base
         if name.startswith("-"):  # `--arch` without `--base`: kit.toml's base for that architecture
@@ -71,6 +77,14 @@ class Context:
         ctx = cls(config=config, catalog=catalog, base=catalog.base(name, arch or arch_of(name) or host_arch()), connect=connect)
         if topics:
             ctx.topics = tuple(ctx.topics_for_arch([catalog.topic(topic) for topic in topics]))
+        elif every is not None:
+            ctx.topics = tuple(ctx.every_topic_for_arch(catalog.select([]), every))
+        if listing:
+            _ = catalog.debian_lock
+            ctx.held = ctx.engine.listing(f"{IMAGE_PREFIX}/*", ctx.base.registry_image)
+            for topic in ctx.topics:
+                ref = topic_alias(topic.name, ctx.base_name)
+                ctx.images[topic.name] = Found(ref, ctx.held.get(ref))
         if look_up:
             _ = catalog.debian_lock  # fills catalog.apt: the plan reads the pins from there
             ctx.platform = foreign_platform(ctx.arch)

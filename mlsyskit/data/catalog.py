@@ -8,6 +8,7 @@ import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,12 @@ class Base:
     arch: str = "amd64"  # the CPU architecture of every image built on it
     flavour: str = ""  # bases.toml's name; `name` adds "-arm64" for arm64 images ("" = name)
 
-    @property
-    def can_bootstrap(self) -> bool:
-        return bool(self.bootstrap_suite)
+    can_bootstrap: bool = field(init=False, repr=False, compare=False)  # it names a suite to debootstrap
+    platform: str = field(init=False, repr=False, compare=False)  # linux/<arch>
 
-    @property
-    def platform(self) -> str:
-        return f"linux/{self.arch}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "can_bootstrap", bool(self.bootstrap_suite))
+        object.__setattr__(self, "platform", f"linux/{self.arch}")
 
 
 def arch_of(base_name: str) -> str:
@@ -152,26 +152,24 @@ class Catalog:
     bases: dict[str, Base]
     frameworks: dict[str, Framework]
     topics: dict[str, Topic] = field(default_factory=dict)
-    _read: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # files read once
     # What each layer's apt install asks for, by its Debian lock key ("pypi/base",
     # "pypi/topic/NAME", for every base and architecture): the lock's pins, or the plain asks.
     # Filled with the lock (`debian_lock`, which the context reads up front), so that the plan
     # reads a field instead of asking the lock again layer by layer.
     apt: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
+    @cached_property
     def debian_lock(self) -> DebianLock:
-        """images/debian-lock.toml of this catalog's tree, read once (and `apt` with it)."""
-        if "debian_lock" not in self._read:
-            lock = self._read["debian_lock"] = debian_lock.load(self.root)
-            for base in self.bases.values():
-                for arch in ARCHES:
-                    name = with_arch(base, arch).name
-                    self.apt[f"{name}/base"] = lock.pins(f"{name}/base", base.apt_packages)
-                    for topic in self.topics.values():
-                        self.apt[f"{name}/topic/{topic.name}"] = lock.pins(f"{name}/topic/{topic.name}", topic.apt_packages)
-        found: DebianLock = self._read["debian_lock"]
-        return found
+        """images/debian-lock.toml of this catalog's tree, read once (and `apt` with it), then
+        a plain attribute."""
+        lock = debian_lock.load(self.root)
+        for base in self.bases.values():
+            for arch in ARCHES:
+                name = with_arch(base, arch).name
+                self.apt[f"{name}/base"] = lock.pins(f"{name}/base", base.apt_packages)
+                for topic in self.topics.values():
+                    self.apt[f"{name}/topic/{topic.name}"] = lock.pins(f"{name}/topic/{topic.name}", topic.apt_packages)
+        return lock
 
     def apt_packages(self) -> dict[str, tuple[str, ...]]:
         """`apt`, with the Debian lock read first where nothing has read it yet."""

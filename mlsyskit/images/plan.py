@@ -79,11 +79,13 @@ class Layer:
     def repository(self) -> str:
         return f"{IMAGE_PREFIX}/{self.kind}-{self.name}"
 
-    @property
+    # A layer's tag and its parent's: decided once, by `plan` (which asks every layer for
+    # them), then plain attributes for the stages that build and report.
+    @cached_property
     def tag(self) -> str:
         return f"{self.repository}:{self.inputs_hash[:12]}"
 
-    @property
+    @cached_property
     def parent_ref(self) -> str:
         return self.parent.tag if self.parent else self.root.ref if self.root else ""
 
@@ -209,6 +211,7 @@ def plan(catalog: Catalog, config: Config, topics: list[Topic], base: Base, root
     for topic in topics:
         for layer in topic_layers(catalog, config, topic, base_l):
             ordered.setdefault(layer.tag, layer)
+            _ = layer.parent_ref
     return list(ordered.values())
 
 
