@@ -74,24 +74,26 @@ class Context:
         name = base or config.base
         if name.startswith("-"):  # `--arch` without `--base`: kit.toml's base for that architecture
             name = config.base + name
-        ctx = cls(config=config, catalog=catalog, base=catalog.base(name, arch or arch_of(name) or host_arch()), connect=connect)
-        if topics:
-            ctx.topics = tuple(ctx.topics_for_arch([catalog.topic(topic) for topic in topics]))
+        chosen = catalog.base(name, arch or arch_of(name) or host_arch())
+        named = tuple(map(catalog.topic, topics))  # an unknown one: one line, the known ones listed
+        for topic in named:
+            topic.check_arch(chosen.arch)  # no image for this architecture: one line
+        if look_up or listing:
+            _ = catalog.debian_lock  # fills catalog.apt: the plan reads the pins from there
+        ctx = cls(config=config, catalog=catalog, base=chosen, connect=connect, topics=named)
+        if named:
+            require_arch(ctx.arch)  # this host cannot run the architecture's code: one line
         elif every is not None:
             ctx.topics = tuple(ctx.every_topic_for_arch(catalog.select([]), every))
-        if listing:
-            _ = catalog.debian_lock
-            ctx.held = ctx.engine.listing(f"{IMAGE_PREFIX}/*", ctx.base.registry_image)
-            for topic in ctx.topics:
-                ref = topic_alias(topic.name, ctx.base_name)
-                ctx.images[topic.name] = Found(ref, ctx.held.get(ref))
-        if look_up:
-            _ = catalog.debian_lock  # fills catalog.apt: the plan reads the pins from there
+        refs = {topic.name: topic_alias(topic.name, ctx.base_name) for topic in ctx.topics}
+        if listing:  # what exists, for a build: one request
+            held = ctx.held = ctx.engine.listing(f"{IMAGE_PREFIX}/*", ctx.base.registry_image)
+            ctx.images = {name: Found(ref, held.get(ref)) for name, ref in refs.items()}
+        if look_up:  # what a container runs: the platform, and the engine's answer for each image
+            engine = ctx.engine
             ctx.platform = foreign_platform(ctx.arch)
             ctx.emulation = emulation_volumes(ctx.platform)
-            for topic in ctx.topics:
-                ref = topic_alias(topic.name, ctx.base_name)
-                ctx.images[topic.name] = Found(ref, ctx.engine.image(ref))
+            ctx.images = {name: Found(ref, engine.image(ref)) for name, ref in refs.items()}
         return ctx
 
     def every_topic_for_arch(self, topics: list[Topic], log: Callable[[str], None]) -> list[Topic]:

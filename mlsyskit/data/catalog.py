@@ -162,13 +162,14 @@ class Catalog:
     def debian_lock(self) -> DebianLock:
         """images/debian-lock.toml of this catalog's tree, read once (and `apt` with it), then
         a plain attribute."""
-        lock = debian_lock.load(self.root)
+        asks: dict[str, tuple[str, ...]] = {}
         for base in self.bases.values():
             for arch in ARCHES:
                 name = with_arch(base, arch).name
-                self.apt[f"{name}/base"] = lock.pins(f"{name}/base", base.apt_packages)
-                for topic in self.topics.values():
-                    self.apt[f"{name}/topic/{topic.name}"] = lock.pins(f"{name}/topic/{topic.name}", topic.apt_packages)
+                asks[f"{name}/base"] = base.apt_packages
+                asks.update({f"{name}/topic/{topic.name}": topic.apt_packages for topic in self.topics.values()})
+        lock = debian_lock.load(self.root)
+        self.apt.update(lock.pin_all(asks))
         return lock
 
     def apt_packages(self) -> dict[str, tuple[str, ...]]:
