@@ -2,12 +2,13 @@
 works on (validated: an unknown base is one line before anything runs) and an engine that
 connects on first use (a command that needs none never starts the docker CLI).
 
-A command that runs a topic's image (`shell`, `up`) resolves everything its later stages
-read here, up front, as plain fields: the topics (looked up, checked for the architecture),
-the Debian lock's pins (`Catalog.apt`), the engine, the platform its containers ask for (and
-the mounts emulating it needs), and
-one answer of the engine for each topic's image (`images`). The stages after it read those
-fields and never call back into the context or the data it came from."""
+A command that runs or builds a topic's image (`shell`, `up`, `build`) resolves everything
+its later stages read here, up front, as plain fields: the topics (looked up, checked for the
+architecture), the Debian lock's pins (`Catalog.apt`), the engine, the platform its
+containers ask for (and the mounts emulating it needs), and the engine's answer for each
+topic's image (`images`: one inspect each, or for a build one listing of what exists,
+`held`). The stages after it read those fields and never call back into the context or the
+data it came from (ARCHITECTURE.md, "The pipeline")."""
 
 from __future__ import annotations
 

@@ -141,10 +141,9 @@ def build(
     tags moved. The engine is asked again only for what it builds here."""
     engine, config, catalog, base = ctx.engine, ctx.config, ctx.catalog, ctx.base
     held = dict(ctx.held) if ctx.held is not None else engine.listing(f"{IMAGE_PREFIX}/*", base.registry_image)
-    aliases = {topic.name: found.ref for topic in topics if (found := ctx.images.get(topic.name))}
+    aliases = {t.name: ctx.images[t.name].ref if t.name in ctx.images else topic_alias(t.name, base.name) for t in topics}
     root: RootImage = ensure_root_image(engine, base, config, log, lock=catalog.debian_lock, held=held)
     layers = plan(catalog, config, list(topics), base, root)
-    aliases |= {topic.name: topic_alias(topic.name, base.name) for topic in topics if topic.name not in aliases}
     results: list[LayerResult] = []
     # Topic by topic, so each topic's friendly tag moves as soon as its image exists: a
     # later topic's failure never leaves an earlier one pointing at an old image.
