@@ -20,7 +20,8 @@ from mlsyskit.data.catalog import Catalog, Topic, load_catalog
 from mlsyskit.data.fields import rel_path
 from mlsyskit.engine import ContainerSpec, Engine
 from mlsyskit.errors import EngineError, KitError, UsageError
-from mlsyskit.images.build import build_topics, dry_run
+from mlsyskit.images.build import build as build_images
+from mlsyskit.images.build import dry_run
 from mlsyskit.images.ensure import built_image
 from mlsyskit.images.plan import topic_alias
 from mlsyskit.images.relock import lock as lock_all
@@ -51,19 +52,17 @@ def doctor(fix: bool, log: Log) -> tuple[str, bool]:
 
 
 def build(topics: str, base: str | None, no_cache: bool, verbose: bool, log: Log, dry_run: bool = False) -> str:
-    ctx = Context.resolve(base or "")
-    names = split_names(topics)
-    selected = ctx.catalog.select(names)
-    if not names:  # every topic: those of another architecture only are left out, named
-        selected = ctx.every_topic_for_arch(selected, log)
-    else:  # a topic without this architecture, or a host that cannot run it: one line, before anything
-        selected = ctx.topics_for_arch(selected)
-    base_name = ctx.base_name
+    """One straight pipeline: the options -> the context (the topics, checked for the
+    architecture before anything; no topic named: every one, those of another architecture
+    left out and named; the Debian lock; one listing of the engine's images) -> the image
+    stage (images.build.build: root filesystem, plan, what is missing built, tags moved)
+    -> the report."""
+    ctx = Context.resolve(base or "", topics=split_names(topics), every=log, listing=not dry_run)
     if dry_run:
-        return build_plan(ctx, selected)
-    results = build_topics(ctx.engine, ctx.catalog, ctx.config, selected, base_name=base_name, no_cache=no_cache, log=log, verbose=verbose)
+        return build_plan(ctx, list(ctx.topics))
+    results = build_images(ctx, ctx.topics, no_cache=no_cache, log=log, verbose=verbose)
     rows = [(r.layer.kind, r.layer.name, r.layer.tag, r.status, size(r.size_bytes), size(r.total_bytes), seconds(r.seconds)) for r in results]
-    aliases = ", ".join(topic_alias(t.name, base_name) for t in selected)
+    aliases = ", ".join(ctx.images[t.name].ref for t in ctx.topics)
     return table(("layer", "name", "tag", "status", "layer size", "image size", "time"), rows) + f"\ntagged: {aliases}"
 
 

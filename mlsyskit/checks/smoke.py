@@ -49,8 +49,8 @@ from mlsyskit.errors import BuildError, EngineError, KitError, StackError, Usage
 from mlsyskit.images.ensure import TopicImage, ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
-from mlsyskit.runtime.gpus import host_has_gpus, query_gpus
-from mlsyskit.runtime.host import choose_gpus, memlock_allowed, read_host
+from mlsyskit.runtime.gpus import choose_gpus, host_has_gpus, query_gpus
+from mlsyskit.runtime.host import memlock_allowed, read_host
 from mlsyskit.runtime.shell import ShellOptions, kernel_cache, one_off_spec, secret_values
 from smoke_tests.schema import FAILED, PASSED, SKIPPED, SmokeTest, Value, validate_result
 

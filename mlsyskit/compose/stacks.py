@@ -42,8 +42,9 @@ import yaml
 from mlsyskit import LABEL_PREFIX, REPO_ROOT
 from mlsyskit.compose import patterns
 from mlsyskit.context import Context
+from mlsyskit.data.catalog import UnknownTopic
 from mlsyskit.data.fields import Fields, rel_path
-from mlsyskit.engine import ComposeProject, ContainerInfo, Engine, emulation_volumes, foreign_platform
+from mlsyskit.engine import ComposeProject, ContainerInfo, Engine
 from mlsyskit.errors import EngineError, Interrupted, StackError, UsageError
 from mlsyskit.images.ensure import ensure_image
 from mlsyskit.images.plan import topic_alias
@@ -374,6 +375,7 @@ class RenderOptions:
     secrets_at: Path | None = None
     # (topic, the service's GPUs) -> its kernel cache (runtime/caches.py), None for none
     kernels: Callable[[str, tuple[str, ...]], KernelMount | None] | None = None
+    images: Mapping[str, str] = field(default_factory=dict)  # topic -> its image as `up` found it (else its friendly tag)
 
 
 def _escape(value: str) -> str:
@@ -439,7 +441,8 @@ def render(stack: ComposeStack, opts: RenderOptions) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for name, spec, mine, extra in instances:
         body = copy.deepcopy(stack.compose["services"][spec.name])
-        body["image"] = topic_alias(spec.topic or stack.topic, opts.base)
+        topic = spec.topic or stack.topic
+        body["image"] = opts.images.get(topic) or topic_alias(topic, opts.base)
         if isinstance(body.get("environment"), list):
             raise UsageError(f"{rel_path(stack.path)}: services.{spec.name}.environment must be a mapping")
         env = {k: "" if v is None else str(v) for k, v in (body.get("environment") or {}).items()}
@@ -682,33 +685,31 @@ def up(
     log: Log = print,
     root: Path = REPO_ROOT,
 ) -> UpResult:
-
+    """One straight pipeline: the stack and its options -> the context (its topics, checked
+    for the architecture, and the engine's answer for each image) -> the devices -> the
+    images (built when missing, freshness) -> the host's facts -> the secrets -> the compose
+    file (with each service's kernel cache) -> the engine, until the stack is up."""
     stack = load_stack(name, root)
     options = option_values(stack, settings)
     check_rdma(rdma)
-    ctx = Context.resolve(base, root)
-    catalog, config, base_name = ctx.catalog, ctx.config, ctx.base_name
+    try:
+        ctx = Context.resolve(base, root, topics=stack.topics(), look_up=True)  # one line, before anything is built
+    except UnknownTopic as exc:
+        raise UsageError(f"stack {stack.name} runs topic {exc.name}, and envs/{exc.name}/ does not exist", fix=exc.fix) from None
+    config, base_name, engine = ctx.config, ctx.base_name, ctx.engine
     devices = choose_devices(stack, gpus, cpu, query_gpus, host_has_gpus())
     if devices.warning:
         log(f"warning: {devices.warning}")
-    engine = ctx.engine
-    compose = engine.compose()
-    for topic_name in stack.topics():
-        if topic_name not in catalog.topics:
-            raise UsageError(
-                f"stack {stack.name} runs the topic image mlsyskit/{topic_name}:{base_name}, and envs/{topic_name}/ does not exist",
-                fix=f"known topics: {', '.join(sorted(catalog.topics))}",
-            )
-    topics = ctx.topics_for_arch([catalog.topic(name) for name in stack.topics()])  # one line, before anything is built
-    found = {topic.name: ensure_image(ctx, topic, log) for topic in topics}
+    found = {topic.name: ensure_image(ctx, topic, log) for topic in ctx.topics}
     images = [image.ref for image in found.values()]
-    memlock = memlock_allowed(engine, images[0], os.environ, log)
+    host = read_host(known_memlock=True)
+    memlock = host.memlock if host.memlock is not None else memlock_allowed(engine, images[0], host.environ, log)
     if not memlock:
         log("note: this engine refuses memlock=-1, so the stack's services keep the engine's default limit (fine without RDMA)")
-    hf_cache = read_host().hf_cache
+    hf_cache = host.hf_cache
     hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
     environment = {"HF_ENDPOINT": config.hf_endpoint} if config.hf_endpoint else {}
-    platform = foreign_platform(ctx.arch)
+    platform = ctx.platform
     # Tokens as files of a private folder in the stack's state (removed by `invoke down`).
     tokens = {k: os.environ[k] for k in secrets.TOKENS if os.environ.get(k)}
     secrets_at = state_dir(stack.name, root) / "secrets"
@@ -717,14 +718,16 @@ def up(
         secrets.write(tokens, secrets_at)
     opts = RenderOptions(
         devices=devices, base=base_name, model=model or "tiny", memlock=memlock, hf_cache=hf_cache, environment=environment,
-        options=options, rdma=rdma, platform=platform, emulation=emulation_volumes(platform), secrets=tokens,
+        options=options, rdma=rdma, platform=platform, emulation=ctx.emulation, secrets=tokens,
         secrets_at=secrets_at if tokens else None, kernels=stack_kernels(ctx, {name: image.id for name, image in found.items()}),
+        images={name: image.ref for name, image in found.items()},
     )  # fmt: skip
     rendered = render(stack, opts)
     check_ports_free(stack, rendered)
     path = rendered_file(stack.name, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rendered_yaml(rendered, stack))
+    compose = engine.compose()
     compose.check(stack.project, path)
     limit = wait or stack.wait
     log(f"{stack.name}: {len(rendered['services'])} container(s) on {devices.describe()}, {', '.join(images)}; waiting up to {limit}s ({compose.describe()})")
@@ -797,9 +800,11 @@ def stack_kernels(ctx: Context, image_ids: Mapping[str, str]) -> Callable[[str, 
     as the images' root)."""
     from mlsyskit.runtime import caches
 
+    topics = {topic.name: topic for topic in ctx.topics} or ctx.catalog.topics
+
     def kernels(topic: str, gpus: tuple[str, ...]) -> KernelMount | None:
         label = ",".join(gpus) or "none"
-        return caches.for_container(ctx.catalog, ctx.catalog.topic(topic), image_ids[topic], gpus=label, user=caches.ROOT_USER, environ=os.environ)
+        return caches.for_container(ctx.catalog, topics[topic], image_ids[topic], gpus=label, user=caches.ROOT_USER, environ=os.environ)
 
     return kernels
 

@@ -8,6 +8,7 @@ import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,14 @@ from mlsyskit.data import debian_lock
 from mlsyskit.data.debian_lock import DebianLock
 from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
 from mlsyskit.errors import UsageError
+
+
+class UnknownTopic(UsageError):
+    """A topic name with no envs/<name>/topic.toml (`name`: the one asked for)."""
+
+    def __init__(self, name: str, message: str, *, fix: str = "") -> None:
+        super().__init__(message, fix=fix)
+        self.name = name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,13 +41,12 @@ class Base:
     arch: str = "amd64"  # the CPU architecture of every image built on it
     flavour: str = ""  # bases.toml's name; `name` adds "-arm64" for arm64 images ("" = name)
 
-    @property
-    def can_bootstrap(self) -> bool:
-        return bool(self.bootstrap_suite)
+    can_bootstrap: bool = field(init=False, repr=False, compare=False)  # it names a suite to debootstrap
+    platform: str = field(init=False, repr=False, compare=False)  # linux/<arch>
 
-    @property
-    def platform(self) -> str:
-        return f"linux/{self.arch}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "can_bootstrap", bool(self.bootstrap_suite))
+        object.__setattr__(self, "platform", f"linux/{self.arch}")
 
 
 def arch_of(base_name: str) -> str:
@@ -80,13 +88,16 @@ class Framework:
     key_packages: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()  # framework.toml's [env]
     caches: tuple[KernelCache, ...] = ()  # framework.toml's [caches]: what torch and its compilers write
+    # Derived once, when the framework is read, so that the stages after the context read
+    # fields rather than call back into the catalog.
+    lock_path: Path = field(init=False, repr=False, compare=False)  # its uv.lock
+    image_env: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)  # see gpu_env
 
-    @property
-    def lock_path(self) -> Path:
-        return self.path / "uv.lock"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lock_path", self.path / "uv.lock")
+        object.__setattr__(self, "image_env", self.gpu_env())
 
-    @property
-    def image_env(self) -> tuple[tuple[str, str], ...]:
+    def gpu_env(self) -> tuple[tuple[str, str], ...]:
         """What the framework's image (and every topic on it) says to GPU runtimes, as NVIDIA's
         CUDA images do: without NVIDIA_VISIBLE_DEVICES enroot/pyxis give no GPU and, without
         NVIDIA_DRIVER_CAPABILITIES, only `utility` (NVIDIA/enroot#205, #258); the container
@@ -118,22 +129,21 @@ class Topic:
     arch_note: str = ""  # why an architecture is missing
     env: tuple[tuple[str, str], ...] = ()  # topic.toml's [env]: baked into the topic image
     caches: tuple[KernelCache, ...] = ()  # topic.toml's [caches], beside its framework's (runtime/caches.py)
+    # Derived once, when the topic is read (plain fields for the stages after the context).
+    lock_path: Path = field(init=False, repr=False, compare=False)  # its uv.lock
+    # envs/<topic>/patches/*.patch: fixes to installed packages, applied in the topic layer
+    # after the lock is installed (images/env.Dockerfile), in name order.
+    patches: tuple[Path, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        folder = self.path / "patches"
+        object.__setattr__(self, "lock_path", self.path / "uv.lock")
+        object.__setattr__(self, "patches", tuple(sorted(folder.glob("*.patch"))) if folder.is_dir() else ())
 
     def check_arch(self, arch: str) -> None:
         if arch not in self.arches:
             raise UsageError(f"topic '{self.name}' has no {arch} image: {self.arch_note or 'its topic.toml lists ' + ', '.join(self.arches)}",
                              fix=f"use --arch {self.arches[0]}")  # fmt: skip
-
-    @property
-    def lock_path(self) -> Path:
-        return self.path / "uv.lock"
-
-    @property
-    def patches(self) -> tuple[Path, ...]:
-        """envs/<topic>/patches/*.patch: fixes to installed packages, applied in the topic
-        layer after the lock is installed (images/env.Dockerfile), in name order."""
-        folder = self.path / "patches"
-        return tuple(sorted(folder.glob("*.patch"))) if folder.is_dir() else ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,15 +152,31 @@ class Catalog:
     bases: dict[str, Base]
     frameworks: dict[str, Framework]
     topics: dict[str, Topic] = field(default_factory=dict)
-    _read: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # files read once
+    # What each layer's apt install asks for, by its Debian lock key ("pypi/base",
+    # "pypi/topic/NAME", for every base and architecture): the lock's pins, or the plain asks.
+    # Filled with the lock (`debian_lock`, which the context reads up front), so that the plan
+    # reads a field instead of asking the lock again layer by layer.
+    apt: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
+    @cached_property
     def debian_lock(self) -> DebianLock:
-        """images/debian-lock.toml of this catalog's tree, read once."""
-        if "debian_lock" not in self._read:
-            self._read["debian_lock"] = debian_lock.load(self.root)
-        found: DebianLock = self._read["debian_lock"]
-        return found
+        """images/debian-lock.toml of this catalog's tree, read once (and `apt` with it), then
+        a plain attribute."""
+        asks: dict[str, tuple[str, ...]] = {}
+        for base in self.bases.values():
+            for arch in ARCHES:
+                name = with_arch(base, arch).name
+                asks[f"{name}/base"] = base.apt_packages
+                asks.update({f"{name}/topic/{topic.name}": topic.apt_packages for topic in self.topics.values()})
+        lock = debian_lock.load(self.root)
+        self.apt.update(lock.pin_all(asks))
+        return lock
+
+    def apt_packages(self) -> dict[str, tuple[str, ...]]:
+        """`apt`, with the Debian lock read first where nothing has read it yet."""
+        if not self.apt:
+            _ = self.debian_lock  # reading it fills `apt`
+        return self.apt
 
     def base(self, name: str, arch: str = "") -> Base:
         """A base by name (`pypi`, or `pypi-arm64`: the flavour for one architecture); `arch`
@@ -167,7 +193,7 @@ class Catalog:
     def topic(self, name: str) -> Topic:
         if name not in self.topics:
             known = ", ".join(sorted(self.topics)) or "(none)"
-            raise UsageError(f"unknown topic '{name}'", fix=f"known topics: {known}")
+            raise UnknownTopic(name, f"unknown topic '{name}'", fix=f"known topics: {known}")
         return self.topics[name]
 
     def select(self, names: list[str] | tuple[str, ...]) -> list[Topic]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,21 @@ class Config:
     python: str = "system"
     uv_version: str = "0.13.9"
     trusted_key: str = ""  # bundles.trusted_key: set, every `invoke load` needs a bundle signed by it
+    # Proxy variables for builds (as Docker's predefined proxy args, which stay out of
+    # `docker history`) and containers (at run time); derived once, a field to read.
+    proxy: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
-    def proxy_env(self) -> dict[str, str]:
-        """Proxy variables for builds (as Docker's predefined proxy args, which stay out of
-        `docker history`) and containers (at run time)."""
+    def __post_init__(self) -> None:
         env = {}
         for key in ("http_proxy", "https_proxy", "no_proxy"):
             value = getattr(self, key)
             if value:
                 env[key.upper()] = env[key] = value
-        return env
+        object.__setattr__(self, "proxy", env)
+
+    def proxy_env(self) -> dict[str, str]:
+        """`proxy`, as a dict of its own."""
+        return dict(self.proxy)
 
 
 _NETWORK = {"pypi_index", "apt_mirror", "hf_endpoint", "ca_bundle", "http_proxy", "https_proxy", "no_proxy"}

@@ -47,6 +47,10 @@ class DebianLock:
             return tuple(asks)
         return tuple(f"{name}={version}" for name, version in sorted(entry.packages.items()))
 
+    def pin_all(self, asks: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """`pins` for each layer key and what its files ask for."""
+        return {key: self.pins(key, packages) for key, packages in asks.items()}
+
     def snapshot_url(self) -> str:
         return SNAPSHOT.format(stamp=self.recorded or "YYYYMMDDTHHMMSSZ")
 

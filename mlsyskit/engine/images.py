@@ -34,6 +34,16 @@ class ImagesPart(EngineBase):
         found = [self.image(i) for i in ids]  # one may vanish meanwhile
         return [info for info in found if info is not None]
 
+    def listing(self, *references: str) -> dict[str, ImageInfo]:
+        """Every image named by one of `references` (Docker's reference filter: `mlsyskit/*`,
+        `debian:bookworm`), under each of its tags, from one request: what a build needs to
+        know of what exists (IDs, labels, sizes) without one inspect per layer. Through the
+        API, also for the shell's engine (a build connects one that has it anyway)."""
+        with api.errors("docker images"):
+            rows = self.api.images(filters={"reference": list(references)})
+        found = [ImageInfo.from_listing(row) for row in rows]
+        return {tag: info for info in found for tag in info.tags}
+
     def history(self, ref: str) -> list[str]:
         """Each layer's recorded command and comment: what `docker history` keeps of a build."""
         with api.errors("docker history"):

@@ -51,6 +51,12 @@ class ImageInfo:
         return dict(item.partition("=")[::2] for item in self.env)
 
     @classmethod
+    def from_listing(cls, row: Mapping[str, Any]) -> ImageInfo:
+        """One row of the engine's image list (`docker images`): ID, tags, labels and size;
+        no creation time, architecture or environment (ask `Engine.image` for those)."""
+        return cls(id=str(row.get("Id", "")), tags=tuple(row.get("RepoTags") or ()), labels=dict(row.get("Labels") or {}), size=int(row.get("Size") or 0))
+
+    @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ImageInfo:
         return cls(
             id=str(data.get("Id", "")),

@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlsyskit import IMAGE_PREFIX
+from mlsyskit.context import Context
 from mlsyskit.data import debian_lock
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.config import Config
-from mlsyskit.engine import Engine, foreign_platform
+from mlsyskit.engine import Engine, ImageInfo, foreign_platform
 from mlsyskit.errors import BuildError
 from mlsyskit.images.plan import Layer, RootImage, plan, topic_alias
 from mlsyskit.images.rootfs import bootstrap_ref, ensure_root_image, find_root_image
@@ -42,11 +44,6 @@ def write_secrets(config: Config, directory: Path) -> dict[str, Path]:
     return secrets
 
 
-def image_size(engine: Engine, ref: str) -> int:
-    found = engine.image(ref)
-    return found.size if found else 0
-
-
 def build_layers(
     engine: Engine,
     config: Config,
@@ -56,17 +53,21 @@ def build_layers(
     log: Callable[[str], None] = print,
     verbose: bool = False,
     lock: debian_lock.DebianLock,
+    held: MutableMapping[str, ImageInfo] | None = None,
 ) -> list[LayerResult]:
     """Each layer built when missing (or when `no_cache`, or its parent was rebuilt), else
-    reused; `lock`: the Debian lock its apt pins came from (named when the mirror lacks one)."""
+    reused; `lock`: the Debian lock its apt pins came from (named when the mirror lacks one);
+    `held`: the engine's images by tag, as listed once (else listed here); a layer built here
+    is asked of the engine once more, for its size, and added to it."""
     results = []
     rebuilt: set[str] = set()
+    held = engine.listing(f"{IMAGE_PREFIX}/*") if held is None else held
     with tempfile.TemporaryDirectory(prefix="mlsyskit-secrets-") as tmp:
         secrets = write_secrets(config, Path(tmp))
         for index, layer in enumerate(layers, 1):
             start = time.monotonic()
             parent_rebuilt = layer.parent is not None and layer.parent.tag in rebuilt
-            if engine.image_exists(layer.tag) and not no_cache and not parent_rebuilt:
+            if layer.tag in held and not no_cache and not parent_rebuilt:
                 status = "reused"
                 log(f"[{index}/{len(layers)}] {layer.kind} {layer.name}: reusing {layer.tag}")
             else:
@@ -87,7 +88,7 @@ def build_layers(
                         context=layer.context,
                         tag=layer.tag,
                         build_args=layer.build_args,
-                        build_env=config.proxy_env(),
+                        build_env=dict(config.proxy),
                         labels=layer.labels(),
                         secrets=secrets,
                         no_cache=no_cache,
@@ -102,8 +103,11 @@ def build_layers(
                         raise missing from None
                     raise
                 rebuilt.add(layer.tag)
-            total = image_size(engine, layer.tag)
-            parent_size = image_size(engine, layer.parent_ref) if layer.parent_ref else 0
+                if made := engine.image(layer.tag):
+                    held[layer.tag] = made
+            total = held[layer.tag].size if layer.tag in held else 0
+            parent = held.get(layer.parent_ref) if layer.parent_ref else None
+            parent_size = parent.size if parent else 0
             results.append(LayerResult(layer, status, time.monotonic() - start, max(total - parent_size, 0), total))
     return results
 
@@ -121,11 +125,25 @@ def build_topics(
     tag_aliases: bool = True,
 ) -> list[LayerResult]:
     """Build the topics' layers that are missing (or all, `no_cache`) and tag each topic's
-    alias. The caller has checked the topics against the base's architecture, and this host
-    for running it (`Context.topics_for_arch`), once, before anything else."""
-    base = catalog.base(base_name)
-    root: RootImage = ensure_root_image(engine, base, config, log, lock=catalog.debian_lock)
-    layers = plan(catalog, config, topics, base, root)
+    alias, for a caller that has no resolved context (`build` is the pipeline's stage). The
+    caller has checked the topics against the base's architecture, and this host for running
+    it (`Context.topics_for_arch`), once, before anything else."""
+    ctx = Context(config=config, catalog=catalog, base=catalog.base(base_name), connect=lambda: engine)
+    return build(ctx, topics, no_cache=no_cache, log=log, verbose=verbose, tag_aliases=tag_aliases)
+
+
+def build(
+    ctx: Context, topics: Sequence[Topic], *, no_cache: bool = False, log: Callable[[str], None] = print, verbose: bool = False, tag_aliases: bool = True,
+) -> list[LayerResult]:  # fmt: skip
+    """`invoke build`'s image stage, on what the context resolved (its fields only: the
+    engine, the base, the Debian lock, the listing of what the engine holds, the topics'
+    tags): the root filesystem -> the plan -> each layer built when missing -> the topics'
+    tags moved. The engine is asked again only for what it builds here."""
+    engine, config, catalog, base = ctx.engine, ctx.config, ctx.catalog, ctx.base
+    held = dict(ctx.held) if ctx.held is not None else engine.listing(f"{IMAGE_PREFIX}/*", base.registry_image)
+    aliases = {t.name: ctx.images[t.name].ref if t.name in ctx.images else topic_alias(t.name, base.name) for t in topics}
+    root: RootImage = ensure_root_image(engine, base, config, log, lock=catalog.debian_lock, held=held)
+    layers = plan(catalog, config, list(topics), base, root)
     results: list[LayerResult] = []
     # Topic by topic, so each topic's friendly tag moves as soon as its image exists: a
     # later topic's failure never leaves an earlier one pointing at an old image.
@@ -136,9 +154,11 @@ def build_topics(
             chain.insert(0, layer)
             layer = layer.parent
         done = {r.layer.tag for r in results}
-        results += build_layers(engine, config, [x for x in chain if x.tag not in done], no_cache=no_cache, log=log, verbose=verbose, lock=catalog.debian_lock)
+        results += build_layers(
+            engine, config, [x for x in chain if x.tag not in done], no_cache=no_cache, log=log, verbose=verbose, lock=catalog.debian_lock, held=held,
+        )  # fmt: skip
         if tag_aliases:
-            engine.tag(chain[-1].tag, topic_alias(topic.name, base.name))
+            engine.tag(chain[-1].tag, aliases[topic.name])
     return results
 
 

@@ -6,9 +6,9 @@ from other inputs than today's (`plan.freshness`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mlsyskit.context import Context
+from mlsyskit.context import Context, Found
 from mlsyskit.data.catalog import Topic
 from mlsyskit.engine import Engine, ImageInfo
 from mlsyskit.errors import UsageError
@@ -30,26 +30,30 @@ class TopicImage:
 
     ref: str
     info: ImageInfo
+    id: str = field(init=False)  # the image's ID (a field: read by the stages after this one)
 
-    @property
-    def id(self) -> str:
-        return self.info.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.info.id)
 
 
 def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> TopicImage:
     """The topic's image, built first (with progress) when it is missing. An image built from
     other inputs than today's (a topic or framework lock, a Dockerfile, the base) gets one
     warning line naming what changed, not a rebuild the user did not ask for. The caller
-    has checked the topic's architecture (`Context.topics_for_arch`)."""
-    image = topic_alias(topic.name, ctx.base_name)
-    found = ctx.engine.image(image)
+    has checked the topic's architecture (`Context.topics_for_arch`). The engine's answer
+    is the one the context got up front (`resolve(look_up=True)`), else it is asked here."""
+    found = ctx.images.get(topic.name)
     if found is None:
+        alias = topic_alias(topic.name, ctx.base_name)
+        found = Found(alias, ctx.engine.image(alias))
+    image = found.ref
+    if found.info is None:
         from mlsyskit.images.build import build_topics  # the build machinery loads only when a build is due
 
         log(f"{image} is not built yet: building it (this happens once)")
         build_topics(ctx.engine.for_building(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
         return TopicImage(image, built_image(ctx.engine, topic, image))
-    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.labels)
+    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.info.labels)
     if not fresh.current:
-        log(f"warning: {image} was built before {fresh.describe()} changed: `invoke build {topic.name}` updates it")
-    return TopicImage(image, found)
+        log(f"warning: {image} was built before {fresh.what} changed: `invoke build {topic.name}` updates it")
+    return TopicImage(image, found.info)

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
+from mlsyskit.context import topic_alias as topic_alias  # the friendly tag (defined where commands resolve images)
 from mlsyskit.data.catalog import Base, Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.data.lockfile import key_versions, lock_sha256
@@ -78,11 +79,13 @@ class Layer:
     def repository(self) -> str:
         return f"{IMAGE_PREFIX}/{self.kind}-{self.name}"
 
-    @property
+    # A layer's tag and its parent's: decided once, by `plan` (which asks every layer for
+    # them), then plain attributes for the stages that build and report.
+    @cached_property
     def tag(self) -> str:
         return f"{self.repository}:{self.inputs_hash[:12]}"
 
-    @property
+    @cached_property
     def parent_ref(self) -> str:
         return self.parent.tag if self.parent else self.root.ref if self.root else ""
 
@@ -129,6 +132,12 @@ def uv_requirement(root: Path, version: str) -> str:
     return f"uv=={version}"
 
 
+def apt_pins(catalog: Catalog, key: str, asks: tuple[str, ...]) -> tuple[str, ...]:
+    """The apt packages of one layer as the Debian lock pins them (`Catalog.apt`: filled when
+    the context read the lock up front; read here first only where no context did)."""
+    return (catalog.apt or catalog.apt_packages()).get(key, tuple(asks))
+
+
 def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) -> Layer:
     images = catalog.root / "images"
     python = "/usr/bin/python3" if config.python == "system" else config.python
@@ -143,7 +152,7 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
             "UV_VERSION": config.uv_version,
             "UV_REQUIREMENT": uv_requirement(catalog.root, config.uv_version),
             "PYTHON": python,
-            "APT_PACKAGES": " ".join(catalog.debian_lock.pins(f"{base.name}/base", base.apt_packages)),
+            "APT_PACKAGES": " ".join(apt_pins(catalog, f"{base.name}/base", base.apt_packages)),
         },
         inputs=tuple(sorted(p for p in (images / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts)),
         root=root,
@@ -182,7 +191,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             flavour=base.flavour,
             dockerfile=env_dockerfile,
             context=topic.path,
-            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(catalog.debian_lock.pins(topic_key, topic.apt_packages))},
+            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(apt_pins(catalog, topic_key, topic.apt_packages))},
             inputs=(topic.path / "pyproject.toml", topic.lock_path, *topic.patches),
             parent=parent,
             arch=base.arch,
@@ -202,6 +211,7 @@ def plan(catalog: Catalog, config: Config, topics: list[Topic], base: Base, root
     for topic in topics:
         for layer in topic_layers(catalog, config, topic, base_l):
             ordered.setdefault(layer.tag, layer)
+            _ = layer.parent_ref
     return list(ordered.values())
 
 
@@ -214,9 +224,13 @@ class Freshness:
 
     current: bool
     changed: tuple[str, ...] = ()
+    what: str = field(init=False)  # what changed, in words (a field: read by the stage after)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "what", ", ".join(self.changed) or "its inputs")
 
     def describe(self) -> str:
-        return ", ".join(self.changed) or "its inputs"
+        return self.what
 
 
 def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels: Mapping[str, str]) -> Freshness:
@@ -242,8 +256,3 @@ def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels
     if not changed:
         changed.append(f"envs/{topic.name}'s pyproject.toml, topic.toml or images/env.Dockerfile")
     return Freshness(False, tuple(changed))
-
-
-def topic_alias(topic: str, flavour: str) -> str:
-    """The friendly tag users type: mlsyskit/<topic>:<base flavour>."""
-    return f"{IMAGE_PREFIX}/{topic}:{flavour}"

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
@@ -17,7 +17,7 @@ from mlsyskit.data import debian_lock
 from mlsyskit.data.catalog import Base
 from mlsyskit.data.config import Config
 from mlsyskit.data.debian_lock import DebianLock
-from mlsyskit.engine import Engine
+from mlsyskit.engine import Engine, ImageInfo
 from mlsyskit.errors import EngineError, UsageError
 from mlsyskit.images.plan import RootImage
 
@@ -28,13 +28,14 @@ def bootstrap_ref(base: Base) -> str:
     return f"{IMAGE_PREFIX}/rootfs-{base.name}:{base.bootstrap_suite}"
 
 
-def _found(engine: Engine, ref: str, origin: str) -> RootImage | None:
-    found = engine.image(ref)
+def _found(engine: Engine, ref: str, origin: str, held: Mapping[str, ImageInfo] | None = None) -> RootImage | None:
+    found = engine.image(ref) if held is None else held.get(ref)
     return RootImage(ref=ref, image_id=found.id, origin=origin) if found else None
 
 
-def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | None:
-    """The root image already in the engine, if any (never pulls or builds)."""
+def find_root_image(engine: Engine, base: Base, config: Config, held: Mapping[str, ImageInfo] | None = None) -> RootImage | None:
+    """The root image already in the engine, if any (never pulls or builds); `held`: the
+    engine's images as the command listed them (`Context.held`), else the engine is asked."""
     candidates = []
     # another architecture's root filesystem is bootstrapped: a pull gives the host's
     if (config.rootfs in ("auto", "registry") or not base.can_bootstrap) and base.arch == host_arch():
@@ -42,13 +43,15 @@ def find_root_image(engine: Engine, base: Base, config: Config) -> RootImage | N
     if config.rootfs in ("auto", "bootstrap") and base.can_bootstrap:
         candidates.append((bootstrap_ref(base), "bootstrap"))
     for ref, origin in candidates:
-        if found := _found(engine, ref, origin):
+        if found := _found(engine, ref, origin, held):
             return found
     return None
 
 
-def ensure_root_image(engine: Engine, base: Base, config: Config, log: Callable[[str], None], *, lock: DebianLock) -> RootImage:
-    if found := find_root_image(engine, base, config):
+def ensure_root_image(
+    engine: Engine, base: Base, config: Config, log: Callable[[str], None], *, lock: DebianLock, held: Mapping[str, ImageInfo] | None = None,
+) -> RootImage:  # fmt: skip
+    if found := find_root_image(engine, base, config, held):
         return found
     if base.arch != host_arch() and base.can_bootstrap:
         return bootstrap(engine, base, config, log, lock=lock)

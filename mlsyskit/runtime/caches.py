@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
@@ -167,14 +167,13 @@ class KernelMount:
     source: Path
     caches: tuple[KernelCache, ...]
     target: str = TARGET
+    # What a container spec takes from it, derived once (fields: read by the stage after).
+    volumes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    env: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def volumes(self) -> tuple[str, ...]:
-        return (f"{self.source}:{self.target}",)
-
-    @property
-    def env(self) -> tuple[str, ...]:
-        return env_assignments(self.caches, self.target)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "volumes", (f"{self.source}:{self.target}",))
+        object.__setattr__(self, "env", env_assignments(self.caches, self.target))
 
     @property
     def folders(self) -> tuple[Path, ...]:

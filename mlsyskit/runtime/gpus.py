@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mlsyskit.errors import UsageError
+from mlsyskit.errors import EngineError, UsageError
 
 QUERY_FIELDS = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu")
 SMI_QUERY = ("nvidia-smi", f"--query-gpu={','.join(QUERY_FIELDS)}", "--format=csv,noheader,nounits")
@@ -207,3 +207,14 @@ def query_gpus(timeout: float = 30) -> list[Gpu]:
 def container_toolkit_present() -> bool:
     """Whether docker on this host can be handed GPUs (the NVIDIA container toolkit)."""
     return any(shutil.which(name) for name in TOOLKIT_BINARIES)
+
+
+def choose_gpus(request: str) -> GpuSelection:
+    """The GPUs a `--gpus` value asks for on this host (none, all, N least used, given ones)."""
+    selection = select(parse_request(request), query_gpus, host_has_gpus())
+    if selection.docker_value and not container_toolkit_present():
+        raise EngineError(
+            "this host has NVIDIA GPUs but docker cannot hand them to containers",
+            fix="install nvidia-container-toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker`, or use --gpus none",
+        )
+    return selection

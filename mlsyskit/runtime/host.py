@@ -1,7 +1,7 @@
 """The facts about the machine a container is started on, gathered in one place for
 `shell`, `smoke` and `up`: who the user is, where the Hugging Face cache lives, whether
 the Docker daemon lets containers raise memlock (probed once per daemon start, cached in
-~/.cache/mlsyskit/), which GPUs to hand over, which ports are taken. (The topic image
+~/.cache/mlsyskit/), which ports are taken. (Which GPUs to hand over: runtime/gpus.py.) (The topic image
 itself comes from images/ensure.py.)"""
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlsyskit.engine import Engine
-from mlsyskit.errors import EngineError
-from mlsyskit.runtime.gpus import GpuSelection, container_toolkit_present, host_has_gpus, parse_request, query_gpus, select
 
 Log = Callable[[str], None]
 MEMLOCK = "memlock=-1:-1"
@@ -35,11 +33,13 @@ class Host:
     hf_cache: Path
     environ: Mapping[str, str] = field(default_factory=dict)
     tty: bool = False
-    memlock: bool = True  # the daemon lets a container raise memlock to unlimited
+    # The daemon lets a container raise memlock to unlimited; None: not known yet (not probed
+    # since the daemon started: `memlock_allowed` asks it, with an image).
+    memlock: bool | None = True
+    as_root: bool = field(init=False)  # uid 0 (a field: read by the stages after this one)
 
-    @property
-    def as_root(self) -> bool:
-        return self.uid == 0
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "as_root", self.uid == 0)
 
 
 def host_hf_cache(environ: Mapping[str, str], home: Path) -> Path:
@@ -64,7 +64,9 @@ def _is_terminal(stream: IO[str] | None) -> bool:
         return False
 
 
-def read_host(environ: Mapping[str, str] | None = None) -> Host:
+def read_host(environ: Mapping[str, str] | None = None, *, known_memlock: bool = False) -> Host:
+    """The host's facts; `known_memlock`: with what this daemon said of memlock before
+    (cached, no engine call: None when it has not been asked since it started)."""
     environ = dict(os.environ) if environ is None else environ
     home = Path(environ.get("HOME") or Path.home())
     uid = os.getuid()
@@ -76,6 +78,7 @@ def read_host(environ: Mapping[str, str] | None = None) -> Host:
         hf_cache=host_hf_cache(environ, home),
         environ=environ,
         tty=_is_terminal(sys.stdin) and _is_terminal(sys.stdout),
+        memlock=cached_memlock(environ) if known_memlock else True,
     )
 
 
@@ -125,13 +128,19 @@ MEMLOCK_WARNING = (
 )
 
 
+def cached_memlock(environ: Mapping[str, str]) -> bool | None:
+    """What this daemon said of memlock=-1 when it was last asked; None: not since it started."""
+    facts = _load_facts(facts_file(environ)).get(daemon_key(environ))
+    return bool(facts["memlock"]) if isinstance(facts, dict) and "memlock" in facts else None
+
+
 def memlock_allowed(engine: Engine, image: str, environ: Mapping[str, str], log: Log) -> bool:
     """Whether containers may have memlock=-1: probed once per daemon start, then cached.
     The warning is printed once, when the probe finds it refused."""
+    known = cached_memlock(environ)
+    if known is not None:
+        return known
     path, key = facts_file(environ), daemon_key(environ)
-    facts = _load_facts(path)
-    if isinstance(facts.get(key), dict) and "memlock" in facts[key]:
-        return bool(facts[key]["memlock"])
     allowed = engine.ulimit_allowed(image, MEMLOCK)
     if not allowed:
         log(MEMLOCK_WARNING)
@@ -144,17 +153,6 @@ def forget_memlock(environ: Mapping[str, str]) -> None:
     facts = _load_facts(path)
     facts.pop(daemon_key(environ), None)
     _save_facts(path, facts)
-
-
-def choose_gpus(request: str) -> GpuSelection:
-    """The GPUs a `--gpus` value asks for on this host (none, all, N least used, given ones)."""
-    selection = select(parse_request(request), query_gpus, host_has_gpus())
-    if selection.docker_value and not container_toolkit_present():
-        raise EngineError(
-            "this host has NVIDIA GPUs but docker cannot hand them to containers",
-            fix="install nvidia-container-toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker`, or use --gpus none",
-        )
-    return selection
 
 
 # --- ports -----------------------------------------------------------------------------

@@ -49,12 +49,11 @@ from mlsyskit.images.ensure import ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
 from mlsyskit.runtime.caches import KernelMount
-from mlsyskit.runtime.gpus import GpuSelection, parse_request
+from mlsyskit.runtime.gpus import GpuSelection, choose_gpus, parse_request
 from mlsyskit.runtime.host import (
     MEMLOCK,
     MEMLOCK_WARNING,
     Host,
-    choose_gpus,
     first_taken_port,
     forget_memlock,
     memlock_allowed,
@@ -196,7 +195,7 @@ def runtime_env(opts: ShellOptions, host: Host, config: Config) -> tuple[tuple[s
     for key in PASSTHROUGH:
         if host.environ.get(key):
             by_name[key] = host.environ[key]
-    by_name.update(config.proxy_env())
+    by_name.update(config.proxy)
     endpoint = config.hf_endpoint or host.environ.get("HF_ENDPOINT", "")
     if endpoint:
         by_name["HF_ENDPOINT"] = endpoint
@@ -239,11 +238,12 @@ def identity(host: Host, root: bool, config: Config) -> Identity:
 
 def container_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str, kind: str,
-    kernels: KernelMount | None = None, binds: Binds | None = None,
+    kernels: KernelMount | None = None, binds: Binds | None = None, platform: str | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """The container every kit command starts for a topic (shell, smoke): GPUs, shared
     memory, limits, workspace, identity, HF cache, kernel cache, labels. Not the command,
-    stdio or the runtime env. `binds`: `--mount`s as `parse_mounts` gave them (else parsed here)."""
+    stdio or the runtime env. `binds`: `--mount`s as `parse_mounts` gave them (else parsed
+    here); `platform`: as the context decided it (`Context.platform`; else from `base`)."""
     root = opts.root or host.as_root
     who = identity(host, root, config)
     volumes, mounts = binds if binds is not None else parse_mounts(opts.mounts, host.cwd)
@@ -272,7 +272,7 @@ def container_spec(
         env=(*who.env, *kernel_env),
         network=opts.network,
         ports=port_values(opts.ports),
-        platform=platform_of(base),
+        platform=platform_of(base) if platform is None else platform,
     )
 
 
@@ -291,33 +291,38 @@ def secret_values(opts: ShellOptions, host: Host, config: Config) -> dict[str, s
 
 def one_off_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
-    secrets_at: Path | None = None, kernels: KernelMount | None = None, binds: Binds | None = None,
+    secrets_at: Path | None = None, kernels: KernelMount | None = None, binds: Binds | None = None, platform: str | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """`invoke shell TOPIC [-- CMD...]`: removed when the command ends. Secrets come from the
     private folder `secrets_at`, where the caller wrote `secret_values` (secrets.write)."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off", kernels=kernels, binds=binds)
     typed, by_name = runtime_env(opts, host, config)
     plain, hidden = secrets.split(by_name)
     command = opts.command or SHELL
-    volumes, env = shape.volumes, (*shape.env, *typed)
+    delivered: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # (volumes, env) that bring the secrets
     if hidden:
         if secrets_at is None:
             raise ValueError("a one-off container with secrets needs the private folder they were written to")
         delivery = secrets.delivery(hidden, secrets_at)
         assert delivery is not None
-        volumes, env, command = (*volumes, delivery.volume), (*env, *delivery.env), delivery.wrap(command)
+        delivered, command = ((delivery.volume,), delivery.env), delivery.wrap(command)
+    shape = container_spec(
+        opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="one-off", kernels=kernels, binds=binds, platform=platform,
+    )  # fmt: skip
     return replace(
-        shape, command=command, remove=True, interactive=True, tty=host.tty, volumes=volumes, env=env, env_by_name=plain,
+        shape, command=command, remove=True, interactive=True, tty=host.tty, volumes=(*shape.volumes, *delivered[0]),
+        env=(*shape.env, *typed, *delivered[1]), env_by_name=plain,
     )  # fmt: skip
 
 
 def named_spec(
     opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, *, workspace: Path, topic: str, base: str, image: str,
-    kernels: KernelMount | None = None, binds: Binds | None = None,
+    kernels: KernelMount | None = None, binds: Binds | None = None, platform: str | None = None,
 ) -> ContainerSpec:  # fmt: skip
     """A named, long-lived container (`sleep infinity`, entered with exec). Tokens are not
     given here: each `docker exec` passes the current ones."""
-    shape = container_spec(opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named", kernels=kernels, binds=binds)
+    shape = container_spec(
+        opts, host, config, gpus, workspace=workspace, topic=topic, base=base, image=image, kind="named", kernels=kernels, binds=binds, platform=platform,
+    )  # fmt: skip
     typed = tuple(item for item in opts.env if "=" in item)
     return replace(shape, name=opts.name, hostname=opts.name, command=KEEP_ALIVE, env=(*shape.env, *typed))
 
@@ -372,23 +377,22 @@ def resolve_workspace(opts: ShellOptions, host: Host) -> Path:
 
 def shell(opts: ShellOptions, log: Log) -> NoReturn:
     """Run `invoke shell`: never returns (becomes `docker run` or `docker exec`) unless it
-    raises a KitError, in which case nothing was left running."""
+    raises a KitError, in which case nothing was left running. One straight pipeline, each
+    stage handed what the one before gave, none calling back into an earlier one: the
+    options checked -> the GPUs chosen -> the context resolved (topic, architecture, the
+    engine's answer for the image) -> the host's facts -> the image (built when missing,
+    freshness) -> the kernel cache -> the secrets -> the container spec -> the engine."""
     check_options(opts)
-    ctx = Context.resolve(opts.base, connect=Engine.for_running)  # an unknown base: one line
-    topic = ctx.catalog.topic(opts.topic) if opts.topic else None  # unknown: the known ones listed
-    config, base, engine = ctx.config, ctx.base_name, ctx.engine
-    host = read_host()
     if opts.name:
-        existing = engine.container_info(opts.name)
-        if existing is not None:
-            reenter(engine, opts, host, config, existing, log)
-        if topic is None:
-            raise UsageError(f"no container named '{opts.name}'", fix=f"create it with `invoke shell TOPIC --name {opts.name}`")
-    assert topic is not None
-    ctx.topics_for_arch([topic])  # no image for this architecture, or no emulation: one line
+        ctx, topic, gpus = named_or_reentered(opts, log)
+    else:
+        gpus = choose_gpus(opts.gpus)  # before the engine is asked anything: nvidia-smi, /dev
+        ctx = Context.resolve(opts.base, connect=Engine.for_running, topics=[opts.topic], look_up=True)  # an unknown base or topic: one line
+        (topic,) = ctx.topics
+    config, base, engine = ctx.config, ctx.base_name, ctx.engine
+    host = read_host(known_memlock=True)
     workspace = resolve_workspace(opts, host)
     binds = parse_mounts(opts.mounts, host.cwd)  # refuses a missing path before anything is built
-    gpus = choose_gpus(opts.gpus)
     check_ports_free(opts)
     found = ensure_image(ctx, topic, log)
     image = found.ref
@@ -397,13 +401,28 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     if opts.network == "host" and opts.ports:
         log("warning: -p is ignored with --network host (the container uses the host's ports)")
     host.hf_cache.mkdir(parents=True, exist_ok=True)  # else docker creates it, owned by root
-    host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
+    if host.memlock is None:  # the first container since the daemon started: ask it, with the image
+        host = replace(host, memlock=memlock_allowed(engine, image, host.environ, log))
     kernels = kernel_cache(ctx, topic, found.id, gpus, root=opts.root or host.as_root, host=host)
-    where = Where(workspace=workspace, topic=topic.name, base=base, image=image, kernels=kernels, binds=binds)
+    where = Where(workspace=workspace, topic=topic.name, base=base, image=image, kernels=kernels, binds=binds, platform=ctx.platform)
     if not opts.name:
         become_one_off(engine, opts, host, config, gpus, where)
     create_named(engine, opts, host, config, gpus, where, log)
     engine.become(enter_call(opts, host, config, container=opts.name))
+
+
+def named_or_reentered(opts: ShellOptions, log: Log) -> tuple[Context, Topic, GpuSelection]:
+    """`--name`: an existing container is re-entered (the process becomes `docker exec`);
+    else the context, topic and GPUs a new one is created with."""
+    ctx = Context.resolve(opts.base, connect=Engine.for_running)  # an unknown base: one line
+    topic = ctx.catalog.topic(opts.topic) if opts.topic else None  # unknown: the known ones listed
+    existing = ctx.engine.container_info(opts.name)
+    if existing is not None:
+        reenter(ctx.engine, opts, read_host(), ctx.config, existing, log)
+    if topic is None:
+        raise UsageError(f"no container named '{opts.name}'", fix=f"create it with `invoke shell TOPIC --name {opts.name}`")
+    ctx.topics_for_arch([topic])  # no image for this architecture, or no emulation: one line
+    return ctx, topic, choose_gpus(opts.gpus)
 
 
 def become_one_off(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where) -> NoReturn:
@@ -414,10 +433,8 @@ def become_one_off(engine: Engine, opts: ShellOptions, host: Host, config: Confi
     if hidden:
         folder = secrets.new_folder(host.environ)
         secrets.write(hidden, folder)
-    call = run_call(one_off_spec(opts, host, config, gpus, **vars(where), secrets_at=folder))
-    if folder is not None:
-        secrets.remove_when_gone(folder, os.getpid())
-    engine.become(call)
+        secrets.remove_when_gone(folder, os.getpid())  # this process, once it is docker run
+    engine.become(run_call(one_off_spec(opts, host, config, gpus, **vars(where), secrets_at=folder)))
 
 
 @dataclass(frozen=True)
@@ -430,6 +447,7 @@ class Where:
     image: str
     kernels: KernelMount | None = None
     binds: Binds | None = None  # the `--mount`s, parsed once
+    platform: str | None = None  # as the context decided it (None: from the base)
 
 
 def kernel_cache(ctx: Context, topic: Topic, image_id: str, gpus: GpuSelection, *, root: bool, host: Host) -> KernelMount | None:

@@ -222,3 +222,52 @@ def test_env_values_that_env_would_interpret_are_refused(kit_tree):
         toml.write_text(toml.read_text().split("[env]")[0] + f"[env]\n{bad}\n")
         with pytest.raises(UsageError, match="envs/distributed/topic.toml: field 'env."):
             load_catalog(kit_tree)
+
+
+class ListedEngine:
+    """An engine that answers one listing and records every other request: the build stage
+    must reuse from the listing alone and ask the engine again only for what it builds."""
+
+    def __init__(self, held):
+        self.held, self.calls = dict(held), []
+
+    def listing(self, *references):
+        self.calls.append(("listing", references))
+        return dict(self.held)
+
+    def image(self, ref):
+        self.calls.append(("image", ref))
+        return self.held.get(ref)
+
+    def image_exists(self, ref):
+        raise AssertionError(f"asked whether {ref} exists: the listing says")
+
+    def build(self, *, tag, **kwargs):
+        from mlsyskit.engine import ImageInfo
+
+        self.calls.append(("build", tag))
+        self.held[tag] = ImageInfo(id="sha256:" + "c" * 64, tags=(tag,), size=7_000)
+
+    def tag(self, source, target):
+        self.calls.append(("tag", source, target))
+
+
+def test_build_reuses_from_one_listing_and_asks_again_only_for_what_it_builds():
+    from mlsyskit.context import Context
+    from mlsyskit.engine import ImageInfo
+    from mlsyskit.images.build import build
+
+    catalog = load_catalog()
+    _, layers = tags()
+    base, framework, topic = layers
+    listed = {
+        ROOT.ref: ImageInfo(id=ROOT.image_id, tags=(ROOT.ref,), size=100),
+        base.tag: ImageInfo(id="sha256:" + "b" * 64, tags=(base.tag,), size=1_000),
+        framework.tag: ImageInfo(id="sha256:" + "f" * 64, tags=(framework.tag,), size=5_000),
+    }
+    engine = ListedEngine(listed)
+    ctx = Context(config=Config(rootfs="bootstrap"), catalog=catalog, base=catalog.base("pypi"), connect=lambda: engine, held=listed)
+    results = build(ctx, [catalog.topic("distributed")], log=lambda line: None)
+    assert [(r.layer.kind, r.status) for r in results] == [("base", "reused"), ("framework", "reused"), ("topic", "built")]
+    assert [(r.size_bytes, r.total_bytes) for r in results] == [(900, 1_000), (4_000, 5_000), (2_000, 7_000)]  # from the listing
+    assert engine.calls == [("build", topic.tag), ("image", topic.tag), ("tag", topic.tag, "mlsyskit/distributed:pypi")]
