@@ -2,7 +2,9 @@
 topic dependency rebuilds only the topic layer."""
 
 import subprocess
+import sys
 
+from mlsyskit import REPO_ROOT
 from mlsyskit.data.catalog import load_catalog
 from mlsyskit.data.config import load_config
 from mlsyskit.data.lockfile import uv_binary
@@ -52,3 +54,19 @@ def test_dry_run_lists_the_plan_and_builds_nothing(engine, build_topic, kit_tree
     rows = {line.split()[1]: line.split()[4] for line in changed.stdout.splitlines() if line.split()[:1] in (["base"], ["framework"], ["topic"])}
     assert rows == {"pypi": "reuse", "torch-2.11-cu130": "reuse", "distributed": "build"}
     assert {i.id for i in engine.images("org.mlsyskit.kind")} == before
+
+
+def test_each_command_is_one_straight_pipeline(build_topic):
+    """`./kit shell`, `invoke build` and `invoke up` traced through the kit's modules up to the
+    engine hand-off (benchmarks/trace_walk.py --edges): each goes options -> context -> image
+    -> spec -> engine and comes back to a module it already left at most 3 times (issue 24).
+    A stage that calls back into the catalog or the context, or a per-layer engine query
+    between plan steps, puts it over."""
+    build_topic("distributed")
+    proc = subprocess.run([sys.executable, "benchmarks/trace_walk.py", "--edges", "--walk"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split("`")[1]: [cell.strip() for cell in line.split("|")[2:5]] for line in proc.stdout.splitlines() if line.startswith("| `")}
+    assert len(rows) == 3, proc.stdout
+    for label, (stops, _modules, returns) in rows.items():
+        assert int(stops) > 5, f"{label}: {stops} stops, the trace saw no pipeline:\n{proc.stdout}"
+        assert int(returns) <= 3, f"{label} returns {returns} times to a module it left:\n{proc.stdout}"
