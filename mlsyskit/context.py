@@ -80,7 +80,7 @@ class Context:
         for topic in named:
             topic.check_arch(chosen.arch)  # no image for this architecture: one line
         if look_up or listing:
-            _ = catalog.debian_lock  # fills catalog.apt: the plan reads the pins from there
+            _ = catalog.apt  # the Debian lock's pins: the plan reads them from there
         ctx = cls(config=config, catalog=catalog, base=chosen, connect=connect, topics=named)
         if named:
             require_arch(ctx.arch)  # this host cannot run the architecture's code: one line

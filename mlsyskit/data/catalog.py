@@ -152,31 +152,25 @@ class Catalog:
     bases: dict[str, Base]
     frameworks: dict[str, Framework]
     topics: dict[str, Topic] = field(default_factory=dict)
-    # What each layer's apt install asks for, by its Debian lock key ("pypi/base",
-    # "pypi/topic/NAME", for every base and architecture): the lock's pins, or the plain asks.
-    # Filled with the lock (`debian_lock`, which the context reads up front), so that the plan
-    # reads a field instead of asking the lock again layer by layer.
-    apt: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def debian_lock(self) -> DebianLock:
-        """images/debian-lock.toml of this catalog's tree, read once (and `apt` with it), then
-        a plain attribute."""
+        """images/debian-lock.toml of this catalog's tree, read once, then a plain attribute."""
+        return debian_lock.load(self.root)
+
+    @cached_property
+    def apt(self) -> dict[str, tuple[str, ...]]:
+        """What each layer's apt install asks for, by its Debian lock key ("pypi/base",
+        "pypi/topic/NAME", for every base and architecture): the lock's pins, or the plain
+        asks. Worked out once (the context does it up front), then a plain attribute the plan
+        reads layer by layer."""
         asks: dict[str, tuple[str, ...]] = {}
         for base in self.bases.values():
             for arch in ARCHES:
                 name = with_arch(base, arch).name
                 asks[f"{name}/base"] = base.apt_packages
                 asks.update({f"{name}/topic/{topic.name}": topic.apt_packages for topic in self.topics.values()})
-        lock = debian_lock.load(self.root)
-        self.apt.update(lock.pin_all(asks))
-        return lock
-
-    def apt_packages(self) -> dict[str, tuple[str, ...]]:
-        """`apt`, with the Debian lock read first where nothing has read it yet."""
-        if not self.apt:
-            _ = self.debian_lock  # reading it fills `apt`
-        return self.apt
+        return self.debian_lock.pin_all(asks)
 
     def base(self, name: str, arch: str = "") -> Base:
         """A base by name (`pypi`, or `pypi-arm64`: the flavour for one architecture); `arch`

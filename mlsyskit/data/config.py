@@ -43,10 +43,6 @@ class Config:
                 env[key.upper()] = env[key] = value
         object.__setattr__(self, "proxy", env)
 
-    def proxy_env(self) -> dict[str, str]:
-        """`proxy`, as a dict of its own."""
-        return dict(self.proxy)
-
 
 _NETWORK = {"pypi_index", "apt_mirror", "hf_endpoint", "ca_bundle", "http_proxy", "https_proxy", "no_proxy"}
 _BUILD = {"base", "rootfs", "python", "uv_version"}
@@ -118,7 +114,7 @@ def load_config(root: Path = REPO_ROOT, environ: dict[str, str] | None = None) -
 def bootstrap_env(config: Config) -> dict[str, str]:
     """What `./kit` sets before it installs the kit's own environment (pip installs uv, uv
     installs the lock), so that kit.toml's mirror, CA bundle and proxies apply there too."""
-    env = dict(config.proxy_env())
+    env = dict(config.proxy)
     if config.pypi_index:
         env["PIP_INDEX_URL"] = env["KIT_PYPI_INDEX"] = config.pypi_index
     if config.ca_bundle:

@@ -53,15 +53,14 @@ def build_layers(
     log: Callable[[str], None] = print,
     verbose: bool = False,
     lock: debian_lock.DebianLock,
-    held: MutableMapping[str, ImageInfo] | None = None,
+    held: MutableMapping[str, ImageInfo],
 ) -> list[LayerResult]:
     """Each layer built when missing (or when `no_cache`, or its parent was rebuilt), else
     reused; `lock`: the Debian lock its apt pins came from (named when the mirror lacks one);
-    `held`: the engine's images by tag, as listed once (else listed here); a layer built here
-    is asked of the engine once more, for its size, and added to it."""
+    `held`: the engine's images by tag, as listed once; a layer built here is asked of the
+    engine once more, for its size, and added to it."""
     results = []
     rebuilt: set[str] = set()
-    held = engine.listing(f"{IMAGE_PREFIX}/*") if held is None else held
     with tempfile.TemporaryDirectory(prefix="mlsyskit-secrets-") as tmp:
         secrets = write_secrets(config, Path(tmp))
         for index, layer in enumerate(layers, 1):

@@ -132,12 +132,6 @@ def uv_requirement(root: Path, version: str) -> str:
     return f"uv=={version}"
 
 
-def apt_pins(catalog: Catalog, key: str, asks: tuple[str, ...]) -> tuple[str, ...]:
-    """The apt packages of one layer as the Debian lock pins them (`Catalog.apt`: filled when
-    the context read the lock up front; read here first only where no context did)."""
-    return (catalog.apt or catalog.apt_packages()).get(key, tuple(asks))
-
-
 def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) -> Layer:
     images = catalog.root / "images"
     python = "/usr/bin/python3" if config.python == "system" else config.python
@@ -152,7 +146,7 @@ def base_layer(catalog: Catalog, config: Config, base: Base, root: RootImage) ->
             "UV_VERSION": config.uv_version,
             "UV_REQUIREMENT": uv_requirement(catalog.root, config.uv_version),
             "PYTHON": python,
-            "APT_PACKAGES": " ".join(apt_pins(catalog, f"{base.name}/base", base.apt_packages)),
+            "APT_PACKAGES": " ".join(catalog.apt.get(f"{base.name}/base", base.apt_packages)),
         },
         inputs=tuple(sorted(p for p in (images / "scripts").rglob("*") if p.is_file() and "__pycache__" not in p.parts)),
         root=root,
@@ -191,7 +185,7 @@ def topic_layers(catalog: Catalog, config: Config, topic: Topic, base: Layer) ->
             flavour=base.flavour,
             dockerfile=env_dockerfile,
             context=topic.path,
-            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(apt_pins(catalog, topic_key, topic.apt_packages))},
+            build_args={"PARENT_IMAGE": parent.tag, "APT_PACKAGES": " ".join(catalog.apt.get(topic_key, topic.apt_packages))},
             inputs=(topic.path / "pyproject.toml", topic.lock_path, *topic.patches),
             parent=parent,
             arch=base.arch,
@@ -228,9 +222,6 @@ class Freshness:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "what", ", ".join(self.changed) or "its inputs")
-
-    def describe(self) -> str:
-        return self.what
 
 
 def freshness(catalog: Catalog, config: Config, topic: Topic, base: Base, labels: Mapping[str, str]) -> Freshness:

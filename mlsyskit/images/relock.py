@@ -28,7 +28,7 @@ def _lock_env() -> dict[str, str]:
     # Resolution never needs a managed Python download; kit.toml's mirror, CA bundle and
     # proxies apply to locking as they do to building.
     config = load_config()
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", **config.proxy_env()}
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", **config.proxy}
     if config.pypi_index:
         env["UV_DEFAULT_INDEX"] = config.pypi_index
     if config.ca_bundle:

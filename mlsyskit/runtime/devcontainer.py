@@ -242,7 +242,7 @@ def devcontainer(opts: DevcontainerOptions, log: Log) -> str:
             raise LockError(f"{path} is stale: {alias} is not built", fix=f"`invoke build {topic.name}`, then `{again}`")
         fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, info.labels)
         if not fresh.current:
-            raise LockError(f"{path} is stale: {alias} was built before {fresh.describe()} changed", fix=f"`invoke build {topic.name}`, then `{again}`")
+            raise LockError(f"{path} is stale: {alias} was built before {fresh.what} changed", fix=f"`invoke build {topic.name}`, then `{again}`")
         expected = render_for(ctx, topic, host, folder, info, log)
         if expected != existing:
             raise LockError(f"{path} is stale: {difference(existing, expected)}", fix=f"`{again}` rewrites it (then rebuild the container in the editor)")

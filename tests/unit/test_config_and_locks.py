@@ -9,8 +9,8 @@ from mlsyskit.errors import UsageError
 def test_defaults_and_proxy_from_environment(kit_tree):
     config = load_config(kit_tree, environ={"HTTPS_PROXY": "http://proxy:3128"})
     assert config.base == "pypi" and config.rootfs == "auto"
-    assert config.proxy_env()["HTTPS_PROXY"] == "http://proxy:3128"
-    assert "HTTP_PROXY" not in config.proxy_env()
+    assert config.proxy["HTTPS_PROXY"] == "http://proxy:3128"
+    assert "HTTP_PROXY" not in config.proxy
 
 
 def test_local_file_overrides_and_bad_values_fail(kit_tree):

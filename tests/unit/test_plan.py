@@ -139,7 +139,7 @@ def test_a_changed_topic_pyproject_is_seen(kit_tree):
     pyproject = kit_tree / "envs/distributed/pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n# changed\n")
     fresh = freshness_of(kit_tree, labels)
-    assert not fresh.current and "pyproject.toml" in fresh.describe()
+    assert not fresh.current and "pyproject.toml" in fresh.what
 
 
 def test_an_image_from_before_the_root_labels_falls_back_to_the_lock(kit_tree):
