@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.checks import gpu_state
 from mlsyskit.data.catalog import Catalog
+from mlsyskit.data.toml import read_toml
 from mlsyskit.engine import COMPOSE_FIX, Engine, find_clients, find_compose, pick_builder, version_tuple
 from mlsyskit.errors import KitError
 from mlsyskit.runtime.gpus import PROC_GPUS, gpu_device_nodes, proc_gpu_count
@@ -171,10 +172,8 @@ def check_gpus(catalog: Catalog, engine: Engine | None) -> list[Check]:
 
 
 def load_cuda_drivers(catalog: Catalog) -> dict[str, dict[str, str]]:
-    import tomllib
-
     path = catalog.root / "images" / "cuda-drivers.toml"
-    return {k: {kk: str(vv) for kk, vv in v.items()} for k, v in tomllib.loads(path.read_text()).items()} if path.is_file() else {}
+    return {k: {kk: str(vv) for kk, vv in v.items()} for k, v in read_toml(path).items()} if path.is_file() else {}
 
 
 def required_cuda(env: Mapping[str, str]) -> str:

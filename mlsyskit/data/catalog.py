@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +16,7 @@ from mlsyskit.arch import ARCHES
 from mlsyskit.data import debian_lock
 from mlsyskit.data.debian_lock import DebianLock
 from mlsyskit.data.fields import ENV_NAME, Fields, rel_path
+from mlsyskit.data.toml import TomlError, read_toml
 from mlsyskit.errors import UsageError
 
 
@@ -202,10 +202,10 @@ class Catalog:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        return read_toml(path)
     except FileNotFoundError:
         raise UsageError(f"{rel_path(path)}: file is missing") from None
-    except tomllib.TOMLDecodeError as exc:
+    except TomlError as exc:
         raise UsageError(f"{rel_path(path)}: not valid TOML ({exc})") from None
 
 

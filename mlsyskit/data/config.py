@@ -4,13 +4,13 @@ overlaid by the environment for proxies. One frozen object, read once, passed do
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlsyskit import REPO_ROOT
+from mlsyskit.data.toml import TomlError, read_toml
 from mlsyskit.errors import UsageError
 
 SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
@@ -51,8 +51,8 @@ _BUNDLES = {"trusted_key"}
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = read_toml(path)
+    except TomlError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import tomllib
 from pathlib import Path
 
+from mlsyskit.data.toml import TomlError, read_toml
 from mlsyskit.errors import UsageError
 
 
@@ -16,8 +16,8 @@ def read_packages(lock: Path) -> dict[str, tuple[str, ...]]:
     which one an image gets depends on its Python, see `expected_packages`. The virtual
     project, which is never installed, is left out."""
     try:
-        data = tomllib.loads(lock.read_text())
-    except (FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+        data = read_toml(lock)
+    except (FileNotFoundError, TomlError) as exc:
         raise UsageError(f"{lock}: cannot read lock ({exc})", fix="run `invoke lock`") from None
     packages: dict[str, tuple[str, ...]] = {}
     for package in data.get("package", []):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
 from mlsyskit.context import topic_alias as topic_alias  # the friendly tag (defined where commands resolve images)
+from mlsyskit.data import toml
 from mlsyskit.data.catalog import Base, Catalog, Topic
 from mlsyskit.data.config import Config
 from mlsyskit.data.lockfile import key_versions, lock_sha256
@@ -118,13 +119,11 @@ def uv_requirement(root: Path, version: str) -> str:
     """`uv==VERSION --hash=...` with every wheel hash the kit's own uv.lock has for that
     version (pip picks the wheel for the platform and checks it); unhashed when the kit's
     lock holds another uv version than kit.toml asks for."""
-    import tomllib
-
     text = (root / "uv.lock").read_text() if (root / "uv.lock").is_file() else ""
     # Only uv's own entry is parsed, not the whole lock: `invoke shell` asks this on every
     # start (image freshness), and parsing every package of the kit's lock costs ~0.1 s.
     blocks = [b for b in text.split("\n[[package]]\n")[1:] if b.startswith('name = "uv"\n')]
-    lock = tomllib.loads("".join(f"[[package]]\n{b}\n" for b in blocks)) if blocks else tomllib.loads(text)
+    lock = toml.loads("".join(f"[[package]]\n{b}\n" for b in blocks) if blocks else text)
     for package in lock.get("package", []):
         if package.get("name") == "uv" and package.get("version") == version:
             hashes = sorted(w["hash"] for w in package.get("wheels", []) if w["url"].rsplit("/", 1)[-1].find("linux") > 0)

@@ -28,6 +28,7 @@ from typing import Any
 from mlsyskit import KIT_VERSION, LABEL_PREFIX, REPO_ROOT
 from mlsyskit.data.catalog import Catalog, Topic
 from mlsyskit.data.lockfile import normalize
+from mlsyskit.data.toml import read_toml
 from mlsyskit.engine import ContainerSpec, Engine, ImageInfo
 from mlsyskit.errors import KitError, UsageError
 from mlsyskit.images.ensure import built_image
@@ -115,14 +116,12 @@ def probe(engine: Engine, image: str, timeout: float = 600) -> Inventory:
 def locked_files(locks: Iterable[Path]) -> dict[tuple[str, str], list[LockedFile]]:
     """{(normalized name, version): files} from uv locks; a later lock's entry wins (the
     topic's lock over its framework's)."""
-    import tomllib
-
     from packaging.utils import parse_wheel_filename
 
     found: dict[tuple[str, str], list[LockedFile]] = {}
     for lock in locks:
         where = str(lock.relative_to(REPO_ROOT)) if lock.is_relative_to(REPO_ROOT) else str(lock)
-        for package in tomllib.loads(lock.read_text()).get("package", []):
+        for package in read_toml(lock).get("package", []):
             if "version" not in package:
                 continue
             files = []

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
-from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX
+from mlsyskit import IMAGE_PREFIX, LABEL_PREFIX, kit_cache
 from mlsyskit.data.catalog import Catalog, KernelCache, Topic
 from mlsyskit.errors import KitError, UsageError
 
@@ -101,8 +101,7 @@ def cache_home(environ: Mapping[str, str]) -> Path | None:
         return None
     if value:
         return Path(value).expanduser().absolute()
-    base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
-    return Path(base).absolute() / "mlsyskit" / "kernels"
+    return kit_cache(environ).absolute() / "kernels"
 
 
 def image_key(image_id: str) -> str:
@@ -243,8 +242,7 @@ def parse_capabilities(text: str) -> dict[str, str]:
 
 
 def _facts_path(environ: Mapping[str, str]) -> Path:
-    base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "mlsyskit" / "gpu-arches.json"
+    return kit_cache(environ) / "gpu-arches.json"
 
 
 def host_capabilities(environ: Mapping[str, str], query: Callable[[], str] | None = None) -> dict[str, str]:

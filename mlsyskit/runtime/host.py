@@ -6,7 +6,6 @@ itself comes from images/ensure.py.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mlsyskit import kit_cache
 from mlsyskit.engine import Engine
 
 Log = Callable[[str], None]
@@ -83,8 +83,7 @@ def read_host(environ: Mapping[str, str] | None = None, *, known_memlock: bool =
 
 
 def facts_file(environ: Mapping[str, str]) -> Path:
-    cache = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
-    return Path(cache) / "mlsyskit" / "engine-facts.json"
+    return kit_cache(environ) / "engine-facts.json"
 
 
 def daemon_key(environ: Mapping[str, str]) -> str:
@@ -99,6 +98,8 @@ def daemon_key(environ: Mapping[str, str]) -> str:
             key += f"|{st.st_ino}|{st.st_mtime_ns}"
         except OSError:
             pass
+    import hashlib  # loaded after the image's lookup has started (runtime/shell.py), not before
+
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
