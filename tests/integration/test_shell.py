@@ -340,16 +340,21 @@ def test_kit_shell_is_invoke_shell_without_invoke(engine, image, tmp_path):
     workspace = tmp_path / "work"
     workspace.mkdir()
     (workspace / "hello.txt").write_text("from the host\n")
+    # The caller's folder is the container's, not the kit's: Python files in it that shadow
+    # the standard library are never imported by the kit's own process (python -I).
+    for module in ("json", "typing", "subprocess", "argparse"):
+        (workspace / f"{module}.py").write_text(f'raise SystemExit("the kit imported the workspace\'s {module}.py")\n')
+    assert (REPO_ROOT / ".venv" / ".kit-synced").stat().st_mtime > (REPO_ROOT / "uv.lock").stat().st_mtime, "./kit shell would not take its fast path"
 
     def fast(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(REPO_ROOT / "kit"), "shell", *args], cwd=workspace, capture_output=True, text=True, timeout=600,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": "/from/the/caller"},
         )  # fmt: skip
 
-    proc = fast("distributed", "--gpus", "none", "--", "sh", "-c", "cat hello.txt; pwd; exit 7")
+    proc = fast("distributed", "--gpus", "none", "-e", "PYTHONPATH", "--", "sh", "-c", "cat hello.txt; pwd; echo $PYTHONPATH; exit 7")
     assert proc.returncode == 7, proc.stderr
-    assert proc.stdout.split() == ["from", "the", "host", "/workspace"]
+    assert proc.stdout.split() == ["from", "the", "host", "/workspace", "/from/the/caller"]
     bad = fast("no-such-topic")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown topic 'no-such-topic'")
     assert containers_of(engine, workspace) == []
