@@ -8,10 +8,13 @@ the previous call's: consecutive calls in one module are one stop, and returns a
 (a module that calls three stages in turn is one stop, then one per stage). A *return to a
 module already left* is a stop in a module the walk has been in before: the detours the
 issue counts (the architecture checked twice, a module asked again for what it already gave).
-The leaf helpers every module uses (errors.py, report.py, arch.py, data/fields.py) and the
+The leaf helpers every module uses (errors.py, report.py, arch.py, data/fields.py, the TOML
+reader data/toml.py that stands in for tomllib, and the package's own `kit_cache`) and the
 engine's internals below `mlsyskit.engine` (one stop: "engine") are folded, and neither the
 progress callbacks a command hands down (lambdas, tasks.say) nor a generator resumed by its
-consumer is a stop, so that the walk shows the pipeline's stages, not their plumbing.
+consumer is a stop, nor is a module's body run by an import (`runtime/shell.py` imports
+the image stage while the engine answers), so that the walk shows the pipeline's stages,
+not their plumbing.
 
     .venv/bin/python benchmarks/trace_walk.py [shell|build|up ...] [--topic distributed] [--stack nccl-2node] [--by layer] [--edges] [--walk]
 
@@ -38,8 +41,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-LEAVES = ("mlsyskit.errors", "mlsyskit.report", "mlsyskit.arch", "mlsyskit.data.fields")
+LEAVES = ("mlsyskit", "mlsyskit.errors", "mlsyskit.report", "mlsyskit.arch", "mlsyskit.data.fields", "mlsyskit.data.toml")
 CALLBACKS = ("<lambda>", "say", "say_err")
+MODULE_BODY = "<module>"  # an import running a module's body (a deferred import): no stage
 GENERATOR = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
@@ -49,7 +53,7 @@ class Handed(Exception):
 
 def module_of(frame: FrameType) -> str | None:
     name = frame.f_globals.get("__name__", "")
-    if name == "tasks" or name == "mlsyskit":
+    if name == "tasks":
         return name
     if not name.startswith("mlsyskit."):
         return None
@@ -83,7 +87,7 @@ def walk(run: Callable[[], Any], by: Callable[[str], str] = lambda m: m, edges: 
     started: set[FrameType] = set()  # generator frames already entered: a resumption is no stop
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event != "call" or frame.f_code.co_name in CALLBACKS:
+        if event != "call" or frame.f_code.co_name in CALLBACKS or frame.f_code.co_name == MODULE_BODY:
             return
         if frame.f_code.co_flags & GENERATOR:
             if frame in started:

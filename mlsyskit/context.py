@@ -32,10 +32,17 @@ def topic_alias(topic: str, flavour: str) -> str:
 @dataclass(frozen=True)
 class Found:
     """A topic's image as the engine had it when the command was resolved: its friendly tag
-    and the engine's record, None when it is not built."""
+    and the engine's answer, asked then and read when called (the same record on every
+    call; None: not built), so that the stages before the first call run while the engine
+    answers."""
 
     ref: str
-    info: ImageInfo | None
+    answer: Callable[[], ImageInfo | None] = field(repr=False, compare=False)
+
+    @classmethod
+    def known(cls, ref: str, info: ImageInfo | None) -> Found:
+        """An answer already at hand (from a listing)."""
+        return cls(ref, lambda: info)
 
 
 @dataclass
@@ -67,7 +74,9 @@ class Context:
         reached (`Engine.for_running` where only containers are run). `topics`: looked up
         (an unknown one: one line) and checked against the architecture (`topics_for_arch`).
         `look_up`: the Debian lock read, the engine connected and asked once for each topic's
-        image, the containers' platform decided: all a command's later stages read. `every`:
+        image (each answer read when the stage that needs it calls `Found.answer`), the
+        containers' platform
+        decided: all a command's later stages read. `every`:
         no topic named means all of them, those without this architecture left out and each
         named to `every`. `listing`: the Debian lock read and the engine's images listed once
         (`held`), each topic's image taken from that list."""
@@ -89,12 +98,12 @@ class Context:
         refs = {topic.name: topic_alias(topic.name, ctx.base_name) for topic in ctx.topics}
         if listing:  # what exists, for a build: one request
             held = ctx.held = ctx.engine.listing(f"{IMAGE_PREFIX}/*", ctx.base.registry_image)
-            ctx.images = {name: Found(ref, held.get(ref)) for name, ref in refs.items()}
+            ctx.images = {name: Found.known(ref, held.get(ref)) for name, ref in refs.items()}
         if look_up:  # what a container runs: the platform, and the engine's answer for each image
             engine = ctx.engine
             ctx.platform = foreign_platform(ctx.arch)
             ctx.emulation = emulation_volumes(ctx.platform)
-            ctx.images = {name: Found(ref, engine.image(ref)) for name, ref in refs.items()}
+            ctx.images = {name: Found(ref, engine.image_soon(ref)) for name, ref in refs.items()}
         return ctx
 
     def every_topic_for_arch(self, topics: list[Topic], log: Callable[[str], None]) -> list[Topic]:

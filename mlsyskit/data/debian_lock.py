@@ -14,12 +14,12 @@ build with one line naming a snapshot mirror.
 from __future__ import annotations
 
 import re
-import tomllib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
+from mlsyskit.data.toml import TomlError, read_toml
 from mlsyskit.errors import BuildError, UsageError
 
 FILE = Path("images") / "debian-lock.toml"
@@ -60,8 +60,8 @@ def load(root: Path) -> DebianLock:
     if not path.is_file():
         return DebianLock(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = read_toml(path)
+    except TomlError as exc:
         raise UsageError(f"{FILE}: cannot read ({exc})", fix="run `invoke lock` to write it again") from None
     entries = {}
     for key, table in data.get("layer", {}).items():
@@ -93,7 +93,7 @@ def closure(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, st
 
 
 def now_stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def read_dpkg_status(text: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ first use. Which one a call takes is the engine's choice, never its caller's."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -59,31 +60,54 @@ class EngineBase:
         lines = [line for line in stderr.strip().splitlines() if line.strip() and not line.startswith("Run 'docker")]
         return EngineError(f"`docker {' '.join(args[:2])}` failed: {(lines or ['(no output)'])[-1]}")
 
-    def _inspect_cli(self, kind: str, ref: str) -> dict[str, Any] | None:
-        """`docker KIND inspect REF` (the shell's lookups), or None when there is no such
-        object; a daemon that is down raises (with the fix) instead of reading as "not there"."""
-        import json
-
+    def _inspect_cli(self, kind: str, ref: str) -> Callable[[], dict[str, Any] | None]:
+        """`docker KIND inspect REF` (the shell's lookups), started now and read when the
+        returned function is called: the CLI's start-up (~12 ms) runs beside the kit's own
+        work. The call gives None when there is no such object; a daemon that is down raises
+        (with the fix) instead of reading as "not there"."""
         args = (kind, "inspect", ref)  # checked refs: none starts with "-"
-        proc = self._cli(*args, check=False)
-        if proc.returncode == 0:
-            found: dict[str, Any] = json.loads(proc.stdout)[0]
-            return found
-        if "No such" in proc.stderr:
-            return None
-        raise self.failure(args, proc.stderr)
+        proc = subprocess.Popen(self._cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env())
+
+        def answer() -> dict[str, Any] | None:
+            import json
+
+            stdout, stderr = proc.communicate()
+            if proc.returncode == 0:
+                found: dict[str, Any] = json.loads(stdout)[0]
+                return found
+            if "No such" in stderr:
+                return None
+            raise self.failure(args, stderr)
+
+        return answer
 
     def _lookup(self, kind: str, ref: str, from_api: Callable[[str], dict[str, Any]], record: Callable[[dict[str, Any]], Record]) -> Record | None:
-        """One image or container by name or ID as a record, or None when there is none:
-        through the CLI for the shell's engine, else the API. A daemon that is down raises
-        (with the fix) instead of reading as "not there"."""
+        """One image or container by name or ID as a record, or None when there is none."""
+        return self._lookup_soon(kind, ref, from_api, record)()
+
+    def _lookup_soon(
+        self, kind: str, ref: str, from_api: Callable[[str], dict[str, Any]], record: Callable[[dict[str, Any]], Record]
+    ) -> Callable[[], Record | None]:
+        """`_lookup` asked now, answered when the returned function is called (the same
+        record on every call): through the CLI for the shell's engine (started at once, so
+        the caller's work overlaps it), else the API (asked on the first call). A daemon that is down raises (with the fix) instead of
+        reading as "not there"."""
         if self.cli_lookups:
-            data = self._inspect_cli(kind, ref)
-            return record(data) if data is not None else None
-        try:
-            with api.errors(f"docker {kind} inspect", lookup=True):
-                return record(from_api(ref))
-        except Exception as exc:
-            if api.not_found(exc):
-                return None
-            raise
+            pending = self._inspect_cli(kind, ref)
+
+            def answered() -> Record | None:
+                data = pending()
+                return None if data is None else record(data)
+
+            return functools.cache(answered)
+
+        def from_engine() -> Record | None:
+            try:
+                with api.errors(f"docker {kind} inspect", lookup=True):
+                    return record(from_api(ref))
+            except Exception as exc:
+                if api.not_found(exc):
+                    return None
+                raise
+
+        return functools.cache(from_engine)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO
 
 from mlsyskit.engine import api
@@ -25,7 +25,13 @@ class ImagesPart(EngineBase):
         """The image, or None when there is none of that name (a daemon that is down
         raises, with the fix, instead of reading as "not built"). A ref outside Docker's
         grammar is refused before anything is asked."""
-        return self._lookup("image", image_ref(ref), lambda r: self.api.inspect_image(r), ImageInfo.from_inspect)
+        return self.image_soon(ref)()
+
+    def image_soon(self, ref: str) -> Callable[[], ImageInfo | None]:
+        """`image(ref)`, asked now and answered when the returned function is called: the
+        shell's engine starts the docker CLI at once, so that the kit's own start-up runs
+        while it answers. A bad ref is refused here, before anything is asked."""
+        return self._lookup_soon("image", image_ref(ref), lambda r: self.api.inspect_image(r), ImageInfo.from_inspect)
 
     def images(self, label: str) -> list[ImageInfo]:
         """Every image carrying the label (`key` or `key=value`), once each."""

@@ -45,15 +45,15 @@ def ensure_image(ctx: Context, topic: Topic, log: Callable[[str], None]) -> Topi
     found = ctx.images.get(topic.name)
     if found is None:
         alias = topic_alias(topic.name, ctx.base_name)
-        found = Found(alias, ctx.engine.image(alias))
-    image = found.ref
-    if found.info is None:
+        found = Found.known(alias, ctx.engine.image(alias))
+    image, info = found.ref, found.answer()
+    if info is None:
         from mlsyskit.images.build import build_topics  # the build machinery loads only when a build is due
 
         log(f"{image} is not built yet: building it (this happens once)")
         build_topics(ctx.engine.for_building(), ctx.catalog, ctx.config, [topic], base_name=ctx.base_name, log=log)
         return TopicImage(image, built_image(ctx.engine, topic, image))
-    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, found.info.labels)
+    fresh = freshness(ctx.catalog, ctx.config, topic, ctx.base, info.labels)
     if not fresh.current:
         log(f"warning: {image} was built before {fresh.what} changed: `invoke build {topic.name}` updates it")
-    return TopicImage(image, found.info)
+    return TopicImage(image, info)

@@ -37,7 +37,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.context import Context
@@ -45,10 +45,8 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine, exec_call, foreign_platform, run_call
 from mlsyskit.errors import EngineError, UsageError
-from mlsyskit.images.ensure import ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
-from mlsyskit.runtime.caches import KernelMount
 from mlsyskit.runtime.gpus import GpuSelection, choose_gpus, parse_request
 from mlsyskit.runtime.host import (
     MEMLOCK,
@@ -60,6 +58,9 @@ from mlsyskit.runtime.host import (
     port_taken,
     read_host,
 )
+
+if TYPE_CHECKING:
+    from mlsyskit.runtime.caches import KernelMount
 
 Log = Callable[[str], None]
 
@@ -389,6 +390,10 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         gpus = choose_gpus(opts.gpus)  # before the engine is asked anything: nvidia-smi, /dev
         ctx = Context.resolve(opts.base, connect=Engine.for_running, topics=[opts.topic], look_up=True)  # an unknown base or topic: one line
         (topic,) = ctx.topics
+    # The engine answers the image's lookup while the stages up to `ensure_image` run: its
+    # module and the plan's (hashlib, the lock readers) are imported meanwhile, not before.
+    from mlsyskit.images.ensure import ensure_image
+
     config, base, engine = ctx.config, ctx.base_name, ctx.engine
     host = read_host(known_memlock=True)
     workspace = resolve_workspace(opts, host)
