@@ -391,8 +391,10 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         ctx = Context.resolve(opts.base, connect=Engine.for_running, topics=[opts.topic], look_up=True)  # an unknown base or topic: one line
         (topic,) = ctx.topics
     # The engine answers the image's lookup while the stages up to `ensure_image` run: its
-    # module and the plan's (hashlib, the lock readers) are imported meanwhile, not before.
+    # module and the plan's (hashlib, the lock readers) and the kernel caches' are imported
+    # meanwhile, not before (BENCHMARKS.md, "The shell's start-up").
     from mlsyskit.images.ensure import ensure_image
+    from mlsyskit.runtime import caches  # noqa: F401  (kernel_cache's, loaded here)
 
     config, base, engine = ctx.config, ctx.base_name, ctx.engine
     host = read_host(known_memlock=True)
