@@ -47,6 +47,8 @@ class Found:
 
 @dataclass
 class Context:
+    """What a command resolved once and hands down (see the module's docstring)."""
+
     config: Config
     catalog: Catalog
     base: Base

@@ -30,6 +30,8 @@ class UnknownTopic(UsageError):
 
 @dataclass(frozen=True, kw_only=True)
 class Base:
+    """A base flavour from images/bases.toml, for one architecture: where the OS root filesystem comes from."""
+
     name: str
     description: str
     registry_image: str
@@ -112,6 +114,8 @@ class Framework:
 
 @dataclass(frozen=True, kw_only=True)
 class Topic:
+    """A topic from envs/<name>/topic.toml: what its image holds, needs and runs."""
+
     name: str
     path: Path
     description: str
@@ -148,6 +152,8 @@ class Topic:
 
 @dataclass(frozen=True, kw_only=True)
 class Catalog:
+    """Everything the kit's data files say: bases, frameworks and topics, read from one tree."""
+
     root: Path
     bases: dict[str, Base]
     frameworks: dict[str, Framework]

@@ -19,6 +19,8 @@ ROOTFS_MODES = ("auto", "registry", "bootstrap")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
+    """kit.toml's settings (network, build, bundles), the environment's proxies over them."""
+
     pypi_index: str = ""
     apt_mirror: str = ""
     hf_endpoint: str = ""

@@ -29,12 +29,16 @@ MISSING_VERSION = re.compile(r"E: Version '([^']+)' for '([^']+)' was not found"
 
 @dataclass(frozen=True)
 class Entry:
+    """One layer's entry in images/debian-lock.toml: what its files ask for and the exact packages that gave."""
+
     asks: tuple[str, ...]  # what the files ask for, sorted ("" for a root filesystem)
     packages: Mapping[str, str] = field(default_factory=dict)  # name -> version
 
 
 @dataclass
 class DebianLock:
+    """images/debian-lock.toml: the exact Debian packages of every layer, by layer key."""
+
     path: Path
     recorded: str = ""  # UTC time of the last `invoke lock` that wrote it
     entries: dict[str, Entry] = field(default_factory=dict)  # "pypi/rootfs", "pypi/base", "pypi/topic/NAME"

@@ -21,6 +21,8 @@ BUILD_STEP = re.compile(r"^#(\d+) (ERROR\b)?")
 
 @dataclass(frozen=True)
 class CacheRecord:
+    """One entry of BuildKit's build cache, as `docker system df -v` lists it."""
+
     id: str
     description: str  # the build step that made it (the RUN line)
     in_use: bool

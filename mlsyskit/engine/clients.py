@@ -24,6 +24,8 @@ PERMISSION_FIX = "add your user to the docker group (`sudo usermod -aG docker $U
 
 @dataclass(frozen=True)
 class Client:
+    """A docker client binary: where it is, its version, whether it has the buildx plugin."""
+
     path: str
     version: str
     buildx: bool
@@ -84,6 +86,8 @@ COMPOSE_FIX = "install the docker compose v2 plugin (docker-compose-plugin) or d
 
 @dataclass(frozen=True)
 class ComposeCli:
+    """A compose client: the argv that starts it and its version."""
+
     argv: tuple[str, ...]  # ("docker", "compose") or ("docker-compose",)
     version: str
 

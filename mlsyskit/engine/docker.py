@@ -28,6 +28,8 @@ __all__ = ["NAME_IN_USE", "CacheRecord", "Compose", "ComposeProject", "ComposeRu
 
 @dataclass(frozen=True)
 class DaemonInfo:
+    """What the daemon says of itself that the kit uses."""
+
     root_dir: str  # where images and containers live (the disk to watch)
     runtimes: tuple[str, ...]  # "runc", and "nvidia" where the container toolkit is set up
 

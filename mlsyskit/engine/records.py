@@ -38,6 +38,8 @@ def _labels(inspect: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """An image as the engine describes it: ID, tags, labels, size, creation, architecture, environment."""
+
     id: str
     tags: tuple[str, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -71,6 +73,8 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class ContainerInfo:
+    """A container as the engine describes it: ID, name, labels, state, exit code, health, times."""
+
     id: str
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)

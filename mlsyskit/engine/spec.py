@@ -13,6 +13,8 @@ from mlsyskit.engine.emulation import emulation_volumes
 
 @dataclass(frozen=True, kw_only=True)
 class ContainerSpec:
+    """A container to create, described once: what every way of running it (CLI argv, compose) is made from."""
+
     image: str
     command: tuple[str, ...] = ()
     name: str = ""

@@ -29,6 +29,8 @@ TOOLKIT_BINARIES = ("nvidia-container-runtime-hook", "nvidia-container-cli", "nv
 
 @dataclass(frozen=True)
 class Gpu:
+    """One GPU as nvidia-smi reports it."""
+
     index: int
     uuid: str
     name: str
@@ -46,6 +48,8 @@ class Gpu:
 
 @dataclass(frozen=True)
 class GpuRequest:
+    """A `--gpus` value, parsed."""
+
     kind: str  # "default", "all", "none", "count" or "devices"
     count: int = 0
     devices: tuple[str, ...] = ()  # indices as written ("0") or UUIDs
@@ -53,6 +57,8 @@ class GpuRequest:
 
 @dataclass(frozen=True)
 class GpuSelection:
+    """The GPUs a container gets: docker's `--gpus` value, the label `invoke ps` shows, a warning."""
+
     docker_value: str | None  # for `docker run --gpus`; None: no GPU
     label: str  # what `invoke ps` shows: "all", "none" or "0,2"
     warning: str = ""
