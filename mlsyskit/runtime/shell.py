@@ -32,12 +32,11 @@ Decisions the issue leaves open (the README's `invoke shell` section gives the u
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from mlsyskit import LABEL_PREFIX
 from mlsyskit.context import Context
@@ -45,9 +44,11 @@ from mlsyskit.data.catalog import Topic
 from mlsyskit.data.config import Config
 from mlsyskit.engine import ContainerInfo, ContainerSpec, DockerCall, Engine, exec_call, foreign_platform, run_call
 from mlsyskit.errors import EngineError, UsageError
+from mlsyskit.images.ensure import ensure_image
 from mlsyskit.report import table
 from mlsyskit.runtime import secrets
-from mlsyskit.runtime.gpus import GpuSelection, choose_gpus, parse_request
+from mlsyskit.runtime.caches import KernelMount
+from mlsyskit.runtime.gpus import GpuSelection
 from mlsyskit.runtime.host import (
     MEMLOCK,
     MEMLOCK_WARNING,
@@ -58,9 +59,9 @@ from mlsyskit.runtime.host import (
     port_taken,
     read_host,
 )
-
-if TYPE_CHECKING:
-    from mlsyskit.runtime.caches import KernelMount
+from mlsyskit.runtime.shell_request import Request, resolve_request
+from mlsyskit.runtime.shell_request import ShellOptions as ShellOptions  # the options: defined with the first stages
+from mlsyskit.runtime.shell_request import check_options as check_options
 
 Log = Callable[[str], None]
 
@@ -81,9 +82,6 @@ LABEL_WORKSPACE = f"{LABEL}.workspace"
 LABEL_GPUS = f"{LABEL}.gpus"
 LABEL_USER = f"{LABEL}.user"
 
-NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SHM_RE = re.compile(r"\d+(\.\d+)?[bkmgBKMG]?")
 # Options that shape a container when it is created; re-entering a named one ignores them.
 CREATION_OPTIONS = {
     "base": "--base",
@@ -97,43 +95,7 @@ CREATION_OPTIONS = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class ShellOptions:
-    """What the user asked for, as typed (validated by `check_options`)."""
-
-    topic: str = ""
-    base: str = ""
-    command: tuple[str, ...] = ()
-    workspace: str = ""
-    gpus: str = ""
-    shm_size: str = ""
-    mounts: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
-    ports: tuple[str, ...] = ()
-    network: str = ""
-    name: str = ""
-    root: bool = False
-
-
 # --- pure: options -> docker arguments ---------------------------------------------------
-
-
-def check_options(opts: ShellOptions) -> None:
-    """Refuse malformed options before anything is started (one line each)."""
-    if opts.name and not NAME_RE.fullmatch(opts.name):
-        raise UsageError(f"--name '{opts.name}' is not a valid container name", fix="letters, digits, '_', '.', '-'")
-    if not opts.topic and not opts.name:
-        raise UsageError("no topic given", fix="invoke shell TOPIC, or invoke shell --name NAME to re-enter one")
-    if opts.shm_size and not SHM_RE.fullmatch(opts.shm_size):
-        raise UsageError(f"--shm-size '{opts.shm_size}' is not a size", fix="e.g. --shm-size 16g")
-    for item in opts.env:
-        key = item.split("=", 1)[0]
-        if not ENV_KEY_RE.fullmatch(key):
-            raise UsageError(f"-e '{item}' is not KEY=VALUE (or KEY, to pass the host's value)")
-    for port in opts.ports:
-        if not re.fullmatch(r"[\w.:\[\]-]+(/(tcp|udp|sctp))?", port):
-            raise UsageError(f"-p '{port}' is not a port", fix="-p 8000, -p 8080:80 or -p 127.0.0.1:8000:8000")
-    parse_request(opts.gpus)
 
 
 def home_in_container(host: Host, root: bool) -> str:
@@ -381,21 +343,21 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
     raises a KitError, in which case nothing was left running. One straight pipeline, each
     stage handed what the one before gave, none calling back into an earlier one: the
     options checked -> the GPUs chosen -> the context resolved (topic, architecture, the
-    engine's answer for the image) -> the host's facts -> the image (built when missing,
-    freshness) -> the kernel cache -> the secrets -> the container spec -> the engine."""
-    check_options(opts)
-    if opts.name:
-        ctx, topic, gpus = named_or_reentered(opts, log)
-    else:
-        gpus = choose_gpus(opts.gpus)  # before the engine is asked anything: nvidia-smi, /dev
-        ctx = Context.resolve(opts.base, connect=Engine.for_running, topics=[opts.topic], look_up=True)  # an unknown base or topic: one line
-        (topic,) = ctx.topics
-    # The engine answers the image's lookup while the stages up to `ensure_image` run: its
-    # module and the plan's (hashlib, the lock readers) and the kernel caches' are imported
-    # meanwhile, not before (BENCHMARKS.md, "The shell's start-up").
-    from mlsyskit.images.ensure import ensure_image
-    from mlsyskit.runtime import caches  # noqa: F401  (kernel_cache's, loaded here)
+    engine asked for the image) -> the host's facts -> the image (its answer read; built
+    when missing, freshness) -> the kernel cache -> the secrets -> the container spec -> the
+    engine. The stages up to the context are runtime/shell_request.py's (`./kit shell`
+    imports this module while the engine answers), the rest `run`'s."""
+    run(resolve_request(opts), log)
 
+
+def run(request: Request, log: Log) -> NoReturn:
+    """The stages after the context: a named container that exists is re-entered; else the
+    container is made from the request's context, topic and GPUs, and the process becomes it."""
+    opts, ctx = request.opts, request.ctx
+    if request.existing is not None:
+        reenter(ctx.engine, opts, read_host(), ctx.config, request.existing, log)
+    topic, gpus = request.topic, request.gpus
+    assert topic is not None and gpus is not None, "resolve_request gives both where no container exists"
     config, base, engine = ctx.config, ctx.base_name, ctx.engine
     host = read_host(known_memlock=True)
     workspace = resolve_workspace(opts, host)
@@ -416,20 +378,6 @@ def shell(opts: ShellOptions, log: Log) -> NoReturn:
         become_one_off(engine, opts, host, config, gpus, where)
     create_named(engine, opts, host, config, gpus, where, log)
     engine.become(enter_call(opts, host, config, container=opts.name))
-
-
-def named_or_reentered(opts: ShellOptions, log: Log) -> tuple[Context, Topic, GpuSelection]:
-    """`--name`: an existing container is re-entered (the process becomes `docker exec`);
-    else the context, topic and GPUs a new one is created with."""
-    ctx = Context.resolve(opts.base, connect=Engine.for_running)  # an unknown base: one line
-    topic = ctx.catalog.topic(opts.topic) if opts.topic else None  # unknown: the known ones listed
-    existing = ctx.engine.container_info(opts.name)
-    if existing is not None:
-        reenter(ctx.engine, opts, read_host(), ctx.config, existing, log)
-    if topic is None:
-        raise UsageError(f"no container named '{opts.name}'", fix=f"create it with `invoke shell TOPIC --name {opts.name}`")
-    ctx.topics_for_arch([topic])  # no image for this architecture, or no emulation: one line
-    return ctx, topic, choose_gpus(opts.gpus)
 
 
 def become_one_off(engine: Engine, opts: ShellOptions, host: Host, config: Config, gpus: GpuSelection, where: Where) -> NoReturn:

@@ -1,8 +1,9 @@
 """`./kit shell ...`: `invoke shell` without invoke. invoke's own start-up (importing invoke,
 loading tasks.py, parsing) costs a quarter of a second, which is most of what `invoke
-shell` adds to `docker run`; this entry parses the same options with argparse and calls the
-same `runtime.shell.shell`. tests/unit/test_shell_task.py checks that both accept the same
-options.
+shell` adds to `docker run`; this entry parses the same options with argparse and runs the
+same pipeline as `runtime.shell.shell`: its first stages, then the module of the others,
+imported while the engine answers the image lookup the first stages started.
+tests/unit/test_shell_task.py checks that both accept the same options.
 
     ./kit shell TOPIC [--gpus N] [-e K=V] [-p 8000] [--name NAME] [-- CMD ARGS...]
     python3 -m mlsyskit.runtime.shell_cli ...     # the same, from the kit's environment
@@ -15,8 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from mlsyskit.errors import KitError
-from mlsyskit.runtime import shell as runtime_shell
-from mlsyskit.runtime.shell import ShellOptions
+from mlsyskit.runtime.shell_request import ShellOptions, resolve_request
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +54,10 @@ def options(argv: Sequence[str]) -> ShellOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = options(sys.argv[1:] if argv is None else argv)
     try:
-        runtime_shell.shell(opts, lambda line: print(line, file=sys.stderr, flush=True))  # becomes docker: never returns
+        request = resolve_request(opts)  # from here the engine answers the image lookup, meanwhile:
+        from mlsyskit.runtime import shell as runtime_shell  # the rest of the pipeline loads (~10 ms)
+
+        runtime_shell.run(request, lambda line: print(line, file=sys.stderr, flush=True))  # becomes docker: never returns
     except KitError as exc:
         if exc.log_tail:
             print(exc.log_tail, file=sys.stderr)
