@@ -95,14 +95,15 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(args.commits) + 1.6))
-    labels = [subjects[c][:60] for c in args.commits]
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(args.commits) + 1.8))
+    labels = [subjects[c][:48] + ("..." if len(subjects[c]) > 48 else "") for c in args.commits]
     ax.barh(labels[::-1], [costs[c] for c in args.commits][::-1], color="#4c72b0")
     ax.axvline(0.3 * run, color="#c44e52", linestyle="--", label=f"1.3x docker run ({0.3 * run:.0f} ms)")
     for i, commit in enumerate(args.commits[::-1]):
         ax.text(costs[commit] + 1, i, f"{costs[commit]:.0f} ms, {(run + costs[commit]) / run:.2f}x", va="center", fontsize=8)
-    ax.set_xlabel(f"the kit's own cost before `docker run` (ms, median of {args.rounds}); docker run itself {run:.0f} ms")
-    ax.set_title("`./kit shell distributed -- true`, commit by commit (interleaved, one run)")
+    ax.set_xlim(0, max(max(costs.values()), 0.3 * run) * 1.3)
+    ax.set_xlabel(f"the kit's own cost before docker run, ms (median of {args.rounds}; docker run itself {run:.0f} ms)")
+    ax.set_title(f"./kit shell {args.topic} -- true, commit by commit (interleaved in one run)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -63,15 +64,23 @@ class EngineBase:
     def _inspect_cli(self, kind: str, ref: str) -> Callable[[], dict[str, Any] | None]:
         """`docker KIND inspect REF` (the shell's lookups), started now and read when the
         returned function is called: the CLI's start-up (~12 ms) runs beside the kit's own
-        work. The call gives None when there is no such object; a daemon that is down raises
+        work. A thread reads the CLI's output as it comes, so the process is reaped even
+        where the answer is never asked for (a command that stops with an error first).
+        The call gives None when there is no such object; a daemon that is down raises
         (with the fix) instead of reading as "not there"."""
         args = (kind, "inspect", ref)  # checked refs: none starts with "-"
         proc = subprocess.Popen(self._cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env())
+        reply: list[tuple[str, str]] = []
+        reader = threading.Thread(target=lambda: reply.append(proc.communicate()), name=f"docker {kind} inspect", daemon=True)
+        reader.start()
 
         def answer() -> dict[str, Any] | None:
             import json
 
-            stdout, stderr = proc.communicate()
+            reader.join()
+            if not reply:
+                raise EngineError(f"`docker {kind} inspect` gave no answer")
+            stdout, stderr = reply[0]
             if proc.returncode == 0:
                 found: dict[str, Any] = json.loads(stdout)[0]
                 return found

@@ -32,7 +32,7 @@ EXPECTED = f"{TOKENS['HF_TOKEN']}|none|{TOKENS['WANDB_API_KEY']}|{TOKENS['https_
 
 
 def inspected(engine: Engine, container: str) -> dict:
-    data = engine._inspect_cli("container", container)  # `docker container inspect`, as anyone with the socket would
+    data = engine._inspect_cli("container", container)()  # `docker container inspect`, as anyone with the socket would
     assert data is not None
     return data
 
