@@ -77,10 +77,9 @@ class Context:
         (an unknown one: one line) and checked against the architecture (`topics_for_arch`).
         `look_up`: the Debian lock read, the engine connected and asked once for each topic's
         image (each answer read when the stage that needs it calls `Found.answer`), the
-        containers' platform
-        decided: all a command's later stages read. `every`:
-        no topic named means all of them, those without this architecture left out and each
-        named to `every`. `listing`: the Debian lock read and the engine's images listed once
+        containers' platform decided: all a command's later stages read. `every`: no topic
+        named means all of them, those without this architecture left out and each named to
+        `every`. `listing`: the Debian lock read and the engine's images listed once
         (`held`), each topic's image taken from that list."""
         config, catalog = load_config(root), load_catalog(root)
         name = base or config.base

@@ -99,8 +99,8 @@ class EngineBase:
     ) -> Callable[[], Record | None]:
         """`_lookup` asked now, answered when the returned function is called (the same
         record on every call): through the CLI for the shell's engine (started at once, so
-        the caller's work overlaps it), else the API (asked on the first call). A daemon that is down raises (with the fix) instead of
-        reading as "not there"."""
+        the caller's work overlaps it), else the API (asked on the first call). A daemon
+        that is down raises (with the fix) instead of reading as "not there"."""
         if self.cli_lookups:
             pending = self._inspect_cli(kind, ref)
 

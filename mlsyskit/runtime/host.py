@@ -6,6 +6,7 @@ itself comes from images/ensure.py.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -98,8 +99,6 @@ def daemon_key(environ: Mapping[str, str]) -> str:
             key += f"|{st.st_ino}|{st.st_mtime_ns}"
         except OSError:
             pass
-    import hashlib  # loaded after the image's lookup has started (runtime/shell.py), not before
-
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

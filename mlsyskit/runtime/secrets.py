@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,15 +117,11 @@ def private_base(environ: Mapping[str, str]) -> Path:
     runtime = environ.get("XDG_RUNTIME_DIR", "")
     if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
         return Path(runtime)
-    import tempfile  # only where there is a secret to hide: the shell's start-up skips it
-
     return Path(tempfile.gettempdir())
 
 
 def new_folder(environ: Mapping[str, str]) -> Path:
     """A new private folder (0700) for one container's secrets."""
-    import tempfile
-
     return Path(tempfile.mkdtemp(prefix="mlsyskit-secrets-", dir=private_base(environ)))
 
 
